@@ -1,0 +1,146 @@
+"""`make demo`: a real service protected by apitokens, with tokens and curl lines to try.
+
+Starts the FastAPI example (examples/fastapi_app.py) under uvicorn on
+127.0.0.1:8000 with an embedded SQLite file, creates a read-only token and a
+restricted one, and prints curl commands that show 200, 401 and 403.
+
+    python examples/demo.py                 # serve until Ctrl-C
+    python examples/demo.py --check         # serve, run the curl lines itself, stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from apitokens import Scope
+
+
+@dataclass
+class Try:
+    """One request to show: what it does and what it should get."""
+
+    what: str
+    method: str
+    path: str
+    expect: int
+    bearer: str | None = None
+    basic: tuple[str, str] | None = None
+    body: dict[str, object] | None = None
+
+    def curl(self, base: str) -> str:
+        parts = ["curl", "-i"]
+        if self.method != "GET":
+            parts += ["-X", self.method]
+        if self.bearer:
+            parts += ["-H", f"Authorization: Bearer {self.bearer}"]
+        if self.basic:
+            parts += ["-u", f"{self.basic[0]}:{self.basic[1]}"]
+        if self.body is not None:
+            parts += ["-H", "Content-Type: application/json", "--data", json.dumps(self.body)]
+        parts.append(base + self.path)
+        return shlex.join(parts)
+
+    def run(self, client: httpx.Client) -> int:
+        headers = {"Authorization": f"Bearer {self.bearer}"} if self.bearer else {}
+        return client.request(
+            self.method, self.path, headers=headers, auth=self.basic, json=self.body
+        ).status_code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
+    parser.add_argument("--check", action="store_true", help="run the requests, then stop")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="apitokens-demo-"))
+    os.environ["APITOKENS_DB"] = str(workdir / "tokens.db")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    example = importlib.import_module("examples.fastapi_app")
+    tokens = example.tokens
+
+    reader = tokens.create(actor="alice", name="demo: read-only report")
+    restricted = tokens.create(
+        actor="alice",
+        name="demo: comment on DEMO-1 only, public comments only",
+        scope=Scope.READ_WRITE,
+        restrictions=[
+            "[post].*/rest/api/2/issue/DEMO-1/comment[JsonData::visibility==public]",
+        ],
+    )
+    wrong = tokens.policy.token_format.issue().value
+    tries = [
+        Try("read-only token, Bearer", "GET", "/rest/api/2/issue/DEMO-1", 200, reader.secret),
+        Try("same token, Basic user:token", "GET", "/rest/whoami", 200,
+            basic=("alice", reader.secret)),
+        Try("no token at all", "GET", "/rest/whoami", 401),
+        Try("a token that does not exist", "GET", "/rest/whoami", 401, wrong),
+        Try("read-only token cannot POST", "POST", "/rest/api/2/issue/DEMO-1/comment", 403,
+            reader.secret, body={"visibility": "public", "body": "hi"}),
+        Try("restricted token, allowed request", "POST", "/rest/api/2/issue/DEMO-1/comment",
+            200, restricted.secret, body={"visibility": "public", "body": "hi"}),
+        Try("restricted token, other issue", "POST", "/rest/api/2/issue/DEMO-2/comment", 403,
+            restricted.secret, body={"visibility": "public", "body": "hi"}),
+        Try("restricted token, private comment", "POST", "/rest/api/2/issue/DEMO-1/comment",
+            403, restricted.secret, body={"visibility": "private", "body": "hi"}),
+        Try("outside /rest/: untouched", "GET", "/", 200),
+    ]  # fmt: skip
+
+    config = uvicorn.Config(example.app, host="127.0.0.1", port=args.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            print(f"could not start the server on 127.0.0.1:{args.port}", file=sys.stderr)
+            return 1
+        thread.join(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+
+    print(f"apitokens demo: FastAPI on {base}, tokens in {workdir / 'tokens.db'}\n")
+    print(f"read-only token for alice:   {reader.secret}")
+    print(f"restricted token for alice:  {restricted.secret}")
+    print(f"  rule: {restricted.token.restrictions[0]}\n")
+    failures = 0
+    with httpx.Client(base_url=base) as client:
+        for t in tries:
+            print(f"# {t.what}: expect {t.expect}")
+            print(t.curl(base))
+            if args.check:
+                got = t.run(client)
+                failures += got != t.expect
+                print(f"#   -> {got}{'' if got == t.expect else '  MISMATCH'}")
+            print()
+    if not args.check:
+        print("Try the lines above; Ctrl-C stops the server and prints the audit log.")
+        with contextlib.suppress(KeyboardInterrupt):
+            thread.join()
+    server.should_exit = True
+    thread.join(10)
+    print("\naudit log, newest first:")
+    for event in tokens.audit(limit=20):
+        print(f"  {event.at:%H:%M:%S} {event.action:<12} {event.outcome:<9} "
+              f"{event.token_id or '-':<12} {event.method or '':<4} {event.path or ''}  "
+              f"{event.reason}")  # fmt: skip
+    tokens.close()
+    if args.check:
+        print("all as expected" if not failures else f"{failures} unexpected", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

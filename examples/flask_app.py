@@ -1,0 +1,57 @@
+"""A Flask service whose /rest/ API takes personal access tokens.
+
+Run it:   flask --app examples.flask_app run --port 8000
+Create a token in Python (``examples/demo.py`` does it for you):
+    tokens.create(actor="alice", name="cli").secret
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, abort, request
+
+from apitokens import ApiTokens, Policy, SQLiteStore
+
+tokens = ApiTokens(
+    SQLiteStore(os.environ.get("APITOKENS_DB", "apitokens.db")),
+    policy=Policy(protected_paths=["/rest/"]),
+)
+
+app = Flask(__name__)
+# The one line: every request to /rest/ now goes through apitokens.
+app.wsgi_app = tokens.wsgi(app.wsgi_app)  # type: ignore[method-assign]
+
+
+def current_user() -> str:
+    """The token's user; the app's own login would be checked here too."""
+    user = request.environ.get("REMOTE_USER")
+    if user is None:
+        abort(401)
+    return str(user)
+
+
+@app.get("/")
+def home() -> dict[str, str]:
+    """Not under /rest/: apitokens never touches it."""
+    return {"hello": "world"}
+
+
+@app.get("/rest/whoami")
+def whoami() -> dict[str, Any]:
+    """Who the token acts as."""
+    auth = request.environ.get("apitokens.auth")
+    return {"user": current_user(), "token": auth.token.id if auth and auth.token else None}
+
+
+@app.get("/rest/api/2/issue/<key>")
+def get_issue(key: str) -> dict[str, str]:
+    """Read an issue."""
+    return {"key": key, "summary": f"Issue {key}", "reader": current_user()}
+
+
+@app.post("/rest/api/2/issue/<key>/comment")
+def comment(key: str) -> dict[str, Any]:
+    """Comment on an issue; the body arrives intact even when a JSON rule read it."""
+    return {"key": key, "author": current_user(), "comment": request.get_json()}

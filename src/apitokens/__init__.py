@@ -1,0 +1,67 @@
+"""apitokens: personal access tokens for any Python web service.
+
+Users create tokens that stand in for their password; admins decide who may
+create what; a token can be narrowed to read-only, to IP ranges, or to exact
+method/URL/query/JSON-body patterns; every use is audited; a leaked token is
+revoked without touching the password.
+
+    from apitokens import ApiTokens, Policy, SQLiteStore
+
+    tokens = ApiTokens(SQLiteStore("tokens.db"), policy=Policy(protected_paths=["/api/"]))
+    app.wsgi_app = tokens.wsgi(app.wsgi_app)      # Flask, Django (WSGI)
+    app = tokens.asgi(app)                        # FastAPI, Starlette (ASGI)
+"""
+
+from ._api import ApiTokens
+from ._errors import (
+    ApiTokensError,
+    PermissionDenied,
+    PolicyViolation,
+    RuleSyntaxError,
+    SchemaVersionError,
+    StorageError,
+    TokenImmutable,
+    TokenNotFound,
+)
+from ._hashing import Argon2Hasher, Hasher, HmacSha256Hasher
+from ._model import Action, AuditEvent, IssuedToken, Outcome, Scope, Token, TokenStatus
+from ._policy import AuthScheme, Policy
+from ._request import AuthRequest
+from ._result import AuthResult
+from ._rules import RestrictionRule, RuleMatch
+from ._tokens import TOKEN_PATTERN
+from .storage import MemoryStore, SQLiteStore, TokenStore
+
+__all__ = [
+    "TOKEN_PATTERN",
+    "Action",
+    "ApiTokens",
+    "ApiTokensError",
+    "Argon2Hasher",
+    "AuditEvent",
+    "AuthRequest",
+    "AuthResult",
+    "AuthScheme",
+    "Hasher",
+    "HmacSha256Hasher",
+    "IssuedToken",
+    "MemoryStore",
+    "Outcome",
+    "PermissionDenied",
+    "Policy",
+    "PolicyViolation",
+    "RestrictionRule",
+    "RuleMatch",
+    "RuleSyntaxError",
+    "SQLiteStore",
+    "SchemaVersionError",
+    "Scope",
+    "StorageError",
+    "Token",
+    "TokenImmutable",
+    "TokenNotFound",
+    "TokenStatus",
+    "TokenStore",
+]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,229 @@
+"""The buffered writer: audit events, token usage and re-hashes, batched off the request thread.
+
+Requests hand their records to :meth:`AuditWriter.submit` and go on; one
+background thread writes them in batches, each batch one store transaction.
+The buffer is bounded: when it is full, ``submit`` waits (backpressure), so a
+record is never dropped. ``flush()`` waits until everything submitted before
+it is written; ``close()`` flushes and stops the thread, and so does
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._errors import StorageError
+from ._model import AuditEvent, Usage
+from .storage import TokenStore
+
+__all__ = ["AuditWriter", "Record", "Rehash"]
+
+log = logging.getLogger("apitokens")
+audit_log = logging.getLogger("apitokens.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Rehash:
+    """Replace a token's hash, but only if it is still ``old`` (a rotation wins)."""
+
+    token_id: str
+    old: str = field(repr=False)
+    new: str = field(repr=False)
+
+
+Record = AuditEvent | Usage | Rehash
+
+
+def _log_event(event: AuditEvent) -> None:
+    if audit_log.isEnabledFor(logging.INFO):
+        audit_log.info(
+            "%s %s token=%s user=%s actor=%s ip=%s %s %s: %s",
+            event.action,
+            event.outcome,
+            event.token_id,
+            event.user,
+            event.actor,
+            event.client_ip,
+            event.method or "-",
+            event.path or "-",
+            event.reason or "-",
+            extra={"apitokens_event": event},
+        )
+
+
+class AuditWriter:
+    """Writes records to a store in batches from one background thread.
+
+    Args:
+        store: where records go.
+        max_pending: most records buffered before ``submit`` waits.
+        batch_size: most records in one transaction.
+        interval: longest a record waits before it is written, in seconds.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        max_pending: int = 50_000,
+        batch_size: int = 5_000,
+        interval: float = 0.5,
+    ) -> None:
+        self._store = store
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.interval = interval
+        self._pending: deque[Record] = deque()
+        self._in_flight = 0
+        self._flush_requested = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="apitokens-writer", daemon=True)
+        self._thread.start()
+        # Flush at interpreter exit without keeping the writer alive.
+        ref = weakref.ref(self)
+
+        def at_exit() -> None:
+            writer = ref()
+            if writer is not None:
+                writer.close()
+
+        self._atexit = at_exit
+        atexit.register(at_exit)
+
+    def __repr__(self) -> str:
+        return f"AuditWriter(pending={len(self._pending)}, written={self.written})"
+
+    @property
+    def pending(self) -> int:
+        """Records submitted but not yet written."""
+        with self._cond:
+            return len(self._pending) + self._in_flight
+
+    def submit(self, records: Sequence[Record], *, block: bool = True) -> bool:
+        """Queue ``records`` for writing.
+
+        Args:
+            records: events, usages and re-hashes, written in order.
+            block: wait for room when the buffer is full (the default);
+                with ``False``, return ``False`` instead of waiting.
+
+        Returns:
+            ``True`` once queued; ``False`` only when ``block`` is false and
+            the buffer is full.
+
+        Raises:
+            StorageError: the writer is closed.
+        """
+        if not records:
+            return True
+        with self._cond:
+            while len(self._pending) + len(records) > self.max_pending and self._pending:
+                if self._closing:
+                    break
+                if not block:
+                    return False
+                self._flush_requested = True
+                self._cond.notify_all()
+                self._cond.wait()
+            if self._closing:
+                raise StorageError("the audit writer is closed")
+            self._pending.extend(records)
+            if len(self._pending) >= self.batch_size:
+                self._cond.notify_all()
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record submitted so far is written.
+
+        Returns:
+            ``True`` when all was written, ``False`` on timeout.
+        """
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            return self._cond.wait_for(
+                lambda: not self._pending and not self._in_flight, timeout=timeout
+            )
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write what is buffered and stop the thread. Idempotent."""
+        atexit.unregister(self._atexit)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _take(self) -> list[Record] | None:
+        with self._cond:
+            deadline = time.monotonic() + self.interval
+            while not self._closing and not self._flush_requested:
+                if len(self._pending) >= self.batch_size:
+                    break
+                remaining = deadline - time.monotonic() if self._pending else self.interval
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+                if not self._pending:
+                    deadline = time.monotonic() + self.interval
+            if not self._pending:
+                self._flush_requested = False
+                self._cond.notify_all()
+                return None if self._closing else []
+            count = min(len(self._pending), self.batch_size)
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._in_flight = count
+            if not self._pending:
+                self._flush_requested = False
+            self._cond.notify_all()  # room for blocked submitters
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            if batch:
+                self._write(batch)
+            with self._cond:
+                self._in_flight = 0
+                self._cond.notify_all()
+
+    def _write(self, batch: list[Record]) -> None:
+        events = [r for r in batch if isinstance(r, AuditEvent)]
+        usage = [r for r in batch if isinstance(r, Usage)]  # the store folds them
+        rehashes = [r for r in batch if isinstance(r, Rehash)]
+        delay = 0.05
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._store.write(events=events, usage=usage)
+                break
+            except Exception:
+                # Keep the batch and retry: records are never dropped while
+                # the process lives. At close, give up after a few tries.
+                with self._cond:
+                    closing = self._closing
+                if closing and attempts >= 5:
+                    log.error("apitokens: could not write %d audit records at close", len(batch))
+                    return
+                log.exception("apitokens: writing %d audit records failed; retrying", len(batch))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for rehash in rehashes:
+            # A lost re-hash costs nothing: the token is re-hashed on its
+            # next verification instead. So no retry here.
+            try:
+                self._store.replace_hash(rehash.token_id, old=rehash.old, new=rehash.new)
+            except Exception:
+                log.exception("apitokens: re-hashing token %s failed", rehash.token_id)
+        self.written += len(batch)
+        for event in events:
+            _log_event(event)

@@ -1,0 +1,380 @@
+"""The Authenticator: AuthRequest in, AuthResult out (DESIGN §4, §7).
+
+It does no I/O of its own beyond reading the store on a cache miss; the
+records it produces (audit event, usage, re-hash) are returned for the caller
+to hand to the buffered writer. Every step that could block (a store read,
+an uncached hash verification, a groups lookup) can be refused with
+:class:`WouldBlock`, so the ASGI adapter decides on the event loop when all
+is cached and moves to a worker thread only when something is not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._audit import Record, Rehash
+from ._cache import CompiledToken, TokenCache, TTLCache
+from ._credentials import Credentials, MalformedCredentials, read_credentials
+from ._errors import StorageError
+from ._hashing import SecretVerifier
+from ._model import Action, AuditEvent, Outcome, Token, TokenStatus, Usage
+from ._policy import AuthScheme, IPNetwork, Policy
+from ._request import AuthRequest
+from ._result import AuthResult, refusal
+from ._throttle import FailureThrottle
+from .storage import TokenStore
+
+__all__ = ["Authenticator", "Decision", "WouldBlock"]
+
+log = logging.getLogger("apitokens")
+PASS_THROUGH = AuthResult(Outcome.PASS_THROUGH)
+_MAX_AUDIT_PATH = 2048
+
+
+class WouldBlock(Exception):
+    """Raised in non-blocking mode when the decision needs I/O or hashing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A result plus the records to write; ``need_body`` asks for the body first."""
+
+    result: AuthResult
+    records: tuple[Record, ...] = ()
+    need_body: bool = False
+
+
+_NEED_BODY = Decision(PASS_THROUGH, need_body=True)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What is known so far about one request, for refusals and the audit event."""
+
+    request: AuthRequest
+    now: datetime
+    client_ip: str
+    token_id: str | None = None
+    user: str | None = None
+
+
+class Authenticator:
+    """Decides requests for one policy and store. Thread-safe.
+
+    Args:
+        store: where token records are read.
+        policy: what is enforced.
+        verifier: hashes and the verification cache.
+        clock: returns the current aware UTC datetime.
+        groups: ``groups(user)`` for ``Policy.token_users``.
+        cache_ttl: seconds a token record (and a user's groups) is reused.
+        max_concurrent_verifications: uncached hash verifications running
+            at once; more wait (up to ``verification_wait`` seconds, then 503).
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        policy: Policy,
+        verifier: SecretVerifier,
+        clock: Callable[[], datetime],
+        groups: Callable[[str], Iterable[str]] | None = None,
+        *,
+        cache_ttl: float = 1.0,
+        max_concurrent_verifications: int = 2,
+        verification_wait: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.verifier = verifier
+        self.clock = clock
+        self._groups_of = groups
+        self.tokens = TokenCache(cache_ttl)
+        self._groups: TTLCache[str, frozenset[str]] = TTLCache(cache_ttl, 10_000)
+        window = policy.failure_window.total_seconds()
+        self.ip_throttle = FailureThrottle(policy.max_failed_attempts, window)
+        self.id_throttle = FailureThrottle(policy.max_failed_attempts, window)
+        self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
+        self._verification_wait = verification_wait
+
+    # -- public entry --------------------------------------------------
+
+    def safe_decide(
+        self, request: AuthRequest, *, body_read: bool = True, block: bool = True
+    ) -> Decision:
+        """:meth:`decide`, but an unexpected error becomes a 503 (fail closed), never a pass."""
+        try:
+            return self.decide(request, body_read=body_read, block=block)
+        except WouldBlock:
+            raise
+        except Exception as exc:
+            log.exception("apitokens: unexpected error while authenticating; answering 503")
+            attempt = _Attempt(request, self.clock(), request.client_ip)
+            reason = f"internal error: {type(exc).__name__}"
+            return self._refuse(attempt, refusal(self.policy, 503, reason))
+
+    def decide(
+        self, request: AuthRequest, *, body_read: bool = True, block: bool = True
+    ) -> Decision:
+        """Decide ``request``.
+
+        Args:
+            request: the request; its body counts only when ``body_read``.
+            body_read: the body is complete; when ``False`` and a JSON rule
+                needs it, the decision is ``need_body`` (read, then retry).
+            block: when ``False``, raise :class:`WouldBlock` instead of
+                reading the store or hashing.
+        """
+        policy = self.policy
+        if not policy.protects(request.path):
+            return Decision(PASS_THROUGH)
+        now = self.clock()
+        attempt = _Attempt(request, now, self.client_ip(request))
+        try:
+            creds = read_credentials(request.header_values("authorization"))
+        except MalformedCredentials as exc:
+            return self._fail(attempt, 400, str(exc))
+        if creds is None or not policy.token_format.is_ours(creds.secret):
+            if policy.allow_other_auth:
+                return Decision(PASS_THROUGH)
+            what = "no credentials" if creds is None else "credentials that are not a token"
+            return self._refuse(
+                attempt,
+                refusal(
+                    policy,
+                    401,
+                    f"{what}; only tokens are accepted here",
+                    challenge_error=creds is not None,
+                ),
+            )
+        attempt.user = creds.username
+        return self._decide_token(attempt, creds, body_read=body_read, block=block)
+
+    def client_ip(self, request: AuthRequest) -> str:
+        """Return the client's address: the peer, or from ``X-Forwarded-For``.
+
+        ``X-Forwarded-For`` is believed only when the peer is a trusted proxy;
+        then the right-most address that is not a trusted proxy is the client.
+        """
+        networks = self.policy.proxy_networks
+        peer = request.client_ip
+        if not networks or not _in_networks(peer, networks):
+            return peer
+        hops = [
+            hop.strip()
+            for value in request.header_values("x-forwarded-for")
+            for hop in value.split(",")
+        ]
+        client = peer
+        for hop in reversed(hops):
+            client = hop
+            if not _in_networks(hop, networks):
+                break
+        return client
+
+    # -- the token path --------------------------------------------------
+
+    def _decide_token(
+        self, attempt: _Attempt, creds: Credentials, *, body_read: bool, block: bool
+    ) -> Decision:
+        policy = self.policy
+        now_ts = attempt.now.timestamp()
+        wait = self.ip_throttle.retry_after(attempt.client_ip, now_ts)
+        if wait:
+            return self._throttled(attempt, wait, "client address")
+        if creds.scheme is AuthScheme.BASIC and not policy.auth_schemes.basic:
+            return self._fail(attempt, 401, "token sent with Basic, which is turned off")
+        if creds.scheme is AuthScheme.BEARER and not policy.auth_schemes.bearer:
+            return self._fail(attempt, 401, "token sent with Bearer, which is turned off")
+        parsed = policy.token_format.parse(creds.secret)
+        if parsed is None:
+            return self._fail(attempt, 401, "malformed token or wrong checksum")
+        attempt.token_id = parsed.id
+        wait = self.id_throttle.retry_after(parsed.id, now_ts)
+        if wait:
+            return self._throttled(attempt, wait, "token id")
+        try:
+            compiled = self._compiled(parsed.id, block)
+        except StorageError as exc:
+            return self._refuse(attempt, refusal(policy, 503, f"token store unavailable: {exc}"))
+        if compiled is None:
+            return self._fail(attempt, 401, "unknown token id")
+        stored = compiled.stored
+        token = stored.token.as_of(attempt.now)
+        attempt.user = token.user if token.user is not None else attempt.user
+        verified = self._verify(parsed.value, compiled, attempt, block)
+        if isinstance(verified, Decision):
+            return verified
+        if token.status is TokenStatus.REVOKED:
+            return self._fail(attempt, 401, "token revoked")
+        if token.status is TokenStatus.EXPIRED:
+            return self._fail(attempt, 401, "token expired")
+        user = self._user(attempt, token, creds)
+        if isinstance(user, Decision):
+            return user
+        attempt.user = user
+        if policy.token_users is not None:
+            try:
+                groups = self._groups_for(user, block)
+            except WouldBlock:
+                raise
+            except Exception as exc:  # the app's directory failed: fail closed
+                return self._refuse(attempt, refusal(policy, 503, f"groups lookup failed: {exc}"))
+            if not policy.may_use_tokens(groups):
+                return self._fail(attempt, 401, f"user {user!r} may not use tokens")
+        forbidden = self._forbidden(attempt, compiled, token, body_read)
+        if forbidden is not None:
+            return forbidden
+        records: list[Record] = [
+            self._event(attempt, Outcome.SUCCESS, "authenticated"),
+            Usage(token.id, attempt.now, attempt.client_ip or None),
+        ]
+        if verified:
+            records.append(verified)
+        result = AuthResult(Outcome.SUCCESS, 200, user, token, "authenticated", scheme=creds.scheme)
+        return Decision(result, tuple(records))
+
+    def _user(self, attempt: _Attempt, token: Token, creds: Credentials) -> str | Decision:
+        if token.user is None:
+            if not self.policy.allow_unbound_tokens:
+                return self._fail(attempt, 401, "unbound tokens are turned off")
+            if creds.scheme is not AuthScheme.BASIC:
+                return self._fail(attempt, 401, "unbound token sent with Bearer")
+            if not creds.username:
+                return self._fail(attempt, 401, "unbound token needs a Basic username")
+            return creds.username
+        if creds.scheme is AuthScheme.BASIC and creds.username != token.user:
+            return self._fail(attempt, 401, "Basic username is not the token's owner")
+        return token.user
+
+    def _forbidden(
+        self, attempt: _Attempt, compiled: CompiledToken, token: Token, body_read: bool
+    ) -> Decision | None:
+        policy, request = self.policy, attempt.request
+        if compiled.problem:
+            return self._refuse(attempt, refusal(policy, 403, compiled.problem, token=token))
+        if compiled.networks and not _in_networks(attempt.client_ip, compiled.networks):
+            reason = f"client address {attempt.client_ip!r} not in the token's allowed IPs"
+            return self._refuse(attempt, refusal(policy, 403, reason, token=token))
+        if not token.scope.allows(request.method):
+            reason = f"method {request.method.upper()} outside the token's {token.scope} scope"
+            return self._refuse(attempt, refusal(policy, 403, reason, token=token))
+        rules = compiled.rules
+        if rules is None:
+            return None
+        if rules.needs_body:
+            if not body_read:
+                return _NEED_BODY
+            if len(request.body) > policy.max_body_bytes:
+                reason = f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
+                return self._refuse(attempt, refusal(policy, 413, reason, token=token))
+        match = rules.match(request, timeout=policy.rule_timeout)
+        if not match.matched:
+            return self._refuse(attempt, refusal(policy, 403, match.reason, token=token))
+        return None
+
+    # -- steps that may block ----------------------------------------------
+
+    def _compiled(self, token_id: str, block: bool) -> CompiledToken | None:
+        compiled = self.tokens.get(token_id)
+        if compiled is not None:
+            return compiled
+        if not block:
+            raise WouldBlock
+        generation = self.tokens.generation
+        try:
+            stored = self.store.get(token_id)
+        except StorageError:
+            raise
+        except Exception as exc:  # a third-party store's own error: still fail closed
+            raise StorageError(f"{type(exc).__name__}") from exc
+        return None if stored is None else self.tokens.put(stored, generation)
+
+    def _verify(
+        self, value: str, compiled: CompiledToken, attempt: _Attempt, block: bool
+    ) -> Rehash | Decision | None:
+        """Return ``None`` (ok), a :class:`Rehash` (ok, replace the hash) or a refusal."""
+        stored = compiled.stored
+        hashes = [stored.secret_hash]
+        grace = stored.previous_valid_until
+        if stored.previous_hash is not None and grace is not None and attempt.now < grace:
+            hashes.append(stored.previous_hash)
+        if any(self.verifier.cached(value, hashed) for hashed in hashes):
+            return None
+        if not block:
+            raise WouldBlock
+        if not self._hashing.acquire(timeout=self._verification_wait):
+            return self._refuse(
+                attempt, refusal(self.policy, 503, "too many hash verifications in progress")
+            )
+        try:
+            for i, hashed in enumerate(hashes):
+                result = self.verifier.verify(value, hashed)
+                if result.ok:
+                    if result.rehash is not None and i == 0:
+                        return Rehash(stored.token.id, hashed, result.rehash)
+                    return None
+        finally:
+            self._hashing.release()
+        return self._fail(attempt, 401, "wrong secret")
+
+    def _groups_for(self, user: str, block: bool) -> frozenset[str]:
+        groups = self._groups.get(user)
+        if groups is not None:
+            return groups
+        if not block:
+            raise WouldBlock
+        groups = frozenset(self._groups_of(user)) if self._groups_of is not None else frozenset()
+        self._groups.put(user, groups)
+        return groups
+
+    # -- refusals and records ----------------------------------------------------
+
+    def _fail(self, attempt: _Attempt, status: int, reason: str) -> Decision:
+        """A failed attempt: counts against the client address and token id."""
+        now_ts = attempt.now.timestamp()
+        self.ip_throttle.fail(attempt.client_ip, now_ts)
+        if attempt.token_id is not None:
+            self.id_throttle.fail(attempt.token_id, now_ts)
+        return self._refuse(attempt, refusal(self.policy, status, reason))
+
+    def _throttled(self, attempt: _Attempt, wait: int, what: str) -> Decision:
+        reason = f"too many failed attempts for this {what}"
+        return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
+
+    def _refuse(self, attempt: _Attempt, result: AuthResult) -> Decision:
+        event = self._event(attempt, result.outcome, result.reason)
+        return Decision(result, (event,))
+
+    def _event(self, attempt: _Attempt, outcome: Outcome, reason: str) -> AuditEvent:
+        request = attempt.request
+        return AuditEvent(
+            at=attempt.now,
+            action=Action.AUTHENTICATE,
+            outcome=outcome,
+            token_id=attempt.token_id,
+            user=attempt.user,
+            client_ip=attempt.client_ip or None,
+            method=request.method.upper()[:16],
+            path=request.path[:_MAX_AUDIT_PATH],
+            reason=reason,
+        )
+
+    def forget(self, token_id: str) -> None:
+        """Drop a token from the record cache (after a change in this process)."""
+        self.tokens.discard(token_id)
+
+
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)

@@ -1,0 +1,150 @@
+"""Per-process caches on the hot path: token records (short TTL) and users' groups."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ._errors import RuleSyntaxError
+from ._model import StoredToken
+from ._policy import IPNetwork, parse_networks
+from ._rules import RuleSet
+
+__all__ = ["CompiledToken", "TTLCache", "TokenCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    """A thread-safe LRU whose entries expire ``ttl`` seconds after they were stored."""
+
+    def __init__(self, ttl: float, maxsize: int, *, timer: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._timer = timer
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """Return the live value for ``key``, or ``None``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._timer():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value`` for ``ttl`` seconds."""
+        if self.ttl <= 0 or self.maxsize <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._timer() + self.ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: K) -> None:
+        """Forget ``key`` (a change made in this process takes effect at once)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledToken:
+    """A stored token with its rules and networks compiled, ready for requests.
+
+    ``problem`` is set when the stored restrictions or addresses cannot be
+    compiled (say, written by a newer version): such a token allows nothing.
+    """
+
+    stored: StoredToken
+    rules: RuleSet | None
+    networks: tuple[IPNetwork, ...]
+    problem: str = ""
+
+
+class TokenCache:
+    """Token records by id for ``ttl`` seconds, compiled once.
+
+    Rule sets are also kept by their text, so refreshing a record after its
+    TTL does not re-compile unchanged rules.
+    """
+
+    def __init__(self, ttl: float = 1.0, maxsize: int = 100_000) -> None:
+        self.records: TTLCache[str, CompiledToken] = TTLCache(ttl, maxsize)
+        self._rulesets: OrderedDict[tuple[str, ...], RuleSet] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_rulesets = 10_000
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Counts :meth:`discard` calls; read it before reading the store."""
+        return self._generation
+
+    def get(self, token_id: str) -> CompiledToken | None:
+        """Return the cached compiled token, or ``None`` if absent or stale."""
+        return self.records.get(token_id)
+
+    def put(self, stored: StoredToken, generation: int | None = None) -> CompiledToken:
+        """Compile ``stored`` and cache it.
+
+        Args:
+            stored: the record as read from the store.
+            generation: :attr:`generation` as it was before the read. If a
+                change was made in this process since (a revocation racing
+                this read), the record may be stale and is not cached.
+        """
+        compiled = self.compile(stored)
+        with self._lock:
+            if generation is None or generation == self._generation:
+                self.records.put(stored.token.id, compiled)
+        return compiled
+
+    def discard(self, token_id: str) -> None:
+        """Drop ``token_id`` so the next request reads the store."""
+        with self._lock:
+            self._generation += 1
+            self.records.discard(token_id)
+
+    def compile(self, stored: StoredToken) -> CompiledToken:
+        """Compile a stored token's rules and allowed addresses, fail closed."""
+        token = stored.token
+        try:
+            networks = parse_networks(token.allowed_ips)
+        except ValueError as exc:
+            return CompiledToken(stored, None, (), f"stored allowed_ips unusable: {exc}")
+        if not token.restrictions:
+            return CompiledToken(stored, None, networks)
+        key = token.restrictions
+        with self._lock:
+            rules = self._rulesets.get(key)
+            if rules is not None:
+                self._rulesets.move_to_end(key)
+        if rules is None:
+            try:
+                rules = RuleSet.parse(key)
+            except RuleSyntaxError as exc:
+                return CompiledToken(stored, None, networks, f"stored rule unusable: {exc}")
+            with self._lock:
+                self._rulesets[key] = rules
+                while len(self._rulesets) > self._max_rulesets:
+                    self._rulesets.popitem(last=False)
+        return CompiledToken(stored, rules, networks)

@@ -1,0 +1,173 @@
+"""The records apitokens stores and returns: tokens, issued tokens, audit events."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "Action",
+    "AuditEvent",
+    "IssuedToken",
+    "Outcome",
+    "Scope",
+    "StoredToken",
+    "Token",
+    "TokenStatus",
+    "Usage",
+]
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Scope(StrEnum):
+    """What a token may do, before its restriction rules narrow it further."""
+
+    READ_ONLY = "read_only"
+    """GET, HEAD and OPTIONS only."""
+    READ_WRITE = "read_write"
+    """Every method."""
+
+    def allows(self, method: str) -> bool:
+        """Return whether a request with this HTTP method is within the scope."""
+        return self is Scope.READ_WRITE or method.upper() in _READ_METHODS
+
+
+class TokenStatus(StrEnum):
+    """A token's status at a given moment; compares equal to its string value."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class Outcome(StrEnum):
+    """How an authentication or a management call ended."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    """Bad or unknown credentials (HTTP 401, 400, 429)."""
+    FORBIDDEN = "forbidden"
+    """Known caller, not allowed (HTTP 403, 413; a refused management call)."""
+    PASS_THROUGH = "pass_through"  # noqa: S105 - not a password
+    """Not ours to decide: the request went to the app untouched."""
+
+
+class Action(StrEnum):
+    """What an audit event records."""
+
+    AUTHENTICATE = "authenticate"
+    CREATE = "create"
+    EDIT = "edit"
+    REVEAL = "reveal"
+    ROTATE = "rotate"
+    REVOKE = "revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A stored token, without its secret.
+
+    ``status`` is the token's status as of the moment the record was read (the
+    ``ApiTokens`` clock's now); use :meth:`as_of` for another moment.
+    """
+
+    id: str
+    name: str
+    user: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    scope: Scope = Scope.READ_ONLY
+    restrictions: tuple[str, ...] = ()
+    allowed_ips: tuple[str, ...] = ()
+    secure: bool = True
+    last_used_at: datetime | None = None
+    last_used_ip: str | None = None
+    use_count: int = 0
+    revoked_at: datetime | None = None
+    status: TokenStatus = TokenStatus.ACTIVE
+
+    def status_at(self, now: datetime) -> TokenStatus:
+        """Return the token's status at ``now`` (revocation wins over expiry).
+
+        A revocation counts whatever its timestamp: clocks of processes that
+        share a store may disagree, and a revoked token must never look active.
+        """
+        if self.revoked_at is not None:
+            return TokenStatus.REVOKED
+        if self.expires_at is not None and self.expires_at <= now:
+            return TokenStatus.EXPIRED
+        return TokenStatus.ACTIVE
+
+    def as_of(self, now: datetime) -> Token:
+        """Return this record with ``status`` computed for ``now``."""
+        status = self.status_at(now)
+        return self if status is self.status else dataclasses.replace(self, status=status)
+
+    @property
+    def unbound(self) -> bool:
+        """True when any username may use the token (Basic auth only)."""
+        return self.user is None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    """What a store keeps for one token: the record plus its secret's hashes.
+
+    Hashes and the revealable token string are kept out of ``repr``.
+
+    Attributes:
+        token: the public record.
+        secret_hash: self-describing hash of the current secret.
+        previous_hash: hash of the secret replaced by the last rotation, if it
+            is still within its grace period.
+        previous_valid_until: end of that grace period.
+        revealable: the token string, kept only for standard-mode
+            (``secure=False``) tokens so they can be revealed again.
+    """
+
+    token: Token
+    secret_hash: str = field(repr=False)
+    previous_hash: str | None = field(default=None, repr=False)
+    previous_valid_until: datetime | None = None
+    revealable: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A newly created or rotated token: the secret, shown once, and its record."""
+
+    secret: str = field(repr=False)
+    token: Token
+
+    def __str__(self) -> str:
+        return f"IssuedToken(id={self.token.id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One or more uses of a token, to be folded into its usage columns."""
+
+    token_id: str
+    at: datetime
+    ip: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audited authentication or management action. Never holds a secret."""
+
+    at: datetime
+    action: Action
+    outcome: Outcome
+    token_id: str | None = None
+    user: str | None = None
+    actor: str | None = None
+    client_ip: str | None = None
+    method: str | None = None
+    path: str | None = None
+    reason: str = ""

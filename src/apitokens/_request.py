@@ -1,0 +1,74 @@
+"""AuthRequest: the framework-free view of an HTTP request that apitokens decides on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["AuthRequest", "Headers"]
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def _normalize(headers: Headers) -> tuple[tuple[str, str], ...]:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(name).lower(), str(value)) for name, value in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """An HTTP request as the middleware hands it to the core.
+
+    Attributes:
+        method: the HTTP method, e.g. ``"GET"`` (compared case-insensitively).
+        path: the path as sent, still percent-encoded, without the query.
+        query: the raw query string, without the leading ``?``.
+        headers: a mapping or a sequence of ``(name, value)`` pairs; names are
+            case-insensitive and repeated headers are kept.
+        client_ip: the address of the peer (or the trusted proxy's client).
+        body: the request body, when it has been read.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = field(default=())
+    client_ip: str = ""
+    body: bytes = b""
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Headers = (),
+        client_ip: str = "",
+        body: bytes = b"",
+    ) -> None:
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "query", query)
+        object.__setattr__(self, "headers", _normalize(headers))
+        object.__setattr__(self, "client_ip", client_ip)
+        object.__setattr__(self, "body", body)
+
+    def header_values(self, name: str) -> list[str]:
+        """Return every value of header ``name`` (case-insensitive), in order."""
+        key = name.lower()
+        return [value for header, value in self.headers if header == key]
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or ``None``."""
+        key = name.lower()
+        for header, value in self.headers:
+            if header == key:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        # Headers carry credentials: never show their values.
+        names = ", ".join(sorted({name for name, _ in self.headers}))
+        return (
+            f"AuthRequest(method={self.method!r}, path={self.path!r}, query={self.query!r}, "
+            f"headers=[{names}], client_ip={self.client_ip!r}, body=<{len(self.body)} bytes>)"
+        )

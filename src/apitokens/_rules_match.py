@@ -1,0 +1,260 @@
+"""The request as restriction rules see it: decoded path, parsed query and JSON body.
+
+Everything here fails closed: input that cannot be read safely yields a reason string
+instead of a value, and the caller denies with that reason. Nothing raises for any
+request content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from time import monotonic
+from typing import Final, final
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes
+
+import regex
+
+from apitokens._request import AuthRequest
+
+__all__ = [
+    "BUDGET_EXCEEDED",
+    "MISSING",
+    "BudgetExceededError",
+    "JsonNumber",
+    "RequestView",
+    "lookup",
+    "value_texts",
+]
+
+BUDGET_EXCEEDED: Final = "regex time budget exceeded"
+MAX_QUERY_FIELDS: Final = 1000
+# The regex module overflows to an immediate TimeoutError on huge timeouts.
+_MAX_TIMEOUT: Final = 3600.0
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+JsonObject = dict[str, object]
+MISSING: Final = object()
+
+
+class BudgetExceededError(Exception):
+    """The shared regex time budget of one match call ran out."""
+
+
+@final
+class JsonNumber:
+    """A JSON number kept as the text it was written with (``1.50`` stays ``1.50``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _NonFiniteError(ValueError):
+    pass
+
+
+@final
+class RequestView:
+    """One request, decoded once and shared by every rule of a match call."""
+
+    __slots__ = (
+        "_body",
+        "_deadline",
+        "_json",
+        "_query",
+        "_raw_query",
+        "method",
+        "path",
+        "path_error",
+    )
+
+    def __init__(self, request: AuthRequest, timeout: float) -> None:
+        now = monotonic()
+        # "not timeout > 0" also catches NaN, which regex would read as "no limit".
+        self._deadline = now + min(timeout, _MAX_TIMEOUT) if timeout > 0 else now
+        method = request.method
+        self.method = method.upper() if isinstance(method, str) and method.isascii() else ""
+        self.path, self.path_error = decode_path(request.path)
+        self._raw_query: object = request.query
+        self._body: object = request.body
+        self._query: dict[str, list[str]] | str | None = None
+        self._json: JsonObject | str | None = None
+
+    def fullmatch(self, pattern: regex.Pattern[str], text: str) -> bool:
+        """Fullmatch within the budget left; raise BudgetExceededError when it runs out."""
+        remaining = self._deadline - monotonic()
+        if remaining <= 0:
+            raise BudgetExceededError
+        try:
+            return pattern.fullmatch(text, timeout=remaining) is not None
+        except TimeoutError:
+            raise BudgetExceededError from None
+
+    def query(self) -> dict[str, list[str]] | str:
+        """The query parameters (name -> every value), or why they cannot be read."""
+        if self._query is None:
+            self._query = _parse_query(self._raw_query)
+        return self._query
+
+    def json(self) -> JsonObject | str:
+        """The JSON body object, or why the body is not one."""
+        if self._json is None:
+            self._json = _load_json(self._body)
+        return self._json
+
+
+def decode_path(raw: object) -> tuple[str, str]:
+    """Percent-decode a path exactly once: (decoded, "") or ("", reason to deny)."""
+    if not isinstance(raw, str):
+        return "", "path is not a string"
+    decoded = raw
+    try:
+        if "%" in raw:
+            if _BAD_ESCAPE.search(raw):
+                return "", "path has a malformed percent-escape"
+            if _ENCODED_SEPARATOR.search(raw):
+                return "", "path contains an encoded slash or backslash"
+            decoded = unquote_to_bytes(raw).decode("utf-8")
+        elif not raw.isascii():
+            raw.encode("utf-8")  # lone surrogates cannot have come from a real request
+    except UnicodeError:
+        return "", "path is not valid UTF-8"
+    reason = _unsafe(decoded)
+    if reason:
+        return "", reason
+    if "%" in decoded:
+        # A server behind us that decodes again must not find a separator or ".." either.
+        again = unquote(decoded, errors="surrogateescape")
+        if again != decoded and (again.count("/") != decoded.count("/") or _unsafe(again)):
+            return "", "path is encoded twice to hide a slash, dot segment or control character"
+    return decoded, ""
+
+
+def _unsafe(path: str) -> str:
+    if _CONTROL.search(path):
+        return "path contains a NUL or control character"
+    if "\\" in path:
+        return "path contains a backslash"
+    # ";" starts path parameters that some servers drop: "/..;x/" is a ".." for them.
+    if "." in path and any(part.split(";", 1)[0] in (".", "..") for part in path.split("/")):
+        return "path contains a dot segment"
+    return ""
+
+
+def _parse_query(raw: object) -> dict[str, list[str]] | str:
+    if not isinstance(raw, str):
+        return "query string is not a string"
+    try:
+        pairs = parse_qsl(
+            raw,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeError:
+        return "query string is not valid UTF-8"
+    except ValueError:
+        return f"query string has more than {MAX_QUERY_FIELDS} parameters"
+    params: dict[str, list[str]] = {}
+    for name, value in pairs:
+        params.setdefault(name, []).append(value)
+    return params
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> JsonObject:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKeyError
+    return obj
+
+
+def _non_finite(text: str) -> object:
+    raise _NonFiniteError(text)
+
+
+def _load_json(body: object) -> JsonObject | str:
+    if not isinstance(body, bytes | bytearray):
+        return "request body is not bytes"
+    if not body:
+        return "JSON body is empty"
+    try:
+        value = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_unique_object,
+            parse_int=JsonNumber,
+            parse_float=JsonNumber,
+            parse_constant=_non_finite,
+        )
+    except UnicodeError:
+        return "JSON body is not valid UTF-8"
+    except _DuplicateKeyError:
+        return "JSON body has a duplicate key"
+    except _NonFiniteError:
+        return "JSON body contains NaN or Infinity"
+    except RecursionError:
+        return "JSON body is nested too deeply"
+    except ValueError:
+        return "JSON body is not valid JSON"
+    if not isinstance(value, dict):
+        return "JSON body is not an object"
+    return value
+
+
+def lookup(root: JsonObject, keys: tuple[tuple[str, int | None], ...]) -> object:
+    """The value at a parsed JSON path, or MISSING."""
+    value: object = root
+    for key, index in keys:
+        if isinstance(value, dict):
+            if key not in value:
+                return MISSING
+            value = value[key]
+        elif isinstance(value, list) and index is not None and index < len(value):
+            value = value[index]
+        else:
+            return MISSING
+    return value
+
+
+def value_texts(value: object) -> list[str] | None:
+    """The texts a JsonData regex must all match; None if an array (at any depth) is empty.
+
+    Raises:
+        RecursionError: an object inside the value is nested too deeply to format.
+    """
+    texts: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            if not item:
+                return None
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            texts.append(_compact(item))
+    return texts
+
+
+def _compact(value: object) -> str:
+    """Compact JSON text with sorted keys; numbers keep the text they were written with."""
+    if isinstance(value, JsonNumber):
+        return value.text
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        items = (f"{json.dumps(key)}:{_compact(value[key])}" for key in sorted(value))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_compact(item) for item in value) + "]"
+    return "true" if value is True else "false" if value is False else "null"

@@ -1,0 +1,55 @@
+"""Throttling failed authentications, per client address and per token id."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict, deque
+
+__all__ = ["FailureThrottle"]
+
+
+class FailureThrottle:
+    """A sliding-window count of failures per key, bounded in memory.
+
+    A key with ``limit`` failures within the last ``window`` seconds is
+    blocked until the oldest of them leaves the window. It is consulted
+    before any hashing, so wrong secrets cannot be used to burn CPU.
+
+    Args:
+        limit: failures allowed within the window.
+        window: the window, in seconds.
+        max_keys: most keys tracked; the least recently failed is forgotten
+            first, so a flood of addresses cannot exhaust memory.
+    """
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: str, now: float) -> int:
+        """Return seconds until ``key`` may try again; 0 when it is not blocked."""
+        with self._lock:
+            failures = self._failures.get(key)
+            if failures is None or len(failures) < self.limit:
+                return 0
+            wait = failures[0] + self.window - now
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def fail(self, key: str, now: float) -> None:
+        """Record one failure for ``key`` at ``now`` (seconds)."""
+        with self._lock:
+            failures = self._failures.get(key)
+            if failures is None:
+                failures = self._failures[key] = deque(maxlen=self.limit)
+                if len(self._failures) > self.max_keys:
+                    self._failures.popitem(last=False)
+            else:
+                self._failures.move_to_end(key)
+            failures.append(now)
+
+    def __len__(self) -> int:
+        return len(self._failures)

@@ -1,0 +1,185 @@
+"""ASGI middleware: pure ASGI, never blocks the event loop.
+
+The core is asked first without blocking; only when it needs the store, a
+hash verification or the groups callable (a cache miss) is the decision
+moved to a worker thread. Lifespan and other non-HTTP scopes pass through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ._auth import Decision, WouldBlock
+from ._request import AuthRequest
+from ._result import AuthResult
+
+if TYPE_CHECKING:
+    from ._api import ApiTokens
+
+__all__ = ["ASGIApp", "ASGIMiddleware", "TokenAuth", "TokenUser", "request_from_scope"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_WANTED = {b"authorization": "authorization", b"x-forwarded-for": "x-forwarded-for"}
+
+
+class TokenUser:
+    """``scope["user"]`` after a token authenticated: what Starlette's ``request.user`` expects."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: AuthResult) -> None:
+        self.result = result
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    @property
+    def display_name(self) -> str:
+        """The username."""
+        return self.result.user or ""
+
+    @property
+    def identity(self) -> str:
+        """The username."""
+        return self.result.user or ""
+
+    @property
+    def token_id(self) -> str | None:
+        """The id of the token used."""
+        return self.result.token.id if self.result.token else None
+
+    def __repr__(self) -> str:
+        return f"TokenUser({self.display_name!r})"
+
+
+class TokenAuth:
+    """``scope["auth"]``: ``.scopes`` as Starlette's ``request.auth`` expects."""
+
+    __slots__ = ("result", "scopes")
+
+    def __init__(self, result: AuthResult) -> None:
+        self.result = result
+        self.scopes = result.scopes
+
+
+def _raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope.get("path", "/").encode("utf-8"))
+    root = scope.get("root_path", "")
+    # Some servers already include root_path in raw_path; never count it twice.
+    if root and not (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = root.rstrip("/") + path
+    return path.split("?", 1)[0]
+
+
+def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
+    """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
+    headers = [
+        (_WANTED[name], value.decode("latin-1"))
+        for name, value in scope.get("headers", ())
+        if name in _WANTED
+    ]
+    client = scope.get("client")
+    query = scope.get("query_string", b"")
+    return AuthRequest(
+        method=scope.get("method", "GET") if scope["type"] == "http" else "GET",
+        path=_raw_path(scope),
+        query=query.decode("latin-1"),
+        headers=headers,
+        client_ip=client[0] if client else "",
+        body=body,
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]]:
+    """Read the body, at most ``limit + 1`` bytes; return it and the messages to replay."""
+    chunks: list[bytes] = []
+    got = 0
+    while got <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), [message]
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        got += len(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    return body, [{"type": "http.request", "body": body, "more_body": False}]
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+class ASGIMiddleware:
+    """Checks tokens on protected paths, then calls the wrapped app.
+
+    On success the app sees ``scope["apitokens.auth"]`` (the
+    :class:`AuthResult`), ``scope["user"]`` (:class:`TokenUser`) and
+    ``scope["auth"]`` (:class:`TokenAuth`).
+    """
+
+    def __init__(self, app: ASGIApp, tokens: ApiTokens) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def _decide(self, request: AuthRequest, body_read: bool) -> Decision:
+        core = self.tokens.authenticator
+        try:
+            return core.safe_decide(request, body_read=body_read, block=False)
+        except WouldBlock:
+            return await asyncio.to_thread(core.safe_decide, request, body_read=body_read)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request = request_from_scope(scope)
+        decision = await self._decide(request, body_read=False)
+        if decision.need_body:
+            body, replay = await _read_body(receive, self.tokens.policy.max_body_bytes)
+            receive = _replay(replay, receive)
+            decision = await self._decide(request_from_scope(scope, body), body_read=True)
+        writer = self.tokens.writer
+        if decision.records and not writer.submit(decision.records, block=False):
+            await asyncio.to_thread(writer.submit, decision.records)
+        result = decision.result
+        if result.authenticated:
+            scope = dict(scope)
+            scope["apitokens.auth"] = result
+            scope["user"] = TokenUser(result)
+            scope["auth"] = TokenAuth(result)
+        elif result.status_code != 200:
+            await self._refuse(scope, send, result)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, result: AuthResult) -> None:
+        if scope["type"] == "websocket":
+            # Closing before accept makes the server answer the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008, "reason": result.error or ""})
+            return
+        body = result.body
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send(
+            {"type": "http.response.start", "status": result.status_code, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,158 @@
+"""Starlette and FastAPI integration (the ``starlette`` extra).
+
+- :class:`TokenBackend`: an ``AuthenticationBackend`` for Starlette's
+  ``AuthenticationMiddleware``; pass ``on_error=TokenBackend.on_error`` to
+  answer refusals exactly as the middleware does (status, JSON, challenge).
+- :class:`RequireToken`: a FastAPI dependency (any callable taking a
+  ``Request``) that requires a token on a route, optionally read-write.
+
+Both reuse the decision of ``tokens.asgi()`` when it already ran, and decide
+themselves otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    BaseUser,
+)
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from ._auth import Decision, WouldBlock
+from ._model import Outcome, Scope
+from ._result import AuthResult, refusal
+from .asgi import request_from_scope
+
+if TYPE_CHECKING:
+    from ._api import ApiTokens
+
+__all__ = ["RequireToken", "TokenBackend", "TokenRefused", "TokenUser"]
+
+
+class TokenUser(BaseUser):
+    """The authenticated user, as ``request.user``."""
+
+    def __init__(self, result: AuthResult) -> None:
+        self.result = result
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    @property
+    def display_name(self) -> str:
+        """The username."""
+        return self.result.user or ""
+
+    @property
+    def identity(self) -> str:
+        """The username."""
+        return self.result.user or ""
+
+
+class TokenRefused(AuthenticationError):
+    """A refusal, carrying the result to render."""
+
+    def __init__(self, result: AuthResult) -> None:
+        super().__init__(result.description)
+        self.result = result
+
+
+def _headers(result: AuthResult) -> dict[str, str]:
+    # Several challenges fit one WWW-Authenticate header (RFC 9110 §11.6.1).
+    merged: dict[str, str] = {}
+    for name, value in result.headers:
+        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+    return merged
+
+
+def _response(result: AuthResult) -> Response:
+    return Response(result.body, status_code=result.status_code, headers=_headers(result))
+
+
+async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None) -> Decision:
+    core = tokens.authenticator
+    auth_request = request_from_scope(request.scope, body or b"")
+    body_read = body is not None
+    try:
+        decision = core.safe_decide(auth_request, body_read=body_read, block=False)
+    except WouldBlock:
+        decision = await asyncio.to_thread(core.safe_decide, auth_request, body_read=body_read)
+    if decision.records and not tokens.writer.submit(decision.records, block=False):
+        await asyncio.to_thread(tokens.writer.submit, decision.records)
+    return decision
+
+
+class TokenBackend(AuthenticationBackend):
+    """Authenticates requests carrying a token for Starlette's ``AuthenticationMiddleware``.
+
+    Requests without a token (or with foreign credentials) are left
+    unauthenticated. A token with JSON-body rules cannot be checked here
+    (the backend never sees the body): wrap the app with ``tokens.asgi()``.
+    """
+
+    def __init__(self, tokens: ApiTokens) -> None:
+        self.tokens = tokens
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        """Return credentials and user, ``None`` to pass, or raise :class:`TokenRefused`."""
+        result = conn.scope.get("apitokens.auth")
+        if not isinstance(result, AuthResult):
+            decision = await _decide(self.tokens, conn, None)
+            if decision.need_body:
+                result = refusal(
+                    self.tokens.policy,
+                    403,
+                    "token has JSON-body rules; wrap the app with tokens.asgi() to check them",
+                )
+            else:
+                result = decision.result
+        if result.outcome is Outcome.PASS_THROUGH:
+            return None
+        if not result.authenticated:
+            raise TokenRefused(result)
+        return AuthCredentials(result.scopes), TokenUser(result)
+
+    @staticmethod
+    def on_error(conn: HTTPConnection, exc: Exception) -> Response:
+        """Render a refusal like the middleware does (use as ``on_error``)."""
+        if isinstance(exc, TokenRefused):
+            return _response(exc.result)
+        return Response(str(exc), status_code=400)
+
+
+class RequireToken:
+    """A FastAPI dependency: the route needs a token (read-write with ``write=True``).
+
+    ``Depends(RequireToken(tokens))`` returns the :class:`AuthResult`.
+    Refusals raise ``HTTPException`` with the status and ``WWW-Authenticate``.
+    """
+
+    def __init__(self, tokens: ApiTokens, *, write: bool = False) -> None:
+        self.tokens = tokens
+        self.write = write
+
+    async def __call__(self, request: Request) -> AuthResult:
+        """Return the result for ``request`` or raise ``HTTPException``."""
+        policy = self.tokens.policy
+        result = request.scope.get("apitokens.auth")
+        if not isinstance(result, AuthResult):
+            decision = await _decide(self.tokens, request, None)
+            if decision.need_body:
+                decision = await _decide(self.tokens, request, await request.body())
+            result = decision.result
+        if result.outcome is Outcome.PASS_THROUGH:
+            result = refusal(policy, 401, "route requires a token", challenge_error=False)
+        elif self.write and result.token is not None and result.token.scope is not Scope.READ_WRITE:
+            result = refusal(policy, 403, "route requires a READ_WRITE token", token=result.token)
+        if not result.authenticated:
+            raise HTTPException(result.status_code, result.description, headers=_headers(result))
+        return result

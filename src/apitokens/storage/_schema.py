@@ -1,0 +1,399 @@
+"""SQLite schema, migrations and row conversion for SQLiteStore.
+
+Schema policy: ``PRAGMA user_version`` is the schema version. ``MIGRATIONS[n]``
+takes a database from version ``n`` to ``n + 1``; each runs in its own
+``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash
+leaves the file at a whole version. A released migration is never edited:
+changes are new entries appended to the list. A file whose version is newer
+than ``LATEST_VERSION`` is refused, never written to.
+
+Datetimes are integer microseconds since the Unix epoch, UTC: exact for
+Python datetimes, and they sort and index as integers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apitokens._errors import SchemaVersionError, StorageError
+from apitokens._model import Action, AuditEvent, Outcome, Scope, StoredToken, Token, TokenStatus
+from apitokens.storage._base import EventQuery, TokenQuery
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "FOLD_USAGE",
+    "INSERT_EVENT",
+    "INSERT_RECORD",
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "RECORD_COLUMNS",
+    "STORED_COLUMNS",
+    "UPDATE_RECORD",
+    "check_version",
+    "event_from_row",
+    "event_params",
+    "from_micros",
+    "migrate",
+    "select_events",
+    "select_tokens",
+    "stored_from_row",
+    "to_micros",
+    "token_from_row",
+    "token_params",
+    "update_params",
+    "user_version",
+]
+
+_V1 = (
+    """
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY NOT NULL,
+        name          TEXT NOT NULL,
+        user          TEXT,
+        created_by    TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER,
+        scope         TEXT NOT NULL,
+        restrictions  TEXT NOT NULL DEFAULT '[]',
+        allowed_ips   TEXT NOT NULL DEFAULT '[]',
+        secure        INTEGER NOT NULL DEFAULT 1,
+        secret_hash   TEXT NOT NULL,
+        revealable    TEXT,
+        last_used_at  INTEGER,
+        last_used_ip  TEXT,
+        use_count     INTEGER NOT NULL DEFAULT 0,
+        revoked_at    INTEGER
+    )
+    """,
+    "CREATE INDEX tokens_by_user ON tokens (user)",
+    "CREATE INDEX tokens_by_status ON tokens (revoked_at, expires_at)",
+    "CREATE INDEX tokens_by_last_used ON tokens (last_used_at)",
+    # seq is the rowid: it keeps insertion order for events with equal times.
+    """
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        action     TEXT NOT NULL,
+        outcome    TEXT NOT NULL,
+        token_id   TEXT,
+        user       TEXT,
+        actor      TEXT,
+        client_ip  TEXT,
+        method     TEXT,
+        path       TEXT,
+        reason     TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX audit_by_token ON audit (token_id, at)",
+    "CREATE INDEX audit_by_user ON audit (user, at)",
+    "CREATE INDEX audit_by_outcome ON audit (outcome, at)",
+    "CREATE INDEX audit_by_at ON audit (at)",
+)
+
+_V2 = (
+    # Rotation: the replaced secret's hash stays valid until its grace ends.
+    "ALTER TABLE tokens ADD COLUMN previous_hash TEXT",
+    "ALTER TABLE tokens ADD COLUMN previous_valid_until INTEGER",
+    # list() orders by (created_at DESC, id); without this it sorts every row.
+    "CREATE INDEX tokens_by_created ON tokens (created_at DESC, id)",
+    "CREATE INDEX audit_by_action ON audit (action, at)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
+"""``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
+
+LATEST_VERSION = len(MIGRATIONS)
+
+RECORD_COLUMNS = (
+    "id, name, user, created_by, created_at, expires_at, scope, restrictions, allowed_ips,"
+    " secure, last_used_at, last_used_ip, use_count, revoked_at"
+)
+STORED_COLUMNS = RECORD_COLUMNS + ", secret_hash, previous_hash, previous_valid_until, revealable"
+EVENT_COLUMNS = "at, action, outcome, token_id, user, actor, client_ip, method, path, reason"
+
+INSERT_RECORD = f"INSERT INTO tokens ({STORED_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608
+UPDATE_RECORD = (
+    "UPDATE tokens SET name = ?, expires_at = ?, scope = ?, restrictions = ?, allowed_ips = ?,"
+    " secure = ?, secret_hash = ?, previous_hash = ?, previous_valid_until = ?, revealable = ?"
+    " WHERE id = ?"
+)
+# SET expressions all see the row as it was, so the order of the two CASEs is irrelevant.
+FOLD_USAGE = (
+    "UPDATE tokens SET use_count = use_count + :count,"
+    " last_used_ip = CASE WHEN last_used_at IS NULL OR last_used_at <= :at"
+    " THEN :ip ELSE last_used_ip END,"
+    " last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at <= :at"
+    " THEN :at ELSE last_used_at END"
+    " WHERE id = :id"
+)
+INSERT_EVENT = f"INSERT INTO audit ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"  # noqa: S608
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """Return an aware datetime as integer microseconds since the epoch."""
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    """Return integer microseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def token_params(stored: StoredToken) -> tuple[object, ...]:
+    """Return the parameters of ``INSERT_RECORD`` for a normalized token."""
+    token = stored.token
+    return (
+        token.id,
+        token.name,
+        token.user,
+        token.created_by,
+        to_micros(token.created_at),
+        _micros(token.expires_at),
+        token.scope.value,
+        json.dumps(list(token.restrictions)),
+        json.dumps(list(token.allowed_ips)),
+        int(token.secure),
+        _micros(token.last_used_at),
+        token.last_used_ip,
+        token.use_count,
+        _micros(token.revoked_at),
+        stored.secret_hash,
+        stored.previous_hash,
+        _micros(stored.previous_valid_until),
+        stored.revealable,
+    )
+
+
+def update_params(stored: StoredToken) -> tuple[object, ...]:
+    """Return the parameters of ``UPDATE_RECORD`` for a normalized token."""
+    token = stored.token
+    return (
+        token.name,
+        _micros(token.expires_at),
+        token.scope.value,
+        json.dumps(list(token.restrictions)),
+        json.dumps(list(token.allowed_ips)),
+        int(token.secure),
+        stored.secret_hash,
+        stored.previous_hash,
+        _micros(stored.previous_valid_until),
+        stored.revealable,
+        token.id,
+    )
+
+
+def event_params(event: AuditEvent) -> tuple[object, ...]:
+    """Return the parameters of ``INSERT_EVENT`` for a normalized event."""
+    return (
+        to_micros(event.at),
+        event.action.value,
+        event.outcome.value,
+        event.token_id,
+        event.user,
+        event.actor,
+        event.client_ip,
+        event.method,
+        event.path,
+        event.reason,
+    )
+
+
+def select_tokens(query: TokenQuery) -> tuple[str, list[object]]:
+    """Return the SQL and parameters of ``TokenStore.list``.
+
+    Selects exactly what ``TokenQuery.matches`` accepts; the name test uses
+    the ``apitokens_casefold`` function every connection registers.
+    """
+    where: list[str] = []
+    params: list[object] = []
+    if query.user is not None:
+        where.append("user = ?")
+        params.append(query.user)
+    if query.status is TokenStatus.REVOKED:
+        where.append("revoked_at IS NOT NULL")
+    elif query.status is TokenStatus.ACTIVE:
+        where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+        params.append(to_micros(query.now))
+    elif query.status is TokenStatus.EXPIRED:
+        where.append("revoked_at IS NULL AND expires_at <= ?")
+        params.append(to_micros(query.now))
+    if query.unused_since is not None:
+        where.append("(last_used_at IS NULL OR last_used_at < ?)")
+        params.append(to_micros(query.unused_since))
+    if query.name is not None:
+        where.append("instr(apitokens_casefold(name), ?) > 0")
+        params.append(query.name)
+    sql = (
+        f"SELECT {RECORD_COLUMNS} FROM tokens"  # noqa: S608 - constant fragments only
+        f" WHERE {' AND '.join(where) or '1'}"
+        " ORDER BY created_at DESC, id ASC LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, -1 if query.limit is None else query.limit, query.offset]
+
+
+def select_events(query: EventQuery) -> tuple[str, list[object]]:
+    """Return the SQL and parameters of ``TokenStore.events`` (``EventQuery.matches``)."""
+    filters: list[tuple[str, object]] = []
+    if query.token_id is not None:
+        filters.append(("token_id = ?", query.token_id))
+    if query.user is not None:
+        filters.append(("user = ?", query.user))
+    if query.action is not None:
+        filters.append(("action = ?", query.action.value))
+    if query.outcome is not None:
+        filters.append(("outcome = ?", query.outcome.value))
+    if query.since is not None:
+        filters.append(("at >= ?", to_micros(query.since)))
+    if query.until is not None:
+        filters.append(("at < ?", to_micros(query.until)))
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM audit"  # noqa: S608 - constant fragments only
+        f" WHERE {' AND '.join(clause for clause, _ in filters) or '1'}"
+        " ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
+    )
+    return sql, [*(value for _, value in filters), query.limit, query.offset]
+
+
+def _optional_datetime(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def _strings(text: str) -> tuple[str, ...]:
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError("expected a JSON array of strings")
+    return tuple(values)
+
+
+def token_from_row(row: Sequence[Any]) -> Token:
+    """Build a ``Token`` from a row selected with ``RECORD_COLUMNS``.
+
+    Raises:
+        StorageError: the row holds values apitokens did not write.
+    """
+    try:
+        revoked_at = _optional_datetime(row[13])
+        return Token(
+            id=row[0],
+            name=row[1],
+            user=row[2],
+            created_by=row[3],
+            created_at=from_micros(row[4]),
+            expires_at=_optional_datetime(row[5]),
+            scope=Scope(row[6]),
+            restrictions=_strings(row[7]),
+            allowed_ips=_strings(row[8]),
+            secure=bool(row[9]),
+            last_used_at=_optional_datetime(row[10]),
+            last_used_ip=row[11],
+            use_count=row[12],
+            revoked_at=revoked_at,
+            status=TokenStatus.ACTIVE if revoked_at is None else TokenStatus.REVOKED,
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise StorageError(f"token {row[0]!r} has an unreadable value: {exc}") from None
+
+
+def stored_from_row(row: Sequence[Any]) -> StoredToken:
+    """Build a ``StoredToken`` from a row selected with ``STORED_COLUMNS``.
+
+    Raises:
+        StorageError: the row holds values apitokens did not write.
+    """
+    try:
+        previous_valid_until = _optional_datetime(row[16])
+    except (ValueError, TypeError, OverflowError):
+        raise StorageError(f"token {row[0]!r} has an unreadable grace period") from None
+    return StoredToken(
+        token=token_from_row(row),
+        secret_hash=row[14],
+        previous_hash=row[15],
+        previous_valid_until=previous_valid_until,
+        revealable=row[17],
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> AuditEvent:
+    """Build an ``AuditEvent`` from a row selected with ``EVENT_COLUMNS``.
+
+    Raises:
+        StorageError: the row holds values apitokens did not write.
+    """
+    try:
+        return AuditEvent(
+            at=from_micros(row[0]),
+            action=Action(row[1]),
+            outcome=Outcome(row[2]),
+            token_id=row[3],
+            user=row[4],
+            actor=row[5],
+            client_ip=row[6],
+            method=row[7],
+            path=row[8],
+            reason=row[9],
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise StorageError(f"an audit event has an unreadable value: {exc}") from None
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """Return the schema version recorded in the database file."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def check_version(conn: sqlite3.Connection, where: str) -> int:
+    """Return the file's schema version, refusing one newer than this apitokens knows.
+
+    Raises:
+        SchemaVersionError: the file's version is newer than ``LATEST_VERSION``.
+    """
+    version = user_version(conn)
+    if version > LATEST_VERSION:
+        raise SchemaVersionError(
+            f"{where} has schema version {version}, but this apitokens supports schema"
+            f" versions up to {LATEST_VERSION}: it was written by a newer apitokens;"
+            " upgrade apitokens to open it"
+        )
+    return version
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Bring the database up to ``LATEST_VERSION``, one transaction per migration.
+
+    The version is re-read inside each write transaction, so several processes
+    opening an old file at once apply each migration exactly once.
+
+    Args:
+        conn: a connection in autocommit mode (``isolation_level=None``).
+        where: how to name the database in error messages.
+
+    Raises:
+        SchemaVersionError: the file's version is newer than ``LATEST_VERSION``.
+        sqlite3.Error: a migration failed (its transaction is rolled back).
+    """
+    while check_version(conn, where) < LATEST_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = check_version(conn, where)
+            if version < LATEST_VERSION:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                # PRAGMA takes no parameters; version is an int we computed.
+                conn.execute(f"PRAGMA user_version = {version + 1:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

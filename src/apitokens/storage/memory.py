@@ -1,0 +1,271 @@
+"""MemoryStore: a TokenStore in this process's memory, for tests and single-process demos."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import itertools
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+
+from apitokens._errors import StorageError, TokenNotFound
+from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
+from apitokens.storage._base import (
+    EventQuery,
+    TokenQuery,
+    fold_usage,
+    normalize_event,
+    normalize_stored,
+    require_utc,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A :class:`~apitokens.TokenStore` kept in dictionaries, guarded by one lock.
+
+    Nothing survives the process. Records are kept as frozen dataclasses, so
+    what a call returns can be shared with the caller safely. Every change
+    happens entirely under the lock, which makes it atomic (a :meth:`write`
+    batch is validated before anything changes, so it is all or nothing);
+    queries copy a snapshot under the lock and filter it outside, so a long
+    listing does not stall authentication.
+    """
+
+    def __init__(self) -> None:
+        """Create an empty store."""
+        self._lock = threading.Lock()
+        self._tokens: dict[str, StoredToken] = {}
+        # (sequence number, event): the number breaks ties between equal times.
+        self._events: builtins.list[tuple[int, AuditEvent]] = []
+        self._sequence = itertools.count()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(tokens={len(self._tokens)}, events={len(self._events)})"
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the memory store is closed")
+
+    def add(self, stored: StoredToken) -> None:
+        """Store a new token (see :meth:`TokenStore.add`).
+
+        Raises:
+            StorageError: the id exists already, or the store is closed.
+            ValueError: a datetime is naive, or a secure token is revealable.
+        """
+        stored = normalize_stored(stored)
+        with self._lock:
+            self._check_open()
+            if stored.token.id in self._tokens:
+                raise StorageError(f"add failed: a token with id {stored.token.id!r} exists")
+            self._tokens[stored.token.id] = stored
+
+    def get(self, token_id: str) -> StoredToken | None:
+        """Return the token with its hashes, or ``None`` (see :meth:`TokenStore.get`).
+
+        Raises:
+            StorageError: the store is closed.
+        """
+        with self._lock:
+            self._check_open()
+            return self._tokens.get(token_id)
+
+    def update(self, stored: StoredToken) -> None:
+        """Replace a token's editable fields (see :meth:`TokenStore.update`).
+
+        Raises:
+            TokenNotFound: no token has this id.
+            StorageError: the store is closed.
+            ValueError: a datetime is naive, or a secure token is revealable.
+        """
+        new = normalize_stored(stored)
+        with self._lock:
+            self._check_open()
+            old = self._tokens.get(new.token.id)
+            if old is None:
+                raise TokenNotFound(f"no token has id {new.token.id!r}")
+            token = dataclasses.replace(
+                old.token,
+                name=new.token.name,
+                expires_at=new.token.expires_at,
+                scope=new.token.scope,
+                restrictions=new.token.restrictions,
+                allowed_ips=new.token.allowed_ips,
+                secure=new.token.secure,
+            )
+            self._tokens[token.id] = dataclasses.replace(new, token=token)
+
+    def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
+        """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).
+
+        Returns:
+            ``True`` if the hash was replaced.
+
+        Raises:
+            StorageError: the store is closed.
+        """
+        with self._lock:
+            self._check_open()
+            stored = self._tokens.get(token_id)
+            if stored is None or stored.secret_hash != old:
+                return False
+            self._tokens[token_id] = dataclasses.replace(stored, secret_hash=new)
+            return True
+
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        """Revoke a token unless it already is (see :meth:`TokenStore.revoke`).
+
+        Returns:
+            ``True`` if this call revoked it.
+
+        Raises:
+            TokenNotFound: no token has this id.
+            StorageError: the store is closed.
+            ValueError: ``at`` is naive.
+        """
+        at = require_utc(at, "at")
+        with self._lock:
+            self._check_open()
+            old = self._tokens.get(token_id)
+            if old is None:
+                raise TokenNotFound(f"no token has id {token_id!r}")
+            if old.token.revoked_at is not None:
+                return False
+            token = dataclasses.replace(old.token, revoked_at=at, status=TokenStatus.REVOKED)
+            self._tokens[token_id] = dataclasses.replace(old, token=token)
+            return True
+
+    def list(
+        self,
+        *,
+        now: datetime,
+        user: str | None = None,
+        status: TokenStatus | str | None = None,
+        unused_since: datetime | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Token]:
+        """Return tokens newest first, status as of ``now`` (see :meth:`TokenStore.list`).
+
+        Raises:
+            ValueError: unknown status, naive datetime, negative limit or offset.
+            StorageError: the store is closed.
+        """
+        query = TokenQuery.from_arguments(
+            now=now,
+            user=user,
+            status=status,
+            unused_since=unused_since,
+            name=name,
+            limit=limit,
+            offset=offset,
+        )
+        with self._lock:
+            self._check_open()
+            tokens = [stored.token for stored in self._tokens.values()]
+        return query.page([token for token in tokens if query.matches(token)])
+
+    def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        """Record events and fold usage atomically (see :meth:`TokenStore.write`).
+
+        Raises:
+            ValueError: a datetime is naive or a count negative (nothing written).
+            StorageError: the store is closed (nothing written).
+        """
+        normalized = [normalize_event(event) for event in events]
+        totals = fold_usage(usage)
+        with self._lock:
+            self._check_open()
+            self._events.extend((next(self._sequence), event) for event in normalized)
+            for token_id, total in totals.items():
+                old = self._tokens.get(token_id)
+                if old is None:
+                    continue
+                token = old.token
+                newest = token.last_used_at is None or total.last_at >= token.last_used_at
+                token = dataclasses.replace(
+                    token,
+                    use_count=token.use_count + total.count,
+                    last_used_at=total.last_at if newest else token.last_used_at,
+                    last_used_ip=total.last_ip if newest else token.last_used_ip,
+                )
+                self._tokens[token_id] = dataclasses.replace(old, token=token)
+
+    def events(
+        self,
+        *,
+        token_id: str | None = None,
+        user: str | None = None,
+        action: Action | str | None = None,
+        outcome: Outcome | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[AuditEvent]:
+        """Return audit events newest first (see :meth:`TokenStore.events`).
+
+        Raises:
+            ValueError: unknown action or outcome, naive datetime, negative
+                limit or offset.
+            StorageError: the store is closed.
+        """
+        query = EventQuery.from_arguments(
+            token_id=token_id,
+            user=user,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+        with self._lock:
+            self._check_open()
+            entries = builtins.list(self._events)
+        found = [entry for entry in entries if query.matches(entry[1])]
+        # Newest first; the sequence number orders events with equal times.
+        found.sort(key=lambda entry: (entry[1].at, entry[0]), reverse=True)
+        return [event for _, event in found[query.offset : query.offset + query.limit]]
+
+    def prune_events(self, *, before: datetime) -> int:
+        """Delete events with ``at < before`` (see :meth:`TokenStore.prune_events`).
+
+        Returns:
+            How many events were deleted.
+
+        Raises:
+            ValueError: ``before`` is naive.
+            StorageError: the store is closed.
+        """
+        before = require_utc(before, "before")
+        with self._lock:
+            self._check_open()
+            kept = [entry for entry in self._events if entry[1].at >= before]
+            removed = len(self._events) - len(kept)
+            self._events = kept
+            return removed
+
+    def close(self) -> None:
+        """Drop everything; later calls raise ``StorageError``. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._tokens.clear()
+            self._events.clear()

@@ -1,0 +1,414 @@
+"""SQLiteStore: a TokenStore in one SQLite file (stdlib ``sqlite3``, WAL), safe across threads.
+
+Threading model: a small pool of connections, each lent to one thread for one
+call. A pool rather than one connection per thread (``threading.local``)
+because servers often run a thread per request: per-thread connections would
+pile up with every thread that ever called us, and could only be closed from
+``close()``. Lending never shares a connection between two threads at once,
+which is what makes ``check_same_thread=False`` safe whatever
+``sqlite3.threadsafety`` is. In WAL mode readers never wait for the writer.
+
+Writers in this process queue on a lock before ``BEGIN IMMEDIATE``: SQLite's
+busy handler polls with sleeps, so a lock is both faster and fairer among our
+own threads; ``busy_timeout`` still covers writers in other processes.
+
+``:memory:`` (and ``""``) give each connection its own private database, so
+for them the pool holds exactly one connection, lent to one thread at a time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+
+from apitokens._errors import StorageError, TokenNotFound
+from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
+from apitokens.storage import _schema
+from apitokens.storage._base import (
+    EventQuery,
+    TokenQuery,
+    fold_usage,
+    normalize_event,
+    normalize_stored,
+    require_utc,
+)
+from apitokens.storage._schema import to_micros
+
+__all__ = ["SQLiteStore"]
+
+_MAX_IDLE = 8
+"""Idle connections kept for reuse; more are opened under load and closed after."""
+
+
+def _casefold(value: object) -> str | None:
+    return None if value is None else str(value).casefold()
+
+
+class _Pool:
+    """Connections lent to one thread at a time; at most ``max_size`` lent (None: no limit)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        max_size: int | None,
+        timeout: float,
+        private: bool,
+    ) -> None:
+        self._connect = connect
+        self._max_size = max_size
+        self._timeout = timeout
+        # A private database lives only as long as its one connection: never drop it.
+        self._private = private
+        self._cond = threading.Condition()
+        self._idle: list[sqlite3.Connection] = []
+        self._lent = 0
+        self.closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self._acquire()
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _acquire(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + self._timeout
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise StorageError("the SQLite store is closed")
+                if self._idle:
+                    self._lent += 1
+                    return self._idle.pop()
+                if self._max_size is None or self._lent < self._max_size:
+                    self._lent += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    raise StorageError("timed out waiting for the SQLite connection")
+        try:
+            return self._connect()  # outside the lock: opening a file can be slow
+        except BaseException:
+            with self._cond:
+                self._lent -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        with self._cond:
+            self._lent -= 1
+            healthy = self._private or not conn.in_transaction
+            keep = not self.closed and healthy and len(self._idle) < _MAX_IDLE
+            if keep:
+                self._idle.append(conn)
+            self._cond.notify()
+        if not keep:
+            conn.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for conn in idle:
+            conn.close()
+
+
+class SQLiteStore:
+    """A :class:`~apitokens.TokenStore` in a SQLite database file.
+
+    The file is created if missing, upgraded if an older apitokens wrote it,
+    and refused if a newer one did. Several processes, and several stores in
+    one process, may share a file. Only hashes of secure-mode secrets are
+    written; see ``docs/storage.md`` for the schema.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+        """Open (creating or upgrading) the database at ``path``.
+
+        Args:
+            path: the database file, or ``":memory:"`` for a private database
+                that lives as long as this store.
+            timeout: seconds a call waits for a lock held by another writer
+                (SQLite's ``busy_timeout``, and our own queue) before failing.
+
+        Raises:
+            ValueError: ``timeout`` is negative or not finite.
+            SchemaVersionError: the file was written by a newer apitokens.
+            StorageError: the file cannot be opened, is not a SQLite database,
+                or cannot be upgraded.
+        """
+        if not (timeout >= 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a finite, non-negative number, not {timeout!r}")
+        self._path = os.fspath(path)
+        self._timeout = timeout
+        private = self._path in ("", ":memory:")
+        self._pool = _Pool(
+            self._connect, max_size=1 if private else None, timeout=timeout, private=private
+        )
+        self._write_lock = threading.Lock()
+        where = f"database {self._path!r}"
+        try:
+            with self._failures("open"), self._pool.connection() as conn:
+                _schema.check_version(conn, where)  # before any write to a file we may refuse
+                if not private:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                _schema.migrate(conn, where)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000):d}")
+            # Overwrite deleted content (old revealable strings, replaced hashes) with zeros.
+            conn.execute("PRAGMA secure_delete = ON")
+            # SQLite's lower() folds ASCII only; the memory store uses str.casefold().
+            conn.create_function("apitokens_casefold", 1, _casefold, deterministic=True)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r})"
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _failures(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            # sqlite3 messages name tables and constraints, never bound values.
+            raise StorageError(f"SQLite store {operation} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        with self._failures(operation):
+            if not self._write_lock.acquire(timeout=self._timeout):
+                raise StorageError(f"SQLite store {operation} failed: timed out behind writers")
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        raise
+            finally:
+                self._write_lock.release()
+
+    @contextlib.contextmanager
+    def _read(self, operation: str) -> Iterator[sqlite3.Connection]:
+        with self._failures(operation), self._pool.connection() as conn:
+            yield conn
+
+    def add(self, stored: StoredToken) -> None:
+        """Store a new token (see :meth:`TokenStore.add`).
+
+        Raises:
+            StorageError: the id exists already, or the database failed.
+            ValueError: a datetime is naive, or a secure token is revealable.
+        """
+        stored = normalize_stored(stored)
+        token = stored.token
+        with self._write("add") as conn:
+            if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token.id,)).fetchone():
+                raise StorageError(f"add failed: a token with id {token.id!r} exists")
+            conn.execute(_schema.INSERT_RECORD, _schema.token_params(stored))
+
+    def get(self, token_id: str) -> StoredToken | None:
+        """Return the token with its hashes, or ``None`` (see :meth:`TokenStore.get`).
+
+        Raises:
+            StorageError: the database failed or holds unreadable values.
+        """
+        query = f"SELECT {_schema.STORED_COLUMNS} FROM tokens WHERE id = ?"  # noqa: S608
+        with self._read("get") as conn:
+            row = conn.execute(query, (token_id,)).fetchone()
+        return None if row is None else _schema.stored_from_row(row)
+
+    def update(self, stored: StoredToken) -> None:
+        """Replace a token's editable fields (see :meth:`TokenStore.update`).
+
+        Raises:
+            TokenNotFound: no token has this id.
+            StorageError: the database failed.
+            ValueError: a datetime is naive, or a secure token is revealable.
+        """
+        stored = normalize_stored(stored)
+        token = stored.token
+        with self._write("update") as conn:
+            cursor = conn.execute(_schema.UPDATE_RECORD, _schema.update_params(stored))
+            if cursor.rowcount == 0:
+                raise TokenNotFound(f"no token has id {token.id!r}")
+
+    def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
+        """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).
+
+        Returns:
+            ``True`` if the hash was replaced.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._write("replace_hash") as conn:
+            cursor = conn.execute(
+                "UPDATE tokens SET secret_hash = ? WHERE id = ? AND secret_hash = ?",
+                (new, token_id, old),
+            )
+            return cursor.rowcount == 1
+
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        """Revoke a token unless it already is (see :meth:`TokenStore.revoke`).
+
+        Returns:
+            ``True`` if this call revoked it.
+
+        Raises:
+            TokenNotFound: no token has this id.
+            StorageError: the database failed.
+            ValueError: ``at`` is naive.
+        """
+        micros = to_micros(require_utc(at, "at"))
+        with self._write("revoke") as conn:
+            if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone() is None:
+                raise TokenNotFound(f"no token has id {token_id!r}")
+            cursor = conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (micros, token_id),
+            )
+            return cursor.rowcount == 1
+
+    def list(
+        self,
+        *,
+        now: datetime,
+        user: str | None = None,
+        status: TokenStatus | str | None = None,
+        unused_since: datetime | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Token]:
+        """Return tokens newest first, status as of ``now`` (see :meth:`TokenStore.list`).
+
+        Raises:
+            ValueError: unknown status, naive datetime, negative limit or offset.
+            StorageError: the database failed.
+        """
+        query = TokenQuery.from_arguments(
+            now=now,
+            user=user,
+            status=status,
+            unused_since=unused_since,
+            name=name,
+            limit=limit,
+            offset=offset,
+        )
+        sql, params = _schema.select_tokens(query)
+        with self._read("list") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [_schema.token_from_row(row).as_of(query.now) for row in rows]
+
+    def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        """Record events and fold usage in one transaction (see :meth:`TokenStore.write`).
+
+        Raises:
+            ValueError: a datetime is naive or a count negative (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        rows = [_schema.event_params(normalize_event(event)) for event in events]
+        totals = [
+            {"id": token_id, "count": t.count, "at": to_micros(t.last_at), "ip": t.last_ip}
+            for token_id, t in fold_usage(usage).items()
+        ]
+        if not rows and not totals:
+            if self._pool.closed:
+                raise StorageError("the SQLite store is closed")
+            return
+        with self._write("write") as conn:
+            conn.executemany(_schema.INSERT_EVENT, rows)
+            conn.executemany(_schema.FOLD_USAGE, totals)
+
+    def events(
+        self,
+        *,
+        token_id: str | None = None,
+        user: str | None = None,
+        action: Action | str | None = None,
+        outcome: Outcome | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[AuditEvent]:
+        """Return audit events newest first (see :meth:`TokenStore.events`).
+
+        Raises:
+            ValueError: unknown action or outcome, naive datetime, negative
+                limit or offset.
+            StorageError: the database failed.
+        """
+        query = EventQuery.from_arguments(
+            token_id=token_id,
+            user=user,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+        sql, params = _schema.select_events(query)
+        with self._read("events") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [_schema.event_from_row(row) for row in rows]
+
+    def prune_events(self, *, before: datetime) -> int:
+        """Delete events with ``at < before`` (see :meth:`TokenStore.prune_events`).
+
+        Returns:
+            How many events were deleted.
+
+        Raises:
+            ValueError: ``before`` is naive.
+            StorageError: the database failed.
+        """
+        micros = to_micros(require_utc(before, "before"))
+        with self._write("prune_events") as conn:
+            return conn.execute("DELETE FROM audit WHERE at < ?", (micros,)).rowcount
+
+    def close(self) -> None:
+        """Close every connection; later calls raise ``StorageError``. Idempotent.
+
+        A call still running in another thread finishes, and its connection is
+        closed when it returns.
+        """
+        self._pool.close()

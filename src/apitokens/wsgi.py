@@ -1,0 +1,118 @@
+"""WSGI middleware: translate the environ, ask the core, answer or call the app."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from ._auth import Decision
+from ._request import AuthRequest
+from ._result import AuthResult
+
+if TYPE_CHECKING:
+    from ._api import ApiTokens
+
+__all__ = ["WSGIApplication", "WSGIMiddleware", "request_from_environ"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApplication = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+# Characters left as they are when re-quoting PATH_INFO: RFC 3986 pchar and "/".
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
+def _raw_path(environ: Environ) -> str:
+    """The path as sent: the server's raw URI when it gives one, else re-quoted."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        if not raw.startswith("/"):  # absolute-form: http://host/path
+            raw = urlsplit(raw).path or "/"
+        return str(raw).split("?", 1)[0]
+    # PEP 3333: PATH_INFO holds the decoded bytes as latin-1 characters.
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+
+
+def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
+    """Build the :class:`AuthRequest` for a WSGI environ (headers the core reads)."""
+    headers = []
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if authorization is not None:
+        headers.append(("authorization", authorization))
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded is not None:
+        headers.append(("x-forwarded-for", forwarded))
+    return AuthRequest(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        path=_raw_path(environ),
+        query=environ.get("QUERY_STRING", ""),
+        headers=headers,
+        client_ip=environ.get("REMOTE_ADDR", ""),
+        body=body,
+    )
+
+
+def _read_body(environ: Environ, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes (one more than allowed tells "too large")."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if length < 0 and not environ.get("wsgi.input_terminated"):
+        return b""  # no length and not a terminated stream: nothing safe to read
+    want = limit + 1 if length < 0 else min(length, limit + 1)
+    chunks, got = [], 0
+    while got < want:
+        chunk = stream.read(want - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _respond(result: AuthResult, start_response: StartResponse) -> list[bytes]:
+    body = result.body
+    status = HTTPStatus(result.status_code)
+    headers = [*result.headers, ("Content-Length", str(len(body)))]
+    start_response(f"{status.value} {status.phrase}", headers)
+    return [body]
+
+
+class WSGIMiddleware:
+    """Checks tokens on protected paths, then calls the wrapped app.
+
+    On success the app sees ``environ["REMOTE_USER"]`` and
+    ``environ["apitokens.auth"]`` (the :class:`AuthResult`). A body read for
+    a JSON rule is replayed to the app byte for byte.
+    """
+
+    def __init__(self, app: WSGIApplication, tokens: ApiTokens) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        tokens = self.tokens
+        core = tokens.authenticator
+        request = request_from_environ(environ)
+        decision: Decision = core.safe_decide(request, body_read=False)
+        if decision.need_body:
+            body = _read_body(environ, tokens.policy.max_body_bytes)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            decision = core.safe_decide(request_from_environ(environ, body))
+        tokens.writer.submit(decision.records)
+        result = decision.result
+        if result.authenticated:
+            environ["REMOTE_USER"] = result.user
+            environ["apitokens.auth"] = result
+        elif result.status_code != 200:
+            return _respond(result, start_response)
+        return self.app(environ, start_response)

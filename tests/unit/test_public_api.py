@@ -1,0 +1,79 @@
+"""The public surface is exactly what the docs promise, and sorted (httpx-style)."""
+
+from __future__ import annotations
+
+import apitokens
+
+PUBLIC = {
+    "TOKEN_PATTERN",
+    "Action",
+    "ApiTokens",
+    "ApiTokensError",
+    "Argon2Hasher",
+    "AuditEvent",
+    "AuthRequest",
+    "AuthResult",
+    "AuthScheme",
+    "Hasher",
+    "HmacSha256Hasher",
+    "IssuedToken",
+    "MemoryStore",
+    "Outcome",
+    "PermissionDenied",
+    "Policy",
+    "PolicyViolation",
+    "RestrictionRule",
+    "RuleMatch",
+    "RuleSyntaxError",
+    "SQLiteStore",
+    "Scope",
+    "SchemaVersionError",
+    "StorageError",
+    "Token",
+    "TokenImmutable",
+    "TokenNotFound",
+    "TokenStatus",
+    "TokenStore",
+}
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert set(apitokens.__all__) == PUBLIC
+    assert len(apitokens.__all__) == len(PUBLIC)
+
+
+def test_all_is_sorted() -> None:
+    # Constants first, then classes, alphabetically (ruff's RUF022 order).
+    assert apitokens.__all__ == sorted(apitokens.__all__, key=lambda n: (not n.isupper(), n))
+
+
+def test_every_public_name_resolves_and_nothing_else_is_exported() -> None:
+    for name in apitokens.__all__:
+        assert getattr(apitokens, name) is not None
+    exported = {n for n in vars(apitokens) if not n.startswith("_") and n not in {"storage"}}
+    modules = {"asgi", "wsgi", "starlette"}  # submodules imported lazily for the adapters
+    assert exported - modules == PUBLIC
+
+
+def test_errors_form_one_tree_and_bad_input_is_value_error() -> None:
+    for name in (
+        "RuleSyntaxError",
+        "PermissionDenied",
+        "TokenNotFound",
+        "TokenImmutable",
+        "PolicyViolation",
+        "StorageError",
+        "SchemaVersionError",
+    ):
+        assert issubclass(getattr(apitokens, name), apitokens.ApiTokensError)
+    assert issubclass(apitokens.RuleSyntaxError, ValueError)
+    assert issubclass(apitokens.PolicyViolation, ValueError)
+    assert issubclass(apitokens.SchemaVersionError, apitokens.StorageError)
+    assert not issubclass(apitokens.PermissionDenied, ValueError)
+
+
+def test_public_names_have_docstrings() -> None:
+    for name in apitokens.__all__:
+        obj = getattr(apitokens, name)
+        if isinstance(obj, type):
+            assert obj.__doc__, name
