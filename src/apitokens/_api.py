@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._policy import Policy
 from ._request import AuthRequest
 from ._result import AuthResult
+from ._validate import UNSET, Unset
 from .storage import TokenStore
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from .wsgi import WSGIApplication, WSGIMiddleware
 
 __all__ = ["ApiTokens"]
+
+audit_log = logging.getLogger("apitokens.audit")
 
 
 def _utcnow() -> datetime:
@@ -169,7 +173,8 @@ class ApiTokens:
         )
 
     def get(self, token_id: str) -> Token | None:
-        """Return the token with this id (status as of now), or ``None``."""
+        """Return the token with this id (status as of now, usage up to date), or ``None``."""
+        self.writer.flush()
         return self._manager.token(token_id)
 
     def list(
@@ -197,6 +202,7 @@ class ApiTokens:
         Raises:
             PermissionDenied: a non-admin asked for another user's tokens.
         """
+        self.writer.flush()  # usage columns include every use so far
         return self._manager.list(
             actor=actor,
             user=user,
@@ -206,6 +212,92 @@ class ApiTokens:
             limit=limit,
             offset=offset,
         )
+
+    def edit(
+        self,
+        *,
+        actor: str,
+        token_id: str,
+        name: str | Unset = UNSET,
+        restrictions: Iterable[str] | Unset = UNSET,
+        allowed_ips: Iterable[str] | Unset = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Token:
+        """Change a standard-mode token; the next request sees the change.
+
+        Only the fields passed change; ``expires_at=None`` removes the expiry
+        (if the policy allows tokens without one).
+
+        Raises:
+            TokenNotFound: no such token.
+            PermissionDenied: not the actor's token and the actor is no admin.
+            TokenImmutable: the token is in secure mode, or revoked.
+            PolicyViolation: the new expiry breaks ``max_lifetime``/``require_expiry``.
+            RuleSyntaxError: a restriction rule does not parse.
+            ValueError: a bad name, address or expiry.
+        """
+        return self._manager.edit(
+            actor=actor,
+            token_id=token_id,
+            name=name,
+            restrictions=restrictions,
+            allowed_ips=allowed_ips,
+            expires_at=expires_at,
+        )
+
+    def reveal(self, *, actor: str, token_id: str) -> str:
+        """Return a standard-mode token's string again (audited).
+
+        Raises:
+            TokenNotFound, PermissionDenied: as for :meth:`edit`.
+            TokenImmutable: the token is in secure mode, or revoked.
+        """
+        return self._manager.reveal(actor=actor, token_id=token_id)
+
+    def snippet(self, *, actor: str, token_id: str, url: str, lang: str = "curl") -> str:
+        """Return code calling ``url`` with a standard-mode token (audited as a reveal).
+
+        Args:
+            actor: who is asking.
+            token_id: the token.
+            url: the API URL to call.
+            lang: ``"curl"``, ``"python"`` (httpx) or ``"javascript"`` (fetch).
+
+        Raises:
+            TokenImmutable: the token is in secure mode (use the snippet of
+                the :class:`IssuedToken` returned at creation).
+            ValueError: unknown language or not an http(s) URL.
+        """
+        return self._manager.snippet(actor=actor, token_id=token_id, url=url, lang=lang)
+
+    def rotate(self, *, actor: str, token_id: str, grace: timedelta = timedelta(0)) -> IssuedToken:
+        """Give a token a new secret, keeping its id, settings and history.
+
+        Args:
+            actor: who is rotating it.
+            token_id: the token.
+            grace: how long the old secret keeps working (default: not at all).
+
+        Returns:
+            The new secret, shown once, and the record.
+
+        Raises:
+            TokenNotFound, PermissionDenied: as for :meth:`edit`.
+            TokenImmutable: the token is revoked.
+        """
+        return self._manager.rotate(actor=actor, token_id=token_id, grace=grace)
+
+    def revoke_unused(self, *, actor: str, since: datetime) -> builtins.list[Token]:
+        """Revoke active tokens not used since ``since`` (never-used ones created before it).
+
+        Admins sweep every token; other users only their own. Each revocation
+        is audited.
+
+        Returns:
+            The tokens revoked.
+        """
+        self.writer.flush()  # a use still in the buffer must count
+        return self._manager.revoke_unused(actor=actor, since=since)
 
     def revoke(self, *, actor: str, token_id: str) -> Token:
         """Revoke a token: at once in this process, within ``cache_ttl`` in others.
@@ -240,6 +332,14 @@ class ApiTokens:
             limit=limit,
             offset=offset,
         )
+
+    def prune_audit(self, *, before: datetime) -> int:
+        """Delete audit events older than ``before`` (retention); return how many."""
+        self.writer.flush()
+        pruned = self.store.prune_events(before=before)
+        # Deleting audit history is itself worth a trace outside the store.
+        audit_log.warning("pruned %d audit events before %s", pruned, before.isoformat())
+        return pruned
 
     # -- lifecycle ----------------------------------------------------------------
 

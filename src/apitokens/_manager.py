@@ -1,32 +1,43 @@
-"""Token management: create, get, list, revoke — each checked against the policy and audited."""
+"""Token management: every call checked against the policy and audited, refusals included."""
 
 from __future__ import annotations
 
-import math
+import builtins
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from ._audit import Record
-from ._errors import PermissionDenied, PolicyViolation, TokenNotFound
+from ._errors import PermissionDenied, PolicyViolation, TokenImmutable, TokenNotFound
 from ._hashing import SecretVerifier
-from ._model import Action, AuditEvent, IssuedToken, Outcome, Scope, StoredToken, Token
-from ._policy import Policy, parse_networks
-from ._rules import RuleSet
+from ._model import (
+    Action,
+    AuditEvent,
+    IssuedToken,
+    Outcome,
+    Scope,
+    StoredToken,
+    Token,
+    TokenStatus,
+)
+from ._policy import Policy
+from ._snippets import render_snippet
+from ._validate import (
+    UNSET,
+    Unset,
+    check_name,
+    expiry_from,
+    lifetime_violation,
+    normalize_ips,
+    normalize_rules,
+)
 from .storage import TokenStore
 
 __all__ = ["TokenManager"]
 
-MAX_NAME_LENGTH = 200
-
-
-def _aware(value: datetime, name: str) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware")
-    return value
-
 
 class TokenManager:
-    """The management calls of :class:`ApiTokens`.
+    """The management calls of :class:`ApiTokens` (documented there).
 
     Args:
         store: where tokens live.
@@ -57,40 +68,70 @@ class TokenManager:
         self._submit = submit
         self._changed = changed
 
+    # -- helpers ---------------------------------------------------------------
+
     def groups(self, user: str) -> frozenset[str]:
         """Return ``user``'s groups (empty without a ``groups`` callable)."""
         return frozenset(self._groups_of(user)) if self._groups_of is not None else frozenset()
 
+    def is_admin(self, actor: str) -> bool:
+        """Return whether ``actor`` is a token admin."""
+        return self.policy.is_admin(self.groups(actor))
+
     def _audit(
-        self,
-        action: Action,
-        outcome: Outcome,
-        actor: str,
-        reason: str,
-        token_id: str | None = None,
-        user: str | None = None,
+        self, action: Action, outcome: Outcome, actor: str, reason: str, token: Token | None
     ) -> None:
         event = AuditEvent(
             at=self.clock(),
             action=action,
             outcome=outcome,
-            token_id=token_id,
-            user=user,
+            token_id=token.id if token else None,
+            user=token.user if token else None,
             actor=actor,
             reason=reason,
         )
         self._submit([event])
 
-    def _deny(
-        self,
-        action: Action,
-        actor: str,
-        error: Exception,
-        token_id: str | None = None,
-        user: str | None = None,
+    def _refuse(
+        self, action: Action, actor: str, error: Exception, token: Token | None = None
     ) -> Exception:
-        self._audit(action, Outcome.FORBIDDEN, actor, str(error), token_id, user)
+        """Audit a refusal as FORBIDDEN and return the error to raise."""
+        self._audit(action, Outcome.FORBIDDEN, actor, str(error), token)
         return error
+
+    def _basic_user(self, token: Token) -> str | None:
+        if token.user is None:
+            return "USERNAME"  # an unbound token acts as whichever user is sent
+        return None if self.policy.auth_schemes.bearer else token.user
+
+    def token(self, token_id: str) -> Token | None:
+        """Return the token ``token_id`` as of now, or ``None``."""
+        stored = self.store.get(token_id)
+        return None if stored is None else stored.token.as_of(self.clock())
+
+    def _owned(self, action: Action, actor: str, token_id: str) -> StoredToken:
+        """Return the stored token if ``actor`` owns it or is an admin; else raise (audited)."""
+        stored = self.store.get(token_id)
+        if stored is None:
+            raise self._refuse(action, actor, TokenNotFound(f"no token {token_id!r}"))
+        token = stored.token.as_of(self.clock())
+        if token.user != actor and not self.is_admin(actor):
+            denied = PermissionDenied("only token_admins may manage other users' tokens")
+            raise self._refuse(action, actor, denied, token)
+        return dataclasses.replace(stored, token=token)
+
+    def _mutable(self, action: Action, actor: str, token_id: str) -> StoredToken:
+        """Like :meth:`_owned`, for calls that need a standard-mode, unrevoked token."""
+        stored = self._owned(action, actor, token_id)
+        token = stored.token
+        if token.secure:
+            error = TokenImmutable(f"token {token.id} is in secure mode: only rotate or revoke")
+            raise self._refuse(action, actor, error, token)
+        if token.status is TokenStatus.REVOKED:
+            raise self._refuse(action, actor, TokenImmutable("token is revoked"), token)
+        return stored
+
+    # -- calls -----------------------------------------------------------------------
 
     def create(
         self,
@@ -106,55 +147,49 @@ class TokenManager:
         allowed_ips: Iterable[str] = (),
         secure: bool = True,
     ) -> IssuedToken:
-        """Create a token; see :meth:`ApiTokens.create`."""
+        """Create a token."""
         policy = self.policy
         now = self.clock()
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("name must be a non-empty string")
-        if len(name) > MAX_NAME_LENGTH:
-            raise ValueError(f"name must be at most {MAX_NAME_LENGTH} characters")
+        name = check_name(name)
         scope = Scope(scope)
         if unbound and user is not None:
             raise ValueError("an unbound token has no user: pass user or unbound=True, not both")
         owner = None if unbound else (actor if user is None else user)
-        if isinstance(restrictions, str) or isinstance(allowed_ips, str):
-            raise TypeError("restrictions and allowed_ips are collections of strings")
-        rules = RuleSet.parse(list(restrictions))
-        networks = parse_networks(allowed_ips)
-        expiry = self._expiry(now, expires_in, expires_at)
+        rules = normalize_rules(restrictions)
+        networks = normalize_ips(allowed_ips)
+        expiry = expiry_from(now, expires_in, expires_at)
 
         actor_groups = self.groups(actor)
         admin = policy.is_admin(actor_groups)
-        refusal: Exception | None = None
+        refusal: Exception | None
         if not policy.may_create_tokens(actor_groups):
             refusal = PermissionDenied(f"{actor!r} is not in token_creators")
         elif owner != actor and not admin:
             what = "unbound tokens" if owner is None else "tokens for other users"
             refusal = PermissionDenied(f"only token_admins may create {what}")
         elif scope is Scope.READ_WRITE and policy.read_only_for_users and not admin:
-            refusal = PermissionDenied(
-                "read_only_for_users: only token_admins may create READ_WRITE"
-            )
+            refusal = PermissionDenied("read_only_for_users: only token_admins create READ_WRITE")
         elif owner is None and not policy.allow_unbound_tokens:
             refusal = PolicyViolation("unbound tokens are turned off (allow_unbound_tokens)")
         elif owner is not None and not policy.may_use_tokens(self.groups(owner)):
             refusal = PolicyViolation(f"{owner!r} is not in token_users")
         else:
-            refusal = self._lifetime_refusal(now, expiry)
+            refusal = lifetime_violation(policy, now, expiry)
         if refusal is not None:
-            raise self._deny(Action.CREATE, actor, refusal, user=owner)
+            self._audit(Action.CREATE, Outcome.FORBIDDEN, actor, str(refusal), None)
+            raise refusal
 
         issued = policy.token_format.issue()
         token = Token(
             id=issued.id,
-            name=name.strip(),
+            name=name,
             user=owner,
             created_by=actor,
             created_at=now,
             expires_at=expiry,
             scope=scope,
-            restrictions=tuple(str(rule) for rule in rules.rules),
-            allowed_ips=tuple(str(network) for network in networks),
+            restrictions=rules,
+            allowed_ips=networks,
             secure=secure,
         )
         stored = StoredToken(
@@ -163,49 +198,103 @@ class TokenManager:
             revealable=None if secure else issued.value,
         )
         self.store.add(stored)
-        self._audit(Action.CREATE, Outcome.SUCCESS, actor, f"created {name!r}", token.id, owner)
-        return IssuedToken(secret=issued.value, token=token)
+        self._audit(Action.CREATE, Outcome.SUCCESS, actor, f"created {name!r}", token)
+        return IssuedToken(issued.value, token, self._basic_user(token))
 
-    def _expiry(
-        self, now: datetime, expires_in: timedelta | None, expires_at: datetime | None
-    ) -> datetime | None:
-        if expires_in is not None and expires_at is not None:
-            raise ValueError("pass expires_in or expires_at, not both")
-        if expires_in is not None:
-            if expires_in <= timedelta(0):
-                raise ValueError("expires_in must be positive")
-            return now + expires_in
-        if expires_at is not None:
-            if _aware(expires_at, "expires_at") <= now:
-                raise ValueError("expires_at is in the past")
-            return expires_at
-        return None
+    def edit(
+        self,
+        *,
+        actor: str,
+        token_id: str,
+        name: str | Unset = UNSET,
+        restrictions: Iterable[str] | Unset = UNSET,
+        allowed_ips: Iterable[str] | Unset = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Token:
+        """Change a standard-mode token's name, rules, addresses or expiry."""
+        stored = self._mutable(Action.EDIT, actor, token_id)
+        token = stored.token
+        changes: dict[str, object] = {}
+        if not isinstance(name, Unset):
+            changes["name"] = check_name(name)
+        if not isinstance(restrictions, Unset):
+            changes["restrictions"] = normalize_rules(restrictions)
+        if not isinstance(allowed_ips, Unset):
+            changes["allowed_ips"] = normalize_ips(allowed_ips)
+        if not isinstance(expires_at, Unset):
+            expiry = expiry_from(self.clock(), None, expires_at)
+            refusal = lifetime_violation(self.policy, token.created_at, expiry)
+            if refusal is not None:
+                raise self._refuse(Action.EDIT, actor, refusal, token)
+            changes["expires_at"] = expiry
+        edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
+        self.store.update(dataclasses.replace(stored, token=edited))
+        self._changed(token_id)
+        reason = "changed " + (", ".join(sorted(changes)) or "nothing")
+        self._audit(Action.EDIT, Outcome.SUCCESS, actor, reason, edited)
+        return self.token(token_id) or edited
 
-    def _lifetime_refusal(self, now: datetime, expiry: datetime | None) -> PolicyViolation | None:
-        policy = self.policy
-        if expiry is None:
-            if policy.require_expiry or policy.max_lifetime is not None:
-                return PolicyViolation("tokens must have an expiry (require_expiry/max_lifetime)")
-            return None
-        if policy.max_lifetime is not None and expiry - now > policy.max_lifetime:
-            days = math.floor(policy.max_lifetime / timedelta(days=1))
-            return PolicyViolation(f"expiry beyond max_lifetime ({days} days)")
-        return None
+    def reveal(self, *, actor: str, token_id: str) -> str:
+        """Return a standard-mode token's string again."""
+        stored = self._mutable(Action.REVEAL, actor, token_id)
+        if stored.revealable is None:
+            error = TokenImmutable("the token string was not kept")
+            raise self._refuse(Action.REVEAL, actor, error, stored.token)
+        self._audit(Action.REVEAL, Outcome.SUCCESS, actor, "revealed", stored.token)
+        return stored.revealable
 
-    def token(self, token_id: str) -> Token | None:
-        """Return the token ``token_id`` as of now, or ``None``."""
+    def snippet(self, *, actor: str, token_id: str, url: str, lang: str = "curl") -> str:
+        """Return a code snippet for a standard-mode token."""
+        token = self.reveal(actor=actor, token_id=token_id)
         stored = self.store.get(token_id)
-        return None if stored is None else stored.token.as_of(self.clock())
+        assert stored is not None  # reveal just read it; tokens are never deleted
+        return render_snippet(token, url, lang, user=self._basic_user(stored.token))
 
-    def _owned(self, action: Action, actor: str, token_id: str) -> Token:
-        """Return the token if ``actor`` owns it or is an admin; else raise (audited)."""
-        token = self.token(token_id)
-        if token is None:
-            raise self._deny(action, actor, TokenNotFound(f"no token {token_id!r}"), token_id)
-        if token.user != actor and not self.policy.is_admin(self.groups(actor)):
-            error = PermissionDenied("only token_admins may manage other users' tokens")
-            raise self._deny(action, actor, error, token_id, token.user)
-        return token
+    def rotate(self, *, actor: str, token_id: str, grace: timedelta = timedelta(0)) -> IssuedToken:
+        """Give a token a new secret; the old one works for ``grace``, then never again."""
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise ValueError("grace must be a timedelta >= 0")
+        stored = self._owned(Action.ROTATE, actor, token_id)
+        token = stored.token
+        if token.status is TokenStatus.REVOKED:
+            raise self._refuse(Action.ROTATE, actor, TokenImmutable("token is revoked"), token)
+        now = self.clock()
+        issued = self.policy.token_format.issue(token.id)
+        keep_old = grace > timedelta(0)
+        self.store.update(
+            dataclasses.replace(
+                stored,
+                secret_hash=self.verifier.hash(issued.value),
+                previous_hash=stored.secret_hash if keep_old else None,
+                previous_valid_until=now + grace if keep_old else None,
+                revealable=None if token.secure else issued.value,
+            )
+        )
+        self._changed(token_id)
+        reason = f"rotated, old secret valid for {grace}" if keep_old else "rotated"
+        self._audit(Action.ROTATE, Outcome.SUCCESS, actor, reason, token)
+        return IssuedToken(issued.value, token, self._basic_user(token))
+
+    def revoke(self, *, actor: str, token_id: str) -> Token:
+        """Revoke a token at once."""
+        token = self._owned(Action.REVOKE, actor, token_id).token
+        changed = self.store.revoke(token_id, self.clock())
+        self._changed(token_id)
+        reason = "revoked" if changed else "already revoked"
+        self._audit(Action.REVOKE, Outcome.SUCCESS, actor, reason, token)
+        return self.token(token_id) or token
+
+    def revoke_unused(self, *, actor: str, since: datetime) -> builtins.list[Token]:
+        """Revoke every active token (the actor's own, or all for admins) unused since ``since``."""
+        stale = self.list(actor=actor, status="active", unused_since=since)
+        revoked = []
+        for token in stale:
+            if self.store.revoke(token.id, self.clock()):
+                self._changed(token.id)
+                reason = f"revoked: unused since {since.isoformat()}"
+                self._audit(Action.REVOKE, Outcome.SUCCESS, actor, reason, token)
+                revoked.append(self.token(token.id) or token)
+        return revoked
 
     def list(
         self,
@@ -217,9 +306,9 @@ class TokenManager:
         name: str | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[Token]:
+    ) -> builtins.list[Token]:
         """List tokens; non-admins see only their own."""
-        if not self.policy.is_admin(self.groups(actor)):
+        if not self.is_admin(actor):
             if user is not None and user != actor:
                 raise PermissionDenied("only token_admins may list other users' tokens")
             user = actor
@@ -232,13 +321,3 @@ class TokenManager:
             limit=limit,
             offset=offset,
         )
-
-    def revoke(self, *, actor: str, token_id: str) -> Token:
-        """Revoke a token at once; see :meth:`ApiTokens.revoke`."""
-        token = self._owned(Action.REVOKE, actor, token_id)
-        now = self.clock()
-        changed = self.store.revoke(token_id, now)
-        self._changed(token_id)
-        reason = "revoked" if changed else "already revoked"
-        self._audit(Action.REVOKE, Outcome.SUCCESS, actor, reason, token_id, token.user)
-        return self.token(token_id) or token

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from ._snippets import render_snippet
+
 __all__ = [
     "Action",
     "AuditEvent",
@@ -138,13 +140,35 @@ class StoredToken:
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
-    """A newly created or rotated token: the secret, shown once, and its record."""
+    """A newly created or rotated token: the secret, shown once, and its record.
+
+    Attributes:
+        secret: the token string; hand it to the user, it is not shown again
+            (unless the token is in standard mode).
+        token: the stored record.
+        basic_user: the username clients send with Basic auth, when they
+            must (an unbound token, or a policy with Bearer turned off);
+            ``None`` means clients send ``Bearer``.
+    """
 
     secret: str = field(repr=False)
     token: Token
+    basic_user: str | None = None
 
     def __str__(self) -> str:
         return f"IssuedToken(id={self.token.id!r})"
+
+    def snippet(self, url: str, lang: str = "curl") -> str:
+        """Return code that calls ``url`` with this token.
+
+        Args:
+            url: the API URL, e.g. ``"https://example.com/rest/api/2/myself"``.
+            lang: ``"curl"``, ``"python"`` (httpx) or ``"javascript"`` (fetch).
+
+        Raises:
+            ValueError: unknown language, or not an http(s) URL.
+        """
+        return render_snippet(self.secret, url, lang, user=self.basic_user)
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,7 +302,9 @@ class StoreContract:
         store.add(stored("stale", last_used_at=NOW - DAY, use_count=1))
         store.add(stored("exactly", last_used_at=NOW, use_count=1))
         store.add(stored("fresh", last_used_at=NOW + SECOND, use_count=1))
+        store.add(stored("newborn", created_at=NOW + SECOND))
         found = store.list(now=NOW, unused_since=NOW)
+        # A token created after the cut-off is not stale, used or not.
         assert {t.id for t in found} == {"never", "stale"}
 
     def test_list_by_name_substring_ignoring_case(self, store: TokenStore) -> None:
@@ -727,7 +729,13 @@ class StoreContract:
             )
             return (
                 (status is None or state == status)
-                and (unused is None or t.last_used_at is None or t.last_used_at < unused)
+                and (
+                    unused is None
+                    or (
+                        t.created_at <= unused
+                        and (t.last_used_at is None or t.last_used_at < unused)
+                    )
+                )
                 and (name is None or name.casefold() in t.name.casefold())
             )
 

@@ -143,7 +143,9 @@ class TokenStore(Protocol):
             status: ``active`` (not revoked, no expiry or ``expires_at > now``),
                 ``expired`` (not revoked, ``expires_at <= now``) or
                 ``revoked`` (``revoked_at`` set).
-            unused_since: only tokens never used, or last used before this.
+            unused_since: only stale tokens: created at or before this, and
+                never used or last used before it (a token created after
+                the cut-off has had no chance to be used, so it is not stale).
             name: only tokens whose name contains this, ignoring case.
             limit: at most this many tokens (``None``: all).
             offset: skip this many first.
@@ -419,10 +421,9 @@ class TokenQuery:
             expired = token.expires_at is not None and token.expires_at <= self.now
             if expired != (self.status is TokenStatus.EXPIRED):
                 return False
-        if (
-            self.unused_since is not None
-            and token.last_used_at is not None
-            and token.last_used_at >= self.unused_since
+        if self.unused_since is not None and (
+            token.created_at > self.unused_since
+            or (token.last_used_at is not None and token.last_used_at >= self.unused_since)
         ):
             return False
         return self.name is None or self.name in token.name.casefold()

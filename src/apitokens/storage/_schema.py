@@ -229,8 +229,8 @@ def select_tokens(query: TokenQuery) -> tuple[str, list[object]]:
         where.append("revoked_at IS NULL AND expires_at <= ?")
         params.append(to_micros(query.now))
     if query.unused_since is not None:
-        where.append("(last_used_at IS NULL OR last_used_at < ?)")
-        params.append(to_micros(query.unused_since))
+        where.append("created_at <= ? AND (last_used_at IS NULL OR last_used_at < ?)")
+        params += [to_micros(query.unused_since)] * 2
     if query.name is not None:
         where.append("instr(apitokens_casefold(name), ?) > 0")
         params.append(query.name)
