@@ -22,8 +22,6 @@ MAX_BODY = 64
 """``Policy.max_body_bytes`` of the ``tokens`` fixture."""
 
 ALLOWED_NET = "203.0.113.0/24"
-INSIDE_IP = "203.0.113.7"
-OUTSIDE_IP = "198.51.100.9"
 
 Message = dict[str, Any]
 ASGIApp = Callable[..., Any]
@@ -154,7 +152,9 @@ def raw_asgi() -> Callable[..., list[Message]]:
     """``raw_asgi(app, scope, inbox)``: run one ASGI call by hand, return what it sent.
 
     For what httpx cannot send: literal ``..`` segments (httpx removes them),
-    websocket handshakes and lifespan messages (without starlette's TestClient).
+    websocket handshakes and lifespan messages. Starlette's TestClient is not
+    used: with plain httpx installed it warns (``StarletteDeprecationWarning``,
+    "install httpx2"), which ``filterwarnings = error`` turns into a failure.
     """
 
     def run(app: ASGIApp, scope: Message, inbox: Sequence[Message] = ()) -> list[Message]:
@@ -167,34 +167,3 @@ def raw_asgi() -> Callable[..., list[Message]]:
 def make_scope() -> Callable[..., Message]:
     """``make_scope(path, method=, raw_path=, query=, headers=, client=, kind=)``."""
     return http_scope
-
-
-class RawResponse:
-    """The response an ASGI app sent: status, headers (lower-case names) and body."""
-
-    def __init__(self, messages: Sequence[Message]) -> None:
-        start = next(m for m in messages if m["type"] == "http.response.start")
-        self.status: int = start["status"]
-        self.headers: list[tuple[str, str]] = [
-            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in start["headers"]
-        ]
-        self.body = b"".join(
-            m.get("body", b"") for m in messages if m["type"] == "http.response.body"
-        )
-
-    def header_list(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name.lower()]
-
-
-@pytest.fixture
-def raw_http(raw_asgi: Callable[..., list[Message]]) -> Callable[..., RawResponse]:
-    """``raw_http(app, scope, chunks=(b"",))``: one HTTP request by hand; the body in chunks."""
-
-    def run(app: ASGIApp, scope: Message, chunks: Sequence[bytes] = (b"",)) -> RawResponse:
-        inbox = [
-            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
-            for i, chunk in enumerate(chunks)
-        ]
-        return RawResponse(raw_asgi(app, scope, inbox))
-
-    return run

@@ -284,9 +284,7 @@ def test_hostile_authorization_headers(
         assert event.client_ip == "127.0.0.1"
 
 
-def test_two_authorization_headers_are_400(
-    send: Send, issued: dict[str, IssuedToken], adapter: str
-) -> None:
+def test_two_authorization_headers_are_400(send: Send, issued: dict[str, IssuedToken]) -> None:
     good = f"Bearer {issued['read'].secret}"
     for second in (good, "Basic " + b64(b"alice:pw"), "Bearer other"):
         reply = send("/rest/x", [("Authorization", good), ("Authorization", second)])

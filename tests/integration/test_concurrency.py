@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask, jsonify, request
 
 from apitokens import ApiTokens, AuthRequest, IssuedToken, Outcome, SQLiteStore
 from tests.support import bearer, make_tokens
@@ -106,8 +107,6 @@ def test_threads_authenticate_while_tokens_are_revoked(sqlite_tokens: ApiTokens)
 
 
 def test_threads_through_the_wsgi_middleware(sqlite_tokens: ApiTokens) -> None:
-    from flask import Flask, jsonify, request
-
     tokens = sqlite_tokens
     app = Flask(__name__)
 

@@ -16,8 +16,9 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request, Response
 
-from apitokens import ApiTokens, AuthResult, IssuedToken, Outcome
+from apitokens import ApiTokens, AuthResult, IssuedToken, MemoryStore, Outcome
 from apitokens.starlette import RequireToken
+from tests.support import make_tokens
 
 INSIDE_IP = "203.0.113.7"  # in the "ip" token's allowed network
 OUTSIDE_IP = "198.51.100.9"
@@ -113,10 +114,12 @@ async def test_dependency_returns_the_middleware_result(
     assert len(tokens.audit(action="authenticate")) == 1  # one decision, one event
 
 
+@pytest.mark.parametrize("wrap", [True, False], ids=["middleware", "dependency-alone"])
 async def test_write_dependency_refuses_a_read_only_token(
-    wrapped: Any, asgi_client: Client, issued: dict[str, IssuedToken]
+    tokens: ApiTokens, asgi_client: Client, issued: dict[str, IssuedToken], wrap: bool
 ) -> None:
-    async with asgi_client(wrapped) as client:
+    app = tokens.asgi(make_app(tokens)) if wrap else make_app(tokens)
+    async with asgi_client(app) as client:
         read = await client.get("/rest/admin", headers=bearer(issued["read"].secret))
         write = await client.get("/rest/admin", headers=bearer(issued["write"].secret))
         write_post = await client.post("/rest/admin", headers=bearer(issued["write"].secret))
@@ -127,6 +130,13 @@ async def test_write_dependency_refuses_a_read_only_token(
     ]
     assert (write.status_code, write.json()) == (200, {"user": "bob"})
     assert (write_post.status_code, write_post.json()) == (200, {"user": "bob"})
+    # DESIGN §4/§5: every refusal's reason goes to the audit log, this one included.
+    forbidden = [
+        (e.user, e.token_id, e.reason)
+        for e in tokens.audit(action="authenticate")
+        if e.outcome is Outcome.FORBIDDEN
+    ]
+    assert forbidden == [("alice", issued["read"].token.id, "route requires a READ_WRITE token")]
 
 
 async def test_dependency_without_a_token_is_401(
@@ -142,6 +152,13 @@ async def test_dependency_without_a_token_is_401(
         assert ", ".join(response.headers.get_list("www-authenticate")) == (
             f'Bearer realm="api", {BASIC_401}'
         )
+    # Like allow_other_auth=False on the whole path, a 401 here is a failed
+    # authentication and is audited (DESIGN §5: only pass-through is not).
+    events = tokens.audit(action="authenticate")
+    assert [(e.outcome, e.method, e.path) for e in events] == [
+        (Outcome.FAILED, "GET", "/rest/me"),
+        (Outcome.FAILED, "GET", "/rest/me"),
+    ]
 
 
 async def test_dependency_alone_decides_without_the_middleware(
@@ -152,15 +169,17 @@ async def test_dependency_alone_decides_without_the_middleware(
     async with asgi_client(app) as client:
         ok = await client.get("/rest/me", headers=bearer(issued["read"].secret))
         bad = await client.get("/rest/me", headers=bearer(unknown))
-        no_write = await client.get("/rest/admin", headers=bearer(issued["read"].secret))
         outside = await client.get("/rest/me", headers=bearer(issued["ip"].secret))
     assert (ok.status_code, ok.json()["user"]) == (200, "alice")
     assert bad.status_code == 401
     assert ", ".join(bad.headers.get_list("www-authenticate")) == f"{BEARER_401}, {BASIC_401}"
-    assert no_write.status_code == 403
     assert outside.status_code == 403
-    outcomes = [e.outcome for e in tokens.audit(action="authenticate")]
-    assert outcomes == [Outcome.FORBIDDEN, Outcome.SUCCESS, Outcome.FAILED, Outcome.SUCCESS]
+    events = [(e.outcome, e.user) for e in tokens.audit(action="authenticate")]
+    assert events == [
+        (Outcome.FORBIDDEN, "dave"),
+        (Outcome.FAILED, None),
+        (Outcome.SUCCESS, "alice"),
+    ]
 
 
 async def test_dependency_alone_checks_json_rules_on_the_body(
@@ -184,6 +203,44 @@ async def test_dependency_alone_checks_json_rules_on_the_body(
     assert wrong.json() == {"detail": INSUFFICIENT_SCOPE["error_description"]}
     outcomes = [e.outcome for e in tokens.audit(action="authenticate")]
     assert outcomes == [Outcome.FORBIDDEN, Outcome.SUCCESS]
+
+
+@pytest.mark.parametrize("wrap", [True, False], ids=["middleware", "dependency-alone"])
+async def test_json_rule_reads_no_more_body_than_the_limit(
+    tokens: ApiTokens, issued: dict[str, IssuedToken], asgi_client: Client, wrap: bool
+) -> None:
+    """DESIGN §4 / issue 3: the body is read up to ``max_body_bytes`` and no further (413)."""
+    app = FastAPI()
+
+    @app.post("/rest/echo")
+    async def echo(
+        request: Request, auth: Annotated[AuthResult, Depends(RequireToken(tokens))]
+    ) -> Response:
+        return Response(await request.body(), media_type="application/octet-stream")
+
+    limit = tokens.policy.max_body_bytes
+    received: list[int] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        async def counted() -> Any:
+            message = await receive()
+            received.append(len(message.get("body", b"")))
+            return message
+
+        await (tokens.asgi(app) if wrap else app)(scope, counted, send)
+
+    async def huge() -> AsyncIterator[bytes]:
+        yield b'{"project": "ABC", "pad": "'
+        for _ in range(200):
+            yield b"x" * limit
+        yield b'"}'
+
+    async with asgi_client(counting) as client:
+        response = await client.post(
+            "/rest/echo", headers=bearer(issued["json"].secret), content=huge()
+        )
+    assert response.status_code == 413
+    assert sum(received) <= 2 * limit  # stopped one message past the limit, not 200 later
 
 
 # -- the middleware on a FastAPI app -----------------------------------------------------------
@@ -290,13 +347,18 @@ async def test_other_auth_off_refuses_passwords(
     assert response.headers.get_list("www-authenticate") == [BEARER_401, BASIC_401]
 
 
-def test_lifespan_passes_through(tokens: ApiTokens, raw_asgi: Any) -> None:
+def test_lifespan_passes_through(raw_asgi: Any) -> None:
+    # Every path protected, only tokens accepted: only a passed-through lifespan starts.
     state: dict[str, str] = {}
-    app = tokens.asgi(make_app(tokens, state))
-    sent = raw_asgi(
-        app,
-        {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-        [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}],
-    )
+    store = MemoryStore()
+    try:
+        with make_tokens(store, allow_other_auth=False) as tokens:
+            sent = raw_asgi(
+                tokens.asgi(make_app(tokens, state)),
+                {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}],
+            )
+    finally:
+        store.close()
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert state == {"lifespan": "stopped"}

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 
 import pytest
 from flask import Flask, Response, jsonify, request
 from flask.testing import FlaskClient
 
-from apitokens import ApiTokens, AuthResult, IssuedToken, Outcome
+from apitokens import ApiTokens, AuthResult, IssuedToken, MemoryStore, Outcome
+from tests.support import Clock, make_tokens
 
 MAX_BODY = 64  # the tokens fixture's Policy.max_body_bytes
 INSIDE_IP = "203.0.113.7"  # in the "ip" token's allowed network
@@ -343,3 +345,42 @@ def test_only_tokens_when_other_auth_is_off(strict_tokens: ApiTokens) -> None:
         Outcome.FAILED,
         Outcome.FAILED,
     ]
+
+
+# -- expiry and proxies ---------------------------------------------------------------------
+
+
+def test_expired_token_is_401(client: FlaskClient, tokens: ApiTokens, clock: Clock) -> None:
+    issued = tokens.create(actor="alice", name="short", expires_in=timedelta(hours=1))
+    assert client.get("/rest/x", headers=bearer(issued.secret)).status_code == 200
+    clock.advance(hours=2)
+    response = client.get("/rest/x", headers=bearer(issued.secret))
+    assert (response.status_code, response.json) == (401, INVALID_TOKEN)
+    assert tokens.audit(action="authenticate")[0].reason == "token expired"
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy(clock: Clock) -> None:
+    store = MemoryStore()
+    try:
+        with make_tokens(
+            store, clock=clock, protected_paths=["/rest/"], trusted_proxies=["10.0.0.0/8"]
+        ) as tokens:
+            issued = tokens.create(actor="dave", name="ip", allowed_ips=["203.0.113.0/24"])
+            client = make_app(tokens).test_client()
+            cases = [
+                ("10.1.2.3", "203.0.113.7", 200),
+                ("10.1.2.3", "198.51.100.9, 203.0.113.7, 10.0.0.5", 200),
+                ("10.1.2.3", "203.0.113.7, 198.51.100.9", 403),  # right-most untrusted wins
+                ("198.51.100.9", "203.0.113.7", 403),  # not from a proxy: not believed
+            ]
+            for peer, forwarded, status in cases:
+                response = client.get(
+                    "/rest/x",
+                    headers={**bearer(issued.secret), "X-Forwarded-For": forwarded},
+                    environ_base={"REMOTE_ADDR": peer},
+                )
+                assert response.status_code == status, (peer, forwarded)
+            ips = [e.client_ip for e in tokens.audit(action="authenticate")]
+            assert ips == ["198.51.100.9", "198.51.100.9", "203.0.113.7", "203.0.113.7"]
+    finally:
+        store.close()

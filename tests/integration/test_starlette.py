@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from apitokens import ApiTokens, AuthResult, IssuedToken, Outcome
+from apitokens import ApiTokens, AuthResult, IssuedToken, MemoryStore, Outcome
 from apitokens.starlette import TokenBackend
+from tests.support import Clock, make_tokens
 
 INSIDE_IP = "203.0.113.7"  # in the "ip" token's allowed network
 OUTSIDE_IP = "198.51.100.9"
@@ -206,6 +207,34 @@ async def test_unknown_and_malformed_tokens_are_401(
     ]
 
 
+async def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    clock: Clock, asgi_client: Client
+) -> None:
+    store = MemoryStore()
+    try:
+        with make_tokens(
+            store, clock=clock, protected_paths=["/rest/"], trusted_proxies=["10.0.0.0/8"]
+        ) as tokens:
+            issued = tokens.create(actor="dave", name="ip", allowed_ips=["203.0.113.0/24"])
+            app = tokens.asgi(make_app())
+            cases = [
+                ("10.1.2.3", "203.0.113.7", 200),
+                ("10.1.2.3", "203.0.113.7, 198.51.100.9", 403),
+                ("198.51.100.9", "203.0.113.7", 403),
+            ]
+            for peer, forwarded, status in cases:
+                async with asgi_client(app, client=(peer, 5555)) as client:
+                    response = await client.get(
+                        "/rest/x",
+                        headers={**bearer(issued.secret), "X-Forwarded-For": forwarded},
+                    )
+                assert response.status_code == status, (peer, forwarded)
+            ips = [e.client_ip for e in tokens.audit(action="authenticate")]
+            assert ips == ["198.51.100.9", "198.51.100.9", "203.0.113.7"]
+    finally:
+        store.close()
+
+
 # -- the body --------------------------------------------------------------------------------
 
 
@@ -369,11 +398,20 @@ def test_websocket_with_a_bad_token_is_closed_1008(
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": error}]
 
 
-def test_lifespan_passes_through(tokens: ApiTokens, raw_asgi: Any) -> None:
+def test_lifespan_passes_through(raw_asgi: Any) -> None:
+    # Every path protected and nothing but tokens accepted: a lifespan scope taken
+    # for a request would be refused, so an app that starts and stops proves it was not.
     state: dict[str, str] = {}
-    app = tokens.asgi(make_app(state))
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    sent = raw_asgi(app, scope, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    store = MemoryStore()
+    try:
+        with make_tokens(store, allow_other_auth=False) as tokens:
+            app = tokens.asgi(make_app(state))
+            scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+            inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+            sent = raw_asgi(app, scope, inbox)
+            assert tokens.audit(action="authenticate") == []
+    finally:
+        store.close()
     assert [m["type"] for m in sent] == [
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
@@ -467,6 +505,9 @@ async def test_backend_cannot_check_json_rules_and_refuses(
             "/rest/write", headers=bearer(issued["json"].secret), content=b'{"project": "ABC"}'
         )
     assert (response.status_code, response.json()) == (403, INSUFFICIENT_SCOPE)
+    # DESIGN §5: every authentication but a pass-through is audited, this refusal too.
+    events = [(e.outcome, e.token_id, e.user) for e in tokens.audit(action="authenticate")]
+    assert events == [(Outcome.FORBIDDEN, issued["json"].token.id, "erin")]
 
 
 async def test_backend_reuses_the_middleware_decision(
