@@ -49,9 +49,6 @@ class Decision:
     need_body: bool = False
 
 
-_NEED_BODY = Decision(PASS_THROUGH, need_body=True)
-
-
 @dataclass(slots=True)
 class _Attempt:
     """What is known so far about one request, for refusals and the audit event."""
@@ -269,7 +266,9 @@ class Authenticator:
             return None
         if rules.needs_body:
             if not body_read:
-                return _NEED_BODY
+                # Not a decision yet: the token rides along so a caller that
+                # cannot read the body can still refuse it by name.
+                return Decision(AuthResult(Outcome.PASS_THROUGH, token=token), need_body=True)
             if len(request.body) > policy.max_body_bytes:
                 reason = f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
                 return self._refuse(attempt, refusal(policy, 413, reason, token=token))

@@ -13,7 +13,8 @@ themselves otherwise.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from starlette.authentication import (
     AuthCredentials,
@@ -25,8 +26,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from ._audit import Record
 from ._auth import Decision, WouldBlock
-from ._model import Outcome, Scope
+from ._model import Action, AuditEvent, Outcome, Scope
 from ._result import AuthResult, refusal
 from .asgi import request_from_scope
 
@@ -78,6 +80,11 @@ def _response(result: AuthResult) -> Response:
     return Response(result.body, status_code=result.status_code, headers=_headers(result))
 
 
+async def _submit(tokens: ApiTokens, records: Sequence[Record]) -> None:
+    if records and not tokens.writer.submit(records, block=False):
+        await asyncio.to_thread(tokens.writer.submit, records)
+
+
 async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None) -> Decision:
     core = tokens.authenticator
     auth_request = request_from_scope(request.scope, body or b"")
@@ -86,9 +93,51 @@ async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None
         decision = core.safe_decide(auth_request, body_read=body_read, block=False)
     except WouldBlock:
         decision = await asyncio.to_thread(core.safe_decide, auth_request, body_read=body_read)
-    if decision.records and not tokens.writer.submit(decision.records, block=False):
-        await asyncio.to_thread(tokens.writer.submit, decision.records)
+    await _submit(tokens, decision.records)
     return decision
+
+
+async def _refuse(
+    tokens: ApiTokens, request: HTTPConnection, status: int, reason: str, **kw: Any
+) -> AuthResult:
+    """A refusal made here rather than by the core, audited like the core's."""
+    result = refusal(tokens.policy, status, reason, **kw)
+    auth_request = request_from_scope(request.scope)
+    token = result.token
+    event = AuditEvent(
+        at=tokens.clock(),
+        action=Action.AUTHENTICATE,
+        outcome=result.outcome,
+        token_id=token.id if token else None,
+        user=token.user if token else None,
+        client_ip=tokens.authenticator.client_ip(auth_request) or None,
+        method=auth_request.method.upper(),
+        path=auth_request.path[:2048],
+        reason=reason,
+    )
+    await _submit(tokens, [event])
+    return result
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The body, read at most to ``limit + 1`` bytes (more means "too large").
+
+    A body that fits is kept on the request (as Starlette's own ``body()``
+    does), so the endpoint can still read it.
+    """
+    cached: bytes | None = getattr(request, "_body", None)
+    if cached is not None:
+        return cached
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)  # the core answers 413; the endpoint never runs
+    body = b"".join(chunks)
+    request._body = body
+    return body
 
 
 class TokenBackend(AuthenticationBackend):
@@ -108,11 +157,9 @@ class TokenBackend(AuthenticationBackend):
         if not isinstance(result, AuthResult):
             decision = await _decide(self.tokens, conn, None)
             if decision.need_body:
-                result = refusal(
-                    self.tokens.policy,
-                    403,
-                    "token has JSON-body rules; wrap the app with tokens.asgi() to check them",
-                )
+                reason = "token has JSON-body rules; wrap the app with tokens.asgi() to check them"
+                token = decision.result.token
+                result = await _refuse(self.tokens, conn, 403, reason, token=token)
             else:
                 result = decision.result
         if result.outcome is Outcome.PASS_THROUGH:
@@ -147,12 +194,15 @@ class RequireToken:
         if not isinstance(result, AuthResult):
             decision = await _decide(self.tokens, request, None)
             if decision.need_body:
-                decision = await _decide(self.tokens, request, await request.body())
+                body = await _bounded_body(request, policy.max_body_bytes)
+                decision = await _decide(self.tokens, request, body)
             result = decision.result
         if result.outcome is Outcome.PASS_THROUGH:
-            result = refusal(policy, 401, "route requires a token", challenge_error=False)
+            reason = "route requires a token"
+            result = await _refuse(self.tokens, request, 401, reason, challenge_error=False)
         elif self.write and result.token is not None and result.token.scope is not Scope.READ_WRITE:
-            result = refusal(policy, 403, "route requires a READ_WRITE token", token=result.token)
+            reason = "route requires a READ_WRITE token"
+            result = await _refuse(self.tokens, request, 403, reason, token=result.token)
         if not result.authenticated:
             raise HTTPException(result.status_code, result.description, headers=_headers(result))
         return result
