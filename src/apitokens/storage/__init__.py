@@ -8,7 +8,7 @@ against it (see ``docs/storage.md``).
 
 from __future__ import annotations
 
-from apitokens.storage._base import TokenStore
+from apitokens.storage._protocol import TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 

@@ -1,12 +1,8 @@
 """SQLiteStore: a TokenStore in one SQLite file (stdlib ``sqlite3``, WAL), safe across threads.
 
 Threading model: a small pool of connections, each lent to one thread for one
-call. A pool rather than one connection per thread (``threading.local``)
-because servers often run a thread per request: per-thread connections would
-pile up with every thread that ever called us, and could only be closed from
-``close()``. Lending never shares a connection between two threads at once,
-which is what makes ``check_same_thread=False`` safe whatever
-``sqlite3.threadsafety`` is. In WAL mode readers never wait for the writer.
+call (see ``_pool.py`` for why a pool). In WAL mode readers never wait for the
+writer.
 
 Writers in this process queue on a lock before ``BEGIN IMMEDIATE``: SQLite's
 busy handler polls with sleeps, so a lock is both faster and fairer among our
@@ -24,8 +20,7 @@ import math
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -40,88 +35,14 @@ from apitokens.storage._base import (
     normalize_stored,
     require_utc,
 )
+from apitokens.storage._pool import Pool
 from apitokens.storage._schema import to_micros
 
 __all__ = ["SQLiteStore"]
 
-_MAX_IDLE = 8
-"""Idle connections kept for reuse; more are opened under load and closed after."""
-
 
 def _casefold(value: object) -> str | None:
     return None if value is None else str(value).casefold()
-
-
-class _Pool:
-    """Connections lent to one thread at a time; at most ``max_size`` lent (None: no limit)."""
-
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        *,
-        max_size: int | None,
-        timeout: float,
-        private: bool,
-    ) -> None:
-        self._connect = connect
-        self._max_size = max_size
-        self._timeout = timeout
-        # A private database lives only as long as its one connection: never drop it.
-        self._private = private
-        self._cond = threading.Condition()
-        self._idle: list[sqlite3.Connection] = []
-        self._lent = 0
-        self.closed = False
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self._acquire()
-        try:
-            yield conn
-        finally:
-            self._release(conn)
-
-    def _acquire(self) -> sqlite3.Connection:
-        deadline = time.monotonic() + self._timeout
-        with self._cond:
-            while True:
-                if self.closed:
-                    raise StorageError("the SQLite store is closed")
-                if self._idle:
-                    self._lent += 1
-                    return self._idle.pop()
-                if self._max_size is None or self._lent < self._max_size:
-                    self._lent += 1
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait(remaining):
-                    raise StorageError("timed out waiting for the SQLite connection")
-        try:
-            return self._connect()  # outside the lock: opening a file can be slow
-        except BaseException:
-            with self._cond:
-                self._lent -= 1
-                self._cond.notify()
-            raise
-
-    def _release(self, conn: sqlite3.Connection) -> None:
-        with self._cond:
-            self._lent -= 1
-            healthy = self._private or not conn.in_transaction
-            keep = not self.closed and healthy and len(self._idle) < _MAX_IDLE
-            if keep:
-                self._idle.append(conn)
-            self._cond.notify()
-        if not keep:
-            conn.close()
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            idle, self._idle = self._idle, []
-            self._cond.notify_all()
-        for conn in idle:
-            conn.close()
 
 
 class SQLiteStore:
@@ -153,7 +74,7 @@ class SQLiteStore:
         self._path = os.fspath(path)
         self._timeout = timeout
         private = self._path in ("", ":memory:")
-        self._pool = _Pool(
+        self._pool = Pool(
             self._connect, max_size=1 if private else None, timeout=timeout, private=private
         )
         self._write_lock = threading.Lock()

@@ -1,0 +1,191 @@
+"""The TokenStore protocol: what a storage backend implements.
+
+Write your own backend (Postgres, Redis...) by implementing it and running the
+contract suite in ``tests/storage/contract.py`` against it (``docs/storage.md``).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
+
+__all__ = ["TokenStore"]
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where tokens, their usage and the audit log live.
+
+    Every datetime going in must be timezone-aware (naive ones raise
+    ``ValueError``); every datetime coming out is aware and in UTC. Every
+    method may be called from many threads at once. Every backend failure is
+    raised as :class:`~apitokens.StorageError`, whose message never contains a
+    hash or a secret. Returned objects are frozen model objects, never the
+    backend's own state.
+    """
+
+    def add(self, stored: StoredToken) -> None:
+        """Store a new token.
+
+        Args:
+            stored: the token record and its hashes. ``token.status`` is ignored:
+                it is derived from ``revoked_at``.
+
+        Raises:
+            StorageError: a token with this id already exists (nothing changed),
+                or the backend failed.
+            ValueError: a datetime is naive, or a secure-mode token carries a
+                revealable token string.
+        """
+
+    def get(self, token_id: str) -> StoredToken | None:
+        """Return a token with its hashes, or ``None`` if no token has this id.
+
+        ``token.status`` is the stored status: ``REVOKED`` if ``revoked_at`` is
+        set, else ``ACTIVE``; the caller applies its clock with ``Token.as_of``.
+
+        Raises:
+            StorageError: the backend failed.
+        """
+
+    def update(self, stored: StoredToken) -> None:
+        """Replace a token's editable fields.
+
+        Replaces ``name``, ``expires_at``, ``scope``, ``restrictions``,
+        ``allowed_ips``, ``secure``, ``secret_hash``, ``previous_hash``,
+        ``previous_valid_until`` and ``revealable``. Never touches usage
+        (``last_used_at``, ``last_used_ip``, ``use_count``), ``user``,
+        ``created_by``, ``created_at`` or ``revoked_at``: those belong to
+        :meth:`write` and :meth:`revoke`, which may run concurrently.
+
+        Raises:
+            TokenNotFound: no token has ``stored.token.id``.
+            StorageError: the backend failed.
+            ValueError: as for :meth:`add`.
+        """
+
+    def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
+        """Replace a token's ``secret_hash`` with ``new`` only if it is still ``old``.
+
+        For re-hashing a verified secret under new hasher parameters. The
+        compare-and-swap makes a rotation (or any update) that happened in
+        between win, so a stale re-hash can never bring back a replaced secret.
+        Nothing else changes.
+
+        Returns:
+            ``True`` if the hash was replaced; ``False`` if the token is gone or
+            its hash is no longer ``old``.
+
+        Raises:
+            StorageError: the backend failed.
+        """
+
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        """Mark a token revoked at ``at`` unless it already is.
+
+        Returns:
+            ``True`` if this call revoked the token, ``False`` if it was
+            already revoked (its ``revoked_at`` is kept).
+
+        Raises:
+            TokenNotFound: no token has this id.
+            StorageError: the backend failed.
+            ValueError: ``at`` is naive.
+        """
+
+    def list(
+        self,
+        *,
+        now: datetime,
+        user: str | None = None,
+        status: TokenStatus | str | None = None,
+        unused_since: datetime | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Token]:
+        """Return tokens (without hashes), newest first, with status as of ``now``.
+
+        Args:
+            now: the moment statuses are computed for (``Token.as_of``).
+            user: only tokens owned by exactly this user.
+            status: ``active`` (not revoked, no expiry or ``expires_at > now``),
+                ``expired`` (not revoked, ``expires_at <= now``) or
+                ``revoked`` (``revoked_at`` set).
+            unused_since: only stale tokens: created at or before this, and
+                never used or last used before it (a token created after
+                the cut-off has had no chance to be used, so it is not stale).
+            name: only tokens whose name contains this, ignoring case.
+            limit: at most this many tokens (``None``: all).
+            offset: skip this many first.
+
+        Returns:
+            Tokens ordered by ``created_at`` descending, then ``id`` ascending.
+
+        Raises:
+            ValueError: unknown status, naive datetime, negative limit or offset.
+            StorageError: the backend failed.
+        """
+
+    def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        """Record audit events and fold token usage, in one transaction.
+
+        Either the whole batch is stored or none of it. For each token:
+        ``use_count += count``, ``last_used_at = max(existing, at)``, and
+        ``last_used_ip`` becomes the IP of the newest use (when that use is
+        newer than or as new as the stored one; among equal times the later
+        item of the batch wins). Usage for an unknown token id is ignored: the
+        token may have been deleted since the request.
+
+        Raises:
+            ValueError: a datetime is naive or a count is negative (nothing written).
+            StorageError: the backend failed (nothing written).
+        """
+
+    def events(
+        self,
+        *,
+        token_id: str | None = None,
+        user: str | None = None,
+        action: Action | str | None = None,
+        outcome: Outcome | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[AuditEvent]:
+        """Return audit events, newest first (by ``at``, then by insertion, latest first).
+
+        Args:
+            token_id: only events about this token.
+            user: only events for this user.
+            action: only this action.
+            outcome: only this outcome.
+            since: only events at or after this moment (inclusive).
+            until: only events before this moment (exclusive).
+            limit: at most this many events.
+            offset: skip this many first.
+
+        Raises:
+            ValueError: unknown action or outcome, naive datetime, negative
+                limit or offset.
+            StorageError: the backend failed.
+        """
+
+    def prune_events(self, *, before: datetime) -> int:
+        """Delete audit events older than ``before`` (``at < before``).
+
+        Returns:
+            How many events were deleted.
+
+        Raises:
+            ValueError: ``before`` is naive.
+            StorageError: the backend failed.
+        """
+
+    def close(self) -> None:
+        """Release the store's resources; later calls raise ``StorageError``. Idempotent."""
