@@ -12,6 +12,8 @@ revoked without touching the password.
     app = tokens.asgi(app)                        # FastAPI, Starlette (ASGI)
 """
 
+import logging as _logging
+
 from ._api import ApiTokens
 from ._errors import (
     ApiTokensError,
@@ -65,3 +67,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+# A library adds no handlers of its own (the application configures logging);
+# this only stops Python's last-resort handler printing our records to stderr.
+_logging.getLogger("apitokens").addHandler(_logging.NullHandler())

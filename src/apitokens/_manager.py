@@ -79,13 +79,19 @@ class TokenManager:
         return self.policy.is_admin(self.groups(actor))
 
     def _audit(
-        self, action: Action, outcome: Outcome, actor: str, reason: str, token: Token | None
+        self,
+        action: Action,
+        outcome: Outcome,
+        actor: str,
+        reason: str,
+        token: Token | None,
+        token_id: str | None = None,
     ) -> None:
         event = AuditEvent(
             at=self.clock(),
             action=action,
             outcome=outcome,
-            token_id=token.id if token else None,
+            token_id=token.id if token else token_id,
             user=token.user if token else None,
             actor=actor,
             reason=reason,
@@ -113,7 +119,10 @@ class TokenManager:
         """Return the stored token if ``actor`` owns it or is an admin; else raise (audited)."""
         stored = self.store.get(token_id)
         if stored is None:
-            raise self._refuse(action, actor, TokenNotFound(f"no token {token_id!r}"))
+            error = TokenNotFound(f"no token {token_id!r}")
+            # The id asked for is kept, so probes for ids show up in audit(token_id=...).
+            self._audit(action, Outcome.FORBIDDEN, actor, str(error), None, token_id[:64])
+            raise error
         token = stored.token.as_of(self.clock())
         if token.user != actor and not self.is_admin(actor):
             denied = PermissionDenied("only token_admins may manage other users' tokens")

@@ -43,7 +43,7 @@ def render_snippet(token: str, url: str, lang: str = "curl", *, user: str | None
         auth = (
             f"auth=({json.dumps(user)}, {json.dumps(token)})"
             if user is not None
-            else f"headers={{'Authorization': {json.dumps('Bearer ' + token)}}}"
+            else f'headers={{"Authorization": {json.dumps("Bearer " + token)}}}'
         )
         return (
             "import httpx\n\n"

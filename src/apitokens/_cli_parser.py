@@ -1,0 +1,280 @@
+"""The ``apitokens`` command line: every subcommand and option, parsed by argparse.
+
+Usage errors are one line on stderr (``apitokens: error: ...``, exit 2), like
+every other user error of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import NoReturn
+
+from ._cli_commands import (
+    Session,
+    audit,
+    create,
+    list_tokens,
+    prune_audit,
+    reveal,
+    revoke,
+    revoke_unused,
+    rotate,
+    show,
+    snippet,
+)
+from ._cli_output import clean
+from ._cli_rule import add_rule_parser
+from ._cli_values import (
+    DURATION_HELP,
+    MOMENT_HELP,
+    parse_datetime,
+    parse_duration,
+    parse_moment,
+    parse_network,
+    parse_scope,
+    parse_url,
+)
+from ._model import Action, Outcome, Scope, TokenStatus
+from ._snippets import LANGUAGES
+
+__all__ = ["DEFAULT_DB", "EXIT_USAGE", "Command", "build_parser", "one_line"]
+
+DEFAULT_DB = "apitokens.db"
+DEFAULT_URL = "https://example.com/rest/"
+EXIT_USAGE = 2
+
+Command = Callable[[Session, argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"apitokens: error: {one_line(message)} (see: {self.prog} --help)\n")
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line, whitespace collapsed, unsafe characters escaped."""
+    return clean(" ".join(str(message).split()))
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _global_options(parser: argparse._ActionsContainer, *, repeated: bool) -> None:
+    # Given again after the subcommand, an option must not reset the one given before it.
+    default = argparse.SUPPRESS if repeated else None
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=default,
+        help=f"the SQLite database (default: $APITOKENS_DB, else ./{DEFAULT_DB}); "
+        "created if missing",
+    )
+    parser.add_argument(
+        "--actor",
+        metavar="NAME",
+        default=default,
+        help="who is acting, for the audit log and as the default owner (default: login name)",
+    )
+    parser.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        default=default,
+        help="token prefix, 2-10 of [a-z0-9] (default: $APITOKENS_PREFIX, else apt)",
+    )
+
+
+def _add(
+    commands: argparse._SubParsersAction[_Parser],
+    name: str,
+    command: Command,
+    summary: str,
+    *,
+    token: bool = False,
+    json: bool = True,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=description or summary)
+    _global_options(
+        parser.add_argument_group("global options (also before COMMAND)"), repeated=True
+    )
+    if token:
+        parser.add_argument("id", metavar="ID", help="the token id (or the whole token string)")
+    if json:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(command=command)
+    return parser
+
+
+def _add_create(commands: argparse._SubParsersAction[_Parser]) -> None:
+    parser = _add(
+        commands,
+        "create",
+        create,
+        "create a token; prints it once, with a code snippet",
+        description="Create a token. It is printed once, with a code snippet that uses it.",
+    )
+    parser.add_argument("--name", required=True, help="what the token is for, e.g. 'CI report'")
+    owner = parser.add_mutually_exclusive_group()
+    owner.add_argument("--user", metavar="USER", help="the owner (default: the actor)")
+    owner.add_argument(
+        "--unbound", action="store_true", help="no owner: any Basic-auth username may use it"
+    )
+    parser.add_argument(
+        "--scope",
+        type=parse_scope,
+        default=Scope.READ_ONLY,
+        metavar="{read-only,read-write}",
+        help="read-only: GET, HEAD, OPTIONS (default); read-write: every method",
+    )
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-in", type=parse_duration, metavar="DURATION", help=f"lifetime, {DURATION_HELP}"
+    )
+    expiry.add_argument(
+        "--expires-at", type=parse_datetime, metavar="DATE", help="expiry, ISO 8601 (naive: UTC)"
+    )
+    parser.add_argument(
+        "--rule",
+        dest="rules",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="a restriction rule; repeat for several (a request must match one)",
+    )
+    parser.add_argument(
+        "--ip",
+        dest="ips",
+        type=parse_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an address or network it may be used from; repeat for several",
+    )
+    parser.add_argument(
+        "--standard",
+        action="store_true",
+        help="standard mode: can be revealed again later (default: secure mode, shown once)",
+    )
+    _snippet_options(parser)
+
+
+def _snippet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        type=parse_url,
+        default=DEFAULT_URL,
+        help=f"the URL the snippet calls (default: {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--lang", choices=LANGUAGES, default="curl", help="snippet language (default: curl)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, subcommands included."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="apitokens",
+        description="Manage personal access tokens and read their audit log.",
+        epilog="Exit status: 0 ok, 1 'rule check' found no match, 2 error. See docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"apitokens {__version__}")
+    _global_options(parser, repeated=False)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    _add_create(commands)
+
+    listing = _add(commands, "list", list_tokens, "list tokens in an aligned table")
+    listing.add_argument("--user", help="only this owner's tokens")
+    listing.add_argument(
+        "--status", choices=[str(status) for status in TokenStatus], help="only these tokens"
+    )
+    listing.add_argument(
+        "--unused-since",
+        type=parse_moment,
+        metavar="WHEN",
+        help=f"only tokens not used since then (never used included); {MOMENT_HELP}",
+    )
+    listing.add_argument("--name", help="only tokens whose name contains this (any case)")
+    listing.add_argument("--limit", type=_count, metavar="N", help="at most this many")
+
+    _add(commands, "show", show, "show every field of one token", token=True)
+    _add(commands, "revoke", revoke, "revoke a token at once", token=True, json=False)
+
+    rotating = _add(commands, "rotate", rotate, "give a token a new secret", token=True)
+    rotating.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=parse_duration("0s"),
+        metavar="DURATION",
+        help=f"how long the old secret keeps working (default: 0s); {DURATION_HELP}",
+    )
+
+    _add(
+        commands,
+        "reveal",
+        reveal,
+        "print a standard-mode token again",
+        token=True,
+        json=False,
+    )
+    snippets = _add(
+        commands,
+        "snippet",
+        snippet,
+        "print code that calls an API with a standard-mode token",
+        token=True,
+        json=False,
+    )
+    _snippet_options(snippets)
+
+    unused = _add(commands, "revoke-unused", revoke_unused, "revoke tokens not used lately")
+    unused.add_argument(
+        "--since",
+        type=parse_moment,
+        required=True,
+        metavar="WHEN",
+        help=f"revoke active tokens not used since then; {MOMENT_HELP}",
+    )
+    unused.add_argument("--dry-run", action="store_true", help="list them, revoke nothing")
+
+    events = _add(commands, "audit", audit, "show audit events, newest first")
+    events.add_argument("--token", metavar="ID", help="only this token's events")
+    events.add_argument("--user", help="only events about this user's tokens")
+    events.add_argument("--action", choices=[str(action) for action in Action])
+    events.add_argument("--outcome", choices=[str(outcome) for outcome in Outcome])
+    events.add_argument(
+        "--since", type=parse_moment, metavar="WHEN", help=f"only events since then; {MOMENT_HELP}"
+    )
+    events.add_argument(
+        "--until", type=parse_moment, metavar="WHEN", help="only events before then; same forms"
+    )
+    events.add_argument(
+        "--limit", type=_count, default=100, metavar="N", help="at most this many (default: 100)"
+    )
+    events.add_argument(
+        "--offset", type=_count, default=0, metavar="N", help="skip this many (default: 0)"
+    )
+
+    prune = _add(commands, "prune-audit", prune_audit, "delete old audit events", json=False)
+    prune.add_argument(
+        "--before",
+        type=parse_moment,
+        required=True,
+        metavar="WHEN",
+        help=f"delete the events older than this; {MOMENT_HELP}",
+    )
+
+    add_rule_parser(commands)
+    return parser

@@ -1,0 +1,129 @@
+"""The ``apitokens`` command: manage tokens and read the audit log from the shell.
+
+    apitokens --db tokens.db create --name "CI report" --expires-in 30d
+    apitokens list --status active
+    apitokens rule check '[GET].*/rest/.*' POST /rest/api/2/issue
+
+The command acts as the admin who runs it: it opens ``--db`` (default
+``$APITOKENS_DB``, else ``./apitokens.db``; created if missing) with a policy
+that makes the acting user (``--actor``, default the login name) a token admin.
+Exit status: 0 success, 1 ``rule check`` found no match, 2 a user error (one
+line on stderr, ``apitokens: error: ...``, never a traceback).
+See ``docs/cli.md`` for the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import io
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._api import ApiTokens
+from ._cli_commands import CommandError, Session, warn
+from ._cli_parser import DEFAULT_DB, EXIT_USAGE, Command, build_parser, one_line
+from ._errors import ApiTokensError, RuleSyntaxError
+from ._policy import Policy
+from .storage import SQLiteStore
+
+__all__ = ["ADMIN_GROUP", "build_parser", "main"]
+
+ADMIN_GROUP = "apitokens-cli"
+"""The group the command puts every user in, and makes the token admins."""
+EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_INTERRUPTED = 130
+_QUIET = logging.NullHandler()
+
+
+def _actor(args: argparse.Namespace) -> str:
+    actor: str | None = args.actor
+    if actor is None:
+        try:
+            actor = getpass.getuser()
+        except Exception:  # KeyError, OSError: no login name in this environment
+            raise CommandError("cannot tell who you are; pass --actor NAME") from None
+    if not actor.strip():
+        raise CommandError("--actor must not be empty")
+    return actor
+
+
+def _database(args: argparse.Namespace) -> Path:
+    path = Path(args.db or os.environ.get("APITOKENS_DB") or DEFAULT_DB)
+    if path.is_dir():
+        raise CommandError(f"database {str(path)!r} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise CommandError(f"database {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def _run(args: argparse.Namespace) -> int:
+    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
+    if offline is not None:
+        return offline(args)
+    command: Command = args.command
+    prefix = args.prefix or os.environ.get("APITOKENS_PREFIX") or "apt"
+    policy = Policy(
+        token_admins=frozenset({ADMIN_GROUP}), allow_unbound_tokens=True, token_prefix=prefix
+    )
+    actor = _actor(args)
+    path = _database(args)
+    created = not path.exists()
+    store = SQLiteStore(path)
+    try:
+        if created:
+            warn(f"created a new database {str(path)!r}")
+        tokens = ApiTokens(store, policy=policy, groups=lambda _user: {ADMIN_GROUP})
+        try:
+            return command(Session(tokens, actor), args)
+        finally:
+            tokens.close()
+    finally:
+        store.close()
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, RuleSyntaxError):
+        return f"invalid rule '{one_line(exc.rule)}': column {exc.column}: {one_line(exc.reason)}"
+    return one_line(exc) or type(exc).__name__
+
+
+def _tolerant_streams() -> None:
+    # A name or path that the terminal's encoding cannot show must not crash the command.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    _tolerant_streams()
+    # The command reports what it did itself; the library's log records (audit
+    # events, the prune notice) are for applications' log pipelines, not stderr.
+    logging.getLogger("apitokens").addHandler(_QUIET)  # once: adding it again is a no-op
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    except (ApiTokensError, CommandError, ValueError) as exc:
+        print(f"apitokens: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`apitokens list | head`): stop quietly, and keep
+        # the interpreter from complaining while it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
