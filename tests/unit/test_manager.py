@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -439,3 +440,19 @@ def test_snippet_uses_basic_when_bearer_is_off(store: TokenStore, clock: Clock) 
         assert issued.snippet("https://x.example/") == (
             f"curl -u alice:{issued.secret} https://x.example/"
         )
+
+
+def test_events_reach_the_stdlib_logger(
+    tokens: ApiTokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="apitokens.audit")
+    issued = tokens.create(actor="alice", name="x")
+    tokens.authenticate(get("/x", bearer(issued.secret)))
+    tokens.flush()
+    events = [r.apitokens_event for r in caplog.records if r.name == "apitokens.audit"]
+    assert [(e.action, e.outcome) for e in events] == [
+        ("create", Outcome.SUCCESS),
+        ("authenticate", Outcome.SUCCESS),
+    ]
+    assert issued.secret not in caplog.text
+    assert issued.token.id in caplog.text
