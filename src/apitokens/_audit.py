@@ -18,12 +18,13 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ._errors import StorageError
-from ._model import AuditEvent, Usage
+from ._model import Action, AuditEvent, Outcome, Usage
 from .storage import TokenStore
 
-__all__ = ["AuditWriter", "Record", "Rehash"]
+__all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash"]
 
 log = logging.getLogger("apitokens")
 audit_log = logging.getLogger("apitokens.audit")
@@ -38,7 +39,14 @@ class Rehash:
     new: str = field(repr=False)
 
 
-Record = AuditEvent | Usage | Rehash
+AuthEntry = tuple[datetime, Outcome, str | None, str | None, str | None, str, str, str, bool]
+"""One authentication, compact: ``(at, outcome, token_id, user, client_ip, method, path,
+reason, used)``. The writer turns it into an :class:`AuditEvent` (action
+``authenticate``) and, when ``used`` is true, a :class:`Usage` of the token. A tuple
+because the request thread makes one per request: it costs a tenth of a frozen
+dataclass, and the event's own cost is paid on the writer thread."""
+
+Record = AuditEvent | Usage | Rehash | AuthEntry
 
 
 def _log_event(event: AuditEvent) -> None:
@@ -196,9 +204,31 @@ class AuditWriter:
                 self._cond.notify_all()
 
     def _write(self, batch: list[Record]) -> None:
-        events = [r for r in batch if isinstance(r, AuditEvent)]
-        usage = [r for r in batch if isinstance(r, Usage)]  # the store folds them
-        rehashes = [r for r in batch if isinstance(r, Rehash)]
+        events: list[AuditEvent] = []
+        usage: list[Usage] = []
+        uses: dict[str, _Uses] = {}  # this batch's authentications, folded per token
+        rehashes: list[Rehash] = []
+        authenticate = Action.AUTHENTICATE
+        for record in batch:
+            if isinstance(record, tuple):
+                at, outcome, token_id, user, ip, method, path, reason, used = record
+                event = AuditEvent(
+                    at, authenticate, outcome, token_id, user, None, ip, method, path, reason
+                )
+                events.append(event)
+                if used and token_id is not None:
+                    seen = uses.get(token_id)
+                    if seen is None:
+                        uses[token_id] = _Uses(at, ip)
+                    else:
+                        seen.add(at, ip)
+            elif isinstance(record, AuditEvent):
+                events.append(record)
+            elif isinstance(record, Usage):
+                usage.append(record)  # the store folds them
+            else:
+                rehashes.append(record)
+        usage += [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
         delay = 0.05
         attempts = 0
         while True:
@@ -227,3 +257,23 @@ class AuditWriter:
         self.written += len(batch)
         for event in events:
             _log_event(event)
+
+
+class _Uses:
+    """Uses of one token in a batch: how many, and the newest (the later one on a tie)."""
+
+    __slots__ = ("at", "count", "ip")
+
+    def __init__(self, at: datetime, ip: str | None) -> None:
+        self.count = 1
+        self.at = at
+        self.ip = ip
+
+    def add(self, at: datetime, ip: str | None) -> None:
+        self.count += 1
+        try:
+            newer = at >= self.at
+        except TypeError:  # naive beside aware: the store refuses the batch anyway
+            newer = True
+        if newer:
+            self.at, self.ip = at, ip

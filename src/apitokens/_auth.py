@@ -6,6 +6,18 @@ to hand to the buffered writer. Every step that could block (a store read,
 an uncached hash verification, a groups lookup) can be refused with
 :class:`WouldBlock`, so the ASGI adapter decides on the event loop when all
 is cached and moves to a worker thread only when something is not.
+
+The hot path: once an ``Authorization`` value has been verified against a token
+record, it is remembered (:class:`~apitokens._cache.HotCredential`, keyed by a keyed
+BLAKE2b of the value, never the value itself) with that record. A later request with
+the same value skips reading the header, the checksum and the verification cache for
+as long as the record cache still holds that very record (so a TTL refresh, and a
+revocation or rotation in this process, void it), the token is active by the clock,
+the rotation grace (when it matched the replaced secret) has not ended, the
+verification cache has not been cleared, the owner's groups are cached and allow
+tokens, and neither the client address nor the token id is throttled. When any of
+that fails the request takes the full path, which decides it exactly as before; only
+the checks about the request itself (scope, IPs, rules, body) run on the hot path too.
 """
 
 from __future__ import annotations
@@ -16,13 +28,19 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
-from ._audit import Record, Rehash
-from ._cache import CompiledToken, TokenCache, TTLCache
-from ._credentials import Credentials, MalformedCredentials, read_credentials
+from ._audit import AuthEntry, Record, Rehash
+from ._cache import CompiledToken, HotCredential, HotCredentials, TokenCache, TTLCache
+from ._credentials import (
+    MAX_AUTHORIZATION_LENGTH,
+    Credentials,
+    MalformedCredentials,
+    read_credentials,
+)
 from ._errors import StorageError
 from ._hashing import SecretVerifier
-from ._model import Action, AuditEvent, Outcome, Token, TokenStatus, Usage
+from ._model import Outcome, Token, TokenStatus
 from ._policy import AuthScheme, IPNetwork, Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
@@ -34,19 +52,27 @@ __all__ = ["Authenticator", "Decision", "WouldBlock"]
 log = logging.getLogger("apitokens")
 PASS_THROUGH = AuthResult(Outcome.PASS_THROUGH)
 _MAX_AUDIT_PATH = 2048
+_AUTHENTICATED = "authenticated"
+_SUCCESS = Outcome.SUCCESS
+_ACTIVE = TokenStatus.ACTIVE
 
 
 class WouldBlock(Exception):
     """Raised in non-blocking mode when the decision needs I/O or hashing."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A result plus the records to write; ``need_body`` asks for the body first."""
+class Decision(NamedTuple):
+    """A result plus the records to write; ``need_body`` asks for the body first.
+
+    A named tuple: one is made per request, and that costs half a frozen dataclass.
+    """
 
     result: AuthResult
     records: tuple[Record, ...] = ()
     need_body: bool = False
+
+
+_PASS = Decision(PASS_THROUGH)
 
 
 @dataclass(slots=True)
@@ -58,6 +84,14 @@ class _Attempt:
     client_ip: str
     token_id: str | None = None
     user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """The secret matched a hash of the record: which one, and what to write."""
+
+    rehash: Rehash | None
+    until: datetime | None  # end of the rotation grace when it matched the old secret
 
 
 class Authenticator:
@@ -98,6 +132,7 @@ class Authenticator:
         self.id_throttle = FailureThrottle(policy.max_failed_attempts, window)
         self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
         self._verification_wait = verification_wait
+        self.hot = HotCredentials(verifier.cache.maxsize)
 
     # -- public entry --------------------------------------------------
 
@@ -129,16 +164,26 @@ class Authenticator:
         """
         policy = self.policy
         if not policy.protects(request.path):
-            return Decision(PASS_THROUGH)
+            return _PASS
         now = self.clock()
-        attempt = _Attempt(request, now, self.client_ip(request))
+        client_ip = self.client_ip(request)
+        values = request.header_values("authorization")
+        fingerprint = None
+        if len(values) == 1 and len(values[0]) <= MAX_AUTHORIZATION_LENGTH:
+            fingerprint = self.verifier.cache.header_fingerprint(values[0])
+            hot = self.hot.get(fingerprint)
+            if hot is not None:
+                decision = self._decide_hot(hot, request, now, client_ip, body_read)
+                if decision is not None:
+                    return decision
+        attempt = _Attempt(request, now, client_ip)
         try:
-            creds = read_credentials(request.header_values("authorization"))
+            creds = read_credentials(values)
         except MalformedCredentials as exc:
             return self._fail(attempt, 400, str(exc))
         if creds is None or not policy.token_format.is_ours(creds.secret):
             if policy.allow_other_auth:
-                return Decision(PASS_THROUGH)
+                return _PASS
             what = "no credentials" if creds is None else "credentials that are not a token"
             return self._refuse(
                 attempt,
@@ -150,7 +195,7 @@ class Authenticator:
                 ),
             )
         attempt.user = creds.username
-        return self._decide_token(attempt, creds, body_read=body_read, block=block)
+        return self._decide_token(attempt, creds, fingerprint, body_read=body_read, block=block)
 
     def client_ip(self, request: AuthRequest) -> str:
         """Return the client's address: the peer, or from ``X-Forwarded-For``.
@@ -174,16 +219,77 @@ class Authenticator:
                 break
         return client
 
+    # -- the hot path ------------------------------------------------------
+
+    def _decide_hot(
+        self,
+        hot: HotCredential,
+        request: AuthRequest,
+        now: datetime,
+        client_ip: str,
+        body_read: bool,
+    ) -> Decision | None:
+        """Decide a request whose credential was verified before; ``None``: take the full path.
+
+        Every check the full path makes before the request-specific ones is either
+        known to pass here or sends the request down the full path, which then
+        answers exactly as it always does (throttled, revoked, expired, ...).
+        """
+        compiled = hot.compiled
+        token = compiled.stored.token
+        token_id = token.id
+        if (
+            self.tokens.get(token_id) is not compiled
+            or hot.epoch != self.verifier.cache.epoch
+            or token.status is not _ACTIVE
+            or token.revoked_at is not None
+            or (token.expires_at is not None and token.expires_at <= now)
+            or (hot.until is not None and not now < hot.until)
+            or self.ip_throttle.suspect(client_ip)
+            or self.id_throttle.suspect(token_id)
+        ):
+            return None
+        user = hot.user
+        policy = self.policy
+        if policy.token_users is not None:
+            groups = self._groups.get(user)
+            if groups is None or not policy.may_use_tokens(groups):
+                return None
+        problem = self._problem(request, client_ip, compiled, token, body_read)
+        if problem is not None:
+            if isinstance(problem, Decision):
+                return problem
+            attempt = _Attempt(request, now, client_ip, token_id, user)
+            return self._refuse(attempt, refusal(policy, *problem, token=token))
+        entry = (
+            now,
+            _SUCCESS,
+            token_id,
+            user,
+            client_ip or None,
+            request.method.upper()[:16],
+            request.path[:_MAX_AUDIT_PATH],
+            _AUTHENTICATED,
+            True,
+        )
+        return Decision(hot.result, (entry,))
+
     # -- the token path --------------------------------------------------
 
     def _decide_token(
-        self, attempt: _Attempt, creds: Credentials, *, body_read: bool, block: bool
+        self,
+        attempt: _Attempt,
+        creds: Credentials,
+        fingerprint: bytes | None,
+        *,
+        body_read: bool,
+        block: bool,
     ) -> Decision:
         policy = self.policy
-        now_ts = attempt.now.timestamp()
-        wait = self.ip_throttle.retry_after(attempt.client_ip, now_ts)
-        if wait:
-            return self._throttled(attempt, wait, "client address")
+        if self.ip_throttle.suspect(attempt.client_ip):
+            wait = self.ip_throttle.retry_after(attempt.client_ip, attempt.now.timestamp())
+            if wait:
+                return self._throttled(attempt, wait, "client address")
         if creds.scheme is AuthScheme.BASIC and not policy.auth_schemes.basic:
             return self._fail(attempt, 401, "token sent with Basic, which is turned off")
         if creds.scheme is AuthScheme.BEARER and not policy.auth_schemes.bearer:
@@ -192,9 +298,10 @@ class Authenticator:
         if parsed is None:
             return self._fail(attempt, 401, "malformed token or wrong checksum")
         attempt.token_id = parsed.id
-        wait = self.id_throttle.retry_after(parsed.id, now_ts)
-        if wait:
-            return self._throttled(attempt, wait, "token id")
+        if self.id_throttle.suspect(parsed.id):
+            wait = self.id_throttle.retry_after(parsed.id, attempt.now.timestamp())
+            if wait:
+                return self._throttled(attempt, wait, "token id")
         try:
             compiled = self._compiled(parsed.id, block)
         except StorageError as exc:
@@ -204,6 +311,7 @@ class Authenticator:
         stored = compiled.stored
         token = stored.token.as_of(attempt.now)
         attempt.user = token.user if token.user is not None else attempt.user
+        epoch = self.verifier.cache.epoch
         verified = self._verify(parsed.value, compiled, attempt, block)
         if isinstance(verified, Decision):
             return verified
@@ -215,6 +323,10 @@ class Authenticator:
         if isinstance(user, Decision):
             return user
         attempt.user = user
+        result = AuthResult(_SUCCESS, 200, user, token, _AUTHENTICATED, scheme=creds.scheme)
+        if token is stored.token and fingerprint is not None:
+            hot = HotCredential(compiled, user, verified.until, epoch, result)
+            self.hot.put(fingerprint, hot)
         if policy.token_users is not None:
             try:
                 groups = self._groups_for(user, block)
@@ -227,14 +339,10 @@ class Authenticator:
         forbidden = self._forbidden(attempt, compiled, token, body_read)
         if forbidden is not None:
             return forbidden
-        records: list[Record] = [
-            self._event(attempt, Outcome.SUCCESS, "authenticated"),
-            Usage(token.id, attempt.now, attempt.client_ip or None),
-        ]
-        if verified:
-            records.append(verified)
-        result = AuthResult(Outcome.SUCCESS, 200, user, token, "authenticated", scheme=creds.scheme)
-        return Decision(result, tuple(records))
+        entry = self._entry(attempt, _SUCCESS, _AUTHENTICATED, True)
+        if verified.rehash is not None:
+            return Decision(result, (entry, verified.rehash))
+        return Decision(result, (entry,))
 
     def _user(self, attempt: _Attempt, token: Token, creds: Credentials) -> str | Decision:
         if token.user is None:
@@ -252,29 +360,43 @@ class Authenticator:
     def _forbidden(
         self, attempt: _Attempt, compiled: CompiledToken, token: Token, body_read: bool
     ) -> Decision | None:
-        policy, request = self.policy, attempt.request
+        problem = self._problem(attempt.request, attempt.client_ip, compiled, token, body_read)
+        if problem is None or isinstance(problem, Decision):
+            return problem
+        return self._refuse(attempt, refusal(self.policy, *problem, token=token))
+
+    def _problem(
+        self,
+        request: AuthRequest,
+        client_ip: str,
+        compiled: CompiledToken,
+        token: Token,
+        body_read: bool,
+    ) -> tuple[int, str] | Decision | None:
+        """What the token does not allow about this request: (status, reason), or ``None``.
+
+        A decision asking for the body when a JSON rule needs it and it is not read yet.
+        """
         if compiled.problem:
-            return self._refuse(attempt, refusal(policy, 403, compiled.problem, token=token))
-        if compiled.networks and not _in_networks(attempt.client_ip, compiled.networks):
-            reason = f"client address {attempt.client_ip!r} not in the token's allowed IPs"
-            return self._refuse(attempt, refusal(policy, 403, reason, token=token))
+            return 403, compiled.problem
+        if compiled.networks and not _in_networks(client_ip, compiled.networks):
+            return 403, f"client address {client_ip!r} not in the token's allowed IPs"
         if not token.scope.allows(request.method):
-            reason = f"method {request.method.upper()} outside the token's {token.scope} scope"
-            return self._refuse(attempt, refusal(policy, 403, reason, token=token))
+            return 403, f"method {request.method.upper()} outside the token's {token.scope} scope"
         rules = compiled.rules
         if rules is None:
             return None
+        policy = self.policy
         if rules.needs_body:
             if not body_read:
                 # Not a decision yet: the token rides along so a caller that
                 # cannot read the body can still refuse it by name.
                 return Decision(AuthResult(Outcome.PASS_THROUGH, token=token), need_body=True)
             if len(request.body) > policy.max_body_bytes:
-                reason = f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
-                return self._refuse(attempt, refusal(policy, 413, reason, token=token))
+                return 413, f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
         match = rules.match(request, timeout=policy.rule_timeout)
         if not match.matched:
-            return self._refuse(attempt, refusal(policy, 403, match.reason, token=token))
+            return 403, match.reason
         return None
 
     # -- steps that may block ----------------------------------------------
@@ -296,15 +418,16 @@ class Authenticator:
 
     def _verify(
         self, value: str, compiled: CompiledToken, attempt: _Attempt, block: bool
-    ) -> Rehash | Decision | None:
-        """Return ``None`` (ok), a :class:`Rehash` (ok, replace the hash) or a refusal."""
+    ) -> _Verified | Decision:
+        """Return which hash the secret matched (and a re-hash to write), or a refusal."""
         stored = compiled.stored
-        hashes = [stored.secret_hash]
+        hashes: list[tuple[str, datetime | None]] = [(stored.secret_hash, None)]
         grace = stored.previous_valid_until
         if stored.previous_hash is not None and grace is not None and attempt.now < grace:
-            hashes.append(stored.previous_hash)
-        if any(self.verifier.cached(value, hashed) for hashed in hashes):
-            return None
+            hashes.append((stored.previous_hash, grace))
+        for hashed, until in hashes:
+            if self.verifier.cached(value, hashed):
+                return _Verified(None, until)
         if not block:
             raise WouldBlock
         if not self._hashing.acquire(timeout=self._verification_wait):
@@ -312,12 +435,12 @@ class Authenticator:
                 attempt, refusal(self.policy, 503, "too many hash verifications in progress")
             )
         try:
-            for i, hashed in enumerate(hashes):
+            for i, (hashed, until) in enumerate(hashes):
                 result = self.verifier.verify(value, hashed)
                 if result.ok:
                     if result.rehash is not None and i == 0:
-                        return Rehash(stored.token.id, hashed, result.rehash)
-                    return None
+                        return _Verified(Rehash(stored.token.id, hashed, result.rehash), until)
+                    return _Verified(None, until)
         finally:
             self._hashing.release()
         return self._fail(attempt, 401, "wrong secret")
@@ -347,21 +470,22 @@ class Authenticator:
         return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
 
     def _refuse(self, attempt: _Attempt, result: AuthResult) -> Decision:
-        event = self._event(attempt, result.outcome, result.reason)
-        return Decision(result, (event,))
+        return Decision(result, (self._entry(attempt, result.outcome, result.reason, False),))
 
-    def _event(self, attempt: _Attempt, outcome: Outcome, reason: str) -> AuditEvent:
+    @staticmethod
+    def _entry(attempt: _Attempt, outcome: Outcome, reason: str, used: bool) -> AuthEntry:
+        """The audit event (and, if ``used``, the token's use), for the writer to expand."""
         request = attempt.request
-        return AuditEvent(
-            at=attempt.now,
-            action=Action.AUTHENTICATE,
-            outcome=outcome,
-            token_id=attempt.token_id,
-            user=attempt.user,
-            client_ip=attempt.client_ip or None,
-            method=request.method.upper()[:16],
-            path=request.path[:_MAX_AUDIT_PATH],
-            reason=reason,
+        return (
+            attempt.now,
+            outcome,
+            attempt.token_id,
+            attempt.user,
+            attempt.client_ip or None,
+            request.method.upper()[:16],
+            request.path[:_MAX_AUDIT_PATH],
+            reason,
+            used,
         )
 
     def forget(self, token_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Per-process caches on the hot path: token records (short TTL) and users' groups."""
+"""Per-process caches on the hot path: token records (short TTL), users' groups, and
+credentials already verified."""
 
 from __future__ import annotations
 
@@ -7,21 +8,28 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from ._errors import RuleSyntaxError
 from ._model import StoredToken
 from ._policy import IPNetwork, parse_networks
+from ._result import AuthResult
 from ._rules import RuleSet
 
-__all__ = ["CompiledToken", "TTLCache", "TokenCache"]
+__all__ = ["CompiledToken", "HotCredential", "HotCredentials", "TTLCache", "TokenCache"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class TTLCache(Generic[K, V]):
-    """A thread-safe LRU whose entries expire ``ttl`` seconds after they were stored."""
+    """A thread-safe cache whose entries expire ``ttl`` seconds after they were stored.
+
+    Reads take no lock (a dict read is atomic under the GIL) and do not reorder: when
+    full, the entry stored longest ago is evicted first. With a TTL, a live entry is
+    one stored within the last ``ttl`` seconds, so that is close to least recently used.
+    """
 
     def __init__(self, ttl: float, maxsize: int, *, timer: Callable[[], float] = time.monotonic):
         self.ttl = ttl
@@ -32,15 +40,10 @@ class TTLCache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """Return the live value for ``key``, or ``None``."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[0] <= self._timer():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= self._timer():
+            return None  # a stale entry stays until replaced or evicted
+        return entry[1]
 
     def put(self, key: K, value: V) -> None:
         """Store ``value`` for ``ttl`` seconds."""
@@ -148,3 +151,66 @@ class TokenCache:
                 while len(self._rulesets) > self._max_rulesets:
                     self._rulesets.popitem(last=False)
         return CompiledToken(stored, rules, networks)
+
+
+@dataclass(frozen=True, slots=True)
+class HotCredential:
+    """A credential (one ``Authorization`` value) verified in this process.
+
+    It stands for "this value was checked against this record": it counts only while
+    the record cache holds exactly :attr:`compiled` (a TTL refresh, a discard after a
+    revocation or rotation in this process, all replace it), and within :attr:`until`.
+
+    Attributes:
+        compiled: the record the secret was verified against.
+        user: the user a request with this value acts as.
+        until: the end of the rotation grace when the secret matched the hash of the
+            secret a rotation replaced; ``None`` when it matched the current one.
+        epoch: the verification cache's epoch when the secret was verified.
+        result: the success result, shared by every request this entry allows.
+    """
+
+    compiled: CompiledToken
+    user: str
+    until: datetime | None
+    epoch: int
+    result: AuthResult
+
+
+class HotCredentials:
+    """Verified credentials by the keyed fingerprint of their ``Authorization`` value.
+
+    Reads take no lock; writes do. When full, the entry stored longest ago goes.
+    """
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[bytes, HotCredential] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, fingerprint: bytes) -> HotCredential | None:
+        """Return the entry for ``fingerprint``, or ``None``."""
+        return self._entries.get(fingerprint)
+
+    def put(self, fingerprint: bytes, entry: HotCredential) -> None:
+        """Remember ``entry`` for ``fingerprint``."""
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._entries[fingerprint] = entry
+            self._entries.move_to_end(fingerprint)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def discard(self, fingerprint: bytes) -> None:
+        """Forget the entry for ``fingerprint``."""
+        with self._lock:
+            self._entries.pop(fingerprint, None)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -186,8 +186,14 @@ class VerificationCache:
             raise ValueError("maxsize must be >= 0")
         self.maxsize = maxsize
         self._key = secrets.token_bytes(32)
+        # Keyed hashers to copy: copying one is three times cheaper than keying a new one.
+        self._token_hasher = hashlib.blake2b(key=self._key, digest_size=32)
+        self._header_hasher = hashlib.blake2b(
+            key=self._key, digest_size=32, person=b"authorization"
+        )
         self._entries: OrderedDict[bytes, str] = OrderedDict()
         self._lock = threading.Lock()
+        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -195,8 +201,26 @@ class VerificationCache:
     def __repr__(self) -> str:
         return f"VerificationCache(maxsize={self.maxsize}, size={len(self._entries)})"
 
+    @property
+    def epoch(self) -> int:
+        """Counts :meth:`clear` calls: what was derived from the cache before is void."""
+        return self._epoch
+
     def _fingerprint(self, token: str) -> bytes:
-        return hashlib.blake2b(token.encode("utf-8"), key=self._key, digest_size=32).digest()
+        hasher = self._token_hasher.copy()
+        hasher.update(token.encode("utf-8"))
+        return hasher.digest()
+
+    def header_fingerprint(self, value: str) -> bytes:
+        """Return a keyed BLAKE2b of an ``Authorization`` header value (never the value).
+
+        The key is this cache's random per-process key, personalised so a header's
+        fingerprint can never equal a token's. The authenticator keys its entries for
+        credentials already verified by this (see ``Authenticator``).
+        """
+        hasher = self._header_hasher.copy()
+        hasher.update(value.encode("utf-8", "surrogatepass"))
+        return hasher.digest()
 
     def contains(self, token: str, hashed: str) -> bool:
         """Return whether ``token`` was verified against exactly ``hashed``."""
@@ -220,8 +244,9 @@ class VerificationCache:
                 self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        """Forget every entry."""
+        """Forget every entry, and void what was derived from them (:attr:`epoch`)."""
         with self._lock:
+            self._epoch += 1
             self._entries.clear()
 
 

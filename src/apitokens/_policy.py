@@ -53,6 +53,11 @@ def parse_networks(cidrs: Iterable[str], *, what: str = "allowed_ips") -> tuple[
     return tuple(networks)
 
 
+def _prefixes(paths: Sequence[str]) -> tuple[str, ...]:
+    """``protected_paths`` as the tuple ``str.startswith`` takes (it is one after init)."""
+    return paths if isinstance(paths, tuple) else tuple(paths)
+
+
 def _groups(value: Iterable[str] | None, name: str) -> frozenset[str] | None:
     if value is None:
         return None
@@ -162,12 +167,16 @@ class Policy:
         with ``.`` or ``..`` segments is always protected (fail closed), since
         the app may resolve it to a protected one.
         """
-        decoded = unquote(path, errors="replace").replace("\\", "/")
+        decoded = path
+        if "%" in decoded:
+            decoded = unquote(decoded, errors="replace")
+        if "\\" in decoded:
+            decoded = decoded.replace("\\", "/")
         while "//" in decoded:
             decoded = decoded.replace("//", "/")
-        if any(segment in (".", "..") for segment in decoded.split("/")):
+        if "." in decoded and any(segment in (".", "..") for segment in decoded.split("/")):
             return True
-        return any(decoded.startswith(prefix) for prefix in self.protected_paths)
+        return decoded.startswith(_prefixes(self.protected_paths))
 
     # Permission checks: `groups` is the acting or owning user's groups.
 

@@ -95,7 +95,9 @@ class RequestView:
         if remaining <= 0:
             raise BudgetExceededError
         try:
-            return pattern.fullmatch(text, timeout=remaining) is not None
+            # Positional: (string, pos, endpos, concurrent, partial, timeout). Keyword
+            # arguments cost the regex module half a microsecond a call to parse.
+            return pattern.fullmatch(text, None, None, None, False, remaining) is not None
         except TimeoutError:
             raise BudgetExceededError from None
 

@@ -30,13 +30,23 @@ class FailureThrottle:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def suspect(self, key: str) -> bool:
+        """Return whether ``key`` has ``limit`` recent failures, so may be blocked.
+
+        A dictionary read and no lock: the common case (no failures) costs next to
+        nothing. Only when this is true does :meth:`retry_after` need the time.
+        """
+        failures = self._failures.get(key)
+        return failures is not None and len(failures) >= self.limit
+
     def retry_after(self, key: str, now: float) -> int:
         """Return seconds until ``key`` may try again; 0 when it is not blocked."""
-        with self._lock:
-            failures = self._failures.get(key)
-            if failures is None or len(failures) < self.limit:
-                return 0
-            wait = failures[0] + self.window - now
+        # No lock: under the GIL a dict read, len() and [0] of a deque are each atomic,
+        # and a deque never shrinks (fail() appends; its maxlen drops the oldest).
+        failures = self._failures.get(key)
+        if failures is None or len(failures) < self.limit:
+            return 0
+        wait = failures[0] + self.window - now
         return max(1, math.ceil(wait)) if wait > 0 else 0
 
     def fail(self, key: str, now: float) -> None:

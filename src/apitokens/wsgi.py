@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ WSGIApplication = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 # Characters left as they are when re-quoting PATH_INFO: RFC 3986 pchar and "/".
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+# A path of only those characters and ASCII letters and digits is its own quoting.
+_UNQUOTED = re.compile(r"[A-Za-z0-9/!$&'()*+,;=:@\-._~]+")
 
 
 def _raw_path(environ: Environ) -> str:
@@ -33,7 +36,9 @@ def _raw_path(environ: Environ) -> str:
             raw = urlsplit(raw).path or "/"
         return str(raw).split("?", 1)[0]
     # PEP 3333: PATH_INFO holds the decoded bytes as latin-1 characters.
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if _UNQUOTED.fullmatch(path):
+        return path  # nothing quote() would change: skip it (most paths)
     return quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
 
 

@@ -654,11 +654,14 @@ class FakeClock:
 
 def test_budget_is_one_deadline_for_the_whole_call(monkeypatch: pytest.MonkeyPatch) -> None:
     # Each clock read advances one second: the deadline is read once, then once per
-    # regex call, so three rules exhaust a 3.5 s budget that any one rule fits in.
+    # regex call. Rules with a clause are matched one by one (rules without clauses are
+    # joined into one regex call), so four of them exhaust a 4.5 s budget that any one
+    # rule fits in.
     monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
-    rules = RuleSet.parse(["/a", "/b", "/c", "/d"])
-    assert rules.match(get("/d"), timeout=3.5) == RuleMatch(False, "regex time budget exceeded")
-    assert rules.match(get("/c"), timeout=3.5).matched
+    rules = RuleSet.parse([f"/{name}[QueryParam::q==1]" for name in "abcd"])
+    exceeded = RuleMatch(False, "regex time budget exceeded")
+    assert rules.match(get("/d", "q=1"), timeout=4.5) == exceeded
+    assert rules.match(get("/c", "q=1"), timeout=4.5).matched
 
 
 def test_default_timeout() -> None:

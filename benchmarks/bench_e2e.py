@@ -1,0 +1,271 @@
+"""End to end: uvicorn serving the bare ASGI app vs the wrapped one, on 127.0.0.1.
+
+uvicorn (one worker) runs in a subprocess on a free port; the load generator is wrk
+(Debian's package) when installed, else an async httpx client of our own. Each run is
+bounded in time; bare and wrapped runs alternate; the server is stopped after each.
+The wrapped app checks a Bearer token with 5 rules against a 100k-token SQLite store
+and writes every request's audit event, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from apitokens import ApiTokens, Scope
+from benchmarks.bench_inprocess import FIVE_RULES, POLICY, TARGET
+from benchmarks.common import QUICK, ROOT, Section, bulk_store, store_copy, versions
+
+TARGET_RATIO = 0.85
+CONNECTIONS = 32
+
+
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, authorization: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}{TARGET}"
+    while True:
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": authorization})
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def parse_duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unreadable wrk duration {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def run_wrk(port: int, authorization: str, seconds: int) -> Load:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            "-H",
+            f"Authorization: {authorization}",
+            f"http://127.0.0.1:{port}{TARGET}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = parse_duration_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = parse_duration_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        errors += int(bad.group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    return Load(rps, p50, p99, errors)
+
+
+async def _httpx_load(port: int, authorization: str, seconds: float) -> Load:
+    import httpx
+
+    url = f"http://127.0.0.1:{port}{TARGET}"
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            response = await client.get(url, headers={"Authorization": authorization})
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(CONNECTIONS)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return Load(
+        rps=len(latencies) / elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+        errors=errors,
+    )
+
+
+STACKS = {
+    "h11 + asyncio (`pip install uvicorn`)": ["--http", "h11", "--loop", "asyncio"],
+    "httptools + uvloop (`pip install uvicorn[standard]`)": [
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+    ],
+}
+
+
+def available(stack: list[str]) -> bool:
+    try:
+        if "httptools" in stack:
+            import httptools  # noqa: F401
+        if "uvloop" in stack:
+            import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def serve_and_load(mode: str, db: Path, authorization: str, seconds: int, stack: list[str]) -> Load:
+    port = free_port()
+    env = dict(os.environ, BENCH_E2E_MODE=mode, BENCH_E2E_DB=str(db), PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "benchmarks.e2e_app:create",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            *stack,
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        wait_ready(port, authorization)
+        for _ in range(50):  # warm: the first request verifies the token (argon2id)
+            wait_ready(port, authorization)
+        if shutil.which("wrk"):
+            return run_wrk(port, authorization, seconds)
+        return asyncio.run(_httpx_load(port, authorization, seconds))
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main() -> None:
+    rounds, seconds = (1, 3) if QUICK else (3, 8)
+    generator = "wrk" if shutil.which("wrk") else "an async httpx client (wrk not installed)"
+    section = Section(
+        "e2e",
+        "End to end under uvicorn",
+        intro=(
+            f"uvicorn ({versions('uvicorn', 'uvloop', 'httptools', 'h11')}; one worker) "
+            "serving the "
+            "bare ASGI app vs the app wrapped by `tokens.asgi`, on 127.0.0.1, driven by "
+            f"{generator} with {CONNECTIONS} connections from the same machine "
+            f"(`GET {TARGET}`, Bearer token with 5 rules, 100k-token SQLite store, "
+            f"audit written). {rounds} alternating runs of {seconds} s each; medians. Two "
+            "server stacks: uvicorn's pure-Python one and its fast one."
+        ),
+    )
+    bulk = bulk_store(100_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        with store_copy(bulk, Path(tmp)) as store, ApiTokens(store, policy=POLICY) as tokens:
+            issued = tokens.create(
+                actor="alice", name="e2e", scope=Scope.READ_WRITE, restrictions=FIVE_RULES
+            )
+        db = Path(tmp) / f"run-{bulk.size}.db"
+        authorization = f"Bearer {issued.secret}"
+        for stack_name, stack in STACKS.items():
+            if not available(stack):
+                section.notes.append(f"{stack_name}: not installed, not measured.")
+                continue
+            print(f"{stack_name}:", flush=True)
+            runs: dict[str, list[Load]] = {"bare": [], "wrapped": []}
+            for _ in range(rounds):
+                for mode in ("bare", "wrapped"):
+                    load = serve_and_load(mode, db, authorization, seconds, stack)
+                    print(f"  {mode}: {load}", flush=True)
+                    runs[mode].append(load)
+            report(section, stack_name, runs)
+    section.notes.append(
+        "The wrapped p99 is dominated by the audit writer thread: see *Under uvicorn* in "
+        "the findings below."
+    )
+    section.save()
+
+
+def report(section: Section, stack_name: str, runs: dict[str, list[Load]]) -> None:
+    med = {
+        mode: Load(
+            rps=statistics.median(x.rps for x in loads),
+            p50_ms=statistics.median(x.p50_ms for x in loads),
+            p99_ms=statistics.median(x.p99_ms for x in loads),
+            errors=sum(x.errors for x in loads),
+        )
+        for mode, loads in runs.items()
+    }
+    paired = statistics.median(
+        w.rps / b.rps for b, w in zip(runs["bare"], runs["wrapped"], strict=True)
+    )
+    per_request = 1e6 / med["wrapped"].rps - 1e6 / med["bare"].rps
+    section.table(
+        [stack_name, "requests/s", "p50 latency", "p99 latency", "errors"],
+        [
+            [
+                mode,
+                f"{m.rps:,.0f}",
+                f"{m.p50_ms:.2f} ms",
+                f"{m.p99_ms:.2f} ms",
+                str(m.errors),
+            ]
+            for mode, m in med.items()
+        ],
+    )
+    section.verdict(
+        f"{stack_name}: wrapped throughput >= {TARGET_RATIO:.0%} of bare",
+        f"{paired:.1%} (median of paired runs; {per_request:.0f} µs more server time per request)",
+        paired >= TARGET_RATIO and med["wrapped"].errors == 0,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""In-process: a bare WSGI and ASGI app vs the same apps wrapped, no network.
+
+SQLiteStore with 100k tokens; the request carries a Bearer token with 5 restriction
+rules (READ_WRITE, default argon2id hashing). Reports the warm overhead per request and
+the cost of the first request (cold: store read and an argon2id verification).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from apitokens import ApiTokens, Policy, Scope
+from benchmarks.apps import ASGIDriver, WSGIDriver, bare_asgi, bare_wsgi
+from benchmarks.common import QUICK, Section, bulk_store, store_copy, us
+from benchmarks.measure import asgi_overhead, wsgi_overhead
+
+FIVE_RULES = [
+    "[GET].*/rest/api/2/search.*[QueryParam::jql==project ?= ?[A-Z]+.*]",
+    "[GET,HEAD].*/rest/api/2/project/[A-Z]+",
+    "[POST].*/rest/api/2/issue/[A-Z]+-[0-9]+/comment",
+    "[GET].*/rest/agile/1.0/board/[0-9]+/sprint.*",
+    "[GET].*/rest/api/2/issue/[A-Z]+-[0-9]+",
+]
+TARGET = "/rest/api/2/issue/JRA-123?fields=summary,status"
+POLICY = Policy(protected_paths=["/rest/"])
+BUDGET_US = 25.0
+
+
+def cold_costs(store_path: Path, store: object, secret: str, samples: int) -> tuple[float, float]:
+    """First request through a fresh ApiTokens (empty caches): WSGI, then ASGI."""
+    wsgi_times, asgi_times = [], []
+    authorization = f"Bearer {secret}"
+    for _ in range(samples):
+        with ApiTokens(store, policy=POLICY) as fresh:  # type: ignore[arg-type]
+            driver = WSGIDriver("GET", TARGET, authorization)
+            app = fresh.wsgi(bare_wsgi)
+            start = time.perf_counter()
+            driver.call(app)
+            wsgi_times.append((time.perf_counter() - start) * 1e6)
+            assert driver.statuses == {"200 OK": 1}, driver.statuses
+        with ApiTokens(store, policy=POLICY) as fresh:  # type: ignore[arg-type]
+            adriver = ASGIDriver("GET", TARGET, authorization)
+            aapp = fresh.asgi(bare_asgi)
+            start = time.perf_counter()
+            adriver.run(aapp, 1)
+            asgi_times.append((time.perf_counter() - start) * 1e6)
+            adriver.close()
+            assert adriver.statuses == {200: 1}, adriver.statuses
+    return statistics.median(wsgi_times), statistics.median(asgi_times)
+
+
+def main() -> None:
+    rounds, batch = (5, 500) if QUICK else (15, 2000)
+    section = Section(
+        "inprocess",
+        "In-process overhead: bare vs wrapped",
+        intro=(
+            "A bare WSGI app and a bare ASGI app, called in-process the way a server "
+            "calls them, vs the same apps wrapped by `tokens.wsgi` / `tokens.asgi`. "
+            "`SQLiteStore` holding 100,000 tokens; the request is "
+            f"`GET {TARGET}` with a Bearer token that has 5 restriction rules "
+            "(the last one matches) and default argon2id hashing. "
+            f"{rounds} rounds of {batch} requests each, bare and wrapped interleaved; medians."
+        ),
+    )
+    bulk = bulk_store(100_000)
+    with tempfile.TemporaryDirectory() as tmp, store_copy(bulk, Path(tmp)) as store:
+        with ApiTokens(store, policy=POLICY) as tokens:
+            issued = tokens.create(
+                actor="alice",
+                name="bench",
+                scope=Scope.READ_WRITE,
+                restrictions=FIVE_RULES,
+            )
+            authorization = f"Bearer {issued.secret}"
+            wsgi_driver = WSGIDriver("GET", TARGET, authorization)
+            wsgi = wsgi_overhead(tokens, wsgi_driver, rounds=rounds, batch=batch)
+            asgi_driver = ASGIDriver("GET", TARGET, authorization)
+            asgi = asgi_overhead(tokens, asgi_driver, rounds=rounds, batch=batch)
+            asgi_driver.close()
+            assert set(wsgi_driver.statuses) == {"200 OK"}, wsgi_driver.statuses
+            assert set(asgi_driver.statuses) == {200}, asgi_driver.statuses
+            tokens.flush()
+            audited = len(
+                tokens.audit(token_id=issued.token.id, action="authenticate", limit=10_000_000)
+            )
+        cold_wsgi, cold_asgi = cold_costs(Path(tmp), store, issued.secret, 3 if QUICK else 5)
+    expected = 2 * (rounds + 2) * batch  # WSGI and ASGI, warm-up rounds included
+    section.table(
+        ["", "WSGI", "ASGI"],
+        [
+            ["bare app, per request", us(wsgi.bare), us(asgi.bare)],
+            ["wrapped, per request (request thread)", us(wsgi.wrapped), us(asgi.wrapped)],
+            ["audit writing afterwards, per request", us(wsgi.audit), us(asgi.audit)],
+            ["**warm overhead, request thread**", us(wsgi.request), us(asgi.request)],
+            ["**warm overhead, audit write included**", us(wsgi.total), us(asgi.total)],
+            ["cold first request (store read + argon2id)", us(cold_wsgi), us(cold_asgi)],
+        ],
+    )
+    section.notes.append(
+        "*Request thread*: wrapped minus bare, as the thread serving the request sees it "
+        "(the audit writer runs alongside, as in production). *Audit write included*: "
+        "plus the time the writer needed after each batch to finish writing that batch's "
+        "audit events and usage into SQLite, i.e. everything a request costs."
+    )
+    section.notes.append(
+        f"Authentications audited for the benchmark token: {audited:,} of {expected:,} "
+        f"wrapped requests ({expected - audited:,} lost)."
+    )
+    for name, result in (("WSGI", wsgi), ("ASGI", asgi)):
+        section.verdict(
+            f"{name} warm overhead <= {BUDGET_US:.0f} µs (5 rules, 100k-token SQLite store)",
+            f"{us(result.request)} on the request thread; {us(result.total)} with the audit write",
+            result.total <= BUDGET_US,
+        )
+    section.save()
+
+
+if __name__ == "__main__":
+    main()

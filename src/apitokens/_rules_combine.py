@@ -1,0 +1,137 @@
+"""One regex call for many rules: the URL regexes of clause-free rules, combined per method.
+
+A request is allowed when any rule matches. For a rule without QueryParam or JsonData
+clauses, "matches" is "the method is allowed and the URL regex fullmatches the path", so
+for one method the rules that allow it can be tried all at once: ``(?:u1)|(?:u2)|...``
+fullmatches the path exactly when one of ``u1``, ``u2``, ... does. That turns a hundred
+regex calls (each paying the ``regex`` module's call and timeout set-up, a clock read)
+into one.
+
+The equivalence holds for ordinary regexes; some constructs behave differently inside a
+bigger pattern, and a rule using any of them is left out of the combination and matched
+on its own (:func:`combinable`):
+
+- inline flags such as ``(?i)`` (the ``regex`` module applies them from where they stand
+  on, so one rule's flag could reach into the next alternative), and any rule whose
+  compiled flags differ from the plain ones;
+- backreferences and named groups (``\\1``, ``(?P=n)``, ``\\g<n>``, ``(?P<n>...)``):
+  group numbers and names change when patterns are joined;
+- recursion, subroutine calls and conditionals (``(?R)``, ``(?1)``, ``(?&n)``,
+  ``(?(1)...)``), branch resets, comments, ``\\K``, backtracking verbs such as
+  ``(*PRUNE)`` and ``(*SKIP)`` (they act across alternatives), and fuzzy constraints.
+
+The test for these is deliberately coarse: it reads the source text without parsing it,
+so an escaped look-alike (``\\(?P``) is also refused. Refusing costs only speed.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from typing import Final, final
+
+import regex
+
+from apitokens._rules_syntax import METHODS, ParsedRule
+
+__all__ = ["CombinedMatcher", "combinable"]
+
+# A combined pattern holds at most this many rules, or this much source (counted repeats
+# weigh what they expand to); more rules make several patterns, still few calls.
+MAX_ALTERNATIVES: Final = 256
+MAX_WEIGHT: Final = 65_536
+
+_PLAIN_FLAGS: Final = regex.compile("", regex.VERSION0).flags
+_UNSAFE: Final = re.compile(
+    r"""
+      \(\?[a-zA-Z^-]+\)             # a global or positional inline flag: (?i) (?-i) (?V0)
+    | \(\?[a-zA-Z]*-                # turning a flag off
+    | \(\?P                         # named group, named backreference, named call
+    | \(\?<(?![=!])                 # named group (?<name>...)
+    | \(\?'                         # named group (?'name'...)
+    | \(\?[&R0-9+(|#]               # call, recursion, conditional, branch reset, comment
+    | \(\*                          # backtracking verbs (*PRUNE) (*SKIP) (*FAIL)
+    | \\[1-9gkK]                    # backreferences, \K
+    | \{[^}]*[a-zA-Z][^}]*\}        # fuzzy constraints {e<=1}, {1i+1d<3}
+    """,
+    re.VERBOSE,
+)
+_COUNTS: Final = re.compile(r"\{([0-9]{1,6})")
+_OTHER: Final = ""  # key for methods outside METHODS: only rules without a method list
+
+
+def combinable(rule: ParsedRule) -> bool:
+    """Whether ``rule`` may be tried as one alternative of a combined pattern."""
+    if rule.query or rule.json:
+        return False
+    if rule.url_pattern.flags != _PLAIN_FLAGS:
+        return False
+    return _UNSAFE.search(rule.url) is None
+
+
+@final
+class CombinedMatcher:
+    """The combined URL patterns of some clause-free rules, built per method when first used.
+
+    Args:
+        rules: ``(index, rule)`` pairs, every rule :func:`combinable`, in rule order.
+    """
+
+    __slots__ = ("_by_method", "_lock", "rules")
+
+    def __init__(self, rules: Sequence[tuple[int, ParsedRule]]) -> None:
+        self.rules = tuple(rules)
+        self._by_method: dict[str, tuple[regex.Pattern[str], ...]] = {}
+        self._lock = threading.Lock()
+
+    def patterns(self, method: str) -> tuple[regex.Pattern[str], ...]:
+        """The combined patterns for ``method`` (upper-case); ``()`` if no rule allows it."""
+        key = method if method in METHODS else _OTHER
+        found = self._by_method.get(key)
+        if found is None:
+            with self._lock:
+                found = self._by_method.get(key)
+                if found is None:
+                    found = self._build(key)
+                    self._by_method[key] = found
+        return found
+
+    def _build(self, method: str) -> tuple[regex.Pattern[str], ...]:
+        chosen = [
+            rule
+            for _, rule in self.rules
+            if not rule.methods or (method and method in rule.methods)
+        ]
+        patterns: list[regex.Pattern[str]] = []
+        chunk: list[ParsedRule] = []
+        size = 0
+        for rule in chosen:
+            weight = _weight(rule.url)
+            if chunk and (len(chunk) >= MAX_ALTERNATIVES or size + weight > MAX_WEIGHT):
+                patterns += _compile(chunk)
+                chunk, size = [], 0
+            chunk.append(rule)
+            size += weight
+        if chunk:
+            patterns += _compile(chunk)
+        return tuple(patterns)
+
+
+def _weight(source: str) -> int:
+    """A rough size of the compiled pattern: its length plus the copies counted repeats make."""
+    return len(source) + sum(int(count) for count in _COUNTS.findall(source))
+
+
+def _compile(rules: list[ParsedRule]) -> list[regex.Pattern[str]]:
+    """One pattern for ``rules``; their own patterns if there is one rule or joining fails."""
+    if len(rules) == 1:
+        return [rules[0].url_pattern]
+    try:
+        joined = "|".join(f"(?:{rule.url})" for rule in rules)
+        combined = regex.compile(joined, regex.VERSION0)
+    except (regex.error, RecursionError, MemoryError, OverflowError):  # pragma: no cover
+        return [rule.url_pattern for rule in rules]
+    if combined.flags != _PLAIN_FLAGS:  # pragma: no cover - combinable() excludes this
+        return [rule.url_pattern for rule in rules]
+    return [combined]

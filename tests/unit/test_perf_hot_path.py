@@ -1,0 +1,241 @@
+"""The hot path (a credential verified before) keeps every semantic of the full path.
+
+Each test first makes the credential hot (one successful request), then changes
+something and checks the next request is decided as the full path decides it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from apitokens import ApiTokens, AuthRequest, MemoryStore, Outcome, Scope
+from apitokens._auth import Authenticator
+from apitokens._cache import HotCredential, TTLCache
+from tests.support import Clock, basic, bearer, get, make_tokens
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def tokens(clock: Clock) -> Iterator[ApiTokens]:
+    t = make_tokens(clock=clock, protected_paths=["/rest/"])
+    yield t
+    t.close()
+
+
+def hot_entries(tokens: ApiTokens) -> list[HotCredential]:
+    return list(tokens.authenticator.hot._entries.values())
+
+
+def last_event(tokens: ApiTokens):  # type: ignore[no-untyped-def]
+    return tokens.audit(limit=1)[0]
+
+
+def test_a_verified_credential_becomes_hot_and_is_decided_alike(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci", restrictions=[".*/rest/a/.*"])
+    request = get("/rest/a/1", bearer(issued.secret))
+    cold = tokens.authenticate(request)
+    assert len(hot_entries(tokens)) == 1
+    hot = tokens.authenticate(request)
+    assert (hot.outcome, hot.user, hot.token, hot.reason, hot.scheme) == (
+        cold.outcome,
+        cold.user,
+        cold.token,
+        cold.reason,
+        cold.scheme,
+    )
+    events = tokens.audit()
+    assert [(e.outcome, e.token_id, e.user, e.path, e.reason) for e in events[:2]] == [
+        (Outcome.SUCCESS, issued.token.id, "alice", "/rest/a/1", "authenticated")
+    ] * 2
+    forbidden = tokens.authenticate(get("/rest/b/1", bearer(issued.secret)))
+    assert (forbidden.status_code, forbidden.token) == (403, cold.token)
+    assert "no rule matched" in last_event(tokens).reason
+    used = tokens.get(issued.token.id)
+    assert used is not None and used.use_count == 2
+
+
+def test_entries_hold_no_secret(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    tokens.authenticate(get("/rest/x", bearer(issued.secret)))
+    hot = tokens.authenticator.hot
+    assert len(hot) == 1
+    (key,) = hot._entries
+    assert issued.secret.encode() not in key and len(key) == 32
+    assert issued.secret not in repr(hot_entries(tokens))
+
+
+def test_revocation_in_this_process_is_at_once(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    request = get("/rest/x", bearer(issued.secret))
+    assert tokens.authenticate(request).authenticated
+    tokens.revoke(actor="alice", token_id=issued.token.id)
+    assert tokens.authenticate(request).status_code == 401
+    assert last_event(tokens).reason == "token revoked"
+
+
+def test_revocation_in_another_process_within_the_cache_ttl(clock: Clock) -> None:
+    store = MemoryStore()
+    with (
+        make_tokens(store, clock=clock) as other,
+        ApiTokens(store, hasher=other.verifier.primary, clock=clock, cache_ttl=0.05) as here,
+    ):
+        issued = other.create(actor="alice", name="ci")
+        request = get("/x", bearer(issued.secret))
+        assert here.authenticate(request).authenticated
+        assert here.authenticate(request).authenticated  # hot
+        other.revoke(actor="alice", token_id=issued.token.id)
+        time.sleep(0.1)
+        assert here.authenticate(request).status_code == 401
+
+
+def test_expiry_by_the_injected_clock(tokens: ApiTokens, clock: Clock) -> None:
+    issued = tokens.create(actor="alice", name="ci", expires_in=timedelta(hours=1))
+    request = get("/rest/x", bearer(issued.secret))
+    assert tokens.authenticate(request).authenticated
+    assert tokens.authenticate(request).authenticated
+    clock.advance(hours=1)
+    assert tokens.authenticate(request).status_code == 401
+    assert last_event(tokens).reason == "token expired"
+
+
+def test_a_throttled_address_gets_429_even_with_a_hot_credential(clock: Clock) -> None:
+    with make_tokens(clock=clock, max_failed_attempts=3) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        good = get("/x", bearer(issued.secret), ip="198.51.100.7")
+        assert tokens.authenticate(good).authenticated
+        wrong = tokens.policy.token_format.issue().value  # another id: only the address counts
+        for _ in range(3):
+            assert tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.7")).status_code
+        throttled = tokens.authenticate(good)
+        assert throttled.status_code == 429
+        assert last_event(tokens).reason == "too many failed attempts for this client address"
+        assert tokens.authenticate(get("/x", bearer(issued.secret), ip="203.0.113.1")).authenticated
+
+
+def test_a_throttled_token_id_gets_429_even_with_a_hot_credential(clock: Clock) -> None:
+    with make_tokens(clock=clock, max_failed_attempts=3) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        good = get("/x", bearer(issued.secret))
+        assert tokens.authenticate(good).authenticated
+        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        for number in range(3):
+            tokens.authenticate(get("/x", bearer(wrong), ip=f"203.0.113.{number}"))
+        assert tokens.authenticate(good).status_code == 429
+        assert last_event(tokens).reason == "too many failed attempts for this token id"
+        clock.advance(seconds=61)
+        assert tokens.authenticate(good).authenticated
+
+
+def test_rotation_grace_ends_by_the_clock(tokens: ApiTokens, clock: Clock) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    old = get("/rest/x", bearer(issued.secret))
+    assert tokens.authenticate(old).authenticated
+    rotated = tokens.rotate(actor="alice", token_id=issued.token.id, grace=timedelta(minutes=5))
+    assert tokens.authenticate(old).authenticated  # within the grace
+    assert tokens.authenticate(old).authenticated  # hot, bound to the grace
+    new = get("/rest/x", bearer(rotated.secret))
+    assert tokens.authenticate(new).authenticated
+    clock.advance(minutes=5)
+    assert tokens.authenticate(old).status_code == 401
+    assert tokens.authenticate(new).authenticated
+
+
+def test_rotation_without_grace_refuses_the_old_secret_at_once(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    old = get("/rest/x", bearer(issued.secret))
+    assert tokens.authenticate(old).authenticated
+    tokens.rotate(actor="alice", token_id=issued.token.id)
+    assert tokens.authenticate(old).status_code == 401
+    assert last_event(tokens).reason == "wrong secret"
+
+
+def test_clearing_the_verification_cache_voids_hot_entries(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    request = get("/rest/x", bearer(issued.secret))
+    assert tokens.authenticate(request).authenticated
+    verifier = tokens.verifier
+    calls: list[str] = []
+    verify = verifier.verify
+
+    def counting(token: str, hashed: str):  # type: ignore[no-untyped-def]
+        calls.append(hashed)
+        return verify(token, hashed)
+
+    verifier.verify = counting  # type: ignore[method-assign]
+    assert tokens.authenticate(request).authenticated
+    assert calls == []  # hot: no verification
+    verifier.cache.clear()
+    assert tokens.authenticate(request).authenticated
+    assert len(calls) == 1  # verified again
+
+
+def test_basic_username_is_part_of_the_credential(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    assert tokens.authenticate(get("/rest/x", basic("alice", issued.secret))).user == "alice"
+    assert tokens.authenticate(get("/rest/x", basic("alice", issued.secret))).user == "alice"
+    refused = tokens.authenticate(get("/rest/x", basic("bob", issued.secret)))
+    assert refused.status_code == 401
+    assert last_event(tokens).reason == "Basic username is not the token's owner"
+
+
+def test_groups_are_checked_on_the_hot_path(clock: Clock) -> None:
+    groups = {"alice": {"api-users"}}
+    with make_tokens(
+        clock=clock, token_users={"api-users"}, groups=lambda u: groups.get(u, set())
+    ) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        request = get("/x", bearer(issued.secret))
+        assert tokens.authenticate(request).authenticated
+        assert tokens.authenticate(request).authenticated
+        groups["alice"] = set()
+        tokens.authenticator._groups.clear()
+        assert tokens.authenticate(request).status_code == 401
+        assert last_event(tokens).reason == "user 'alice' may not use tokens"
+
+
+def test_scope_ips_and_body_rules_are_checked_on_the_hot_path(tokens: ApiTokens) -> None:
+    issued = tokens.create(
+        actor="alice",
+        name="ci",
+        scope=Scope.READ_WRITE,
+        allowed_ips=["192.0.2.0/24"],
+        restrictions=["[post].*/rest/f[JsonData::a==1]", "[get].*"],
+    )
+    h = bearer(issued.secret)
+    assert tokens.authenticate(get("/rest/x", h)).authenticated
+    assert tokens.authenticate(get("/rest/x", h, ip="198.51.100.1")).status_code == 403
+    core = tokens.authenticator
+    post = AuthRequest("POST", "/rest/f", headers=h, client_ip="192.0.2.1", body=b'{"a": 1}')
+    asks = core.decide(post, body_read=False)
+    assert asks.need_body and asks.result.token is not None
+    assert tokens.authenticate(post).authenticated
+    bad = AuthRequest("POST", "/rest/f", headers=h, client_ip="192.0.2.1", body=b'{"a": 2}')
+    assert tokens.authenticate(bad).status_code == 403
+
+
+def test_non_blocking_hot_decisions_need_no_thread(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    request = get("/rest/x", bearer(issued.secret))
+    core: Authenticator = tokens.authenticator
+    assert core.safe_decide(request).result.authenticated
+    assert core.safe_decide(request, block=False).result.authenticated
+
+
+def test_ttl_cache_reads_without_reordering() -> None:
+    now = [0.0]
+    cache: TTLCache[str, int] = TTLCache(1.0, 2, timer=lambda: now[0])
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)  # evicts the entry stored longest ago
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, 2, 3)
+    now[0] = 1.0
+    assert cache.get("b") is None

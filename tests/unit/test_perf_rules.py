@@ -1,0 +1,44 @@
+"""Joined rules: one regex call for all clause-free rules, within the one time budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from apitokens import _rules_match
+from apitokens._request import AuthRequest
+from apitokens._rules import RuleMatch, RuleSet
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_joined_rules_are_one_regex_call_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each clock read advances one second: the deadline is read once, then once for the
+    # one joined call, so any number of clause-free rules fit in a 1.5 s budget...
+    monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
+    rules = RuleSet.parse([f"/{i}" for i in range(50)])
+    assert rules.match(AuthRequest("GET", "/49"), timeout=1.5).matched
+    # ... and a budget that ends before that call denies.
+    exceeded = RuleMatch(False, "regex time budget exceeded")
+    assert rules.match(AuthRequest("GET", "/49"), timeout=0.5) == exceeded
+
+
+def test_joined_rules_explain_a_denial_like_rules_one_by_one() -> None:
+    rules = RuleSet.parse(["[GET]/a", "[POST]/b", "/c[QueryParam::q==1]"])
+    assert rules.match(AuthRequest("PUT", "/c", query="q=2")) == RuleMatch(
+        False, "no rule matched; rule 3: query parameter 'q' does not match '1'"
+    )
+    assert rules.match(AuthRequest("POST", "/x")) == RuleMatch(
+        False, "no rule matched; rule 2: path does not match '/b'"
+    )
+    assert rules.match(AuthRequest("DELETE", "/a")) == RuleMatch(
+        False, "no rule matched; rule 3: path does not match '/c'"
+    )
