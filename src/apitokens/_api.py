@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ._audit import AuditWriter
-from ._auth import Authenticator
+from ._auth import Authenticator, Decision
+from ._errors import StorageError
 from ._hashing import Hasher, SecretVerifier
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._policy import Policy
 from ._request import AuthRequest
-from ._result import AuthResult
+from ._result import AuthResult, refusal
 from ._validate import UNSET, Unset
 from .storage import TokenStore
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ApiTokens"]
 
+log = logging.getLogger("apitokens")
 audit_log = logging.getLogger("apitokens.audit")
 
 
@@ -106,8 +108,23 @@ class ApiTokens:
             The :class:`AuthResult`. Its audit event and usage are queued
             for the writer; this call never writes on the caller's thread.
         """
-        decision = self.authenticator.safe_decide(request)
-        self.writer.submit(decision.records)
+        result = self._recorded(self.authenticator.safe_decide(request))
+        assert result is not None  # a blocking submit always has room in the end
+        return result
+
+    def _recorded(self, decision: Decision, *, block: bool = True) -> AuthResult | None:
+        """Queue a decision's records for the writer; return its result.
+
+        Fails closed: when the records cannot be queued (the writer is closed,
+        the application is shutting down), a 503, never an unaudited success.
+        ``None`` only when ``block`` is false and the buffer is full.
+        """
+        try:
+            if not self.writer.submit(decision.records, block=block):
+                return None
+        except StorageError:
+            log.error("apitokens: audit writer closed; answering 503")
+            return refusal(self.policy, 503, "audit writer closed")
         return decision.result
 
     def wsgi(self, app: WSGIApplication) -> WSGIMiddleware:

@@ -127,6 +127,15 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+async def _recorded(tokens: ApiTokens, decision: Decision) -> AuthResult:
+    """Queue the decision's records without blocking the loop; its result (503 if closed)."""
+    result = tokens._recorded(decision, block=False)
+    if result is None:  # buffer full: wait for room off the event loop
+        result = await asyncio.to_thread(tokens._recorded, decision)
+    assert result is not None
+    return result
+
+
 class ASGIMiddleware:
     """Checks tokens on protected paths, then calls the wrapped app.
 
@@ -156,10 +165,7 @@ class ASGIMiddleware:
             body, replay = await _read_body(receive, self.tokens.policy.max_body_bytes)
             receive = _replay(replay, receive)
             decision = await self._decide(request_from_scope(scope, body), body_read=True)
-        writer = self.tokens.writer
-        if decision.records and not writer.submit(decision.records, block=False):
-            await asyncio.to_thread(writer.submit, decision.records)
-        result = decision.result
+        result = await _recorded(self.tokens, decision)
         if result.authenticated:
             scope = dict(scope)
             scope["apitokens.auth"] = result

@@ -27,10 +27,10 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from ._audit import Record
-from ._auth import Decision, WouldBlock
+from ._auth import PASS_THROUGH, Decision, WouldBlock
 from ._model import Action, AuditEvent, Outcome, Scope
 from ._result import AuthResult, refusal
-from .asgi import request_from_scope
+from .asgi import _recorded, request_from_scope
 
 if TYPE_CHECKING:
     from ._api import ApiTokens
@@ -81,8 +81,7 @@ def _response(result: AuthResult) -> Response:
 
 
 async def _submit(tokens: ApiTokens, records: Sequence[Record]) -> None:
-    if records and not tokens.writer.submit(records, block=False):
-        await asyncio.to_thread(tokens.writer.submit, records)
+    await _recorded(tokens, Decision(PASS_THROUGH, tuple(records)))
 
 
 async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None) -> Decision:
@@ -93,8 +92,8 @@ async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None
         decision = core.safe_decide(auth_request, body_read=body_read, block=False)
     except WouldBlock:
         decision = await asyncio.to_thread(core.safe_decide, auth_request, body_read=body_read)
-    await _submit(tokens, decision.records)
-    return decision
+    result = await _recorded(tokens, decision)
+    return decision if result is decision.result else Decision(result)
 
 
 async def _refuse(

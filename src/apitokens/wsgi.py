@@ -113,8 +113,8 @@ class WSGIMiddleware:
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             decision = core.safe_decide(request_from_environ(environ, body))
-        tokens.writer.submit(decision.records)
-        result = decision.result
+        result = tokens._recorded(decision)
+        assert result is not None  # a blocking submit always has room in the end
         if result.authenticated:
             environ["REMOTE_USER"] = result.user
             environ["apitokens.auth"] = result

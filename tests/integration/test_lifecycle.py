@@ -102,3 +102,28 @@ def test_usage_is_folded_into_one_write_per_batch() -> None:
         token = tokens.get(issued.token.id)
         assert token is not None
         assert (token.use_count, token.last_used_ip) == (3, "192.0.2.3")
+
+
+def test_after_close_requests_fail_closed_not_unaudited() -> None:
+    tokens = make_tokens()
+    issued = tokens.create(actor="alice", name="x")
+    assert tokens.authenticate(get("/x", bearer(issued.secret))).authenticated
+    tokens.close()
+    # Nothing can be audited any more: a 503, never an unaudited success.
+    result = tokens.authenticate(get("/x", bearer(issued.secret)))
+    assert (result.status_code, result.error) == (503, "temporarily_unavailable")
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        raise AssertionError("the app must not run")
+
+    wrapped = tokens.wsgi(app)
+    seen: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/x",
+        "REMOTE_ADDR": "192.0.2.1",
+        "HTTP_AUTHORIZATION": f"Bearer {issued.secret}",
+    }
+    body = wrapped(environ, lambda status, headers: seen.append(status))
+    assert seen == ["503 Service Unavailable"]
+    assert b"temporarily_unavailable" in b"".join(body)

@@ -137,6 +137,16 @@ def normalize_event(event: AuditEvent) -> AuditEvent:
     Raises:
         ValueError: ``at`` is naive, or the action or outcome is unknown.
     """
+    at = event.at
+    # Events from our own writer are already normalized: skip the copy, which
+    # costs more than writing the row.
+    if (
+        type(event.action) is Action
+        and type(event.outcome) is Outcome
+        and type(at) is datetime
+        and at.tzinfo is UTC
+    ):
+        return event
     action = parse_action(event.action)
     outcome = parse_outcome(event.outcome)
     if action is None or outcome is None:

@@ -275,7 +275,7 @@ class SQLiteStore:
                 raise StorageError("the SQLite store is closed")
             return
         with self._write("write") as conn:
-            conn.executemany(_schema.INSERT_EVENT, rows)
+            _schema.insert_events(conn, rows)
             conn.executemany(_schema.FOLD_USAGE, totals)
 
     def events(
