@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from . import asgi
 from ._audit import Record
 from ._auth import PASS_THROUGH, Decision, WouldBlock
 from ._model import Action, AuditEvent, Outcome, Scope
@@ -38,26 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["RequireToken", "TokenBackend", "TokenRefused", "TokenUser"]
 
 
-class TokenUser(BaseUser):
-    """The authenticated user, as ``request.user``."""
-
-    def __init__(self, result: AuthResult) -> None:
-        self.result = result
-
-    @property
-    def is_authenticated(self) -> bool:
-        """Always ``True``."""
-        return True
-
-    @property
-    def display_name(self) -> str:
-        """The username."""
-        return self.result.user or ""
-
-    @property
-    def identity(self) -> str:
-        """The username."""
-        return self.result.user or ""
+class TokenUser(asgi.TokenUser, BaseUser):
+    """The authenticated user, as ``request.user``: the middleware's user, a ``BaseUser``."""
 
 
 class TokenRefused(AuthenticationError):
