@@ -22,6 +22,7 @@ from ._model import (
 )
 from ._policy import Policy
 from ._snippets import render_snippet
+from ._tokens import BASE62, ID_LENGTH
 from ._validate import (
     UNSET,
     Unset,
@@ -34,6 +35,10 @@ from ._validate import (
 from .storage import TokenStore
 
 __all__ = ["TokenManager"]
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) == ID_LENGTH and all(ch in BASE62 for ch in value)
 
 
 class TokenManager:
@@ -116,12 +121,26 @@ class TokenManager:
         return None if stored is None else stored.token.as_of(self.clock())
 
     def _owned(self, action: Action, actor: str, token_id: str) -> StoredToken:
-        """Return the stored token if ``actor`` owns it or is an admin; else raise (audited)."""
+        """Return the stored token if ``actor`` owns it or is an admin; else raise (audited).
+
+        A whole token string is accepted for its id (a leaked token is revoked
+        as found); anything else that is not an id is never echoed back, since
+        it may be a secret pasted in the wrong place.
+        """
+        parsed = self.policy.token_format.parse(token_id)
+        if parsed is not None:
+            token_id = parsed.id
         stored = self.store.get(token_id)
         if stored is None:
-            error = TokenNotFound(f"no token {token_id!r}")
-            # The id asked for is kept, so probes for ids show up in audit(token_id=...).
-            self._audit(action, Outcome.FORBIDDEN, actor, str(error), None, token_id[:64])
+            shown = token_id if _looks_like_id(token_id) else None
+            what = (
+                f"no token {shown!r}"
+                if shown
+                else "no token with that id (an id is 12 base62 characters)"
+            )
+            error = TokenNotFound(what)
+            # A well-formed id is kept, so probes for ids show up in audit(token_id=...).
+            self._audit(action, Outcome.FORBIDDEN, actor, what, None, shown)
             raise error
         token = stored.token.as_of(self.clock())
         if token.user != actor and not self.is_admin(actor):
@@ -238,26 +257,29 @@ class TokenManager:
             changes["expires_at"] = expiry
         edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
         self.store.update(dataclasses.replace(stored, token=edited))
-        self._changed(token_id)
+        self._changed(token.id)
         reason = "changed " + (", ".join(sorted(changes)) or "nothing")
         self._audit(Action.EDIT, Outcome.SUCCESS, actor, reason, edited)
-        return self.token(token_id) or edited
+        return self.token(token.id) or edited
 
-    def reveal(self, *, actor: str, token_id: str) -> str:
-        """Return a standard-mode token's string again."""
+    def _revealed(self, actor: str, token_id: str) -> tuple[str, Token]:
+        """The token string of a standard-mode token, and its record (audited as a reveal)."""
         stored = self._mutable(Action.REVEAL, actor, token_id)
         if stored.revealable is None:
             error = TokenImmutable("the token string was not kept")
             raise self._refuse(Action.REVEAL, actor, error, stored.token)
         self._audit(Action.REVEAL, Outcome.SUCCESS, actor, "revealed", stored.token)
-        return stored.revealable
+        return stored.revealable, stored.token
+
+    def reveal(self, *, actor: str, token_id: str) -> str:
+        """Return a standard-mode token's string again."""
+        return self._revealed(actor, token_id)[0]
 
     def snippet(self, *, actor: str, token_id: str, url: str, lang: str = "curl") -> str:
         """Return a code snippet for a standard-mode token."""
-        token = self.reveal(actor=actor, token_id=token_id)
-        stored = self.store.get(token_id)
-        assert stored is not None  # reveal just read it; tokens are never deleted
-        return render_snippet(token, url, lang, user=self._basic_user(stored.token))
+        render_snippet("", url, lang)  # refuse a bad url or language before revealing
+        value, token = self._revealed(actor, token_id)
+        return render_snippet(value, url, lang, user=self._basic_user(token))
 
     def rotate(self, *, actor: str, token_id: str, grace: timedelta = timedelta(0)) -> IssuedToken:
         """Give a token a new secret; the old one works for ``grace``, then never again."""
@@ -279,7 +301,7 @@ class TokenManager:
                 revealable=None if token.secure else issued.value,
             )
         )
-        self._changed(token_id)
+        self._changed(token.id)
         reason = f"rotated, old secret valid for {grace}" if keep_old else "rotated"
         self._audit(Action.ROTATE, Outcome.SUCCESS, actor, reason, token)
         return IssuedToken(issued.value, token, self._basic_user(token))
@@ -287,11 +309,11 @@ class TokenManager:
     def revoke(self, *, actor: str, token_id: str) -> Token:
         """Revoke a token at once."""
         token = self._owned(Action.REVOKE, actor, token_id).token
-        changed = self.store.revoke(token_id, self.clock())
-        self._changed(token_id)
+        changed = self.store.revoke(token.id, self.clock())
+        self._changed(token.id)
         reason = "revoked" if changed else "already revoked"
         self._audit(Action.REVOKE, Outcome.SUCCESS, actor, reason, token)
-        return self.token(token_id) or token
+        return self.token(token.id) or token
 
     def revoke_unused(self, *, actor: str, since: datetime) -> builtins.list[Token]:
         """Revoke every active token (the actor's own, or all for admins) unused since ``since``."""

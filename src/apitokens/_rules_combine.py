@@ -27,7 +27,6 @@ so an escaped look-alike (``\\(?P``) is also refused. Refusing costs only speed.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from typing import Final, final
 
@@ -72,50 +71,54 @@ def combinable(rule: ParsedRule) -> bool:
 
 @final
 class CombinedMatcher:
-    """The combined URL patterns of some clause-free rules, built per method when first used.
+    """The combined URL patterns of some clause-free rules, built for every method up front.
+
+    Built when the rule set is, never during a request: compiling a large joined
+    pattern takes long enough to spend a request's regex budget, and on the ASGI
+    event loop it would stall every other request.
 
     Args:
         rules: ``(index, rule)`` pairs, every rule :func:`combinable`, in rule order.
     """
 
-    __slots__ = ("_by_method", "_lock", "rules")
+    __slots__ = ("_by_method", "rules")
 
     def __init__(self, rules: Sequence[tuple[int, ParsedRule]]) -> None:
         self.rules = tuple(rules)
+        built: dict[tuple[int, ...], tuple[regex.Pattern[str], ...]] = {}
         self._by_method: dict[str, tuple[regex.Pattern[str], ...]] = {}
-        self._lock = threading.Lock()
+        for method in (*METHODS, _OTHER):
+            chosen = [
+                (index, rule)
+                for index, rule in self.rules
+                if not rule.methods or (method and method in rule.methods)
+            ]
+            # Methods that select the same rules share one build.
+            key = tuple(index for index, _ in chosen)
+            if key not in built:
+                built[key] = _build([rule for _, rule in chosen])
+            self._by_method[method] = built[key]
 
     def patterns(self, method: str) -> tuple[regex.Pattern[str], ...]:
         """The combined patterns for ``method`` (upper-case); ``()`` if no rule allows it."""
-        key = method if method in METHODS else _OTHER
-        found = self._by_method.get(key)
-        if found is None:
-            with self._lock:
-                found = self._by_method.get(key)
-                if found is None:
-                    found = self._build(key)
-                    self._by_method[key] = found
-        return found
+        found = self._by_method.get(method)
+        return self._by_method[_OTHER] if found is None else found
 
-    def _build(self, method: str) -> tuple[regex.Pattern[str], ...]:
-        chosen = [
-            rule
-            for _, rule in self.rules
-            if not rule.methods or (method and method in rule.methods)
-        ]
-        patterns: list[regex.Pattern[str]] = []
-        chunk: list[ParsedRule] = []
-        size = 0
-        for rule in chosen:
-            weight = _weight(rule.url)
-            if chunk and (len(chunk) >= MAX_ALTERNATIVES or size + weight > MAX_WEIGHT):
-                patterns += _compile(chunk)
-                chunk, size = [], 0
-            chunk.append(rule)
-            size += weight
-        if chunk:
+
+def _build(chosen: list[ParsedRule]) -> tuple[regex.Pattern[str], ...]:
+    patterns: list[regex.Pattern[str]] = []
+    chunk: list[ParsedRule] = []
+    size = 0
+    for rule in chosen:
+        weight = _weight(rule.url)
+        if chunk and (len(chunk) >= MAX_ALTERNATIVES or size + weight > MAX_WEIGHT):
             patterns += _compile(chunk)
-        return tuple(patterns)
+            chunk, size = [], 0
+        chunk.append(rule)
+        size += weight
+    if chunk:
+        patterns += _compile(chunk)
+    return tuple(patterns)
 
 
 def _weight(source: str) -> int:

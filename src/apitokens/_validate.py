@@ -13,6 +13,7 @@ from ._rules import RuleSet
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "MAX_RULES",
     "UNSET",
     "Unset",
     "check_name",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 MAX_NAME_LENGTH = 200
+MAX_RULES = 1000
 
 
 class Unset(enum.Enum):
@@ -87,10 +89,18 @@ def lifetime_violation(
 
 
 def normalize_rules(restrictions: Iterable[str]) -> tuple[str, ...]:
-    """Parse the rules (``RuleSyntaxError`` if one is bad); return their canonical texts."""
+    """Parse the rules (``RuleSyntaxError`` if one is bad); return their canonical texts.
+
+    Raises:
+        ValueError: more than :data:`MAX_RULES` rules. Every rule is compiled
+            in each process that sees the token; a bound keeps that cheap.
+    """
     if isinstance(restrictions, str):
         raise TypeError("restrictions must be a collection of rules, one per item")
-    return tuple(str(rule) for rule in RuleSet.parse(list(restrictions)).rules)
+    items = list(restrictions)
+    if len(items) > MAX_RULES:
+        raise ValueError(f"a token may have at most {MAX_RULES} restriction rules")
+    return tuple(str(rule) for rule in RuleSet.parse(items).rules)
 
 
 def normalize_ips(allowed_ips: Iterable[str]) -> tuple[str, ...]:

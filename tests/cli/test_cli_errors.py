@@ -22,8 +22,8 @@ ERRORS = [
         " 8601 date (2026-01-31, 2026-01-31T12:00Z)) (see: apitokens audit --help)",
     ),
     (["show", "nope"], "no token 'nope'"),
-    (["revoke", "nope"], "no token 'nope'"),
-    (["rotate", "nope"], "no token 'nope'"),
+    (["revoke", "nope"], "no token with that id (an id is 12 base62 characters)"),
+    (["rotate", "nope"], "no token with that id (an id is 12 base62 characters)"),
     (
         ["create", "--name", "x", "--rule", "[FETCH].*"],
         "--rule '[FETCH].*': column 2: unknown method 'FETCH' (a leading [...] of letters and"

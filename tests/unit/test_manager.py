@@ -456,3 +456,34 @@ def test_events_reach_the_stdlib_logger(
     ]
     assert issued.secret not in caplog.text
     assert issued.token.id in caplog.text
+
+
+def test_a_whole_token_given_as_id_is_used_for_its_id_and_never_echoed(
+    tokens: ApiTokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="apitokens.audit")
+    issued = tokens.create(actor="alice", name="leaked")
+    revoked = tokens.revoke(actor="alice", token_id=issued.secret)  # pasted as found
+    assert (revoked.id, revoked.status) == (issued.token.id, "revoked")
+    # A secret-looking string that is no token of ours is not repeated anywhere.
+    other = tokens.policy.token_format.issue().value
+    with pytest.raises(TokenNotFound) as raised:
+        tokens.revoke(actor="alice", token_id=other)
+    assert other not in str(raised.value)
+    with pytest.raises(TokenNotFound):
+        tokens.revoke(actor="alice", token_id=other[:-1] + "x")  # bad checksum
+    events = tokens.audit()
+    text = repr(events) + caplog.text
+    assert other not in text
+    assert other[:-1] not in text
+    assert issued.secret not in text
+    with pytest.raises(TokenNotFound, match="'AAAAAAAAAAAA'"):
+        tokens.revoke(actor="alice", token_id="AAAAAAAAAAAA")
+    assert tokens.audit(limit=1)[0].token_id == "AAAAAAAAAAAA"
+
+
+def test_too_many_rules_are_refused(tokens: ApiTokens) -> None:
+    with pytest.raises(ValueError, match="at most 1000"):
+        tokens.create(actor="alice", name="x", restrictions=[f".*/r{i}" for i in range(1001)])
+    token = tokens.create(actor="alice", name="x", restrictions=[f".*/r{i}" for i in range(1000)])
+    assert len(token.token.restrictions) == 1000

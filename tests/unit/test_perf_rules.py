@@ -42,3 +42,12 @@ def test_joined_rules_explain_a_denial_like_rules_one_by_one() -> None:
     assert rules.match(AuthRequest("DELETE", "/a")) == RuleMatch(
         False, "no rule matched; rule 3: path does not match '/c'"
     )
+
+
+def test_joined_patterns_are_compiled_with_the_rule_set_not_on_first_request() -> None:
+    # Compiling a large joined pattern takes longer than a request's budget; it must
+    # happen when the rule set is built (off the event loop), never inside match().
+    rules = RuleSet.parse([f"/rest/api/2/issue/N{i}-[0-9]+/comment/.*" for i in range(400)])
+    for method in ("GET", "POST", "PROPFIND"):
+        request = AuthRequest(method, "/rest/api/2/issue/N399-1/comment/x")
+        assert rules.match(request, timeout=0.05).matched, method
