@@ -367,3 +367,30 @@ def test_memory_database_is_shared_by_every_thread() -> None:
         thread.start()
         thread.join()
         assert store.get("t") is not None
+
+
+def test_audit_batches_skip_the_fsync_but_token_changes_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)  # type: ignore[arg-type]
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    with SQLiteStore(tmp_path / "sync.db") as store:
+        statements.clear()
+        store.write(events=[event(NOW)])
+        assert [s for s in statements if "synchronous" in s] == [
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA synchronous = FULL",
+        ]
+        statements.clear()
+        store.add(stored("t"))
+        store.revoke("t", NOW)
+        assert not [s for s in statements if "synchronous" in s]  # FULL, as connected
+        with store._pool.connection() as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2

@@ -97,6 +97,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000):d}")
             # Overwrite deleted content (old revealable strings, replaced hashes) with zeros.
             conn.execute("PRAGMA secure_delete = ON")
+            # Set, not assumed: a build may default to NORMAL. Audit batches relax it.
+            conn.execute("PRAGMA synchronous = FULL")
             # SQLite's lower() folds ASCII only; the memory store uses str.casefold().
             conn.create_function("apitokens_casefold", 1, _casefold, deterministic=True)
         except BaseException:
@@ -127,21 +129,34 @@ class SQLiteStore:
             raise StorageError(f"SQLite store {operation} failed: {exc}") from exc
 
     @contextlib.contextmanager
-    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+    def _write(self, operation: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL``): a
+        power cut, never a crash of the process, may lose that commit. Audit
+        batches use it; token changes (a revocation above all) never do, and
+        their fsync also makes every earlier commit in the WAL durable.
+        """
         with self._failures(operation):
             if not self._write_lock.acquire(timeout=self._timeout):
                 raise StorageError(f"SQLite store {operation} failed: timed out behind writers")
             try:
                 with self._pool.connection() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
+                    if not durable:
+                        conn.execute("PRAGMA synchronous = NORMAL")
                     try:
-                        yield conn
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            with contextlib.suppress(sqlite3.Error):
-                                conn.execute("ROLLBACK")
-                        raise
+                        conn.execute("BEGIN IMMEDIATE")
+                        try:
+                            yield conn
+                            conn.execute("COMMIT")
+                        except BaseException:
+                            if conn.in_transaction:
+                                with contextlib.suppress(sqlite3.Error):
+                                    conn.execute("ROLLBACK")
+                            raise
+                    finally:
+                        if not durable:
+                            conn.execute("PRAGMA synchronous = FULL")
             finally:
                 self._write_lock.release()
 
@@ -274,7 +289,7 @@ class SQLiteStore:
             if self._pool.closed:
                 raise StorageError("the SQLite store is closed")
             return
-        with self._write("write") as conn:
+        with self._write("write", durable=False) as conn:
             _schema.insert_events(conn, rows)
             conn.executemany(_schema.FOLD_USAGE, totals)
 
