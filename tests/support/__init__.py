@@ -9,7 +9,15 @@ from typing import Any
 
 import argon2
 
-from apitokens import ApiTokens, Argon2Hasher, AuthRequest, MemoryStore, Policy, TokenStore
+from apitokens import (
+    ApiTokens,
+    Argon2Hasher,
+    AuditEvent,
+    AuthRequest,
+    MemoryStore,
+    Policy,
+    TokenStore,
+)
 
 # Tests hash with argon2-cffi's cheapest profile: same code path, no 50 ms.
 CHEAP_HASHER = Argon2Hasher.from_parameters(argon2.profiles.CHEAPEST)
@@ -44,6 +52,11 @@ def make_tokens(
         hasher=CHEAP_HASHER,
         clock=clock or Clock(),
     )
+
+
+def last_event(tokens: ApiTokens) -> AuditEvent:
+    """The newest audit event (flushes the writer first)."""
+    return tokens.audit(limit=1)[0]
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

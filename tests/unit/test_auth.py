@@ -19,12 +19,7 @@ from apitokens import (
     StorageError,
 )
 from apitokens._model import StoredToken
-from tests.support import CHEAP_HASHER, Clock, basic, bearer, get, make_tokens
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.support import CHEAP_HASHER, Clock, basic, bearer, get, last_event, make_tokens
 
 
 @pytest.fixture
@@ -32,10 +27,6 @@ def tokens(clock: Clock) -> Iterator[ApiTokens]:
     t = make_tokens(clock=clock, protected_paths=["/rest/"])
     yield t
     t.close()
-
-
-def last_event(tokens: ApiTokens):  # type: ignore[no-untyped-def]
-    return tokens.audit(limit=1)[0]
 
 
 def test_unprotected_paths_pass_untouched(tokens: ApiTokens) -> None:

@@ -39,11 +39,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore
     s.close()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 def tokens_for(store: TokenStore, clock: Clock, **policy: object) -> ApiTokens:
     policy.setdefault("token_admins", {"admins"})
     return make_tokens(store, clock=clock, groups=lambda u: GROUPS.get(u, set()), **policy)

@@ -15,12 +15,7 @@ import pytest
 from apitokens import ApiTokens, AuthRequest, MemoryStore, Outcome, Scope
 from apitokens._auth import Authenticator
 from apitokens._cache import HotCredential, TTLCache
-from tests.support import Clock, basic, bearer, get, make_tokens
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.support import Clock, basic, bearer, get, last_event, make_tokens
 
 
 @pytest.fixture
@@ -32,10 +27,6 @@ def tokens(clock: Clock) -> Iterator[ApiTokens]:
 
 def hot_entries(tokens: ApiTokens) -> list[HotCredential]:
     return list(tokens.authenticator.hot._entries.values())
-
-
-def last_event(tokens: ApiTokens):  # type: ignore[no-untyped-def]
-    return tokens.audit(limit=1)[0]
 
 
 def test_a_verified_credential_becomes_hot_and_is_decided_alike(tokens: ApiTokens) -> None:
