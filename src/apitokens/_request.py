@@ -52,6 +52,34 @@ class AuthRequest:
         object.__setattr__(self, "client_ip", client_ip)
         object.__setattr__(self, "body", body)
 
+    @classmethod
+    def _trusted(
+        cls,
+        method: str,
+        path: str,
+        query: str,
+        headers: tuple[tuple[str, str], ...],
+        client_ip: str,
+        body: bytes,
+    ) -> AuthRequest:
+        """Build a request from values that need no normalisation (the adapters' fast path).
+
+        ``headers`` must already be what ``__init__`` would store: a tuple of
+        ``(name, value)`` pairs of exact ``str``, names lower-case. The result
+        is equal to ``AuthRequest(method, path, query, headers, client_ip, body)``.
+        """
+        # About a quarter of what __init__ costs: no header copy, and the slot
+        # descriptors are called directly rather than through object.__setattr__
+        # (which would look each name up on the type first).
+        self = _new(cls)
+        _set_method(self, method)
+        _set_path(self, path)
+        _set_query(self, query)
+        _set_headers(self, headers)
+        _set_client_ip(self, client_ip)
+        _set_body(self, body)
+        return self
+
     def header_values(self, name: str) -> list[str]:
         """Return every value of header ``name`` (case-insensitive), in order."""
         key = name.lower()
@@ -72,3 +100,14 @@ class AuthRequest:
             f"AuthRequest(method={self.method!r}, path={self.path!r}, query={self.query!r}, "
             f"headers=[{names}], client_ip={self.client_ip!r}, body=<{len(self.body)} bytes>)"
         )
+
+
+_new = object.__new__
+# The slots' own setters: they bypass the frozen class's __setattr__ like
+# object.__setattr__ does, at a fraction of its cost.
+_set_method = vars(AuthRequest)["method"].__set__
+_set_path = vars(AuthRequest)["path"].__set__
+_set_query = vars(AuthRequest)["query"].__set__
+_set_headers = vars(AuthRequest)["headers"].__set__
+_set_client_ip = vars(AuthRequest)["client_ip"].__set__
+_set_body = vars(AuthRequest)["body"].__set__

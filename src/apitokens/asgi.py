@@ -28,6 +28,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _WANTED = {b"authorization": "authorization", b"x-forwarded-for": "x-forwarded-for"}
+# AuthRequest's fast constructor, bound once: it is called on every request.
+_trusted = AuthRequest._trusted
 
 
 class TokenUser:
@@ -79,25 +81,26 @@ def _raw_path(scope: Scope) -> str:
     # Some servers already include root_path in raw_path; never count it twice.
     if root and not (path == root or path.startswith(root.rstrip("/") + "/")):
         path = root.rstrip("/") + path
-    return path.split("?", 1)[0]
+    return path.split("?", 1)[0] if "?" in path else path
 
 
 def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
     """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
-    headers = [
-        (_WANTED[name], value.decode("latin-1"))
-        for name, value in scope.get("headers", ())
-        if name in _WANTED
-    ]
+    # A plain loop (a comprehension is a function call of its own), decoding
+    # only the headers the core reads; every one of them is kept, in order, so
+    # a repeated Authorization header still reaches the core (which refuses it).
+    wanted: list[tuple[str, str]] = []
+    for name, value in scope.get("headers", ()):
+        if name in _WANTED:
+            wanted.append((_WANTED[name], value.decode("latin-1")))
     client = scope.get("client")
-    query = scope.get("query_string", b"")
-    return AuthRequest(
-        method=scope.get("method", "GET") if scope["type"] == "http" else "GET",
-        path=_raw_path(scope),
-        query=query.decode("latin-1"),
-        headers=headers,
-        client_ip=client[0] if client else "",
-        body=body,
+    return _trusted(
+        scope.get("method", "GET") if scope["type"] == "http" else "GET",
+        _raw_path(scope),
+        scope.get("query_string", b"").decode("latin-1"),
+        tuple(wanted),  # lower-case names and str values already, as AuthRequest stores them
+        client[0] if client else "",
+        body,
     )
 
 
@@ -159,14 +162,25 @@ class ASGIMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        tokens = self.tokens
+        core = tokens.authenticator
         request = request_from_scope(scope)
-        decision = await self._decide(request, body_read=False)
+        # What _decide and _recorded do, inline: on the warm path nothing blocks,
+        # and awaiting a coroutine that never suspends still costs its creation.
+        try:
+            decision = core.safe_decide(request, body_read=False, block=False)
+        except WouldBlock:
+            decision = await asyncio.to_thread(core.safe_decide, request, body_read=False)
         if decision.need_body:
-            body, replay = await _read_body(receive, self.tokens.policy.max_body_bytes)
+            body, replay = await _read_body(receive, tokens.policy.max_body_bytes)
             receive = _replay(replay, receive)
             decision = await self._decide(request_from_scope(scope, body), body_read=True)
-        result = await _recorded(self.tokens, decision)
+        result = tokens._recorded(decision, block=False)
+        if result is None:  # buffer full: wait for room off the event loop
+            result = await asyncio.to_thread(tokens._recorded, decision)
+            assert result is not None
         if result.authenticated:
+            # A copy (the ASGI spec asks middleware not to change the server's scope).
             scope = dict(scope)
             scope["apitokens.auth"] = result
             scope["user"] = TokenUser(result)
