@@ -11,6 +11,7 @@ interpreter exit.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import threading
 import time
@@ -48,22 +49,48 @@ dataclass, and the event's own cost is paid on the writer thread."""
 
 Record = AuditEvent | Usage | Rehash | AuthEntry
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(AuditEvent))
+(_SET_AT, _SET_ACTION, _SET_OUTCOME, _SET_TOKEN, _SET_USER, _SET_ACTOR, _SET_IP, _SET_METHOD,
+ _SET_PATH, _SET_REASON) = (getattr(AuditEvent, name).__set__ for name in _FIELDS)  # fmt: skip
+
+
+def _auth_event(entry: AuthEntry) -> AuditEvent:
+    """The ``authenticate`` event of ``entry``: ``AuditEvent(...)`` at half the cost.
+
+    The writer makes one per request. A frozen dataclass sets each field through
+    ``object.__setattr__``; the slots' own descriptors do the same for less.
+    ``AuditEvent`` has no ``__post_init__`` to skip, and a test checks that both
+    ways build equal events.
+    """
+    at, outcome, token_id, user, ip, method, path, reason, _ = entry
+    event = object.__new__(AuditEvent)
+    _SET_AT(event, at)
+    _SET_ACTION(event, Action.AUTHENTICATE)
+    _SET_OUTCOME(event, outcome)
+    _SET_TOKEN(event, token_id)
+    _SET_USER(event, user)
+    _SET_ACTOR(event, None)
+    _SET_IP(event, ip)
+    _SET_METHOD(event, method)
+    _SET_PATH(event, path)
+    _SET_REASON(event, reason)
+    return event
+
 
 def _log_event(event: AuditEvent) -> None:
-    if audit_log.isEnabledFor(logging.INFO):
-        audit_log.info(
-            "%s %s token=%s user=%s actor=%s ip=%s %s %s: %s",
-            event.action,
-            event.outcome,
-            event.token_id,
-            event.user,
-            event.actor,
-            event.client_ip,
-            event.method or "-",
-            event.path or "-",
-            event.reason or "-",
-            extra={"apitokens_event": event},
-        )
+    audit_log.info(
+        "%s %s token=%s user=%s actor=%s ip=%s %s %s: %s",
+        event.action,
+        event.outcome,
+        event.token_id,
+        event.user,
+        event.actor,
+        event.client_ip,
+        event.method or "-",
+        event.path or "-",
+        event.reason or "-",
+        extra={"apitokens_event": event},
+    )
 
 
 class AuditWriter:
@@ -208,14 +235,10 @@ class AuditWriter:
         usage: list[Usage] = []
         uses: dict[str, _Uses] = {}  # this batch's authentications, folded per token
         rehashes: list[Rehash] = []
-        authenticate = Action.AUTHENTICATE
         for record in batch:
             if isinstance(record, tuple):
-                at, outcome, token_id, user, ip, method, path, reason, used = record
-                event = AuditEvent(
-                    at, authenticate, outcome, token_id, user, None, ip, method, path, reason
-                )
-                events.append(event)
+                events.append(_auth_event(record))
+                at, _, token_id, _, ip, _, _, _, used = record
                 if used and token_id is not None:
                     seen = uses.get(token_id)
                     if seen is None:
@@ -255,8 +278,9 @@ class AuditWriter:
             except Exception:
                 log.exception("apitokens: re-hashing token %s failed", rehash.token_id)
         self.written += len(batch)
-        for event in events:
-            _log_event(event)
+        if audit_log.isEnabledFor(logging.INFO):
+            for event in events:
+                _log_event(event)
 
 
 class _Uses:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
+import pytest
+
 from apitokens import MemoryStore, Outcome
-from apitokens._audit import AuditWriter, AuthEntry
+from apitokens._audit import AuditWriter, AuthEntry, _auth_event
 from apitokens._model import Action, AuditEvent, Usage
 from tests.support import START, make_tokens
 
@@ -63,3 +66,31 @@ def test_other_records_still_pass_through() -> None:
     finally:
         writer.close()
     assert store.events() == [event]
+
+
+def test_fast_event_equals_the_dataclass_built_one() -> None:
+    # The writer builds authenticate events through the slots' descriptors; the
+    # result must be the very event the dataclass constructor makes, field by field.
+    record = entry(1, "192.0.2.1", "tok123", used=False)
+    at, outcome, token_id, user, ip, method, path, reason, _ = record
+    expected = AuditEvent(
+        at, Action.AUTHENTICATE, outcome, token_id, user, None, ip, method, path, reason
+    )
+    built = _auth_event(record)
+    assert type(built) is AuditEvent
+    assert built == expected
+    assert dataclasses.astuple(built) == dataclasses.astuple(expected)
+    assert repr(built) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.reason = "changed"  # type: ignore[misc]
+
+
+def test_fast_event_knows_every_field() -> None:
+    # A field added to AuditEvent must be set by the writer too, or its events
+    # would lack it: this fails until _auth_event learns about it.
+    names = [field.name for field in dataclasses.fields(AuditEvent)]
+    assert names == [
+        "at", "action", "outcome", "token_id", "user", "actor", "client_ip", "method", "path",
+        "reason",
+    ]  # fmt: skip
+    assert not hasattr(AuditEvent, "__post_init__")
