@@ -92,6 +92,9 @@ class TokenCache:
 
     def __init__(self, ttl: float = 1.0, maxsize: int = 100_000) -> None:
         self.records: TTLCache[str, CompiledToken] = TTLCache(ttl, maxsize)
+        # get(token_id): the cached compiled token, or None if absent or stale. Bound
+        # straight to the record cache's get: one call less on every request.
+        self.get: Callable[[str], CompiledToken | None] = self.records.get
         self._rulesets: OrderedDict[tuple[str, ...], RuleSet] = OrderedDict()
         self._lock = threading.Lock()
         self._max_rulesets = 10_000
@@ -101,10 +104,6 @@ class TokenCache:
     def generation(self) -> int:
         """Counts :meth:`discard` calls; read it before reading the store."""
         return self._generation
-
-    def get(self, token_id: str) -> CompiledToken | None:
-        """Return the cached compiled token, or ``None`` if absent or stale."""
-        return self.records.get(token_id)
 
     def put(self, stored: StoredToken, generation: int | None = None) -> CompiledToken:
         """Compile ``stored`` and cache it.
@@ -187,10 +186,9 @@ class HotCredentials:
         self.maxsize = maxsize
         self._entries: OrderedDict[bytes, HotCredential] = OrderedDict()
         self._lock = threading.Lock()
-
-    def get(self, fingerprint: bytes) -> HotCredential | None:
-        """Return the entry for ``fingerprint``, or ``None``."""
-        return self._entries.get(fingerprint)
+        # get(fingerprint): the entry, or None. The dict's own get, no Python frame
+        # (per request); _entries is never replaced, only cleared.
+        self.get: Callable[[bytes], HotCredential | None] = self._entries.get
 
     def put(self, fingerprint: bytes, entry: HotCredential) -> None:
         """Remember ``entry`` for ``fingerprint``."""

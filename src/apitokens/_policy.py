@@ -53,11 +53,6 @@ def parse_networks(cidrs: Iterable[str], *, what: str = "allowed_ips") -> tuple[
     return tuple(networks)
 
 
-def _prefixes(paths: Sequence[str]) -> tuple[str, ...]:
-    """``protected_paths`` as the tuple ``str.startswith`` takes (it is one after init)."""
-    return paths if isinstance(paths, tuple) else tuple(paths)
-
-
 def _groups(value: Iterable[str] | None, name: str) -> frozenset[str] | None:
     if value is None:
         return None
@@ -114,6 +109,8 @@ class Policy:
     failure_window: timedelta = timedelta(minutes=1)
     realm: str = "api"
     _proxy_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
+    # protected_paths typed as the tuple str.startswith takes, for protects().
+    _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _format: TokenFormat = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +124,7 @@ class Policy:
             if not path.startswith("/"):
                 raise ValueError(f"protected path {path!r} must start with '/'")
         set_(self, "protected_paths", paths)
+        set_(self, "_prefixes", paths)
         set_(self, "auth_schemes", AuthScheme(self.auth_schemes))
         set_(self, "token_users", _groups(self.token_users, "token_users"))
         set_(self, "token_creators", _groups(self.token_creators, "token_creators"))
@@ -174,9 +172,15 @@ class Policy:
             decoded = decoded.replace("\\", "/")
         while "//" in decoded:
             decoded = decoded.replace("//", "/")
-        if "." in decoded and any(segment in (".", "..") for segment in decoded.split("/")):
+        # A "." or ".." segment starts the path or follows a "/": split only a path
+        # that may have one ("/v1.0/" is common and has none).
+        if (
+            "." in decoded
+            and ("/." in decoded or decoded[:1] == ".")
+            and any(segment in (".", "..") for segment in decoded.split("/"))
+        ):
             return True
-        return decoded.startswith(_prefixes(self.protected_paths))
+        return decoded.startswith(self._prefixes)
 
     # Permission checks: `groups` is the acting or owning user's groups.
 

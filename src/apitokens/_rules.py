@@ -261,11 +261,11 @@ class RuleSet:
         view = RequestView(request, timeout)
         if view.path_error:
             return RuleMatch(False, view.path_error)
-        failures: dict[int, tuple[int, str]] = {}
         try:
             for pattern in self._combined.patterns(view.method):
                 if view.fullmatch(pattern, view.path):
                     return _MATCHED
+            failures: dict[int, tuple[int, str]] = {}  # made only once a match failed
             for index, rule in self._individual:
                 failure = _failure(rule, view)
                 if failure is None:

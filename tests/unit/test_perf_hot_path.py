@@ -177,6 +177,22 @@ def test_basic_username_is_part_of_the_credential(tokens: ApiTokens) -> None:
     assert last_event(tokens).reason == "Basic username is not the token's owner"
 
 
+def test_the_hot_path_reads_the_authorization_header_like_the_full_path(
+    tokens: ApiTokens,
+) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    headers = bearer(issued.secret)
+    assert tokens.authenticate(get("/rest/x", headers)).authenticated
+    # Any case of the name is the same header, and other headers do not count...
+    value = headers[0][1]
+    mixed = [("X-Other", "1"), ("AUTHORIZATION", value), ("authorization-x", "y")]
+    assert tokens.authenticate(get("/rest/x", mixed)).authenticated
+    # ... but the hot value sent twice is still a malformed request.
+    twice = tokens.authenticate(get("/rest/x", [*headers, ("authorization", value)]))
+    assert (twice.status_code, twice.error) == (400, "invalid_request")
+    assert last_event(tokens).reason == "more than one Authorization header"
+
+
 def test_groups_are_checked_on_the_hot_path(clock: Clock) -> None:
     groups = {"alice": {"api-users"}}
     with make_tokens(
