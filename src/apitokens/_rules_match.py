@@ -31,6 +31,8 @@ BUDGET_EXCEEDED: Final = "regex time budget exceeded"
 MAX_QUERY_FIELDS: Final = 1000
 # The regex module overflows to an immediate TimeoutError on huge timeouts.
 _MAX_TIMEOUT: Final = 3600.0
+# Seconds a regex call may hold the GIL before it is retried without it.
+GIL_SLICE: Final = 0.002
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
@@ -80,24 +82,65 @@ class RequestView:
     def __init__(self, request: AuthRequest, timeout: float) -> None:
         now = monotonic()
         # "not timeout > 0" also catches NaN, which regex would read as "no limit".
-        self._deadline = now + min(timeout, _MAX_TIMEOUT) if timeout > 0 else now
+        if timeout > 0:
+            now += timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT
+        self._deadline = now
         method = request.method
         self.method = method.upper() if isinstance(method, str) and method.isascii() else ""
-        self.path, self.path_error = decode_path(request.path)
+        path = request.path
+        # Most paths are printable ASCII with nothing to decode and no segment starting
+        # with a dot: every check decode_path() makes passes and the path is its own
+        # decoding. Telling that with a few string methods saves the call and its regex
+        # scans (every request). A dot segment ("." or "..", maybe with ";params")
+        # begins at the start or right after a "/", so a path with neither a leading "."
+        # nor a "/." has none. A property test compares this with decode_path().
+        if (
+            isinstance(path, str)
+            and path.isascii()
+            and path.isprintable()
+            and "%" not in path
+            and "\\" not in path
+            and ("." not in path or ("/." not in path and path[:1] != "."))
+        ):
+            self.path = path
+            self.path_error = ""
+        else:
+            self.path, self.path_error = decode_path(path)
         self._raw_query: object = request.query
         self._body: object = request.body
         self._query: dict[str, list[str]] | str | None = None
         self._json: JsonObject | str | None = None
 
     def fullmatch(self, pattern: regex.Pattern[str], text: str) -> bool:
-        """Fullmatch within the budget left; raise BudgetExceededError when it runs out."""
+        """Fullmatch within the budget left; raise BudgetExceededError when it runs out.
+
+        The first try keeps the GIL for at most :data:`GIL_SLICE` seconds; a match that
+        needs longer starts again with the GIL released, in what is left of the budget.
+        """
+        remaining = self._deadline - monotonic()
+        if remaining <= 0:
+            raise BudgetExceededError
+        # Positional: (string, pos, endpos, concurrent, partial, timeout). Keyword
+        # arguments cost the regex module half a microsecond a call to parse.
+        # concurrent=False keeps the GIL. By default the module lets it go for every
+        # call, and with another thread waiting for it (the audit writer, a server's
+        # other threads) each request then waits to get it back: a match of 1 µs cost
+        # 20 to 500 µs that way in this machine's tests. Almost every match takes
+        # microseconds, so it holds the GIL; only a slow one (a pathological pattern
+        # or input) would stall the other threads, so that one gives the GIL up.
+        try:
+            return (
+                pattern.fullmatch(text, None, None, False, False, min(remaining, GIL_SLICE))
+                is not None
+            )
+        except TimeoutError:
+            if remaining <= GIL_SLICE:
+                raise BudgetExceededError from None
         remaining = self._deadline - monotonic()
         if remaining <= 0:
             raise BudgetExceededError
         try:
-            # Positional: (string, pos, endpos, concurrent, partial, timeout). Keyword
-            # arguments cost the regex module half a microsecond a call to parse.
-            return pattern.fullmatch(text, None, None, None, False, remaining) is not None
+            return pattern.fullmatch(text, None, None, True, False, remaining) is not None
         except TimeoutError:
             raise BudgetExceededError from None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import threading
+import time
 
 import pytest
 
@@ -631,6 +633,46 @@ def test_catastrophic_backtracking_hits_the_time_budget() -> None:
     )
     clause = RestrictionRule.parse(".*[QueryParam::q==(a|aa)+]")
     assert clause.explain(get("/", "q=" + "a" * 60 + "b")).reason == "regex time budget exceeded"
+
+
+def test_a_budget_shorter_than_the_gil_slice_is_not_retried() -> None:
+    rule = RestrictionRule.parse("/x/(a|aa)+")
+    request = get("/x/" + "a" * 60 + "b")
+    assert _rules_match.GIL_SLICE > 0.001
+    assert rule.explain(request, timeout=0.001) == RuleMatch(False, "regex time budget exceeded")
+
+
+def test_a_slow_match_lets_other_threads_run() -> None:
+    # The first try holds the GIL for at most GIL_SLICE; the retry must release it, or a
+    # pathological rule would stall every thread of the process for the whole budget.
+    rule = RestrictionRule.parse("/x/(a|aa)+")
+    request = get("/x/" + "a" * 60 + "b")
+    started, stop = threading.Event(), threading.Event()
+    ticks = 0
+
+    def spin() -> None:
+        nonlocal ticks
+        started.set()
+        while not stop.is_set():
+            ticks += 1
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        started.wait(5)
+        before = ticks
+        time.sleep(0.1)  # the spinner alone: how far it gets in 0.1 s
+        per_100ms = ticks - before
+        before = ticks
+        result = rule.explain(request, timeout=0.5)
+        during = ticks - before
+    finally:
+        stop.set()
+        thread.join()
+    assert result == RuleMatch(False, "regex time budget exceeded")
+    # Holding the GIL, the spinner would only run in the Python parts around the match
+    # (a switch interval or two, ~10 ms); released, it runs for most of the 0.5 s.
+    assert during > per_100ms
 
 
 @pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
