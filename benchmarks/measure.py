@@ -10,17 +10,22 @@ Two overheads come out of it:
 - *request*: wrapped minus bare, what a request costs the thread serving it (the writer
   thread runs alongside, as in production, and its work partly lands here);
 - *with audit*: the same plus the time the writer needed afterwards to write that
-  batch's audit events and usage: everything the request costs, sooner or later.
+  batch's audit events and usage: everything the request costs, sooner or later;
+- *CPU*: the process's CPU time (every thread: the request's and the writer's) for the
+  wrapped batch and its flush, minus the bare batch's. Wall-clock time on a shared
+  machine includes whatever the neighbours took; CPU time counts only what this
+  process spent, so it is the steadiest of the three, and it still counts the writer.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apitokens import ApiTokens
-from benchmarks.apps import ASGIDriver, WSGIDriver, bare_asgi, bare_wsgi
+from benchmarks.apps import ASGIApp, ASGIDriver, WSGIApp, WSGIDriver, bare_asgi, bare_wsgi
 from benchmarks.common import median
 
 
@@ -31,9 +36,13 @@ class Overhead:
     audit: float  # µs per request the writer needed after the batch
     request: float  # median per-round (wrapped - bare)
     total: float  # median per-round (wrapped + audit - bare)
+    cpu: float  # median per-round process CPU time (wrapped + flush - bare), all threads
 
 
-def _rounds(samples: list[tuple[float, float, float]]) -> Overhead:
+Sample = tuple[float, float, float, float]  # bare, wrapped, audit (wall µs), CPU overhead µs
+
+
+def _rounds(samples: list[Sample]) -> Overhead:
     bare = [s[0] for s in samples]
     wrapped = [s[1] for s in samples]
     audit = [s[2] for s in samples]
@@ -41,67 +50,87 @@ def _rounds(samples: list[tuple[float, float, float]]) -> Overhead:
         bare=median(bare),
         wrapped=median(wrapped),
         audit=median(audit),
-        request=median([w - b for b, w, _ in samples]),
-        total=median([w + a - b for b, w, a in samples]),
+        request=median([w - b for b, w, _, _ in samples]),
+        total=median([w + a - b for b, w, a, _ in samples]),
+        cpu=median([s[3] for s in samples]),
     )
+
+
+def _round(tokens: ApiTokens, bare: Callable[[], None], wrapped: Callable[[], None]) -> Sample:
+    """One round: ``bare()`` then ``wrapped()`` (each runs a batch), then the flush."""
+    gc.collect()
+    gc.disable()
+    try:
+        cpu_start, start = time.process_time(), time.perf_counter()
+        bare()
+        cpu_middle, middle = time.process_time(), time.perf_counter()
+        wrapped()
+        end = time.perf_counter()
+        tokens.flush()
+        cpu_end, flushed = time.process_time(), time.perf_counter()
+    finally:
+        gc.enable()
+    return (
+        middle - start,
+        end - middle,
+        flushed - end,
+        (cpu_end - cpu_middle) - (cpu_middle - cpu_start),
+    )
+
+
+def _per_request(sample: Sample, batch: int) -> Sample:
+    b, w, a, c = (value / batch * 1e6 for value in sample)
+    return b, w, a, c
+
+
+def _wsgi_batches(driver: WSGIDriver, app: WSGIApp, batch: int) -> Callable[[], None]:
+    call = driver.caller(app)
+
+    def run() -> None:
+        for _ in range(batch):
+            call()
+
+    return run
+
+
+def _asgi_batches(driver: ASGIDriver, app: ASGIApp, batch: int) -> Callable[[], None]:
+    return lambda: driver.run(app, batch)
 
 
 def wsgi_overhead(
     tokens: ApiTokens, driver: WSGIDriver, *, rounds: int, batch: int, warmup: int = 2
 ) -> Overhead:
-    wrapped = tokens.wsgi(bare_wsgi)
-    bare_call, wrapped_call = driver.caller(bare_wsgi), driver.caller(wrapped)
-    samples = []
-    for index in range(warmup + rounds):
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.perf_counter()
-            for _ in range(batch):
-                bare_call()
-            middle = time.perf_counter()
-            for _ in range(batch):
-                wrapped_call()
-            end = time.perf_counter()
-            tokens.flush()
-            flushed = time.perf_counter()
-        finally:
-            gc.enable()
-        if index >= warmup:
-            samples.append(
-                (
-                    (middle - start) / batch * 1e6,
-                    (end - middle) / batch * 1e6,
-                    (flushed - end) / batch * 1e6,
-                )
-            )
-    return _rounds(samples)
+    """Bare vs wrapped WSGI, ``rounds`` rounds of ``batch`` requests (after ``warmup``)."""
+    bare = _wsgi_batches(driver, bare_wsgi, batch)
+    wrapped = _wsgi_batches(driver, tokens.wsgi(bare_wsgi), batch)
+    samples = [_round(tokens, bare, wrapped) for _ in range(warmup + rounds)][warmup:]
+    return _rounds([_per_request(sample, batch) for sample in samples])
 
 
-def asgi_overhead(
-    tokens: ApiTokens, driver: ASGIDriver, *, rounds: int, batch: int, warmup: int = 2
-) -> Overhead:
-    wrapped = tokens.asgi(bare_asgi)
-    samples = []
+def both_overheads(
+    tokens: ApiTokens,
+    wsgi_driver: WSGIDriver,
+    asgi_driver: ASGIDriver,
+    *,
+    rounds: int,
+    batch: int,
+    warmup: int = 2,
+) -> tuple[Overhead, Overhead]:
+    """WSGI and ASGI overheads with their rounds interleaved.
+
+    A noisy minute on a shared machine then lands on both adapters alike, instead of
+    on whichever happened to be measured in it.
+    """
+    wsgi_bare = _wsgi_batches(wsgi_driver, bare_wsgi, batch)
+    wsgi_wrapped = _wsgi_batches(wsgi_driver, tokens.wsgi(bare_wsgi), batch)
+    asgi_bare = _asgi_batches(asgi_driver, bare_asgi, batch)
+    asgi_wrapped = _asgi_batches(asgi_driver, tokens.asgi(bare_asgi), batch)
+    wsgi: list[Sample] = []
+    asgi: list[Sample] = []
     for index in range(warmup + rounds):
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.perf_counter()
-            driver.run(bare_asgi, batch)
-            middle = time.perf_counter()
-            driver.run(wrapped, batch)
-            end = time.perf_counter()
-            tokens.flush()
-            flushed = time.perf_counter()
-        finally:
-            gc.enable()
+        w = _round(tokens, wsgi_bare, wsgi_wrapped)
+        a = _round(tokens, asgi_bare, asgi_wrapped)
         if index >= warmup:
-            samples.append(
-                (
-                    (middle - start) / batch * 1e6,
-                    (end - middle) / batch * 1e6,
-                    (flushed - end) / batch * 1e6,
-                )
-            )
-    return _rounds(samples)
+            wsgi.append(_per_request(w, batch))
+            asgi.append(_per_request(a, batch))
+    return _rounds(wsgi), _rounds(asgi)
