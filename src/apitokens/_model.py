@@ -200,3 +200,12 @@ class AuditEvent:
     method: str | None = None
     path: str | None = None
     reason: str = ""
+
+
+AuthEntry = tuple[datetime, Outcome, str | None, str | None, str | None, str, str, str, bool]
+"""One authentication, compact: ``(at, outcome, token_id, user, client_ip, method, path,
+reason, used)``. It stands for an :class:`AuditEvent` with action ``authenticate`` (and,
+when ``used`` is true, a :class:`Usage` of the token). A tuple because the request
+thread makes one per request: it costs a tenth of a frozen dataclass, and the event's
+own cost is paid on the writer thread, or not at all when the store takes entries as
+they are."""

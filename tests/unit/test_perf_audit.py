@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from apitokens import MemoryStore, Outcome
+from apitokens import MemoryStore, Outcome, SQLiteStore, TokenStore
 from apitokens._audit import AuditWriter, AuthEntry, _auth_event
 from apitokens._model import Action, AuditEvent, Usage
+from apitokens.storage import _schema
+from apitokens.storage._base import normalize_event
 from tests.support import START, make_tokens
 
 
@@ -18,8 +24,25 @@ def entry(at_seconds: float, ip: str, token_id: str, *, used: bool = True) -> Au
     return (at, Outcome.SUCCESS, token_id, "alice", ip, "GET", "/rest/x", "authenticated", used)
 
 
-def test_entries_become_events_and_folded_uses() -> None:
-    store = MemoryStore()
+def _stores(tmp_path: Path) -> list[TokenStore]:
+    return [MemoryStore(), SQLiteStore(tmp_path / "audit.db"), _CopyingStore(tmp_path / "c.db")]
+
+
+class _CopyingStore(SQLiteStore):
+    """A SQLiteStore whose ``write`` an application overrides (to copy events elsewhere)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.copied: list[AuditEvent] = []
+
+    def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        self.copied += events
+        super().write(events=events, usage=usage)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite subclass"])
+def test_entries_become_events_and_folded_uses(kind: str, tmp_path: Path) -> None:
+    store = _stores(tmp_path)[["memory", "sqlite", "sqlite subclass"].index(kind)]
     with make_tokens(store) as tokens:
         token_id = tokens.create(actor="alice", name="ci").token.id
         tokens.flush()
@@ -54,6 +77,69 @@ def test_entries_become_events_and_folded_uses() -> None:
     token = stored.token
     assert token.use_count == 6
     assert (token.last_used_at, token.last_used_ip) == (START + timedelta(seconds=3), "192.0.2.4")
+    if isinstance(store, _CopyingStore):  # its write() saw every event, entries included
+        copied = [e for e in store.copied if e.action == Action.AUTHENTICATE]
+        assert sorted(copied, key=repr) == sorted(events, key=repr)
+
+
+def test_sqlite_rows_of_entries_are_the_rows_of_their_events(tmp_path: Path) -> None:
+    # The same batch through the writer's shortcut and through write(): same events back,
+    # in the same order (equal times keep the batch order), same usage.
+    made = AuditEvent(START, Action.CREATE, Outcome.SUCCESS, "tok1", "alice", "alice", reason="x")
+    batch: list[AuditEvent | AuthEntry] = [
+        entry(0, "192.0.2.1", "tok1"),
+        made,
+        entry(0, "192.0.2.2", "tok1", used=False),
+        (START.astimezone(timezone(timedelta(hours=-5))), Outcome.FORBIDDEN, None, None,
+         None, "POST", "/x", "why", False),
+    ]  # fmt: skip
+    fast, slow = SQLiteStore(tmp_path / "fast.db"), SQLiteStore(tmp_path / "slow.db")
+    try:
+        fast._write_entries(batch, [])
+        slow.write(events=[_auth_event(r) if isinstance(r, tuple) else r for r in batch])
+        assert fast.events() == slow.events()
+        assert [e.client_ip for e in fast.events()] == [None, "192.0.2.2", None, "192.0.2.1"]
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_an_entry_with_a_naive_time_is_refused() -> None:
+    naive = (START.replace(tzinfo=None), Outcome.SUCCESS, "t", "u", None, "GET", "/", "", True)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        _schema.entry_params(naive)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200)
+@given(
+    at=st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(9000, 1, 1),
+        timezones=st.timezones(),
+    ),
+    outcome=st.sampled_from(Outcome),
+    token_id=st.none() | st.text(max_size=8),
+    user=st.none() | st.text(max_size=8),
+    ip=st.none() | st.text(max_size=8),
+    method=st.text(max_size=8),
+    path=st.text(max_size=16),
+    reason=st.text(max_size=16),
+    used=st.booleans(),
+)
+def test_entry_params_equal_the_params_of_the_entrys_event(
+    at: datetime,
+    outcome: Outcome,
+    token_id: str | None,
+    user: str | None,
+    ip: str | None,
+    method: str,
+    path: str,
+    reason: str,
+    used: bool,
+) -> None:
+    record: AuthEntry = (at, outcome, token_id, user, ip, method, path, reason, used)
+    expected = _schema.event_params(normalize_event(_auth_event(record)))
+    assert _schema.entry_params(record) == expected
 
 
 def test_other_records_still_pass_through() -> None:

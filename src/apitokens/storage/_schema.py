@@ -20,7 +20,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apitokens._errors import SchemaVersionError, StorageError
-from apitokens._model import Action, AuditEvent, Outcome, Scope, StoredToken, Token, TokenStatus
+from apitokens._model import (
+    Action,
+    AuditEvent,
+    AuthEntry,
+    Outcome,
+    Scope,
+    StoredToken,
+    Token,
+    TokenStatus,
+)
 from apitokens.storage._base import EventQuery, TokenQuery
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "STORED_COLUMNS",
     "UPDATE_RECORD",
     "check_version",
+    "entry_params",
     "event_from_row",
     "event_params",
     "from_micros",
@@ -221,6 +231,32 @@ def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) 
 # the row; the writer turns thousands of events a second into rows.
 _ACTION_TEXT: dict[Action, str] = {action: action.value for action in Action}
 _OUTCOME_TEXT: dict[Outcome, str] = {outcome: outcome.value for outcome in Outcome}
+_AUTHENTICATE = Action.AUTHENTICATE.value
+
+
+def entry_params(entry: AuthEntry) -> tuple[object, ...]:
+    """Return the parameters of ``INSERT_EVENT`` for a compact authentication entry.
+
+    The same row :func:`event_params` gives for the entry's ``authenticate`` event.
+
+    Raises:
+        ValueError: the entry's time is naive.
+    """
+    at, outcome, token_id, user, ip, method, path, reason, _ = entry
+    if at.tzinfo is None:
+        raise ValueError("entry.at must be timezone-aware")
+    return (
+        (at - _EPOCH) // _MICROSECOND,
+        _AUTHENTICATE,
+        _OUTCOME_TEXT[outcome],
+        token_id,
+        user,
+        None,
+        ip,
+        method,
+        path,
+        reason,
+    )
 
 
 def event_params(event: AuditEvent) -> tuple[object, ...]:

@@ -25,7 +25,16 @@ from datetime import datetime
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
-from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
+from apitokens._model import (
+    Action,
+    AuditEvent,
+    AuthEntry,
+    Outcome,
+    StoredToken,
+    Token,
+    TokenStatus,
+    Usage,
+)
 from apitokens.storage import _schema
 from apitokens.storage._base import (
     EventQuery,
@@ -280,7 +289,9 @@ class SQLiteStore:
             ValueError: a datetime is naive or a count negative (nothing written).
             StorageError: the database failed (nothing written).
         """
-        rows = [_schema.event_params(normalize_event(event)) for event in events]
+        self._write_rows([_schema.event_params(normalize_event(event)) for event in events], usage)
+
+    def _write_rows(self, rows: builtins.list[tuple[object, ...]], usage: Sequence[Usage]) -> None:
         totals = [
             {"id": token_id, "count": t.count, "at": to_micros(t.last_at), "ip": t.last_ip}
             for token_id, t in fold_usage(usage).items()
@@ -292,6 +303,22 @@ class SQLiteStore:
         with self._write("write", durable=False) as conn:
             _schema.insert_events(conn, rows)
             conn.executemany(_schema.FOLD_USAGE, totals)
+
+    def _write_entries(
+        self, events: Sequence[AuditEvent | AuthEntry], usage: Sequence[Usage]
+    ) -> None:
+        """:meth:`write` for apitokens' audit writer: authentications may be compact entries.
+
+        An :data:`~apitokens._model.AuthEntry` becomes its row directly; the rows are the
+        ones :meth:`write` would store for the entries' events, in the same order.
+        """
+        rows = [
+            _schema.entry_params(event)
+            if type(event) is tuple
+            else _schema.event_params(normalize_event(event))  # type: ignore[arg-type]
+            for event in events
+        ]
+        self._write_rows(rows, usage)
 
     def events(
         self,
