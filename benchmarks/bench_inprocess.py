@@ -110,8 +110,9 @@ def main() -> None:
         "audit events and usage into SQLite, i.e. everything a request costs. *CPU time "
         "of all threads*: the process's CPU time for the wrapped batch and its audit "
         "write, minus the bare batch's, per request. It counts the same work as the row "
-        "above, but not the time other tenants of this shared machine took from us, so "
-        "it is the steadiest of the three and the one the budget is judged on."
+        "above but not the time the process waited while other tenants of this shared "
+        "machine ran (their effect on shared caches it does count); the budget is judged "
+        "on it."
     )
     section.notes.append(
         f"Authentications audited for the benchmark token: {audited:,} of {expected:,} "

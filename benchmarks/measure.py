@@ -13,8 +13,9 @@ Two overheads come out of it:
   batch's audit events and usage: everything the request costs, sooner or later;
 - *CPU*: the process's CPU time (every thread: the request's and the writer's) for the
   wrapped batch and its flush, minus the bare batch's. Wall-clock time on a shared
-  machine includes whatever the neighbours took; CPU time counts only what this
-  process spent, so it is the steadiest of the three, and it still counts the writer.
+  machine includes the time the neighbours ran instead of us; CPU time counts only
+  what this process spent (the writer included), though neighbours still slow it
+  down through the caches they share.
 """
 
 from __future__ import annotations
