@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,7 +33,9 @@ __all__ = [
     "CommandError",
     "Session",
     "audit",
+    "check_rules",
     "create",
+    "describe",
     "list_tokens",
     "prune_audit",
     "reveal",
@@ -61,7 +64,8 @@ def _print(lines: list[str] | str) -> None:
     print(lines if isinstance(lines, str) else "\n".join(lines))
 
 
-def _describe(token: Token) -> str:
+def describe(token: Token) -> str:
+    """``<id> ('<name>', user <user>)``: how every message names a token."""
     owner = "unbound" if token.user is None else f"user {clean(token.user)}"
     return f"{token.id} ('{clean(token.name)}', {owner})"
 
@@ -81,9 +85,12 @@ def _token_or_fail(session: Session, ident: str) -> Token:
     return token
 
 
-def create(session: Session, args: argparse.Namespace) -> int:
-    """``create``: make a token, print it once and a snippet."""
-    rules: list[str] = args.rules
+def check_rules(rules: Iterable[str]) -> None:
+    """Parse every ``--rule`` before anything is written; name the bad one and its column.
+
+    The library would refuse the rule too, but without saying which option
+    held it or where to see it marked.
+    """
     for rule in rules:
         try:
             RestrictionRule.parse(rule)
@@ -92,6 +99,12 @@ def create(session: Session, args: argparse.Namespace) -> int:
                 f"--rule '{clean(rule)}': column {exc.column}: {clean(exc.reason)}"
                 " (see it marked: apitokens rule check RULE GET /)"
             ) from None
+
+
+def create(session: Session, args: argparse.Namespace) -> int:
+    """``create``: make a token, print it once and a snippet."""
+    rules: list[str] = args.rules
+    check_rules(rules)
     url: str = args.url
     lang: str = args.lang
     issued = session.tokens.create(
@@ -112,7 +125,7 @@ def create(session: Session, args: argparse.Namespace) -> int:
     token = issued.token
     expires = format_time(token.expires_at, "never")
     lines = [
-        f"Created token {_describe(token)}: {token.scope}, expires {expires}, "
+        f"Created token {describe(token)}: {token.scope}, expires {expires}, "
         + ("secure mode." if token.secure else "standard mode."),
         "",
         *_one_time(issued, "Your new token"),
@@ -159,9 +172,9 @@ def revoke(session: Session, args: argparse.Namespace) -> int:
     before = session.tokens.get(ident)
     token = session.tokens.revoke(actor=session.actor, token_id=ident)  # audits a refusal
     if before is not None and before.revoked_at is not None:
-        _print(f"Token {_describe(token)} was already revoked at {format_time(token.revoked_at)}.")
+        _print(f"Token {describe(token)} was already revoked at {format_time(token.revoked_at)}.")
     else:
-        _print(f"Revoked token {_describe(token)}.")
+        _print(f"Revoked token {describe(token)}.")
     return 0
 
 
@@ -172,7 +185,7 @@ def rotate(session: Session, args: argparse.Namespace) -> int:
     if args.json:
         _print(json_text({"secret": issued.secret, "token": token_json(issued.token)}))
         return 0
-    lines = [f"Rotated token {_describe(issued.token)}.", "", *_one_time(issued, "The new token")]
+    lines = [f"Rotated token {describe(issued.token)}.", "", *_one_time(issued, "The new token")]
     if grace > timedelta(0):
         until = format_time(utcnow() + grace)
         lines.append(f"The old token keeps working for {format_duration(grace)}, until {until}.")

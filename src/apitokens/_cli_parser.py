@@ -23,6 +23,7 @@ from ._cli_commands import (
     show,
     snippet,
 )
+from ._cli_edit import EDIT_DESCRIPTION, EDIT_SUMMARY, add_edit_options, edit
 from ._cli_output import clean
 from ._cli_rule import add_rule_parser
 from ._cli_values import (
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=parse_duration("0s"),
         metavar="DURATION",
         help=f"how long the old secret keeps working (default: 0s); {DURATION_HELP}",
+    )
+
+    add_edit_options(
+        _add(commands, "edit", edit, EDIT_SUMMARY, token=True, description=EDIT_DESCRIPTION)
     )
 
     _add(
