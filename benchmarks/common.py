@@ -27,7 +27,7 @@ from typing import Any
 from apitokens import HmacSha256Hasher, SQLiteStore
 from apitokens._model import Scope, StoredToken, Token
 from apitokens._tokens import TokenFormat
-from apitokens.storage import _schema
+from apitokens.storage import _migrations, _schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -206,7 +206,7 @@ def bulk_store(size: int) -> BulkStore:
     of ``KNOWN_TOKENS`` of them, spread over the id space.
     """
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"tokens-{size}-v{_schema.LATEST_VERSION}.db"
+    path = CACHE / f"tokens-{size}-v{_migrations.LATEST_VERSION}.db"
     sidecar = path.with_suffix(".json")
     if path.exists() and sidecar.exists():
         return BulkStore(path, size, json.loads(sidecar.read_text()))

@@ -13,7 +13,7 @@ import pytest
 
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import Usage
-from apitokens.storage import SQLiteStore, TokenStore, _schema
+from apitokens.storage import SQLiteStore, TokenStore, _migrations, _schema
 
 from .contract import NOW, SECOND, StoreContract, event, secret_hash, stored
 
@@ -73,7 +73,7 @@ def _words(sql: str) -> str:
 
 
 def test_released_migrations_are_never_edited() -> None:
-    assert [_words(s) for s in _schema.MIGRATIONS[0]] == [_words(s) for s in V1_SQL]
+    assert [_words(s) for s in _migrations.MIGRATIONS[0]] == [_words(s) for s in V1_SQL]
 
 
 def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
@@ -125,13 +125,13 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         got = store.get("old")
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
-    assert user_version(path) == _schema.LATEST_VERSION == 2
+    assert user_version(path) == _migrations.LATEST_VERSION == 2
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     SQLiteStore(path).close()
-    assert user_version(path) == _schema.LATEST_VERSION
+    assert user_version(path) == _migrations.LATEST_VERSION
     with raw(path) as conn:
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         plan = " ".join(

@@ -35,7 +35,7 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage import _schema
+from apitokens.storage import _migrations, _schema
 from apitokens.storage._base import (
     EventQuery,
     TokenQuery,
@@ -90,10 +90,10 @@ class SQLiteStore:
         where = f"database {self._path!r}"
         try:
             with self._failures("open"), self._pool.connection() as conn:
-                _schema.check_version(conn, where)  # before any write to a file we may refuse
+                _migrations.check_version(conn, where)  # before any write to a file we may refuse
                 if not private:
                     conn.execute("PRAGMA journal_mode = WAL")
-                _schema.migrate(conn, where)
+                _migrations.migrate(conn, where)
         except BaseException:
             self._pool.close()
             raise
