@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -180,3 +182,37 @@ def test_fast_event_knows_every_field() -> None:
         "reason",
     ]  # fmt: skip
     assert not hasattr(AuditEvent, "__post_init__")
+
+
+class _GatedStore(MemoryStore):
+    """A MemoryStore whose writes wait for a gate, and which counts each batch's events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        self.gate.wait(10)
+        self.batches.append(len(events))
+        super().write(events=events, usage=usage)
+
+
+def test_a_writer_that_fell_behind_takes_up_to_four_batches_at_once() -> None:
+    store = _GatedStore()
+    writer = AuditWriter(store, batch_size=10, interval=0.01)
+    try:
+        writer.submit([entry(0, "192.0.2.1", "tok1")])
+        deadline = time.monotonic() + 10
+        while writer._in_flight != 1:  # until the writer holds the first batch, gated
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        writer.submit([entry(1, "192.0.2.1", "tok1")] * 100)  # ten batches waiting
+        store.gate.set()
+        assert writer.flush(timeout=10)
+    finally:
+        writer.close()
+    assert store.batches[0] == 1
+    assert store.batches[1] == 40  # behind: four batches in one transaction
+    assert sum(store.batches) == 101
+    assert max(store.batches) == 40
