@@ -23,7 +23,6 @@ from apitokens._model import (
     Token,
     TokenStatus,
 )
-from apitokens.storage._base import EventQuery, TokenQuery
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -37,8 +36,6 @@ __all__ = [
     "event_from_row",
     "event_params",
     "from_micros",
-    "select_events",
-    "select_tokens",
     "stored_from_row",
     "to_micros",
     "token_from_row",
@@ -201,62 +198,6 @@ def event_params(event: AuditEvent) -> tuple[object, ...]:
         event.path,
         event.reason,
     )
-
-
-def select_tokens(query: TokenQuery) -> tuple[str, list[object]]:
-    """Return the SQL and parameters of ``TokenStore.list``.
-
-    Selects exactly what ``TokenQuery.matches`` accepts; the name test uses
-    the ``apitokens_casefold`` function every connection registers.
-    """
-    where: list[str] = []
-    params: list[object] = []
-    if query.user is not None:
-        where.append("user = ?")
-        params.append(query.user)
-    if query.status is TokenStatus.REVOKED:
-        where.append("revoked_at IS NOT NULL")
-    elif query.status is TokenStatus.ACTIVE:
-        where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
-        params.append(to_micros(query.now))
-    elif query.status is TokenStatus.EXPIRED:
-        where.append("revoked_at IS NULL AND expires_at <= ?")
-        params.append(to_micros(query.now))
-    if query.unused_since is not None:
-        where.append("created_at <= ? AND (last_used_at IS NULL OR last_used_at < ?)")
-        params += [to_micros(query.unused_since)] * 2
-    if query.name is not None:
-        where.append("instr(apitokens_casefold(name), ?) > 0")
-        params.append(query.name)
-    sql = (
-        f"SELECT {RECORD_COLUMNS} FROM tokens"  # noqa: S608 - constant fragments only
-        f" WHERE {' AND '.join(where) or '1'}"
-        " ORDER BY created_at DESC, id ASC LIMIT ? OFFSET ?"
-    )
-    return sql, [*params, -1 if query.limit is None else query.limit, query.offset]
-
-
-def select_events(query: EventQuery) -> tuple[str, list[object]]:
-    """Return the SQL and parameters of ``TokenStore.events`` (``EventQuery.matches``)."""
-    filters: list[tuple[str, object]] = []
-    if query.token_id is not None:
-        filters.append(("token_id = ?", query.token_id))
-    if query.user is not None:
-        filters.append(("user = ?", query.user))
-    if query.action is not None:
-        filters.append(("action = ?", query.action.value))
-    if query.outcome is not None:
-        filters.append(("outcome = ?", query.outcome.value))
-    if query.since is not None:
-        filters.append(("at >= ?", to_micros(query.since)))
-    if query.until is not None:
-        filters.append(("at < ?", to_micros(query.until)))
-    sql = (
-        f"SELECT {EVENT_COLUMNS} FROM audit"  # noqa: S608 - constant fragments only
-        f" WHERE {' AND '.join(clause for clause, _ in filters) or '1'}"
-        " ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
-    )
-    return sql, [*(value for _, value in filters), query.limit, query.offset]
 
 
 def _optional_datetime(value: int | None) -> datetime | None:

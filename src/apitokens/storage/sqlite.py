@@ -35,7 +35,7 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage import _migrations, _schema
+from apitokens.storage import _migrations, _queries, _schema
 from apitokens.storage._base import (
     EventQuery,
     TokenQuery,
@@ -277,7 +277,7 @@ class SQLiteStore:
             limit=limit,
             offset=offset,
         )
-        sql, params = _schema.select_tokens(query)
+        sql, params = _queries.select_tokens(query)
         with self._read("list") as conn:
             rows = conn.execute(sql, params).fetchall()
         return [_schema.token_from_row(row).as_of(query.now) for row in rows]
@@ -349,7 +349,7 @@ class SQLiteStore:
             limit=limit,
             offset=offset,
         )
-        sql, params = _schema.select_events(query)
+        sql, params = _queries.select_events(query)
         with self._read("events") as conn:
             rows = conn.execute(sql, params).fetchall()
         return [_schema.event_from_row(row) for row in rows]
