@@ -314,8 +314,8 @@ class SQLiteStore:
         """
         rows = [
             _schema.entry_params(event)
-            if type(event) is tuple
-            else _schema.event_params(normalize_event(event))  # type: ignore[arg-type]
+            if isinstance(event, tuple)
+            else _schema.event_params(normalize_event(event))
             for event in events
         ]
         self._write_rows(rows, usage)
