@@ -6,6 +6,12 @@ The buffer is bounded: when it is full, ``submit`` waits (backpressure), so a
 record is never dropped. ``flush()`` waits until everything submitted before
 it is written; ``close()`` flushes and stops the thread, and so does
 interpreter exit.
+
+Audit events are written with their batch. Token usage (use count, last use)
+is folded per token and held for up to ``usage_interval`` seconds across
+batches: each token's row is then updated once per interval, not once per
+batch, which is most of what a batch costs when many tokens are in use.
+``flush()`` and ``close()`` write it at once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ __all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash"]
 
 log = logging.getLogger("apitokens")
 audit_log = logging.getLogger("apitokens.audit")
+
+# Most tokens whose usage is held at once; more, and it is written with the next batch.
+MAX_HELD_TOKENS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,8 @@ class AuditWriter:
         batch_size: most records in one transaction; when two batches or more are
             waiting, up to four times as many.
         interval: longest a record waits before it is written, in seconds.
+        usage_interval: longest a token's usage is held before it is written, in
+            seconds; the uses within it become one update of the token's row.
     """
 
     def __init__(
@@ -104,14 +115,23 @@ class AuditWriter:
         max_pending: int = 50_000,
         batch_size: int = 5_000,
         interval: float = 0.5,
+        usage_interval: float = 5.0,
     ) -> None:
         self._store = store
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.interval = interval
+        self.usage_interval = usage_interval
         self._pending: deque[Record] = deque()
         self._in_flight = 0
         self._flush_requested = False
+        # Set by flush() and close() only: held usage must be written too. (A full
+        # buffer sets _flush_requested to hurry the writer, but usage may stay held.)
+        self._usage_requested = False
+        # Usage folded per token, not yet written; only the writer thread touches it.
+        self._held: dict[str, _Uses] = {}
+        self._held_since: float | None = None  # monotonic time of the oldest held use
+        self._held_count = 0  # len(self._held), read under the lock by flush()
         self._closing = False
         self._cond = threading.Condition()
         self.written = 0
@@ -172,16 +192,18 @@ class AuditWriter:
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record submitted so far is written.
+        """Wait until every record submitted so far is written, held usage included.
 
         Returns:
             ``True`` when all was written, ``False`` on timeout.
         """
         with self._cond:
             self._flush_requested = True
+            self._usage_requested = True
             self._cond.notify_all()
             return self._cond.wait_for(
-                lambda: not self._pending and not self._in_flight, timeout=timeout
+                lambda: not self._pending and not self._in_flight and not self._held_count,
+                timeout=timeout,
             )
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -193,13 +215,17 @@ class AuditWriter:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _take(self) -> list[Record] | None:
+    def _take(self) -> tuple[list[Record], bool] | None:
+        """The next batch and whether held usage must go with it; ``None``: stop."""
         with self._cond:
             deadline = time.monotonic() + self.interval
             while not self._closing and not self._flush_requested:
                 if len(self._pending) >= self.batch_size:
                     break
-                remaining = deadline - time.monotonic() if self._pending else self.interval
+                now = time.monotonic()
+                remaining = deadline - now if self._pending else self.interval
+                if self._held_since is not None:
+                    remaining = min(remaining, self._held_since + self.usage_interval - now)
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -207,8 +233,12 @@ class AuditWriter:
                     deadline = time.monotonic() + self.interval
             if not self._pending:
                 self._flush_requested = False
+                with_usage = self._usage_requested or self._closing
+                self._usage_requested = False
+                if self._held_count:  # held usage due, or asked for: write it alone
+                    return [], with_usage
                 self._cond.notify_all()
-                return None if self._closing else []
+                return None if self._closing else ([], False)
             # Behind (two batches or more waiting): take up to four at once. A batch
             # touches each token's index pages once however many of its rows it holds,
             # so bigger batches write many-token traffic faster, and only when needed.
@@ -218,23 +248,30 @@ class AuditWriter:
             count = min(len(self._pending), limit)
             batch = [self._pending.popleft() for _ in range(count)]
             self._in_flight = count
+            with_usage = False
             if not self._pending:
                 self._flush_requested = False
+                # The last batch a flush() waits for: held usage goes with it.
+                with_usage = self._usage_requested or self._closing
+                self._usage_requested = False
             self._cond.notify_all()  # room for blocked submitters
-            return batch
+            return batch, with_usage
 
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            if batch:
-                self._write(batch)
+        while (taken := self._take()) is not None:
+            batch, with_usage = taken
+            if batch or self._held:
+                self._write(batch, with_usage=with_usage)
             with self._cond:
                 self._in_flight = 0
+                self._held_count = len(self._held)
                 self._cond.notify_all()
 
-    def _write(self, batch: list[Record]) -> None:
+    def _write(self, batch: list[Record], *, with_usage: bool = False) -> None:
         events: list[AuditEvent | AuthEntry] = []  # in batch order
-        usage: list[Usage] = []
-        uses: dict[str, _Uses] = {}  # this batch's authentications, folded per token
+        uses = self._held  # folded per token, across batches until written
+        if not uses:
+            self._held_since = time.monotonic()
         rehashes: list[Rehash] = []
         for record in batch:
             if isinstance(record, tuple):
@@ -249,10 +286,28 @@ class AuditWriter:
             elif isinstance(record, AuditEvent):
                 events.append(record)
             elif isinstance(record, Usage):
-                usage.append(record)  # the store folds them
+                seen = uses.get(record.token_id)
+                if seen is None:
+                    uses[record.token_id] = _Uses(record.at, record.ip, record.count)
+                else:
+                    seen.add(record.at, record.ip, record.count)
             else:
                 rehashes.append(record)
-        usage += [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
+        usage: list[Usage] = []
+        if uses and (
+            with_usage
+            or len(uses) >= MAX_HELD_TOKENS
+            or (
+                self._held_since is not None
+                and time.monotonic() - self._held_since >= self.usage_interval
+            )
+        ):
+            usage = [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
+        if not uses:
+            self._held_since = None
+        if not events and not usage and not rehashes:
+            self.written += len(batch)
+            return  # usage held, nothing else: no transaction
         write_entries = self._write_entries
         as_events: list[AuditEvent] | None = None
         if write_entries is None:
@@ -274,10 +329,13 @@ class AuditWriter:
                     closing = self._closing
                 if closing and attempts >= 5:
                     log.error("apitokens: could not write %d audit records at close", len(batch))
+                    self._forget_usage()
                     return
                 log.exception("apitokens: writing %d audit records failed; retrying", len(batch))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if usage:
+            self._forget_usage()
         for rehash in rehashes:
             # A lost re-hash costs nothing: the token is re-hashed on its
             # next verification instead. So no retry here.
@@ -289,6 +347,11 @@ class AuditWriter:
         if audit_log.isEnabledFor(logging.INFO):
             for event in as_events if as_events is not None else _events(events):
                 _log_event(event)
+
+    def _forget_usage(self) -> None:
+        """Held usage is written (or given up at close): hold none."""
+        self._held = {}
+        self._held_since = None
 
 
 def _entry_writer(
@@ -312,17 +375,17 @@ def _events(records: list[AuditEvent | AuthEntry]) -> list[AuditEvent]:
 
 
 class _Uses:
-    """Uses of one token in a batch: how many, and the newest (the later one on a tie)."""
+    """Held uses of one token: how many, and the newest (the later one on a tie)."""
 
     __slots__ = ("at", "count", "ip")
 
-    def __init__(self, at: datetime, ip: str | None) -> None:
-        self.count = 1
+    def __init__(self, at: datetime, ip: str | None, count: int = 1) -> None:
+        self.count = count
         self.at = at
         self.ip = ip
 
-    def add(self, at: datetime, ip: str | None) -> None:
-        self.count += 1
+    def add(self, at: datetime, ip: str | None, count: int = 1) -> None:
+        self.count += count
         try:
             newer = at >= self.at
         except TypeError:  # naive beside aware: the store refuses the batch anyway

@@ -201,13 +201,16 @@ def test_data_persists_across_reopen(tmp_path: Path) -> None:
         assert store.events() == [event(NOW)]
 
 
-def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
+def test_wal_mode_busy_timeout_and_cache(tmp_path: Path) -> None:
     path = tmp_path / "tokens.db"
     with SQLiteStore(path, timeout=2.5) as store:
         conn = store._pool._acquire()
         try:
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
             assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+            # Sized for audit batches spread over many tokens (docs/storage.md).
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == -16384
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10000
         finally:
             store._pool._release(conn)
     with raw(path) as conn:
