@@ -204,7 +204,7 @@ def test_data_persists_across_reopen(tmp_path: Path) -> None:
 def test_wal_mode_busy_timeout_and_cache(tmp_path: Path) -> None:
     path = tmp_path / "tokens.db"
     with SQLiteStore(path, timeout=2.5) as store:
-        conn = store._pool._acquire()
+        conn = store._db.pool._acquire()
         try:
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
             assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
@@ -212,7 +212,7 @@ def test_wal_mode_busy_timeout_and_cache(tmp_path: Path) -> None:
             assert conn.execute("PRAGMA cache_size").fetchone()[0] == -16384
             assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10000
         finally:
-            store._pool._release(conn)
+            store._db.pool._release(conn)
     with raw(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -358,7 +358,7 @@ def test_many_short_lived_threads_do_not_pile_up_connections(tmp_path: Path) -> 
             thread = threading.Thread(target=store.write, kwargs={"usage": [Usage("t", NOW)]})
             thread.start()
             thread.join()
-        assert len(store._pool._idle) <= 8
+        assert len(store._db.pool._idle) <= 8
         got = store.get("t")
         assert got is not None
         assert got.token.use_count == 50
@@ -395,5 +395,5 @@ def test_audit_batches_skip_the_fsync_but_token_changes_keep_it(
         store.add(stored("t"))
         store.revoke("t", NOW)
         assert not [s for s in statements if "synchronous" in s]  # FULL, as connected
-        with store._pool.connection() as conn:
+        with store._db.pool.connection() as conn:
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2

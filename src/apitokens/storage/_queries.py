@@ -7,7 +7,7 @@ memory store's), so both stores return the same rows in the same order.
 from __future__ import annotations
 
 from apitokens._model import TokenStatus
-from apitokens.storage._base import EventQuery, TokenQuery
+from apitokens.storage._filters import EventQuery, TokenQuery
 from apitokens.storage._schema import EVENT_COLUMNS, RECORD_COLUMNS, to_micros
 
 __all__ = ["select_events", "select_tokens"]

@@ -13,13 +13,12 @@ from types import TracebackType
 from apitokens._errors import StorageError, TokenNotFound
 from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
 from apitokens.storage._base import (
-    EventQuery,
-    TokenQuery,
     fold_usage,
     normalize_event,
     normalize_stored,
     require_utc,
 )
+from apitokens.storage._filters import EventQuery, TokenQuery
 
 __all__ = ["MemoryStore"]
 

@@ -1,26 +1,17 @@
 """SQLiteStore: a TokenStore in one SQLite file (stdlib ``sqlite3``, WAL), safe across threads.
 
-Threading model: a small pool of connections, each lent to one thread for one
-call (see ``_pool.py`` for why a pool). In WAL mode readers never wait for the
-writer.
-
-Writers in this process queue on a lock before ``BEGIN IMMEDIATE``: SQLite's
-busy handler polls with sleeps, so a lock is both faster and fairer among our
-own threads; ``busy_timeout`` still covers writers in other processes.
-
-``:memory:`` (and ``""``) give each connection its own private database, so
-for them the pool holds exactly one connection, lent to one thread at a time.
+How connections are set up, pooled and used for transactions is in
+``_database.py``; the SQL is in ``_schema.py`` and ``_queries.py``, the schema
+and its migrations in ``_migrations.py``. This module maps the
+:class:`~apitokens.TokenStore` calls onto them.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import math
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -37,21 +28,16 @@ from apitokens._model import (
 )
 from apitokens.storage import _migrations, _queries, _schema
 from apitokens.storage._base import (
-    EventQuery,
-    TokenQuery,
     fold_usage,
     normalize_event,
     normalize_stored,
     require_utc,
 )
-from apitokens.storage._pool import Pool
+from apitokens.storage._database import Database
+from apitokens.storage._filters import EventQuery, TokenQuery
 from apitokens.storage._schema import to_micros
 
 __all__ = ["SQLiteStore"]
-
-
-def _casefold(value: object) -> str | None:
-    return None if value is None else str(value).casefold()
 
 
 class SQLiteStore:
@@ -81,46 +67,17 @@ class SQLiteStore:
         if not (timeout >= 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a finite, non-negative number, not {timeout!r}")
         self._path = os.fspath(path)
-        self._timeout = timeout
-        private = self._path in ("", ":memory:")
-        self._pool = Pool(
-            self._connect, max_size=1 if private else None, timeout=timeout, private=private
-        )
-        self._write_lock = threading.Lock()
+        self._db = db = Database(self._path, timeout)
         where = f"database {self._path!r}"
         try:
-            with self._failures("open"), self._pool.connection() as conn:
+            with db.failures("open"), db.pool.connection() as conn:
                 _migrations.check_version(conn, where)  # before any write to a file we may refuse
-                if not private:
+                if not db.private:
                     conn.execute("PRAGMA journal_mode = WAL")
                 _migrations.migrate(conn, where)
         except BaseException:
-            self._pool.close()
+            db.close()
             raise
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000):d}")
-            # Overwrite deleted content (old revealable strings, replaced hashes) with zeros.
-            conn.execute("PRAGMA secure_delete = ON")
-            # Set, not assumed: a build may default to NORMAL. Audit batches relax it.
-            conn.execute("PRAGMA synchronous = FULL")
-            # Audit batches spread over many tokens dirty a leaf page per token in each
-            # index, every batch. A page cache that holds them (16 MB, not 2) and a WAL
-            # checkpointed every 10,000 pages (40 MB, not 1,000) write each of them once
-            # per checkpoint instead of once per batch: 30-36k to 53-60k events/s with
-            # 1,000 tokens in use (benchmarks/findings.md).
-            conn.execute("PRAGMA cache_size = -16384")
-            conn.execute("PRAGMA wal_autocheckpoint = 10000")
-            # SQLite's lower() folds ASCII only; the memory store uses str.casefold().
-            conn.create_function("apitokens_casefold", 1, _casefold, deterministic=True)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -136,51 +93,6 @@ class SQLiteStore:
     ) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _failures(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            # sqlite3 messages name tables and constraints, never bound values.
-            raise StorageError(f"SQLite store {operation} failed: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _write(self, operation: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction.
-
-        ``durable=False`` commits without an fsync (``synchronous=NORMAL``): a
-        power cut, never a crash of the process, may lose that commit. Audit
-        batches use it; token changes (a revocation above all) never do, and
-        their fsync also makes every earlier commit in the WAL durable.
-        """
-        with self._failures(operation):
-            if not self._write_lock.acquire(timeout=self._timeout):
-                raise StorageError(f"SQLite store {operation} failed: timed out behind writers")
-            try:
-                with self._pool.connection() as conn:
-                    if not durable:
-                        conn.execute("PRAGMA synchronous = NORMAL")
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        try:
-                            yield conn
-                            conn.execute("COMMIT")
-                        except BaseException:
-                            if conn.in_transaction:
-                                with contextlib.suppress(sqlite3.Error):
-                                    conn.execute("ROLLBACK")
-                            raise
-                    finally:
-                        if not durable:
-                            conn.execute("PRAGMA synchronous = FULL")
-            finally:
-                self._write_lock.release()
-
-    @contextlib.contextmanager
-    def _read(self, operation: str) -> Iterator[sqlite3.Connection]:
-        with self._failures(operation), self._pool.connection() as conn:
-            yield conn
-
     def add(self, stored: StoredToken) -> None:
         """Store a new token (see :meth:`TokenStore.add`).
 
@@ -190,7 +102,7 @@ class SQLiteStore:
         """
         stored = normalize_stored(stored)
         token = stored.token
-        with self._write("add") as conn:
+        with self._db.write("add") as conn:
             if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token.id,)).fetchone():
                 raise StorageError(f"add failed: a token with id {token.id!r} exists")
             conn.execute(_schema.INSERT_RECORD, _schema.token_params(stored))
@@ -202,7 +114,7 @@ class SQLiteStore:
             StorageError: the database failed or holds unreadable values.
         """
         query = f"SELECT {_schema.STORED_COLUMNS} FROM tokens WHERE id = ?"  # noqa: S608
-        with self._read("get") as conn:
+        with self._db.read("get") as conn:
             row = conn.execute(query, (token_id,)).fetchone()
         return None if row is None else _schema.stored_from_row(row)
 
@@ -216,7 +128,7 @@ class SQLiteStore:
         """
         stored = normalize_stored(stored)
         token = stored.token
-        with self._write("update") as conn:
+        with self._db.write("update") as conn:
             cursor = conn.execute(_schema.UPDATE_RECORD, _schema.update_params(stored))
             if cursor.rowcount == 0:
                 raise TokenNotFound(f"no token has id {token.id!r}")
@@ -230,7 +142,7 @@ class SQLiteStore:
         Raises:
             StorageError: the database failed.
         """
-        with self._write("replace_hash") as conn:
+        with self._db.write("replace_hash") as conn:
             cursor = conn.execute(
                 "UPDATE tokens SET secret_hash = ? WHERE id = ? AND secret_hash = ?",
                 (new, token_id, old),
@@ -249,7 +161,7 @@ class SQLiteStore:
             ValueError: ``at`` is naive.
         """
         micros = to_micros(require_utc(at, "at"))
-        with self._write("revoke") as conn:
+        with self._db.write("revoke") as conn:
             if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone() is None:
                 raise TokenNotFound(f"no token has id {token_id!r}")
             cursor = conn.execute(
@@ -285,7 +197,7 @@ class SQLiteStore:
             offset=offset,
         )
         sql, params = _queries.select_tokens(query)
-        with self._read("list") as conn:
+        with self._db.read("list") as conn:
             rows = conn.execute(sql, params).fetchall()
         return [_schema.token_from_row(row).as_of(query.now) for row in rows]
 
@@ -304,10 +216,10 @@ class SQLiteStore:
             for token_id, t in fold_usage(usage).items()
         ]
         if not rows and not totals:
-            if self._pool.closed:
+            if self._db.pool.closed:
                 raise StorageError("the SQLite store is closed")
             return
-        with self._write("write", durable=False) as conn:
+        with self._db.write("write", durable=False) as conn:
             _schema.insert_events(conn, rows)
             conn.executemany(_schema.FOLD_USAGE, totals)
 
@@ -357,7 +269,7 @@ class SQLiteStore:
             offset=offset,
         )
         sql, params = _queries.select_events(query)
-        with self._read("events") as conn:
+        with self._db.read("events") as conn:
             rows = conn.execute(sql, params).fetchall()
         return [_schema.event_from_row(row) for row in rows]
 
@@ -372,7 +284,7 @@ class SQLiteStore:
             StorageError: the database failed.
         """
         micros = to_micros(require_utc(before, "before"))
-        with self._write("prune_events") as conn:
+        with self._db.write("prune_events") as conn:
             return conn.execute("DELETE FROM audit WHERE at < ?", (micros,)).rowcount
 
     def close(self) -> None:
@@ -381,4 +293,4 @@ class SQLiteStore:
         A call still running in another thread finishes, and its connection is
         closed when it returns.
         """
-        self._pool.close()
+        self._db.close()
