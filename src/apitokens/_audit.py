@@ -270,8 +270,6 @@ class AuditWriter:
     def _write(self, batch: list[Record], *, with_usage: bool = False) -> None:
         events: list[AuditEvent | AuthEntry] = []  # in batch order
         uses = self._held  # folded per token, across batches until written
-        if not uses:
-            self._held_since = time.monotonic()
         rehashes: list[Rehash] = []
         for record in batch:
             if isinstance(record, tuple):
@@ -294,17 +292,16 @@ class AuditWriter:
             else:
                 rehashes.append(record)
         usage: list[Usage] = []
-        if uses and (
-            with_usage
-            or len(uses) >= MAX_HELD_TOKENS
-            or (
-                self._held_since is not None
-                and time.monotonic() - self._held_since >= self.usage_interval
-            )
-        ):
-            usage = [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
-        if not uses:
-            self._held_since = None
+        if uses:
+            now = time.monotonic()
+            if self._held_since is None:  # the first uses held since the last write
+                self._held_since = now
+            if (
+                with_usage
+                or len(uses) >= MAX_HELD_TOKENS
+                or now - self._held_since >= self.usage_interval
+            ):
+                usage = [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
         if not events and not usage and not rehashes:
             self.written += len(batch)
             return  # usage held, nothing else: no transaction
