@@ -262,8 +262,8 @@ class RuleSet:
         if view.path_error:
             return RuleMatch(False, view.path_error)
         try:
-            for pattern in self._combined.patterns(view.method):
-                if view.fullmatch(pattern, view.path):
+            for pattern, unclocked in self._combined.patterns(view.method):
+                if view.fullmatch(pattern, view.path, unclocked):
                     return _MATCHED
             failures: dict[int, tuple[int, str]] = {}  # made only once a match failed
             for index, rule in self._individual:
@@ -306,7 +306,7 @@ def _failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
     method_failure = _method_failure(rule, view)
     if method_failure is not None:
         return method_failure
-    if not view.fullmatch(rule.url_pattern, view.path):
+    if not view.fullmatch(rule.url_pattern, view.path, rule.url_unclocked):
         return _AT_PATH, _path_reason(rule)
     if rule.query:
         params = view.query()
@@ -317,7 +317,7 @@ def _failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
             if values is None:
                 return _AT_QUERY, f"query parameter '{clause.name}' is missing"
             for item in values:
-                if not view.fullmatch(clause.pattern, item):
+                if not view.fullmatch(clause.pattern, item, clause.unclocked):
                     return (
                         _AT_QUERY,
                         f"query parameter '{clause.name}' does not match '{clause.source}'",
@@ -337,7 +337,7 @@ def _failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
             if texts is None:
                 return _AT_JSON, f"JSON value '{json_clause.path}' is an empty array"
             for text in texts:
-                if not view.fullmatch(json_clause.pattern, text):
+                if not view.fullmatch(json_clause.pattern, text, json_clause.unclocked):
                     return (
                         _AT_JSON,
                         f"JSON value '{json_clause.path}' does not match '{json_clause.source}'",

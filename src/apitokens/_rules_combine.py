@@ -32,6 +32,7 @@ from typing import Final, final
 
 import regex
 
+from apitokens._rules_bound import max_unclocked_length
 from apitokens._rules_syntax import METHODS, ParsedRule
 
 __all__ = ["CombinedMatcher", "combinable"]
@@ -59,6 +60,9 @@ _UNSAFE: Final = re.compile(
 _COUNTS: Final = re.compile(r"\{([0-9]{1,6})")
 _OTHER: Final = ""  # key for methods outside METHODS: only rules without a method list
 
+# A pattern and the longest text it is matched against without the clock (_rules_bound).
+Bounded = tuple[regex.Pattern[str], int]
+
 
 def combinable(rule: ParsedRule) -> bool:
     """Whether ``rule`` may be tried as one alternative of a combined pattern."""
@@ -85,8 +89,8 @@ class CombinedMatcher:
 
     def __init__(self, rules: Sequence[tuple[int, ParsedRule]]) -> None:
         self.rules = tuple(rules)
-        built: dict[tuple[int, ...], tuple[regex.Pattern[str], ...]] = {}
-        self._by_method: dict[str, tuple[regex.Pattern[str], ...]] = {}
+        built: dict[tuple[int, ...], tuple[Bounded, ...]] = {}
+        self._by_method: dict[str, tuple[Bounded, ...]] = {}
         for method in (*METHODS, _OTHER):
             chosen = [
                 (index, rule)
@@ -99,14 +103,17 @@ class CombinedMatcher:
                 built[key] = _build([rule for _, rule in chosen])
             self._by_method[method] = built[key]
 
-    def patterns(self, method: str) -> tuple[regex.Pattern[str], ...]:
-        """The combined patterns for ``method`` (upper-case); ``()`` if no rule allows it."""
+    def patterns(self, method: str) -> tuple[Bounded, ...]:
+        """The combined patterns for ``method`` (upper-case); ``()`` if no rule allows it.
+
+        Each with the longest text it is matched against without the clock.
+        """
         found = self._by_method.get(method)
         return self._by_method[_OTHER] if found is None else found
 
 
-def _build(chosen: list[ParsedRule]) -> tuple[regex.Pattern[str], ...]:
-    patterns: list[regex.Pattern[str]] = []
+def _build(chosen: list[ParsedRule]) -> tuple[Bounded, ...]:
+    patterns: list[Bounded] = []
     chunk: list[ParsedRule] = []
     size = 0
     for rule in chosen:
@@ -126,15 +133,16 @@ def _weight(source: str) -> int:
     return len(source) + sum(int(count) for count in _COUNTS.findall(source))
 
 
-def _compile(rules: list[ParsedRule]) -> list[regex.Pattern[str]]:
+def _compile(rules: list[ParsedRule]) -> list[Bounded]:
     """One pattern for ``rules``; their own patterns if there is one rule or joining fails."""
+    own = [(rule.url_pattern, rule.url_unclocked) for rule in rules]
     if len(rules) == 1:
-        return [rules[0].url_pattern]
+        return own
     try:
         joined = "|".join(f"(?:{rule.url})" for rule in rules)
         combined = regex.compile(joined, regex.VERSION0)
     except (regex.error, RecursionError, MemoryError, OverflowError):  # pragma: no cover
-        return [rule.url_pattern for rule in rules]
+        return own
     if combined.flags != _PLAIN_FLAGS:  # pragma: no cover - combinable() excludes this
-        return [rule.url_pattern for rule in rules]
-    return [combined]
+        return own
+    return [(combined, max_unclocked_length(joined))]

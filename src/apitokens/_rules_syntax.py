@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import regex
 
 from apitokens._errors import RuleSyntaxError
+from apitokens._rules_bound import max_unclocked_length
 from apitokens._rules_regex import CLAUSE_HEAD, KINDS, LocatedError, compile_regex, scan_regex
 
 __all__ = ["METHODS", "JsonClause", "ParsedRule", "QueryClause", "parse_rule"]
@@ -27,11 +28,16 @@ _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# Each pattern comes with the longest text it is matched against without the regex
+# module's clock (-1: always with it); see _rules_bound.
+
+
 @dataclass(frozen=True, slots=True)
 class QueryClause:
     name: str
     source: str
     pattern: regex.Pattern[str]
+    unclocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,7 @@ class JsonClause:
     keys: tuple[tuple[str, int | None], ...]  # (object key, array index if decimal)
     source: str
     pattern: regex.Pattern[str]
+    unclocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class ParsedRule:
     methods: tuple[str, ...]
     url: str
     url_pattern: regex.Pattern[str]
+    url_unclocked: int
     query: tuple[QueryClause, ...]
     json: tuple[JsonClause, ...]
 
@@ -94,7 +102,8 @@ def _parse(text: str) -> ParsedRule:
             pos += 1
             continue
         pos = _parse_clause(text, pos, end, query, json)
-    return ParsedRule(methods, url, url_pattern, tuple(query), tuple(json))
+    unclocked = max_unclocked_length(url)
+    return ParsedRule(methods, url, url_pattern, unclocked, tuple(query), tuple(json))
 
 
 def _trim_end(text: str, start: int, end: int) -> int:
@@ -160,10 +169,12 @@ def _parse_clause(
         raise LocatedError(start, f"unclosed {kind} clause: missing ']' at its end")
     source = text[source_start:close]
     pattern = compile_regex(source, source_start, f"{kind} regex")
+    unclocked = max_unclocked_length(source)
     if kind == "QueryParam":
-        query.append(QueryClause(name, source, pattern))
+        query.append(QueryClause(name, source, pattern, unclocked))
     else:
-        json.append(JsonClause(name, _json_keys(text, name_start, name_end), source, pattern))
+        keys = _json_keys(text, name_start, name_end)
+        json.append(JsonClause(name, keys, source, pattern, unclocked))
     return close + 1
 
 

@@ -138,7 +138,7 @@ def test_a_joined_pattern_matches_when_one_of_its_rules_does(
     view = RequestView(AuthRequest(method, path), TIMEOUT)
     if view.path_error:
         return
-    joined = any(p.fullmatch(view.path) for p in matcher.patterns(view.method))
+    joined = any(p.fullmatch(view.path) for p, _ in matcher.patterns(view.method))
     alone = any(
         (not rule.methods or view.method in rule.methods) and rule.url_pattern.fullmatch(view.path)
         for _, rule in joinable
@@ -178,7 +178,8 @@ def test_unsafe_constructs_are_not_joined() -> None:
 def test_many_rules_are_one_pattern_per_method() -> None:
     rules = RuleSet.parse([f"[get].*/rest/api/2/project{i}/.*" for i in range(100)] + ["/x"])
     assert len(rules._combined.patterns("GET")) == 1
-    assert rules._combined.patterns("POST") == (rules.rules[-1]._parsed.url_pattern,)
+    parsed = rules.rules[-1]._parsed
+    assert rules._combined.patterns("POST") == ((parsed.url_pattern, parsed.url_unclocked),)
     assert rules.match(AuthRequest("GET", "/a/rest/api/2/project57/b")).matched
     denied = rules.match(AuthRequest("POST", "/a/rest/api/2/project57/b"))
     assert denied == RuleMatch(False, "no rule matched; rule 101: path does not match '/x'")
@@ -190,7 +191,7 @@ def test_counted_repeats_split_the_joined_pattern() -> None:
     patterns = rules._combined.patterns("GET")
     assert 1 < len(patterns) < 20
     assert rules.match(AuthRequest("GET", "/7" + "a" * 9000)).matched
-    assert all(isinstance(p, regex.Pattern) for p in patterns)
+    assert all(isinstance(p, regex.Pattern) for p, _ in patterns)
 
 
 def test_query_is_still_read_for_rules_with_clauses() -> None:
