@@ -72,8 +72,17 @@ def _words(sql: str) -> str:
     return " ".join(sql.replace("(", " ( ").replace(")", " ) ").replace(",", " , ").split())
 
 
+# And of version 2's migration.
+V2_SQL = [
+    "ALTER TABLE tokens ADD COLUMN previous_hash TEXT",
+    "ALTER TABLE tokens ADD COLUMN previous_valid_until INTEGER",
+    "CREATE INDEX tokens_by_created ON tokens (created_at DESC, id)",
+]
+
+
 def test_released_migrations_are_never_edited() -> None:
     assert [_words(s) for s in _migrations.MIGRATIONS[0]] == [_words(s) for s in V1_SQL]
+    assert [_words(s) for s in _migrations.MIGRATIONS[1]] == [_words(s) for s in V2_SQL]
 
 
 def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
@@ -125,7 +134,7 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         got = store.get("old")
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
-    assert user_version(path) == _migrations.LATEST_VERSION == 2
+    assert user_version(path) == _migrations.LATEST_VERSION == 3
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:
@@ -158,13 +167,13 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with raw(path) as conn:
         conn.execute("CREATE TABLE tokens (id TEXT)")
-        conn.execute("PRAGMA user_version = 3")
+        conn.execute("PRAGMA user_version = 4")
     before = path.read_bytes()
     with pytest.raises(SchemaVersionError) as info:
         SQLiteStore(path)
     message = str(info.value)
-    assert "schema version 3" in message
-    assert "up to 2" in message
+    assert "schema version 4" in message
+    assert "up to 3" in message
     assert isinstance(info.value, StorageError)
     assert path.read_bytes() == before
 

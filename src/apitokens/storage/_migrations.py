@@ -73,7 +73,19 @@ _V2 = (
     # insert, and a query by action alone walks audit_by_at newest first.
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
+# The condition of the partial index of outcomes; queries by outcome repeat it.
+UNSUCCESSFUL = "outcome != 'success'"
+
+_V3 = (
+    # Nearly every audit row is a success, and each paid for its entry in the index
+    # of outcomes (about 0.5 µs of a row's 4 µs), which only searches for the other
+    # outcomes use: a search for successes walks audit_by_at newest first, where
+    # nearly every row matches. The index now holds the other outcomes only.
+    "DROP INDEX audit_by_outcome",
+    f"CREATE INDEX audit_by_outcome ON audit (outcome, at) WHERE {UNSUCCESSFUL}",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

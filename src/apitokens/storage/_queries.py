@@ -6,8 +6,9 @@ memory store's), so both stores return the same rows in the same order.
 
 from __future__ import annotations
 
-from apitokens._model import TokenStatus
+from apitokens._model import Outcome, TokenStatus
 from apitokens.storage._filters import EventQuery, TokenQuery
+from apitokens.storage._migrations import UNSUCCESSFUL
 from apitokens.storage._schema import EVENT_COLUMNS, RECORD_COLUMNS, to_micros
 
 __all__ = ["select_events", "select_tokens"]
@@ -48,22 +49,33 @@ def select_tokens(query: TokenQuery) -> tuple[str, list[object]]:
 
 def select_events(query: EventQuery) -> tuple[str, list[object]]:
     """Return the SQL and parameters of ``TokenStore.events`` (``EventQuery.matches``)."""
-    filters: list[tuple[str, object]] = []
+    where: list[str] = []
+    params: list[object] = []
     if query.token_id is not None:
-        filters.append(("token_id = ?", query.token_id))
+        where.append("token_id = ?")
+        params.append(query.token_id)
     if query.user is not None:
-        filters.append(("user = ?", query.user))
+        where.append("user = ?")
+        params.append(query.user)
     if query.action is not None:
-        filters.append(("action = ?", query.action.value))
+        where.append("action = ?")
+        params.append(query.action.value)
     if query.outcome is not None:
-        filters.append(("outcome = ?", query.outcome.value))
+        where.append("outcome = ?")
+        params.append(query.outcome.value)
+        if query.outcome is not Outcome.SUCCESS:
+            # The index of outcomes holds only these rows (schema version 3); SQLite
+            # uses a partial index only when the query states its condition.
+            where.append(UNSUCCESSFUL)
     if query.since is not None:
-        filters.append(("at >= ?", to_micros(query.since)))
+        where.append("at >= ?")
+        params.append(to_micros(query.since))
     if query.until is not None:
-        filters.append(("at < ?", to_micros(query.until)))
+        where.append("at < ?")
+        params.append(to_micros(query.until))
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM audit"  # noqa: S608 - constant fragments only
-        f" WHERE {' AND '.join(clause for clause, _ in filters) or '1'}"
+        f" WHERE {' AND '.join(where) or '1'}"
         " ORDER BY at DESC, seq DESC LIMIT ? OFFSET ?"
     )
-    return sql, [*(value for _, value in filters), query.limit, query.offset]
+    return sql, [*params, query.limit, query.offset]
