@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from apitokens._model import (
     Token,
     TokenStatus,
 )
+from apitokens.storage._base import normalize_event
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -32,9 +33,9 @@ __all__ = [
     "RECORD_COLUMNS",
     "STORED_COLUMNS",
     "UPDATE_RECORD",
-    "entry_params",
     "event_from_row",
     "event_params",
+    "event_values",
     "from_micros",
     "stored_from_row",
     "to_micros",
@@ -133,23 +134,22 @@ def update_params(stored: StoredToken) -> tuple[object, ...]:
 # for many rows, which roughly halves the cost of an audit row. 10 columns x 90
 # rows stays under the 999-variable limit of older SQLite builds.
 ROWS_PER_INSERT = 90
+_EVENT_FIELDS = 10
 INSERT_EVENTS = (
     f"INSERT INTO audit ({EVENT_COLUMNS}) VALUES "  # noqa: S608 - constant fragments only
-    + ", ".join([f"({', '.join('?' * 10)})"] * ROWS_PER_INSERT)
+    + ", ".join([f"({', '.join('?' * _EVENT_FIELDS)})"] * ROWS_PER_INSERT)
 )
 
 
-def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Insert event rows (from :func:`event_params`) with as few statements as possible."""
-    full = len(rows) - len(rows) % ROWS_PER_INSERT
+def insert_events(conn: sqlite3.Connection, values: list[object]) -> None:
+    """Insert the events of :func:`event_values` with as few statements as possible."""
+    step = ROWS_PER_INSERT * _EVENT_FIELDS
+    full = len(values) - len(values) % step
     if full:
-        chunks = (
-            [value for row in rows[i : i + ROWS_PER_INSERT] for value in row]
-            for i in range(0, full, ROWS_PER_INSERT)
-        )
-        conn.executemany(INSERT_EVENTS, chunks)
-    if full < len(rows):
-        conn.executemany(INSERT_EVENT, rows[full:])
+        conn.executemany(INSERT_EVENTS, (values[i : i + step] for i in range(0, full, step)))
+    if full < len(values):
+        rest = range(full, len(values), _EVENT_FIELDS)
+        conn.executemany(INSERT_EVENT, (values[i : i + _EVENT_FIELDS] for i in rest))
 
 
 # An enum's ``.value`` goes through a descriptor that costs more than the rest of
@@ -159,29 +159,38 @@ _OUTCOME_TEXT: dict[Outcome, str] = {outcome: outcome.value for outcome in Outco
 _AUTHENTICATE = Action.AUTHENTICATE.value
 
 
-def entry_params(entry: AuthEntry) -> tuple[object, ...]:
-    """Return the parameters of ``INSERT_EVENT`` for a compact authentication entry.
+def event_values(events: Iterable[AuditEvent | AuthEntry]) -> list[object]:
+    """The parameters of ``events``' rows, in order, as one flat list (ten per event).
 
-    The same row :func:`event_params` gives for the entry's ``authenticate`` event.
+    An :data:`~apitokens._model.AuthEntry` (the audit writer's compact record of an
+    authentication) gives the row :func:`event_params` gives for its ``authenticate``
+    event; an :class:`AuditEvent` is normalized first. One flat list, not a tuple per
+    row flattened later: the writer builds thousands a second.
 
     Raises:
-        ValueError: the entry's time is naive.
+        ValueError: a time is naive, or an event is otherwise invalid.
     """
-    at, outcome, token_id, user, ip, method, path, reason, _ = entry
-    if at.tzinfo is None:
-        raise ValueError("entry.at must be timezone-aware")
-    return (
-        (at - _EPOCH) // _MICROSECOND,
-        _AUTHENTICATE,
-        _OUTCOME_TEXT[outcome],
-        token_id,
-        user,
-        None,
-        ip,
-        method,
-        path,
-        reason,
-    )
+    values: list[object] = []
+    for event in events:
+        if isinstance(event, tuple):
+            at, outcome, token_id, user, ip, method, path, reason, _ = event
+            if at.tzinfo is None:
+                raise ValueError("entry.at must be timezone-aware")
+            values += (
+                (at - _EPOCH) // _MICROSECOND,
+                _AUTHENTICATE,
+                _OUTCOME_TEXT[outcome],
+                token_id,
+                user,
+                None,
+                ip,
+                method,
+                path,
+                reason,
+            )
+        else:
+            values += event_params(normalize_event(event))
+    return values
 
 
 def event_params(event: AuditEvent) -> tuple[object, ...]:

@@ -29,7 +29,6 @@ from apitokens._model import (
 from apitokens.storage import _migrations, _queries, _schema
 from apitokens.storage._base import (
     fold_usage,
-    normalize_event,
     normalize_stored,
     require_utc,
 )
@@ -208,20 +207,7 @@ class SQLiteStore:
             ValueError: a datetime is naive or a count negative (nothing written).
             StorageError: the database failed (nothing written).
         """
-        self._write_rows([_schema.event_params(normalize_event(event)) for event in events], usage)
-
-    def _write_rows(self, rows: builtins.list[tuple[object, ...]], usage: Sequence[Usage]) -> None:
-        totals = [
-            {"id": token_id, "count": t.count, "at": to_micros(t.last_at), "ip": t.last_ip}
-            for token_id, t in fold_usage(usage).items()
-        ]
-        if not rows and not totals:
-            if self._db.pool.closed:
-                raise StorageError("the SQLite store is closed")
-            return
-        with self._db.write("write", durable=False) as conn:
-            _schema.insert_events(conn, rows)
-            conn.executemany(_schema.FOLD_USAGE, totals)
+        self._write_entries(events, usage)
 
     def _write_entries(
         self, events: Sequence[AuditEvent | AuthEntry], usage: Sequence[Usage]
@@ -231,13 +217,18 @@ class SQLiteStore:
         An :data:`~apitokens._model.AuthEntry` becomes its row directly; the rows are the
         ones :meth:`write` would store for the entries' events, in the same order.
         """
-        rows = [
-            _schema.entry_params(event)
-            if isinstance(event, tuple)
-            else _schema.event_params(normalize_event(event))
-            for event in events
+        values = _schema.event_values(events)
+        totals = [
+            {"id": token_id, "count": t.count, "at": to_micros(t.last_at), "ip": t.last_ip}
+            for token_id, t in fold_usage(usage).items()
         ]
-        self._write_rows(rows, usage)
+        if not values and not totals:
+            if self._db.pool.closed:
+                raise StorageError("the SQLite store is closed")
+            return
+        with self._db.write("write", durable=False) as conn:
+            _schema.insert_events(conn, values)
+            conn.executemany(_schema.FOLD_USAGE, totals)
 
     def events(
         self,
