@@ -44,6 +44,20 @@ WORST_CASES = [
     ("(?:.*/a)?(?:.*/a)?(?:.*/a)?.*b", "/a", "/"),
     (".*/rest/api/2/issue/[A-Z]+-[0-9]+", "/rest/api/2/issue/A", "-"),
     (COMBINED, "/rest/api/2/", "x"),
+    # Per character rather than per backtrack: classes whose members are tested in
+    # turn (a class escape is a Unicode property lookup), lazy repeats, and capturing
+    # groups, which cost every call their set-up (found by an adversarial search).
+    ("[\\d\\w]*", "\u4e00", "\u4e00"),
+    ("[\\d\\d\\d\\d\\w]*", "\u4e00", "\u4e00"),
+    ("[\\s\\d\\s\\d\\s\\d\\s\\d\\w]*", "\uac00", "\uac00"),
+    ("[" + "\\s\\d" * 256 + "\\w]*", "\u4e00", "\u4e00"),
+    ("[\\d\\s\\w]+", "\U00020000", "\U00020000"),
+    ("[\\w\\s]*", "\u00a0", "\u00a0"),
+    ("[\\w.-]+", "a", "a"),
+    ("\\w*?", "a", "a"),
+    (".*?", "a", "a"),
+    ("()" * 2000 + "a", "a", "b"),
+    ("(a|b)?" * 300, "a", "c"),
 ]
 
 
@@ -97,17 +111,19 @@ def main() -> None:
     for source, unit, last in WORST_CASES:
         length = max_unclocked_length(source)
         steps = work(source)
-        assert length >= 1 and steps is not None, source
+        assert length >= 0 and steps is not None, f"{source[:40]}... is not bounded"
         length = min(length, 100_000)
-        text = (unit * (length // len(unit) + 1))[: length - 1] + last
+        text = (unit * (length // len(unit) + 1))[: length - 1] + last if length else ""
         compiled = regex.compile(source, regex.VERSION0)
         taken = seconds_per_call(lambda: compiled.fullmatch(text), least=least)
         bound = steps(len(text))
         worst = max(worst, taken)
-        worst_step = max(worst_step, taken / bound)
+        if bound >= 10_000:  # below that, the call itself costs more than its steps
+            worst_step = max(worst_step, taken / bound)
         rows.append(
             [
-                f"`{source if len(source) < 48 else source[:45] + '...'}`",
+                f"`{source if len(source) < 48 else source[:45] + '...'}`"
+                + (f" ({len(source):,} characters)" if len(source) >= 48 else ""),
                 f"{len(text):,}",
                 f"{bound:,}",
                 us(taken * 1e6),

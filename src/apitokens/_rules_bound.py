@@ -25,6 +25,13 @@ of entries times cost. Two facts keep that product small for the usual rule:
 Repeated groups (``(a|a)*``, ``(a+)+``) are where exponential backtracking lives; they,
 and everything else outside the form below, get no bound, and the clock stays.
 
+A step is about what reading one character with a literal costs the ``regex`` module.
+Some reads cost more, and are counted so (an adversarial search found each): a class
+tests its members one after another, and a class escape such as ``\\w`` is a Unicode
+property lookup (``[\\d\\w]*`` on CJK text ran at 15-27 ns a read when each read was
+one step); a lazy repeat goes back to the matcher between characters; and each
+capturing group costs every call its set-up, however short the text.
+
 The form (the VERSION0 syntax rules use, no flags): literal characters; ``.``; escapes
 of punctuation and ``\\d \\D \\w \\W \\s \\S``; the zero-width ``^ $ \\b \\B \\A \\Z``;
 classes ``[...]`` without nested ``[``; the repeats ``* + ? {m} {m,} {m,n} {,n}``,
@@ -43,10 +50,10 @@ from typing import Final, NamedTuple
 
 __all__ = ["STEP_LIMIT", "STEP_LIMIT_SECONDS", "UNBOUNDED", "max_unclocked_length", "work"]
 
-# Most steps a match may take without the clock. On adversarial texts the regex module
-# took at most about 3.4 ns a step on the benchmark machine (benchmarks/findings.md), so
-# this many take well under a millisecond there.
-STEP_LIMIT: Final = 200_000
+# Most steps a match may take without the clock. On texts built to cost the most per
+# step, the regex module took at most about 3 ns a step on the benchmark machine
+# (bench_regex in docs/performance.md), so this many take about 0.3 ms there.
+STEP_LIMIT: Final = 100_000
 # The remaining budget a request needs for an unclocked match: what STEP_LIMIT steps
 # may take, with a wide margin for a machine several times slower than that one.
 STEP_LIMIT_SECONDS: Final = 0.005
@@ -95,6 +102,13 @@ _CLASS_ESCAPES: Final = {
     "S": _Chars(_ASCII - _SPACE_LEAST, None),
 }
 _ZERO_WIDTH_ESCAPES: Final = frozenset("bBAZ")
+# What reading one character costs, in steps (a literal's read is one). The regex module
+# tests a class's members in turn, and a class escape is a Unicode property lookup; a
+# lazy repeat returns to the matcher between characters. Measured with bench_regex.
+_ESCAPE_WEIGHT: Final = 4
+_LAZY_WEIGHT: Final = 6
+# A capturing group costs each call its capture state, however short the text.
+_CAPTURE_COST: Final = 40
 _COUNTED: Final = re.compile(r"\{([0-9]{0,6})(,([0-9]{0,6}))?\}")
 
 
@@ -108,6 +122,7 @@ class _Atom(NamedTuple):
     lo: int
     hi: int | None
     chars: _Chars
+    weight: int  # steps per character it reads
 
 
 class _Literal(NamedTuple):
@@ -121,6 +136,7 @@ class _Group(NamedTuple):
 
     alternatives: list[list[_Item]]
     optional: bool
+    capturing: bool
 
 
 class _ZeroWidth(NamedTuple):
@@ -165,12 +181,14 @@ def work(source: str) -> Callable[[int], int] | None:
         return None
     if end != len(source):  # pragma: no cover - _alternatives refuses a stray ")"
         return None
+    top = _Group(alternatives, optional=False, capturing=False)
     # What follows the whole pattern: the end of the text, one step to check.
-    whole = _plan([_Group(alternatives, optional=False)], _NOTHING, 1)
+    whole = _plan([top], _NOTHING, 1)
+    setup = _CAPTURE_COST * _captures(top)
 
     def steps(n: int) -> int:
         cost, leaves = _evaluate(whole, n)
-        return cost + leaves
+        return setup + cost + leaves
 
     return steps
 
@@ -183,6 +201,7 @@ class _Repeat(NamedTuple):
 
     lo: int
     hi: int | None
+    weight: int
     fail: int | None  # what follows cannot start inside its run; a failed try costs this
     run: int  # else: the length of the literal text that must follow it (0 if none)
     period: int  # the smallest period of that text
@@ -212,7 +231,9 @@ def _plan(items: list[_Item], then: _Chars, then_fail: int) -> list[_Plan]:
             narrowed = item.chars.disjoint(follow)
             after = items[index + 1] if index + 1 < len(items) else None
             run = after.text if isinstance(after, _Literal) and not narrowed else ""
-            plan = _Repeat(item.lo, item.hi, fail if narrowed else None, len(run), _period(run))
+            plan = _Repeat(
+                item.lo, item.hi, item.weight, fail if narrowed else None, len(run), _period(run)
+            )
         elif isinstance(item, _Group):
             plan = _Alternatives(
                 [_plan(alternative, follow, fail) for alternative in item.alternatives],
@@ -269,7 +290,7 @@ def _evaluate_one(plan: _Plan, n: int) -> tuple[int, int]:
     if isinstance(plan, _Repeat):
         top = n if plan.hi is None else min(plan.hi, n)
         # Entering it, then reading up to top characters and the one that stops it.
-        cost, choices = top + 2, max(0, top - plan.lo + 1)
+        cost, choices = (top + 1) * plan.weight + 1, max(0, top - plan.lo + 1)
         if choices > 1 and plan.fail is not None:
             # Before the end of the atom's run the next character is in its class
             # and starts nothing that may follow: only the end of the run goes on.
@@ -279,7 +300,7 @@ def _evaluate_one(plan: _Plan, n: int) -> tuple[int, int]:
             # run occurs. A try elsewhere fails within the run.
             occurrences = (n - plan.run) // plan.period + 1 if n >= plan.run else 0
             kept = min(choices, occurrences)
-            return cost + (choices - kept) * (2 * plan.run + 2), kept
+            return cost + (choices - kept) * (2 * min(plan.run, n) + 2), kept
         return cost, choices
     if isinstance(plan, _Literal):
         # Each character entered and read, up to the first that differs.
@@ -335,8 +356,8 @@ def _alternatives(source: str, pos: int, depth: int) -> tuple[list[list[_Item]],
             if char == "\\" and source[pos + 1] in _ZERO_WIDTH_ESCAPES:
                 item, pos = _ZeroWidth(), pos + 2
             else:
-                chars, literal, pos = _one_character(source, pos)
-                (lo, hi), pos = _repeat(source, pos)
+                chars, literal, weight, pos = _one_character(source, pos)
+                (lo, hi), lazy, pos = _repeat(source, pos)
                 if literal and (lo, hi) == (1, 1):
                     sequence = alternatives[-1]
                     last = sequence[-1] if sequence else None
@@ -345,7 +366,7 @@ def _alternatives(source: str, pos: int, depth: int) -> tuple[list[list[_Item]],
                         literal = last.text + literal
                     item = _Literal(literal)
                 else:
-                    item = _Atom(lo, hi, chars)
+                    item = _Atom(lo, hi, chars, weight * _LAZY_WEIGHT if lazy else weight)
         alternatives[-1].append(item)
     if depth:
         raise _OutsideForm  # an unclosed group
@@ -353,35 +374,47 @@ def _alternatives(source: str, pos: int, depth: int) -> tuple[list[list[_Item]],
 
 
 def _group(source: str, pos: int, depth: int) -> tuple[_Group, int]:
+    capturing = not source.startswith("(?", pos)
     if source.startswith("(?:", pos):
         pos += 3
-    elif source.startswith("(?", pos):
+    elif not capturing:
         raise _OutsideForm  # flags, lookarounds, named and atomic groups, ...
     else:
         pos += 1
     inner, pos = _alternatives(source, pos, depth + 1)
-    repeat, pos = _repeat(source, pos + 1)  # after the ")"
+    repeat, _, pos = _repeat(source, pos + 1)  # after the ")"
     if repeat not in ((1, 1), (0, 1)):
         raise _OutsideForm  # a repeated group
-    return _Group(inner, optional=repeat == (0, 1)), pos
+    return _Group(inner, optional=repeat == (0, 1), capturing=capturing), pos
 
 
-def _one_character(source: str, pos: int) -> tuple[_Chars, str, int]:
-    """The atom at ``pos``: its characters, the one it matches ("" if several), its end."""
+def _captures(group: _Group) -> int:
+    """How many capturing groups ``group`` is or holds."""
+    return int(group.capturing) + sum(
+        _captures(item)
+        for alternative in group.alternatives
+        for item in alternative
+        if isinstance(item, _Group)
+    )
+
+
+def _one_character(source: str, pos: int) -> tuple[_Chars, str, int, int]:
+    """The atom at ``pos``: its characters, the one it matches ("" if several), its
+    weight (steps per character read), and its end."""
     char = source[pos]
     if char == ".":
-        return _ANY, "", pos + 1
+        return _ANY, "", 1, pos + 1
     if char == "[":
-        chars, pos = _class(source, pos + 1)
-        return chars, "", pos
+        chars, weight, pos = _class(source, pos + 1)
+        return chars, "", weight, pos
     if char == "\\":
         escaped = source[pos + 1]
         if escaped in _CLASS_ESCAPES:
-            return _CLASS_ESCAPES[escaped], "", pos + 2
+            return _CLASS_ESCAPES[escaped], "", _ESCAPE_WEIGHT, pos + 2
         if escaped.isalnum():
             raise _OutsideForm  # \p{..}, \x41, \N{..}, backreferences, ...
         char, pos = escaped, pos + 1
-    return _single(char), char, pos + 1
+    return _single(char), char, 1, pos + 1
 
 
 def _single(char: str) -> _Chars:
@@ -390,8 +423,8 @@ def _single(char: str) -> _Chars:
     return _Chars(frozenset(), frozenset(char))
 
 
-def _repeat(source: str, pos: int) -> tuple[tuple[int, int | None], int]:
-    """The repeat at ``pos`` ((1, 1) when there is none) and where it ends."""
+def _repeat(source: str, pos: int) -> tuple[tuple[int, int | None], bool, int]:
+    """The repeat at ``pos`` ((1, 1) when there is none), whether lazy, and its end."""
     char = source[pos] if pos < len(source) else ""
     bounds: tuple[int, int | None]
     if char == "*":
@@ -411,18 +444,19 @@ def _repeat(source: str, pos: int) -> tuple[tuple[int, int | None], int]:
             bounds = (low, int(counted.group(3)) if counted.group(3) else None)
         pos = counted.end()
     else:
-        return (1, 1), pos
-    if source.startswith("?", pos):
-        pos += 1  # lazy: the same choices, tried in the other order
+        return (1, 1), False, pos
+    lazy = source.startswith("?", pos)  # the same choices, tried in the other order
+    pos += lazy
     if pos < len(source) and source[pos] in "*+?{":
         raise _OutsideForm  # possessive, or a repeat of a repeat
-    return bounds, pos
+    return bounds, lazy, pos
 
 
-def _class(source: str, pos: int) -> tuple[_Chars, int]:
-    """The characters of the class whose body starts at ``pos``, and the index after it."""
+def _class(source: str, pos: int) -> tuple[_Chars, int, int]:
+    """The class whose body starts at ``pos``: its characters, weight and end."""
     negated = source.startswith("^", pos)
     pos += negated
+    weight = 1  # the module tests the members of a class one after another
     ascii_members: set[str] = set()
     others: set[str] | None = set()
     exact = True  # members known exactly: the complement is then known too
@@ -438,7 +472,9 @@ def _class(source: str, pos: int) -> tuple[_Chars, int]:
             member = _CLASS_ESCAPES[source[pos + 1]]
             ascii_members |= member.ascii
             others, exact, pos = None, False, pos + 2
+            weight += _ESCAPE_WEIGHT
             continue
+        weight += 1
         low, pos = _class_char(source, pos)
         high = low
         if source[pos] == "-" and source[pos + 1] != "]":
@@ -453,10 +489,12 @@ def _class(source: str, pos: int) -> tuple[_Chars, int]:
                 others, exact = None, False
     end = pos + 1
     if not negated:
-        return _Chars(frozenset(ascii_members), None if others is None else frozenset(others)), end
-    if not exact:
-        return _ANY, end
-    return _Chars(_ASCII - ascii_members, None), end
+        found = _Chars(frozenset(ascii_members), None if others is None else frozenset(others))
+    elif not exact:
+        found = _ANY
+    else:
+        found = _Chars(_ASCII - ascii_members, None)
+    return found, weight, end
 
 
 def _class_char(source: str, pos: int) -> tuple[str, int]:
