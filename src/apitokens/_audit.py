@@ -133,7 +133,10 @@ class AuditWriter:
         self._held_since: float | None = None  # monotonic time of the oldest held use
         self._held_count = 0  # len(self._held), read under the lock by flush()
         self._closing = False
-        self._cond = threading.Condition()
+        # A plain lock under the condition: submit() (every request) takes it directly,
+        # a C-level context manager, not the condition's Python __enter__ over an RLock.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.written = 0
         self._write_entries = _entry_writer(store)
         self._thread = threading.Thread(target=self._run, name="apitokens-writer", daemon=True)
@@ -175,7 +178,7 @@ class AuditWriter:
         """
         if not records:
             return True
-        with self._cond:
+        with self._lock:
             while len(self._pending) + len(records) > self.max_pending and self._pending:
                 if self._closing:
                     break

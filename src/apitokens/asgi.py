@@ -67,11 +67,18 @@ class TokenUser:
 class TokenAuth:
     """``scope["auth"]``: ``.scopes`` as Starlette's ``request.auth`` expects."""
 
-    __slots__ = ("result", "scopes")
+    __slots__ = ("result",)
 
     def __init__(self, result: AuthResult) -> None:
         self.result = result
-        self.scopes = result.scopes
+
+    @property
+    def scopes(self) -> list[str]:
+        """``authenticated``, ``read`` and, if the token allows it, ``write``.
+
+        Built when read: most endpoints never look (one made per request).
+        """
+        return self.result.scopes
 
 
 def _raw_path(scope: Scope) -> str:
