@@ -249,7 +249,11 @@ class AuditWriter:
             if len(self._pending) >= 2 * limit:
                 limit *= 4
             count = min(len(self._pending), limit)
-            batch = [self._pending.popleft() for _ in range(count)]
+            if count == len(self._pending):  # the usual case: all of it, copied in C
+                batch = list(self._pending)
+                self._pending.clear()
+            else:
+                batch = [self._pending.popleft() for _ in range(count)]
             self._in_flight = count
             with_usage = False
             if not self._pending:
