@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from apitokens import ApiTokens
@@ -106,6 +106,32 @@ def wsgi_overhead(
     wrapped = _wsgi_batches(driver, tokens.wsgi(bare_wsgi), batch)
     samples = [_round(tokens, bare, wrapped) for _ in range(warmup + rounds)][warmup:]
     return _rounds([_per_request(sample, batch) for sample in samples])
+
+
+def interleaved_wsgi_overheads(
+    cases: Sequence[tuple[ApiTokens, WSGIDriver]], *, rounds: int, batch: int, warmup: int = 2
+) -> list[tuple[Overhead, list[float]]]:
+    """Bare vs wrapped WSGI for several cases, round ``k`` of each before round ``k + 1``.
+
+    Returns, per case, its overhead and its per-round request overheads (wrapped minus
+    bare, µs): a ratio of two cases is then best taken round by round, each pair from
+    the same moment of the run.
+    """
+    runs = [
+        (
+            tokens,
+            _wsgi_batches(driver, bare_wsgi, batch),
+            _wsgi_batches(driver, tokens.wsgi(bare_wsgi), batch),
+        )
+        for tokens, driver in cases
+    ]
+    samples: list[list[Sample]] = [[] for _ in cases]
+    for index in range(warmup + rounds):
+        for slot, (tokens, bare, wrapped) in enumerate(runs):
+            sample = _round(tokens, bare, wrapped)
+            if index >= warmup:
+                samples[slot].append(_per_request(sample, batch))
+    return [(_rounds(found), [w - b for b, w, _, _ in found]) for found in samples]
 
 
 def both_overheads(
