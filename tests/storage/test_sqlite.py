@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from apitokens._model import Usage
 from apitokens.storage import SQLiteStore, TokenStore, _migrations, _schema
 
 from .contract import NOW, SECOND, StoreContract, event, secret_hash, stored
+from .raw import raw
 
 
 class TestSQLiteStore(StoreContract):
@@ -28,16 +27,6 @@ class TestSQLiteMemoryStore(StoreContract):
 
     def make_store(self, tmp_path: Path) -> TokenStore:
         return SQLiteStore(":memory:")
-
-
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection, closed afterwards (ResourceWarning is an error)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def user_version(path: Path) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +12,7 @@ from apitokens.storage._filters import EventQuery
 from apitokens.storage._schema import to_micros
 
 from .contract import NOW, SECOND, event
-
-
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
+from .raw import raw
 
 
 def plan(path: Path, outcome: Outcome) -> str:
