@@ -81,6 +81,13 @@ def max_unclocked_length(source: str) -> int:
         pattern is outside the form this module bounds, or when even an empty
         text could take more steps.
     """
+    try:
+        return _longest(source)
+    except RecursionError:  # nested deeper than the reader can follow: keep the clock
+        return UNBOUNDED
+
+
+def _longest(source: str) -> int:
     steps = work(source)
     if steps is None or steps(0) > STEP_LIMIT:
         return UNBOUNDED

@@ -318,6 +318,12 @@ def test_outside_the_form_there_is_no_bound(source: str) -> None:
     assert max_unclocked_length(source) == UNBOUNDED
 
 
+def test_nesting_too_deep_to_read_gets_no_bound() -> None:
+    # Rules nest at most 100 groups (the rule parser refuses more); the bound must still
+    # never raise for any source, whatever calls it.
+    assert max_unclocked_length("(" * 5000 + "a" + ")" * 5000) == UNBOUNDED
+
+
 def test_many_unbounded_repeats_get_no_bound() -> None:
     # Within the form, but even an empty text is near the limit: (n + 1) ** 12.
     assert max_unclocked_length("a*" * 12 + "b") < 5
