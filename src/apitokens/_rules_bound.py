@@ -29,8 +29,9 @@ A step is about what reading one character with a literal costs the ``regex`` mo
 Some reads cost more, and are counted so (an adversarial search found each): a class
 tests its members one after another, and a class escape such as ``\\w`` is a Unicode
 property lookup (``[\\d\\w]*`` on CJK text ran at 15-27 ns a read when each read was
-one step); a lazy repeat goes back to the matcher between characters; and each
-capturing group costs every call its set-up, however short the text.
+one step); a lazy repeat goes back to the matcher between characters; each capturing
+group costs every call its set-up, however short the text; and a group tried at ``k``
+places costs about ``k * k`` (the module keeps those places in a sorted list).
 
 The form is read by ``_rules_form``. A property test checks the bound against a
 backtracking matcher that counts its steps and agrees with ``regex`` on every match.
@@ -60,7 +61,7 @@ __all__ = ["STEP_LIMIT", "STEP_LIMIT_SECONDS", "UNBOUNDED", "max_unclocked_lengt
 
 # Most steps a match may take without the clock. On texts built to cost the most per
 # step, the regex module took at most about 3 ns a step on the benchmark machine
-# (bench_regex in docs/performance.md), so this many take about 0.3 ms there.
+# (bench_regex in docs/performance.md), so this many take 0.2-0.3 ms there.
 STEP_LIMIT: Final = 100_000
 # The remaining budget a request needs for an unclocked match: what STEP_LIMIT steps
 # may take, with a wide margin for a machine several times slower than that one.
@@ -182,11 +183,22 @@ def _plan(items: list[Item], then: Chars, then_fail: int) -> list[_Plan]:
     return plans
 
 
-def _evaluate(plans: list[_Plan], n: int) -> tuple[int, int]:
-    """(work, continuations) of a sequence entered once, in a text of ``n`` characters."""
+def _evaluate(plans: list[_Plan], n: int, outer: int = 1) -> tuple[int, int]:
+    """(work, continuations) of a sequence entered once, in a text of ``n`` characters.
+
+    ``outer``: how often the sequence is entered in a whole match.
+    """
     total, entries = 0, 1
     for plan in plans:
-        cost, choices = _evaluate_one(plan, n)
+        if isinstance(plan, _Alternatives):
+            cost, choices = _evaluate_one(plan, n, outer * entries)
+            # The module notes each place a group was tried in a sorted list, inserting
+            # by moving what follows: a group tried at k places costs about k * k.
+            # (Found by an adversarial search: ".*ab()?" took 24 ms at a bound linear
+            # in the text.) Charged so that the whole match pays (outer * entries) ** 2.
+            total += outer * entries * entries
+        else:
+            cost, choices = _evaluate_one(plan, n)
         total += entries * cost
         entries *= choices
         if not entries:
@@ -194,8 +206,8 @@ def _evaluate(plans: list[_Plan], n: int) -> tuple[int, int]:
     return total, entries
 
 
-def _evaluate_one(plan: _Plan, n: int) -> tuple[int, int]:
-    """(work, continuations) of one item entered once."""
+def _evaluate_one(plan: _Plan, n: int, outer: int = 1) -> tuple[int, int]:
+    """(work, continuations) of one item entered once (``outer`` times in a match)."""
     if isinstance(plan, _Repeat):
         top = n if plan.hi is None else min(plan.hi, n)
         # Entering it, then reading up to top characters and the one that stops it.
@@ -219,7 +231,7 @@ def _evaluate_one(plan: _Plan, n: int) -> tuple[int, int]:
         return 3, 1  # entering it, reading the characters on either side
     total, leaves = 1, 1 if plan.optional else 0
     for alternative in plan.plans:
-        cost, ends = _evaluate(alternative, n)
+        cost, ends = _evaluate(alternative, n, outer)
         total += cost
         leaves += ends
     return total, leaves

@@ -337,6 +337,10 @@ def test_reads_are_weighted_by_what_they_cost_the_module() -> None:
     assert max_unclocked_length("[\\d\\w]*") < max_unclocked_length("\\w*")  # two
     assert max_unclocked_length("[" + "\\s\\d" * 256 + "\\w]*") < 100  # members in turn
     assert max_unclocked_length(".*?") < plain  # lazy: back to the matcher per read
+    # A group tried at many places costs their square (the module's sorted list of
+    # places tried): the same pattern without the group is bounded far further.
+    assert max_unclocked_length(".*ab()?") * 10 < max_unclocked_length(".*abc")
+    assert max_unclocked_length(".*ab(?:c|d)") * 10 < max_unclocked_length(".*abc")
     # Capturing groups cost every call their set-up, even on an empty text.
     assert max_unclocked_length("()" * 3000) == UNBOUNDED
     assert max_unclocked_length("(?:)" * 3000) == MAX_TEXT
