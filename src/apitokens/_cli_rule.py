@@ -62,7 +62,9 @@ def rule_check(args: argparse.Namespace) -> int:
         lines.append(f"apitokens: error: invalid rule: column {exc.column}: {clean(exc.reason)}")
         print("\n".join(lines), file=sys.stderr)
         return EXIT_USAGE
-    result = rule.explain(AuthRequest(method, path, query=query, body=body))
+    # The body is JSON, as --json says: JsonData clauses read only a JSON Content-Type.
+    headers = [("content-type", "application/json")]
+    result = rule.explain(AuthRequest(method, path, query=query, headers=headers, body=body))
     shown = clean(method.upper()) + " " + clean(path) + (f"?{clean(query)}" if query else "")
     lines = [f"rule:     {clean(rule)}", f"request:  {shown}"]
     if body:

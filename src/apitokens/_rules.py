@@ -25,7 +25,6 @@ from apitokens._rules_match import (
     BudgetExceededError,
     RequestView,
     lookup,
-    value_texts,
 )
 from apitokens._rules_syntax import ParsedRule, parse_rule
 
@@ -331,7 +330,7 @@ def _failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
             if value is MISSING:
                 return _AT_JSON, f"JSON value '{json_clause.path}' is missing"
             try:
-                texts = value_texts(value)
+                texts = view.texts(value)
             except RecursionError:
                 return _AT_JSON, "JSON body is nested too deeply"
             if texts is None:

@@ -3,6 +3,10 @@
 Everything here fails closed: input that cannot be read safely yields a reason string
 instead of a value, and the caller denies with that reason. Nothing raises for any
 request content.
+
+Reading the body (``_rules_body``), and formatting a JSON value for a clause, is not
+charged to the regex time budget: the budget bounds regex matching, and the body's size
+(``Policy.max_body_bytes``) bounds reading it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 import regex
 
 from apitokens._request import AuthRequest
+from apitokens._rules_body import JsonNumber, JsonObject, json_media_type_problem, load_json
 from apitokens._rules_bound import STEP_LIMIT_SECONDS
 
 __all__ = [
@@ -39,30 +44,11 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-JsonObject = dict[str, object]
 MISSING: Final = object()
 
 
 class BudgetExceededError(Exception):
     """The shared regex time budget of one match call ran out."""
-
-
-@final
-class JsonNumber:
-    """A JSON number kept as the text it was written with (``1.50`` stays ``1.50``)."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-class _NonFiniteError(ValueError):
-    pass
 
 
 @final
@@ -72,6 +58,7 @@ class RequestView:
     __slots__ = (
         "_body",
         "_deadline",
+        "_headers",
         "_json",
         "_query",
         "_raw_query",
@@ -109,6 +96,7 @@ class RequestView:
             self.path, self.path_error = decode_path(path)
         self._raw_query: object = request.query
         self._body: object = request.body
+        self._headers: object = request.headers
         self._query: dict[str, list[str]] | str | None = None
         self._json: JsonObject | str | None = None
 
@@ -159,10 +147,27 @@ class RequestView:
         return self._query
 
     def json(self) -> JsonObject | str:
-        """The JSON body object, or why the body is not one."""
+        """The JSON body object, or why the body is not one (its Content-Type too).
+
+        The time this takes is not charged to the regex budget.
+        """
         if self._json is None:
-            self._json = _load_json(self._body)
+            started = monotonic()
+            self._json = json_media_type_problem(self._headers) or load_json(self._body)
+            self._deadline += monotonic() - started
         return self._json
+
+    def texts(self, value: object) -> list[str] | None:
+        """:func:`value_texts` of ``value``; the time it takes is not charged to the budget.
+
+        Raises:
+            RecursionError: an object inside the value is nested too deeply to format.
+        """
+        started = monotonic()
+        try:
+            return value_texts(value)
+        finally:
+            self._deadline += monotonic() - started
 
 
 def decode_path(raw: object) -> tuple[str, str]:
@@ -222,45 +227,6 @@ def _parse_query(raw: object) -> dict[str, list[str]] | str:
     for name, value in pairs:
         params.setdefault(name, []).append(value)
     return params
-
-
-def _unique_object(pairs: list[tuple[str, object]]) -> JsonObject:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _DuplicateKeyError
-    return obj
-
-
-def _non_finite(text: str) -> object:
-    raise _NonFiniteError(text)
-
-
-def _load_json(body: object) -> JsonObject | str:
-    if not isinstance(body, bytes | bytearray):
-        return "request body is not bytes"
-    if not body:
-        return "JSON body is empty"
-    try:
-        value = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_unique_object,
-            parse_int=JsonNumber,
-            parse_float=JsonNumber,
-            parse_constant=_non_finite,
-        )
-    except UnicodeError:
-        return "JSON body is not valid UTF-8"
-    except _DuplicateKeyError:
-        return "JSON body has a duplicate key"
-    except _NonFiniteError:
-        return "JSON body contains NaN or Infinity"
-    except RecursionError:
-        return "JSON body is nested too deeply"
-    except ValueError:
-        return "JSON body is not valid JSON"
-    if not isinstance(value, dict):
-        return "JSON body is not an object"
-    return value
 
 
 def lookup(root: JsonObject, keys: tuple[tuple[str, int | None], ...]) -> object:

@@ -357,6 +357,7 @@ class Scenario:
             self.method if method is None else method,
             self.path if path is None else path,
             urlencode(self.query if query is None else query),
+            headers=[("Content-Type", "application/json")],
             body=b"" if body is None else json.dumps(body).encode(),
         )
 
@@ -512,9 +513,16 @@ json_like = st.recursive(
     path=st.text() | path_like,
     query=st.text() | st.lists(st.tuples(st.text(max_size=3), st.text(max_size=3))).map(urlencode),
     body=st.binary() | json_like,
+    content_types=st.lists(
+        st.sampled_from(["application/json", "application/x-www-form-urlencoded"]) | st.text(),
+        max_size=2,
+    ),
 )
-def test_matching_never_raises(method: str, path: str, query: str, body: bytes) -> None:
-    request = AuthRequest(method, path, query=query, body=body)
+def test_matching_never_raises(
+    method: str, path: str, query: str, body: bytes, content_types: list[str]
+) -> None:
+    headers = [("Content-Type", value) for value in content_types]
+    request = AuthRequest(method, path, query=query, headers=headers, body=body)
     result = FUZZ_RULES.match(request)
     assert isinstance(result, RuleMatch)
     assert result.matched == (result.reason == "")

@@ -15,13 +15,16 @@ from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
 from apitokens._rules import DEFAULT_RULE_TIMEOUT, RestrictionRule, RuleMatch, RuleSet
 
+JSON = [("Content-Type", "application/json")]
+"""The header that makes a body JSON to JsonData clauses."""
+
 
 def get(path: str, query: str = "", method: str = "GET") -> AuthRequest:
     return AuthRequest(method, path, query=query)
 
 
 def post_json(path: str, body: object, method: str = "POST") -> AuthRequest:
-    return AuthRequest(method, path, body=json.dumps(body).encode())
+    return AuthRequest(method, path, headers=JSON, body=json.dumps(body).encode())
 
 
 def reason(rule: str, request: AuthRequest) -> str:
@@ -179,11 +182,21 @@ def test_generic_example_with_a_real_method() -> None:
         "[GET].*/rest/api/.*[QueryParam::paramName==Regexp][JsonData::nodeName==Regexp]"
     )
     body = json.dumps({"nodeName": "Regexp"}).encode()
-    assert rule.matches(AuthRequest("GET", "/rest/api/x", "paramName=Regexp", body=body))
-    assert not rule.matches(AuthRequest("POST", "/rest/api/x", "paramName=Regexp", body=body))
-    assert not rule.matches(AuthRequest("GET", "/rest/api/x", "paramName=R", body=body))
-    assert not rule.matches(AuthRequest("GET", "/rest/api/x", "paramName=Regexp", body=b"{}"))
-    assert not rule.matches(AuthRequest("GET", "/rest/other", "paramName=Regexp", body=body))
+    assert rule.matches(
+        AuthRequest("GET", "/rest/api/x", "paramName=Regexp", headers=JSON, body=body)
+    )
+    assert not rule.matches(
+        AuthRequest("POST", "/rest/api/x", "paramName=Regexp", headers=JSON, body=body)
+    )
+    assert not rule.matches(
+        AuthRequest("GET", "/rest/api/x", "paramName=R", headers=JSON, body=body)
+    )
+    assert not rule.matches(
+        AuthRequest("GET", "/rest/api/x", "paramName=Regexp", headers=JSON, body=b"{}")
+    )
+    assert not rule.matches(
+        AuthRequest("GET", "/rest/other", "paramName=Regexp", headers=JSON, body=body)
+    )
 
 
 # --- parsing details -----------------------------------------------------------------------
@@ -523,15 +536,21 @@ def test_json_values(body: object, path: str, regex: str, matches: bool) -> None
 
 def test_json_numbers_keep_their_text() -> None:
     rule = RestrictionRule.parse(r"/x[JsonData::price==1\.50][JsonData::n==1e3]")
-    assert rule.matches(AuthRequest("POST", "/x", body=b'{"price": 1.50, "n": 1e3}'))
-    assert not rule.matches(AuthRequest("POST", "/x", body=b'{"price": 1.5, "n": 1e3}'))
-    assert not rule.matches(AuthRequest("POST", "/x", body=b'{"price": 1.50, "n": 1000}'))
+    assert rule.matches(AuthRequest("POST", "/x", headers=JSON, body=b'{"price": 1.50, "n": 1e3}'))
+    assert not rule.matches(
+        AuthRequest("POST", "/x", headers=JSON, body=b'{"price": 1.5, "n": 1e3}')
+    )
+    assert not rule.matches(
+        AuthRequest("POST", "/x", headers=JSON, body=b'{"price": 1.50, "n": 1000}')
+    )
     big = "9" * 5000  # no int() conversion, so no digit limit
     assert RestrictionRule.parse("/x[JsonData::n==9+]").matches(
-        AuthRequest("POST", "/x", body=b'{"n": %s}' % big.encode())
+        AuthRequest("POST", "/x", headers=JSON, body=b'{"n": %s}' % big.encode())
     )
     obj = RestrictionRule.parse(r'/x[JsonData::o==\{"a":1\.50,"b":\[-0\]\}]')
-    assert obj.matches(AuthRequest("POST", "/x", body=b'{"o": {"b": [-0], "a": 1.50}}'))
+    assert obj.matches(
+        AuthRequest("POST", "/x", headers=JSON, body=b'{"o": {"b": [-0], "a": 1.50}}')
+    )
 
 
 @pytest.mark.parametrize(
@@ -557,7 +576,7 @@ def test_json_numbers_keep_their_text() -> None:
     ],
 )
 def test_json_failures(body: bytes, words: str) -> None:
-    assert reason("/x[JsonData::a==1]", AuthRequest("POST", "/x", body=body)) == words
+    assert reason("/x[JsonData::a==1]", AuthRequest("POST", "/x", headers=JSON, body=body)) == words
 
 
 def test_json_object_too_deep_to_format_denies() -> None:
@@ -566,7 +585,7 @@ def test_json_object_too_deep_to_format_denies() -> None:
     depth = 600
     body = b'{"a": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}"
     result = RestrictionRule.parse("/x[JsonData::a==.*]").explain(
-        AuthRequest("POST", "/x", body=body)
+        AuthRequest("POST", "/x", headers=JSON, body=body)
     )
     assert result == RuleMatch(False, "JSON body is nested too deeply")
 
@@ -706,6 +725,39 @@ def test_budget_is_one_deadline_for_the_whole_call(monkeypatch: pytest.MonkeyPat
     assert rules.match(get("/c", "q=1"), timeout=4.5).matched
 
 
+def test_reading_the_body_is_not_charged_to_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A parse (or a value's formatting) that takes 100 s of the clock leaves the
+    # regex budget whole (each clock read is 1 s): the budget bounds regex matching, the
+    # body limit bounds reading.
+    clock = FakeClock()
+    monkeypatch.setattr(_rules_match, "monotonic", clock)
+    real_json, real_texts = _rules_match.load_json, _rules_match.value_texts
+
+    def slow_json(body: object) -> _rules_match.JsonObject | str:
+        clock.now += 100.0
+        return real_json(body)
+
+    def slow_texts(value: object) -> list[str] | None:
+        clock.now += 100.0
+        return real_texts(value)
+
+    monkeypatch.setattr(_rules_match, "load_json", slow_json)
+    monkeypatch.setattr(_rules_match, "value_texts", slow_texts)
+    request = post_json("/x", {"a": 1, "b": {"c": 2}})
+    rule = RestrictionRule.parse("/x[JsonData::a==1][JsonData::b=={.*}]")
+    assert rule.explain(request, timeout=10) == RuleMatch(True)
+    rules = RuleSet.parse(["/y", "/x[JsonData::a==2]", str(rule)])
+    assert rules.match(request, timeout=30) == RuleMatch(True)
+
+
+def test_the_budget_still_bounds_a_json_clause_after_a_large_body() -> None:
+    big = {"pad": ["x" * 100] * 5000, "a": "a" * 60 + "b"}
+    rule = RestrictionRule.parse("/x[JsonData::a==(a|aa)+]")
+    assert rule.explain(post_json("/x", big), timeout=0.05) == RuleMatch(
+        False, "regex time budget exceeded"
+    )
+
+
 def test_default_timeout() -> None:
     assert DEFAULT_RULE_TIMEOUT == 0.05
 
@@ -790,7 +842,7 @@ def test_rule_set_reason_explains_the_closest_rule() -> None:
 
 def test_rule_set_decodes_query_and_body_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"query": 0, "json": 0}
-    real_query, real_json = _rules_match._parse_query, _rules_match._load_json
+    real_query, real_json = _rules_match._parse_query, _rules_match.load_json
 
     def count_query(raw: object) -> dict[str, list[str]] | str:
         calls["query"] += 1
@@ -801,7 +853,7 @@ def test_rule_set_decodes_query_and_body_once(monkeypatch: pytest.MonkeyPatch) -
         return real_json(body)
 
     monkeypatch.setattr(_rules_match, "_parse_query", count_query)
-    monkeypatch.setattr(_rules_match, "_load_json", count_json)
+    monkeypatch.setattr(_rules_match, "load_json", count_json)
     rules = RuleSet.parse(
         [
             ".*[QueryParam::a==1][JsonData::x==1]",
@@ -809,7 +861,7 @@ def test_rule_set_decodes_query_and_body_once(monkeypatch: pytest.MonkeyPatch) -
             ".*[QueryParam::a==3][JsonData::x==3]",
         ]
     )
-    request = AuthRequest("POST", "/", "a=3", body=b'{"x": 3}')
+    request = AuthRequest("POST", "/", "a=3", headers=JSON, body=b'{"x": 3}')
     assert rules.match(request).matched
     assert calls == {"query": 1, "json": 1}
     RuleSet.parse([".*/a", ".*/b"]).match(request)

@@ -1,0 +1,127 @@
+"""The request body as JSON clauses read it: its media type, then the JSON object.
+
+A body is read as JSON only when its ``Content-Type`` says it is JSON. A body can be
+valid JSON and a valid form at once (``{"a":"&project=EVIL&z="}``); sent as a form, an
+app reading ``request.form`` would act on values the rules never saw. Everything here
+fails closed: a reason string instead of a value, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Final, final
+
+__all__ = ["JsonNumber", "JsonObject", "json_media_type_problem", "load_json"]
+
+JsonObject = dict[str, object]
+
+# RFC 9110 media type: type "/" subtype, both tokens. Parameters after ";" are ignored.
+_MEDIA_TYPE: Final = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
+# A media type shown in a reason: short, and never holding a token string (they have "_").
+_SHOWN_MEDIA_TYPE: Final = re.compile(r"[a-z0-9.+*-]{1,40}/[a-z0-9.+*-]{1,60}")
+
+
+@final
+class JsonNumber:
+    """A JSON number kept as the text it was written with (``1.50`` stays ``1.50``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _NonFiniteError(ValueError):
+    pass
+
+
+def json_media_type_problem(headers: object) -> str:
+    """Why the request's ``Content-Type`` does not make its body JSON; ``""`` when it does.
+
+    JSON is ``application/json`` or any ``type/name+json`` (RFC 6839), compared
+    case-insensitively, parameters (``charset`` too) ignored: the body is always read as
+    UTF-8. No ``Content-Type``, two of them, or one that is not a media type is not JSON.
+
+    Args:
+        headers: ``AuthRequest.headers``: ``(name, value)`` pairs, names lower-case.
+    """
+    values: list[object] = []
+    try:
+        for name, value in headers:  # type: ignore[attr-defined]
+            if name == "content-type":
+                values.append(value)
+    except (TypeError, ValueError):
+        return "body is not JSON (request headers cannot be read)"
+    if not values:
+        return "body is not JSON (no Content-Type header)"
+    if len(values) > 1:
+        # Servers and frameworks disagree on which one counts.
+        return "body is not JSON (more than one Content-Type header)"
+    value = values[0]
+    found = (
+        _MEDIA_TYPE.fullmatch(value.split(";", 1)[0].strip(" \t"))
+        if isinstance(value, str)
+        else None
+    )
+    if found is None:
+        return "body is not JSON (malformed Content-Type)"
+    kind, subtype = found[1].lower(), found[2].lower()
+    if (kind == "application" and subtype == "json") or (
+        len(subtype) > 5 and subtype.endswith("+json")
+    ):
+        return ""
+    media_type = f"{kind}/{subtype}"
+    if _SHOWN_MEDIA_TYPE.fullmatch(media_type):
+        return f"body is not JSON (Content-Type {media_type})"
+    return "body is not JSON (Content-Type is not application/json or */*+json)"
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> JsonObject:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKeyError
+    return obj
+
+
+def _non_finite(text: str) -> object:
+    raise _NonFiniteError(text)
+
+
+def load_json(body: object) -> JsonObject | str:
+    """The body as a JSON object, or why it is not one.
+
+    UTF-8 only (``json.loads`` of bytes would also guess UTF-16 and UTF-32, which no
+    JSON body we allow could be read as: their ASCII characters hold NUL bytes, which
+    a UTF-8 JSON text cannot contain); no duplicate keys, NaN or Infinity; numbers kept
+    as their text.
+    """
+    if not isinstance(body, bytes | bytearray):
+        return "request body is not bytes"
+    if not body:
+        return "JSON body is empty"
+    try:
+        value = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_unique_object,
+            parse_int=JsonNumber,
+            parse_float=JsonNumber,
+            parse_constant=_non_finite,
+        )
+    except UnicodeError:
+        return "JSON body is not valid UTF-8"
+    except _DuplicateKeyError:
+        return "JSON body has a duplicate key"
+    except _NonFiniteError:
+        return "JSON body contains NaN or Infinity"
+    except RecursionError:
+        return "JSON body is nested too deeply"
+    except ValueError:
+        return "JSON body is not valid JSON"
+    if not isinstance(value, dict):
+        return "JSON body is not an object"
+    return value
