@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -55,6 +56,9 @@ _MAX_AUDIT_PATH = 2048
 _AUTHENTICATED = "authenticated"
 _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
+# Headers through which common middleware (Flask's docs, Rails-style, Google's) lets a
+# request act as another method. The adapters pass them to the core (AuthRequest.headers).
+_METHOD_OVERRIDES = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
 
 
 class WouldBlock(Exception):
@@ -134,6 +138,7 @@ class Authenticator:
         self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
         self._verification_wait = verification_wait
         self.hot = HotCredentials(verifier.cache.maxsize)
+        self._dummy_hash: str | None = None  # for unknown ids: made at the first one
 
     # -- public entry --------------------------------------------------
 
@@ -164,8 +169,18 @@ class Authenticator:
                 reading the store or hashing.
         """
         policy = self.policy
-        if not policy.protects(request.path):
-            return _PASS
+        path = request.path
+        if not policy.protects(path) and not (
+            request.app_path and policy.protects(request.app_path)
+        ):
+            if path[:1] == "/" or not policy.protected_paths:
+                return _PASS
+            # Not origin-form ("rest/admin", "http:rest/admin", "*"): a server may route
+            # it to a protected path all the same, so it is refused, never let through.
+            attempt = _Attempt(request, self.clock(), request.client_ip)
+            return self._refuse(
+                attempt, refusal(policy, 400, "request target is not an absolute path")
+            )
         now = self.clock()
         # Without trusted proxies the peer is the client, as client_ip() would say: skip the
         # call (every request). trusted_proxies, not proxy_networks (a property): each
@@ -189,8 +204,20 @@ class Authenticator:
         try:
             creds = read_credentials(values)
         except MalformedCredentials as exc:
-            return self._fail(attempt, 400, str(exc))
-        if creds is None or not policy.token_format.is_ours(creds.secret):
+            return self._refuse(attempt, refusal(policy, 400, str(exc)))
+        token_format = policy.token_format
+        if creds is None or not token_format.is_ours(creds.secret):
+            # A token anywhere else in the header is checked or refused, never passed
+            # through to the app (and never written down: see _entry).
+            if creds is None:
+                if values and token_format.contains(values[0]):
+                    reason = "token sent with an unsupported authorization scheme"
+                    return self._refuse(attempt, refusal(policy, 400, reason))
+            elif token_format.contains(creds.secret):
+                return self._refuse(attempt, refusal(policy, 401, "malformed token"))
+            elif creds.username and token_format.contains(creds.username):
+                reason = "token sent as the Basic username"
+                return self._refuse(attempt, refusal(policy, 401, reason))
             if policy.allow_other_auth:
                 return _PASS
             what = "no credentials" if creds is None else "credentials that are not a token"
@@ -203,7 +230,10 @@ class Authenticator:
                     challenge_error=creds is not None,
                 ),
             )
-        attempt.user = creds.username
+        username = creds.username
+        if username is not None and token_format.contains(username):
+            username = None  # a token as the username: never stored or logged
+        attempt.user = username
         return self._decide_token(attempt, creds, fingerprint, body_read=body_read, block=block)
 
     def client_ip(self, request: AuthRequest) -> str:
@@ -223,8 +253,8 @@ class Authenticator:
         ]
         client = peer
         for hop in reversed(hops):
-            client = hop
-            if not _in_networks(hop, networks):
+            client = _without_port(hop)
+            if not _in_networks(client, networks):
                 break
         return client
 
@@ -254,8 +284,6 @@ class Authenticator:
             or token.revoked_at is not None
             or (token.expires_at is not None and token.expires_at <= now)
             or (hot.until is not None and not now < hot.until)
-            or client_ip in self.ip_throttle.suspects  # suspect(), without the call
-            or token_id in self.id_throttle.suspects
         ):
             return None
         user = hot.user
@@ -277,7 +305,7 @@ class Authenticator:
             user,
             client_ip or None,
             request.method.upper()[:16],
-            request.path[:_MAX_AUDIT_PATH],
+            self._audit_path(request),
             _AUTHENTICATED,
             True,
         )
@@ -296,10 +324,6 @@ class Authenticator:
         block: bool,
     ) -> Decision:
         policy = self.policy
-        if self.ip_throttle.suspect(attempt.client_ip):
-            wait = self.ip_throttle.retry_after(attempt.client_ip, attempt.now.timestamp())
-            if wait:
-                return self._throttled(attempt, wait, "client address")
         if creds.scheme is AuthScheme.BASIC and not policy.auth_schemes.basic:
             return self._fail(attempt, 401, "token sent with Basic, which is turned off")
         if creds.scheme is AuthScheme.BEARER and not policy.auth_schemes.bearer:
@@ -308,16 +332,14 @@ class Authenticator:
         if parsed is None:
             return self._fail(attempt, 401, "malformed token or wrong checksum")
         attempt.token_id = parsed.id
-        if self.id_throttle.suspect(parsed.id):
-            wait = self.id_throttle.retry_after(parsed.id, attempt.now.timestamp())
-            if wait:
-                return self._throttled(attempt, wait, "token id")
         try:
             compiled = self._compiled(parsed.id, block)
         except StorageError as exc:
             return self._refuse(attempt, refusal(policy, 503, f"token store unavailable: {exc}"))
         if compiled is None:
-            return self._fail(attempt, 401, "unknown token id")
+            # As slow as a wrong secret (one verification, throttled like one), so the
+            # time taken does not tell whether the id exists.
+            return self._unknown(parsed.value, attempt, block)
         stored = compiled.stored
         token = stored.token.as_of(attempt.now)
         attempt.user = token.user if token.user is not None else attempt.user
@@ -360,7 +382,7 @@ class Authenticator:
                 return self._fail(attempt, 401, "unbound tokens are turned off")
             if creds.scheme is not AuthScheme.BASIC:
                 return self._fail(attempt, 401, "unbound token sent with Bearer")
-            if not creds.username:
+            if not creds.username or self.policy.token_format.contains(creds.username):
                 return self._fail(attempt, 401, "unbound token needs a Basic username")
             return creds.username
         if creds.scheme is AuthScheme.BASIC and creds.username != token.user:
@@ -391,8 +413,18 @@ class Authenticator:
             return 403, compiled.problem
         if compiled.networks and not _in_networks(client_ip, compiled.networks):
             return 403, f"client address {client_ip!r} not in the token's allowed IPs"
-        if not token.scope.allows(request.method):
-            return 403, f"method {request.method.upper()} outside the token's {token.scope} scope"
+        # A method-override header makes many apps act as another method: the request
+        # must be allowed as sent and as overridden (a plain loop: every request).
+        requests = None
+        for name, value in request.headers:
+            if name in _METHOD_OVERRIDES:
+                if requests is None:
+                    requests = [request]
+                requests.append(replace(request, method=value.strip()))
+        for checked in requests or (request,):
+            method = checked.method
+            if not token.scope.allows(method):
+                return 403, f"method {method.upper()} outside the token's {token.scope} scope"
         rules = compiled.rules
         if rules is None:
             return None
@@ -404,9 +436,12 @@ class Authenticator:
                 return Decision(AuthResult(Outcome.PASS_THROUGH, token=token), need_body=True)
             if len(request.body) > policy.max_body_bytes:
                 return 413, f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
-        match = rules.match(request, timeout=policy.rule_timeout)
-        if not match.matched:
-            return 403, match.reason
+        for checked in requests or (request,):
+            match = rules.match(checked, timeout=policy.rule_timeout)
+            if not match.matched:
+                if checked is not request:
+                    return 403, f"{match.reason} (as method override {checked.method!r})"
+                return 403, match.reason
         return None
 
     # -- steps that may block ----------------------------------------------
@@ -437,7 +472,12 @@ class Authenticator:
             hashes.append((stored.previous_hash, grace))
         for hashed, until in hashes:
             if self.verifier.cached(value, hashed):
+                # Verified by this process before: never refused for others' failures,
+                # so knowing a token's (public) id cannot lock its owner out.
                 return _Verified(None, until)
+        throttled = self._throttle_check(attempt)
+        if throttled is not None:
+            return throttled
         if not block:
             raise WouldBlock
         if not self._hashing.acquire(timeout=self._verification_wait):
@@ -453,7 +493,40 @@ class Authenticator:
                     return _Verified(None, until)
         finally:
             self._hashing.release()
-        return self._fail(attempt, 401, "wrong secret")
+        return self._fail(attempt, 401, "wrong secret", count=True)
+
+    def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
+        """Refuse a token whose id is unknown, after a verification's worth of work."""
+        throttled = self._throttle_check(attempt)
+        if throttled is not None:
+            return throttled
+        if not block:
+            raise WouldBlock
+        if self._hashing.acquire(timeout=self._verification_wait):
+            try:
+                if self._dummy_hash is None:
+                    self._dummy_hash = self.verifier.hash(secrets.token_urlsafe(32))
+                self.verifier.verify(value, self._dummy_hash)
+            finally:
+                self._hashing.release()
+        return self._fail(attempt, 401, "unknown token id", count=True)
+
+    def _throttle_check(self, attempt: _Attempt) -> Decision | None:
+        """429 when the client address or the token id has too many recent failures.
+
+        Asked only before hashing: throttling bounds the work of guesses.
+        """
+        now_ts = attempt.now.timestamp()
+        if self.ip_throttle.suspect(attempt.client_ip):
+            wait = self.ip_throttle.retry_after(attempt.client_ip, now_ts)
+            if wait:
+                return self._throttled(attempt, wait, "client address")
+        token_id = attempt.token_id
+        if token_id is not None and self.id_throttle.suspect(token_id):
+            wait = self.id_throttle.retry_after(token_id, now_ts)
+            if wait:
+                return self._throttled(attempt, wait, "token id")
+        return None
 
     def _groups_for(self, user: str, block: bool) -> frozenset[str]:
         groups = self._groups.get(user)
@@ -467,12 +540,20 @@ class Authenticator:
 
     # -- refusals and records ----------------------------------------------------
 
-    def _fail(self, attempt: _Attempt, status: int, reason: str) -> Decision:
-        """A failed attempt: counts against the client address and token id."""
-        now_ts = attempt.now.timestamp()
-        self.ip_throttle.fail(attempt.client_ip, now_ts)
-        if attempt.token_id is not None:
-            self.id_throttle.fail(attempt.token_id, now_ts)
+    def _fail(
+        self, attempt: _Attempt, status: int, reason: str, *, count: bool = False
+    ) -> Decision:
+        """A failed attempt; with ``count``, one that cost a hash verification.
+
+        Only those count against the client address and token id: the throttle bounds
+        hashing, and malformed or unhashed failures cost next to nothing, so counting
+        them would only let junk lock out the honest users behind a shared address.
+        """
+        if count:
+            now_ts = attempt.now.timestamp()
+            self.ip_throttle.fail(attempt.client_ip, now_ts)
+            if attempt.token_id is not None:
+                self.id_throttle.fail(attempt.token_id, now_ts)
         return self._refuse(attempt, refusal(self.policy, status, reason))
 
     def _throttled(self, attempt: _Attempt, wait: int, what: str) -> Decision:
@@ -482,8 +563,7 @@ class Authenticator:
     def _refuse(self, attempt: _Attempt, result: AuthResult) -> Decision:
         return Decision(result, (self._entry(attempt, result.outcome, result.reason, False),))
 
-    @staticmethod
-    def _entry(attempt: _Attempt, outcome: Outcome, reason: str, used: bool) -> AuthEntry:
+    def _entry(self, attempt: _Attempt, outcome: Outcome, reason: str, used: bool) -> AuthEntry:
         """The audit event (and, if ``used``, the token's use), for the writer to expand."""
         request = attempt.request
         return (
@@ -493,10 +573,14 @@ class Authenticator:
             attempt.user,
             attempt.client_ip or None,
             request.method.upper()[:16],
-            request.path[:_MAX_AUDIT_PATH],
+            self._audit_path(request),
             reason,
             used,
         )
+
+    def _audit_path(self, request: AuthRequest) -> str:
+        """The path for the audit log: bounded, and a token in it cut to its id."""
+        return self.policy.token_format.redact(request.path[:_MAX_AUDIT_PATH])
 
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
@@ -508,6 +592,22 @@ def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+    if any(ip in network for network in networks):
+        return True
+    # An IPv4-mapped address (::ffff:203.0.113.5) also matches as its IPv4 address, and
+    # an IPv4 address as its mapped form ("::ffff:203.0.113.0/120" is a way to write it).
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        return mapped is not None and any(mapped in network for network in networks)
+    alias = ipaddress.IPv6Address(f"::ffff:{ip}")
+    return any(alias in network for network in networks)
+
+
+def _without_port(hop: str) -> str:
+    """An ``X-Forwarded-For`` hop without a port: ``203.0.113.5:4711``, ``[2001:db8::1]:4711``."""
+    if hop.startswith("["):
+        end = hop.find("]")
+        return hop[1:end] if end > 0 else hop
+    if hop.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has two or more
+        return hop.split(":", 1)[0]
+    return hop

@@ -52,9 +52,13 @@ def read_credentials(values: list[str]) -> Credentials | None:
     value = values[0]
     if len(value) > MAX_AUTHORIZATION_LENGTH:
         raise MalformedCredentials("Authorization header too long")
-    scheme, _, rest = value.strip().partition(" ")
-    scheme = scheme.lower()
-    rest = rest.strip()
+    # Any whitespace separates the scheme (RFC 9110 says one space; "Bearer<TAB>apt_..."
+    # must still be read as Bearer, never left to the app as an unknown scheme).
+    parts = value.split(None, 1)
+    if not parts:
+        return None
+    scheme = parts[0].lower()
+    rest = parts[1].strip() if len(parts) > 1 else ""
     if scheme == "bearer":
         # RFC 6750 token68: one word, printable ASCII.
         if not rest or not rest.isascii() or not rest.isprintable() or " " in rest:

@@ -27,6 +27,10 @@ class AuthRequest:
             case-insensitive and repeated headers are kept.
         client_ip: the address of the peer (or the trusted proxy's client).
         body: the request body, when it has been read.
+        app_path: the path as a mounted app sees it (``SCRIPT_NAME`` or
+            ``root_path`` stripped, percent-encoded), when it differs from
+            ``path``; ``""`` otherwise. A protected prefix matching either
+            path protects the request.
     """
 
     method: str
@@ -35,6 +39,7 @@ class AuthRequest:
     headers: tuple[tuple[str, str], ...] = field(default=())
     client_ip: str = ""
     body: bytes = b""
+    app_path: str = ""
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class AuthRequest:
         headers: Headers = (),
         client_ip: str = "",
         body: bytes = b"",
+        app_path: str = "",
     ) -> None:
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "path", path)
@@ -51,6 +57,7 @@ class AuthRequest:
         object.__setattr__(self, "headers", _normalize(headers))
         object.__setattr__(self, "client_ip", client_ip)
         object.__setattr__(self, "body", body)
+        object.__setattr__(self, "app_path", app_path)
 
     @classmethod
     def _trusted(
@@ -61,6 +68,7 @@ class AuthRequest:
         headers: tuple[tuple[str, str], ...],
         client_ip: str,
         body: bytes,
+        app_path: str = "",
     ) -> AuthRequest:
         """Build a request from values that need no normalisation (the adapters' fast path).
 
@@ -78,6 +86,7 @@ class AuthRequest:
         _set_headers(self, headers)
         _set_client_ip(self, client_ip)
         _set_body(self, body)
+        _set_app_path(self, app_path)
         return self
 
     def header_values(self, name: str) -> list[str]:
@@ -98,7 +107,8 @@ class AuthRequest:
         names = ", ".join(sorted({name for name, _ in self.headers}))
         return (
             f"AuthRequest(method={self.method!r}, path={self.path!r}, query={self.query!r}, "
-            f"headers=[{names}], client_ip={self.client_ip!r}, body=<{len(self.body)} bytes>)"
+            f"headers=[{names}], client_ip={self.client_ip!r}, body=<{len(self.body)} bytes>"
+            + (f", app_path={self.app_path!r})" if self.app_path else ")")
         )
 
 
@@ -111,3 +121,4 @@ _set_query = vars(AuthRequest)["query"].__set__
 _set_headers = vars(AuthRequest)["headers"].__set__
 _set_client_ip = vars(AuthRequest)["client_ip"].__set__
 _set_body = vars(AuthRequest)["body"].__set__
+_set_app_path = vars(AuthRequest)["app_path"].__set__

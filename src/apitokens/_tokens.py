@@ -89,7 +89,7 @@ class TokenFormat:
         ValueError: the prefix does not have that shape.
     """
 
-    __slots__ = ("_body", "_head", "prefix")
+    __slots__ = ("_body", "_head", "_inside", "prefix")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
@@ -97,6 +97,11 @@ class TokenFormat:
         self.prefix = prefix
         self._head = prefix + "_"
         self._body = re.compile(rf"[0-9A-Za-z]{{{_BODY_LENGTH}}}")
+        # A token anywhere in a text, whatever stands around it (no \b: "xapt_..." counts).
+        self._inside = re.compile(
+            rf"{re.escape(self._head)}([0-9A-Za-z]{{{ID_LENGTH}}})"
+            rf"[0-9A-Za-z]{{{_BODY_LENGTH - ID_LENGTH}}}"
+        )
 
     def __repr__(self) -> str:
         return f"TokenFormat(prefix={self.prefix!r})"
@@ -129,6 +134,20 @@ class TokenFormat:
         left to the application; one that is ours is decided by apitokens.
         """
         return candidate.startswith(self._head)
+
+    def contains(self, text: str) -> bool:
+        """Return whether ``text`` holds a string of this token format anywhere."""
+        return self._head in text and self._inside.search(text) is not None
+
+    def redact(self, text: str) -> str:
+        """Return ``text`` with every token string in it cut to its public id.
+
+        ``apt_<id><secret><checksum>`` becomes ``apt_<id>…``: what is left is
+        safe for a log or the audit log, and no longer matches the format.
+        """
+        if self._head not in text:
+            return text
+        return self._inside.sub(lambda m: f"{self._head}{m.group(1)}\u2026", text)
 
     def parse(self, candidate: str) -> ParsedToken | None:
         """Return the parsed token, or ``None`` if the shape or checksum is wrong.

@@ -13,13 +13,22 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._auth import Decision, WouldBlock
+from ._model import Outcome
 from ._request import AuthRequest
 from ._result import AuthResult
 
 if TYPE_CHECKING:
     from ._api import ApiTokens
 
-__all__ = ["ASGIApp", "ASGIMiddleware", "TokenAuth", "TokenUser", "request_from_scope"]
+__all__ = [
+    "ANONYMOUS",
+    "ASGIApp",
+    "ASGIMiddleware",
+    "AnonymousUser",
+    "TokenAuth",
+    "TokenUser",
+    "request_from_scope",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,7 +36,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_WANTED = {b"authorization": "authorization", b"x-forwarded-for": "x-forwarded-for"}
+# The headers the core reads: credentials, the proxy chain, the body's media type (JSON
+# rules) and the method-override headers (checked as well as the method).
+_WANTED = {
+    name: name.decode()
+    for name in (
+        b"authorization",
+        b"x-forwarded-for",
+        b"content-type",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    )
+}
+# Characters left as they are when quoting a decoded path: RFC 3986 pchar and "/".
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 # AuthRequest's fast constructor, bound once: it is called on every request.
 _trusted = AuthRequest._trusted
 
@@ -81,6 +104,36 @@ class TokenAuth:
         return self.result.scopes
 
 
+class AnonymousUser:
+    """``scope["user"]`` when no token authenticated the request (like Starlette's own)."""
+
+    __slots__ = ()
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always ``False``."""
+        return False
+
+    @property
+    def display_name(self) -> str:
+        """Empty."""
+        return ""
+
+    @property
+    def identity(self) -> str:
+        """Empty."""
+        return ""
+
+    def __repr__(self) -> str:
+        return "AnonymousUser()"
+
+
+ANONYMOUS = AnonymousUser()
+_NO_AUTH = TokenAuth(AuthResult(Outcome.PASS_THROUGH))  # .scopes == []
+# Bodies larger than this are decided in a worker thread (JSON parsing off the loop).
+_LARGE_BODY = 64 * 1024
+
+
 def _raw_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else quote(scope.get("path", "/").encode("utf-8"))
@@ -108,7 +161,17 @@ def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
         tuple(wanted),  # lower-case names and str values already, as AuthRequest stores them
         client[0] if client else "",
         body,
+        _app_path(scope) if scope.get("root_path") else "",
     )
+
+
+def _app_path(scope: Scope) -> str:
+    """The path a mounted app routes (``root_path`` stripped, as Starlette does), quoted."""
+    path: str = scope.get("path", "/")
+    root: str = scope["root_path"]
+    if path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        path = path[len(root) :]
+    return quote(path.encode("utf-8", "surrogateescape"), safe=_PATH_SAFE) or "/"
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]]:
@@ -181,20 +244,31 @@ class ASGIMiddleware:
         if decision.need_body:
             body, replay = await _read_body(receive, tokens.policy.max_body_bytes)
             receive = _replay(replay, receive)
-            decision = await self._decide(request_from_scope(scope, body), body_read=True)
+            with_body = request_from_scope(scope, body)
+            if len(body) > _LARGE_BODY:
+                # Parsing a large JSON body takes milliseconds: never on the event loop.
+                decision = await asyncio.to_thread(core.safe_decide, with_body)
+            else:
+                decision = await self._decide(with_body, body_read=True)
         result = tokens._recorded(decision, block=False)
         if result is None:  # buffer full: wait for room off the event loop
             result = await asyncio.to_thread(tokens._recorded, decision)
             assert result is not None
+        # A copy (the ASGI spec asks middleware not to change the server's scope).
+        scope = dict(scope)
         if result.authenticated:
-            # A copy (the ASGI spec asks middleware not to change the server's scope).
-            scope = dict(scope)
             scope["apitokens.auth"] = result
             scope["user"] = TokenUser(result)
             scope["auth"] = TokenAuth(result)
         elif result.status_code != 200:
             await self._refuse(scope, send, result)
             return
+        else:
+            # Starlette's request.user raises unless scope["user"] is set: a route that
+            # reads it must work for anonymous and public requests too. An outer
+            # authentication middleware's user is kept.
+            scope.setdefault("user", ANONYMOUS)
+            scope.setdefault("auth", _NO_AUTH)
         await self.app(scope, receive, send)
 
     @staticmethod

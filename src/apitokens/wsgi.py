@@ -28,37 +28,57 @@ _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _UNQUOTED = re.compile(r"[A-Za-z0-9/!$&'()*+,;=:@\-._~]+")
 # AuthRequest's fast constructor, bound once: it is called on every request.
 _trusted = AuthRequest._trusted
+# The headers the core reads, by environ key: credentials, the proxy chain, the body's
+# media type (JSON rules) and the method-override headers (checked as well as the method).
+_WANTED = (
+    ("HTTP_AUTHORIZATION", "authorization"),
+    ("HTTP_X_FORWARDED_FOR", "x-forwarded-for"),
+    ("CONTENT_TYPE", "content-type"),
+    ("HTTP_X_HTTP_METHOD_OVERRIDE", "x-http-method-override"),
+    ("HTTP_X_HTTP_METHOD", "x-http-method"),
+    ("HTTP_X_METHOD_OVERRIDE", "x-method-override"),
+)
+
+
+def _quoted(path: str) -> str:
+    """A PEP 3333 path (bytes as latin-1 characters) percent-encoded as it was sent."""
+    if _UNQUOTED.fullmatch(path):
+        return path  # nothing quote() would change: skip it (most paths)
+    return quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
 
 
 def _raw_path(environ: Environ) -> str:
-    """The path as sent: the server's raw URI when it gives one, else re-quoted."""
+    """The path as sent: the server's raw URI when it gives one, else re-quoted.
+
+    An absolute-form target (``http://host/path``) gives its path. Any other
+    target without a leading ``/`` (``rest/admin``, ``http:rest/admin``, ``*``)
+    is kept as it is: the core refuses it, since servers differ in how they
+    route it.
+    """
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
-        if not raw.startswith("/"):  # absolute-form: http://host/path
-            raw = urlsplit(raw).path or "/"
-        return str(raw).split("?", 1)[0]
-    # PEP 3333: PATH_INFO holds the decoded bytes as latin-1 characters.
+        raw = str(raw)
+        if not raw.startswith("/"):
+            parts = urlsplit(raw)
+            if parts.scheme.lower() in ("http", "https") and parts.netloc:
+                raw = parts.path or "/"
+        return raw.split("?", 1)[0]
     path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    if _UNQUOTED.fullmatch(path):
-        return path  # nothing quote() would change: skip it (most paths)
-    return quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+    return _quoted(path) or "/"
 
 
 def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
     """Build the :class:`AuthRequest` for a WSGI environ (headers the core reads)."""
     # The header pairs are built as AuthRequest would store them (lower-case
     # names, str values), so the fast constructor can take them as they are.
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
     headers: tuple[tuple[str, str], ...] = ()
-    if authorization is not None:
-        if authorization.__class__ is not str:  # PEP 3333 says str; __init__ would str() it
-            authorization = str(authorization)
-        headers = (("authorization", authorization),)
-    if forwarded is not None:
-        if forwarded.__class__ is not str:
-            forwarded = str(forwarded)
-        headers += (("x-forwarded-for", forwarded),)
+    for key, name in _WANTED:
+        value = environ.get(key)
+        if value is not None:
+            if value.__class__ is not str:  # PEP 3333 says str; __init__ would str() it
+                value = str(value)
+            headers += ((name, value),)
+    script_name = environ.get("SCRIPT_NAME")
     return _trusted(
         environ.get("REQUEST_METHOD", "GET"),
         _raw_path(environ),
@@ -66,6 +86,8 @@ def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
         headers,
         environ.get("REMOTE_ADDR", ""),
         body,
+        # Mounted (a DispatcherMiddleware, a WSGI server's prefix): the path the app routes.
+        (_quoted(environ.get("PATH_INFO", "")) or "/") if script_name else "",
     )
 
 

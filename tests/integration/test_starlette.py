@@ -334,6 +334,10 @@ async def test_foreign_credentials_pass_through(
         "path": "/rest/api/x",
         "authorization": authorization,
         "token_id": None,
+        # request.user works for every request: anonymous when no token authenticated it
+        "user": "",
+        "authenticated": False,
+        "scopes": [],
     }
     assert tokens.audit(action="authenticate") == []
 
@@ -360,7 +364,7 @@ async def test_passwords_are_refused_when_other_auth_is_off(
     assert (password.status_code, password.json()) == (401, INVALID_TOKEN)
     assert password.headers.get_list("www-authenticate") == CHALLENGES_401
     assert (token.status_code, token.json()["user"]) == (200, "alice")
-    assert (public.status_code, public.json().get("user")) == (200, None)
+    assert (public.status_code, public.json().get("user")) == (200, "")  # anonymous
 
 
 # -- websocket and lifespan (driven by hand) --------------------------------------------------

@@ -12,11 +12,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apitokens import ApiTokens, AuthRequest, AuthResult, IssuedToken, Outcome
-from apitokens.asgi import TokenAuth, TokenUser, request_from_scope
+from apitokens.asgi import ANONYMOUS, TokenAuth, TokenUser, request_from_scope
 from tests.support import Clock, make_tokens
 
 Message = dict[str, Any]
-_WANTED = {b"authorization": "authorization", b"x-forwarded-for": "x-forwarded-for"}
+_WANTED = {
+    b"authorization": "authorization",
+    b"x-forwarded-for": "x-forwarded-for",
+    b"content-type": "content-type",
+    b"x-http-method-override": "x-http-method-override",
+    b"x-http-method": "x-http-method",
+    b"x-method-override": "x-method-override",
+}
+
+
+def _reference_app_path(scope: dict[str, Any]) -> str:
+    """What a mounted app routes: Starlette's get_route_path, quoted."""
+    root = scope.get("root_path", "")
+    if not root:
+        return ""
+    path = scope.get("path", "/")
+    if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        path = path[len(root) :]
+    return quote(path.encode("utf-8", "surrogateescape"), safe="/!$&'()*+,;=:@-._~") or "/"
 
 
 def _reference_path(scope: dict[str, Any]) -> str:
@@ -44,11 +62,22 @@ def reference(scope: dict[str, Any], body: bytes = b"") -> AuthRequest:
         headers=headers,
         client_ip=client[0] if client else "",
         body=body,
+        app_path=_reference_app_path(scope),
     )
 
 
 HEADER_NAMES = st.sampled_from(
-    [b"authorization", b"x-forwarded-for", b"host", b"Authorization", b"authorization ", b"x"]
+    [
+        b"authorization",
+        b"x-forwarded-for",
+        b"host",
+        b"Authorization",
+        b"authorization ",
+        b"x",
+        b"content-type",
+        b"x-http-method-override",
+        b"x-method-override",
+    ]
 )
 TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
 REQUIRED: dict[str, st.SearchStrategy[Any]] = {
@@ -57,7 +86,7 @@ REQUIRED: dict[str, st.SearchStrategy[Any]] = {
 }
 OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     "method": st.sampled_from(["GET", "POST", "delete"]),
-    "path": TEXT,
+    "path": st.one_of(TEXT, st.sampled_from(["/app", "/app/rest/x", "/apprest", "/app/"])),
     "raw_path": st.sampled_from([b"", b"/rest/a%2Fb", b"/app/x?y=1", b"/r\xe9st?", b"?"]),
     "root_path": st.sampled_from(["", "/app", "/app/"]),
     "query_string": st.binary(max_size=12),
@@ -241,7 +270,11 @@ def test_refusals_and_pass_through_are_unchanged(tokens: ApiTokens, issued: Issu
     assert scope is None and sent[0]["status"] == 401
     server_scope = scope_for(issued.secret, path="/public")
     scope, sent = call(tokens, server_scope)
-    assert scope is server_scope and "user" not in scope  # untouched, not even copied
+    # A copy (the server's scope is untouched) with an anonymous user for request.user.
+    assert scope is not None and scope is not server_scope and "user" not in server_scope
+    assert scope["user"] is ANONYMOUS and not scope["user"].is_authenticated
+    assert scope["auth"].scopes == []
+    assert "apitokens.auth" not in scope
     two = scope_for(issued.secret)
     two["headers"].append((b"authorization", f"Bearer {issued.secret}".encode()))
     scope, sent = call(tokens, two)

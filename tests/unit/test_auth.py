@@ -179,7 +179,7 @@ def test_restriction_rules_and_json_body(tokens: ApiTokens) -> None:
         scope=Scope.READ_WRITE,
         restrictions=["[post].*/rest/api/2/filter[JsonData::editable==false]"],
     )
-    h = bearer(issued.secret)
+    h = [*bearer(issued.secret), ("Content-Type", "application/json")]
     ok = AuthRequest("POST", "/rest/api/2/filter", headers=h, body=b'{"editable": false}')
     assert tokens.authenticate(ok).authenticated
     bad = AuthRequest("POST", "/rest/api/2/filter", headers=h, body=b'{"editable": true}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,12 +17,20 @@ LATIN1 = st.text(alphabet=st.characters(max_codepoint=255, exclude_categories=["
 def reference(environ: dict[str, Any], body: bytes = b"") -> AuthRequest:
     """The adapter as it was before the fast constructor: the public one, header list and all."""
     headers = []
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    if authorization is not None:
-        headers.append(("authorization", authorization))
-    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-    if forwarded is not None:
-        headers.append(("x-forwarded-for", forwarded))
+    for key, name in [
+        ("HTTP_AUTHORIZATION", "authorization"),
+        ("HTTP_X_FORWARDED_FOR", "x-forwarded-for"),
+        ("CONTENT_TYPE", "content-type"),
+        ("HTTP_X_HTTP_METHOD_OVERRIDE", "x-http-method-override"),
+        ("HTTP_X_HTTP_METHOD", "x-http-method"),
+        ("HTTP_X_METHOD_OVERRIDE", "x-method-override"),
+    ]:
+        if environ.get(key) is not None:
+            headers.append((name, environ[key]))
+    app_path = ""
+    if environ.get("SCRIPT_NAME"):
+        path_info = environ.get("PATH_INFO", "").encode("latin-1", "replace")
+        app_path = quote(path_info, safe="/!$&'()*+,;=:@-._~") or "/"
     return AuthRequest(
         method=environ.get("REQUEST_METHOD", "GET"),
         path=_raw_path(environ),
@@ -29,6 +38,7 @@ def reference(environ: dict[str, Any], body: bytes = b"") -> AuthRequest:
         headers=headers,
         client_ip=environ.get("REMOTE_ADDR", ""),
         body=body,
+        app_path=app_path,
     )
 
 
@@ -45,9 +55,13 @@ ENVIRONS = st.fixed_dictionaries(
         "PATH_INFO": LATIN1,
         "QUERY_STRING": LATIN1,
         "REMOTE_ADDR": st.sampled_from(["192.0.2.1", "::1", ""]),
-        "RAW_URI": st.sampled_from(["/rest/a%2Fb?x=1", "http://h/rest/x?y", ""]),
+        "RAW_URI": st.sampled_from(
+            ["/rest/a%2Fb?x=1", "http://h/rest/x?y", "", "rest/admin", "http:rest/x", "*"]
+        ),
         "HTTP_AUTHORIZATION": HEADER_VALUES,
         "HTTP_X_FORWARDED_FOR": HEADER_VALUES,
+        "CONTENT_TYPE": HEADER_VALUES,
+        "HTTP_X_HTTP_METHOD_OVERRIDE": HEADER_VALUES,
         "HTTP_HOST": LATIN1,
     },
 )

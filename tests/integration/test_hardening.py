@@ -1,0 +1,385 @@
+"""Issue #6 (hardening): each case was reproduced against the released code; each is fixed here.
+
+Bypasses (request targets, method overrides, mounts, token-looking values), the
+secret never written down, ``request.user`` always readable, an unknown id as
+slow as a wrong secret, and the address edge cases. Real servers where the case
+needs one (werkzeug's for request targets a test client cannot send).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from flask import Flask, jsonify
+from flask import request as flask_request
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import make_server
+
+from apitokens import ApiTokens, AuthRequest, Outcome, Scope, SQLiteStore
+from tests.support import CHEAP_HASHER, Clock, bearer, make_tokens
+
+Environ = dict[str, Any]
+pytestmark = pytest.mark.anyio
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def strict(clock: Clock) -> Iterator[ApiTokens]:
+    """Passwords off for the API: only tokens authenticate on /rest/."""
+    with make_tokens(
+        clock=clock, protected_paths=["/rest/"], allow_other_auth=False, max_failed_attempts=1000
+    ) as tokens:
+        yield tokens
+
+
+# -- 1. request targets that are not origin-form, through werkzeug's own server ----------------
+
+
+def password_app() -> Flask:
+    """An app with its own (password) auth: what apitokens must not let a request reach."""
+    app = Flask(__name__)
+
+    @app.route("/rest/admin", methods=["GET", "DELETE"])
+    def admin() -> Any:
+        return jsonify(reached=True, path=flask_request.path)
+
+    return app
+
+
+def serve(app: Callable[..., Any]) -> Iterator[int]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def raw_request(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Send ``GET <target> HTTP/1.1`` exactly as written; return status and body."""
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.fixture
+def werkzeug_port(strict: ApiTokens) -> Iterator[int]:
+    yield from serve(strict.wsgi(password_app().wsgi_app))
+
+
+@pytest.mark.parametrize("target", ["rest/admin", "http:rest/admin", "rest/%61dmin"])
+def test_a_target_without_a_leading_slash_is_refused(
+    werkzeug_port: int, strict: ApiTokens, target: str
+) -> None:
+    status, body = raw_request(werkzeug_port, target, {"Authorization": "Basic " + b64("a:pw")})
+    assert status == 400, body
+    assert b"reached" not in body
+    event = strict.audit(action="authenticate")[0]
+    assert (event.outcome, event.reason) == (
+        Outcome.FAILED,
+        "request target is not an absolute path",
+    )
+
+
+def test_absolute_form_is_checked_as_its_path(werkzeug_port: int, strict: ApiTokens) -> None:
+    issued = strict.create(actor="alice", name="ci")
+    url = f"http://127.0.0.1:{werkzeug_port}/rest/admin"
+    assert raw_request(werkzeug_port, url, {"Authorization": "Basic " + b64("a:pw")})[0] == 401
+    status, body = raw_request(werkzeug_port, url, {"Authorization": f"Bearer {issued.secret}"})
+    assert (status, b"reached" in body) == (200, True)
+
+
+def test_the_core_refuses_a_relative_path_only_where_something_is_protected() -> None:
+    with make_tokens(protected_paths=["/rest/"]) as tokens:
+        assert tokens.authenticate(AuthRequest("GET", "rest/x")).status_code == 400
+        assert tokens.authenticate(AuthRequest("GET", "*")).status_code == 400
+    with make_tokens(protected_paths=[]) as nothing:
+        assert nothing.authenticate(AuthRequest("GET", "rest/x")).outcome is Outcome.PASS_THROUGH
+
+
+# -- 3. method-override headers ------------------------------------------------------------------
+
+
+class HTTPMethodOverrideMiddleware:
+    """The middleware from Flask's own docs ("Adding HTTP Method Overrides")."""
+
+    allowed_methods = frozenset(["GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"])
+    bodyless_methods = frozenset(["GET", "HEAD", "OPTIONS", "DELETE"])
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: Callable[..., Any]) -> Any:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method in self.allowed_methods:
+            environ["REQUEST_METHOD"] = method
+        if method in self.bodyless_methods:
+            environ["CONTENT_LENGTH"] = "0"
+        return self.app(environ, start_response)
+
+
+def override_app(tokens: ApiTokens, deleted: list[str]) -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/rest/issue/<key>", methods=["GET", "DELETE"])
+    def issue(key: str) -> Any:
+        if flask_request.method == "DELETE":
+            deleted.append(key)
+        return jsonify(method=flask_request.method)
+
+    # As docs/security.md says: the override middleware goes inside tokens.wsgi.
+    app.wsgi_app = tokens.wsgi(HTTPMethodOverrideMiddleware(app.wsgi_app))  # type: ignore[method-assign]
+    return app
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"])
+def test_a_read_only_token_cannot_delete_through_an_override(
+    tokens: ApiTokens, header: str
+) -> None:
+    deleted: list[str] = []
+    client = override_app(tokens, deleted).test_client()
+    read_only = tokens.create(actor="alice", name="ro")
+    get_rule = tokens.create(
+        actor="bob", name="get", scope=Scope.READ_WRITE, restrictions=["[GET].*/rest/issue/.*"]
+    )
+    for issued in (read_only, get_rule):
+        auth = {"Authorization": f"Bearer {issued.secret}"}
+        assert client.get("/rest/issue/A-1", headers=auth).json == {"method": "GET"}
+        refused = client.get("/rest/issue/A-1", headers={**auth, header: "DELETE"})
+        assert refused.status_code == 403
+        assert refused.json["error"] == "insufficient_scope"
+    assert deleted == []
+    reasons = [e.reason for e in tokens.audit(outcome=Outcome.FORBIDDEN)]
+    assert any("DELETE" in reason for reason in reasons), reasons
+
+
+def test_an_override_both_methods_allow_passes(tokens: ApiTokens) -> None:
+    deleted: list[str] = []
+    client = override_app(tokens, deleted).test_client()
+    issued = tokens.create(actor="bob", name="rw", scope=Scope.READ_WRITE)
+    auth = {"Authorization": f"Bearer {issued.secret}", "X-HTTP-Method-Override": "DELETE"}
+    assert client.get("/rest/issue/A-2", headers=auth).json == {"method": "DELETE"}
+    assert deleted == ["A-2"]
+
+
+async def test_overrides_are_checked_by_the_asgi_adapter_too(
+    tokens: ApiTokens, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    async def anything(request: Any) -> Response:
+        return JSONResponse({"method": request.headers.get("x-http-method-override")})
+
+    app = tokens.asgi(Starlette(routes=[Route("/rest/{p:path}", anything)]))
+    issued = tokens.create(actor="alice", name="ro")
+    async with asgi_client(app) as client:
+        headers = {"Authorization": f"Bearer {issued.secret}", "X-HTTP-Method-Override": "PUT"}
+        response = await client.get("/rest/x", headers=headers)
+    assert response.status_code == 403
+
+
+# -- 4. mounted apps ------------------------------------------------------------------------------
+
+
+def echo_user_wsgi(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"reached {environ.get('REMOTE_USER')}".encode()]
+
+
+def test_a_wsgi_app_mounted_under_a_prefix_is_protected(strict: ApiTokens) -> None:
+    app = DispatcherMiddleware(echo_user_wsgi, {"/api": strict.wsgi(echo_user_wsgi)})
+    issued = strict.create(actor="alice", name="ci")
+    for port in serve(app):
+        base = f"http://127.0.0.1:{port}"
+        password = httpx.get(f"{base}/api/rest/admin", auth=("alice", "pw"))
+        assert password.status_code == 401
+        nothing = httpx.get(f"{base}/api/rest/admin")
+        assert nothing.status_code == 401
+        token = httpx.get(f"{base}/api/rest/admin", headers=bearer(issued.secret))
+        assert (token.status_code, token.text) == (200, "reached alice")
+        # Outside the mount and outside the protected prefix: untouched.
+        assert httpx.get(f"{base}/api/public").text == "reached None"
+
+
+async def test_an_asgi_app_mounted_under_a_prefix_is_protected(
+    strict: ApiTokens, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    async def inner(request: Any) -> Response:
+        return JSONResponse({"reached": True, "user": request.user.display_name})
+
+    inner_app = Starlette(routes=[Route("/{p:path}", inner)])
+    app = Starlette(routes=[Mount("/api", app=strict.asgi(inner_app))])
+    issued = strict.create(actor="alice", name="ci")
+    async with asgi_client(app) as client:
+        nothing = await client.get("/api/rest/admin")
+        password = await client.get("/api/rest/admin", auth=("alice", "pw"))
+        token = await client.get("/api/rest/admin", headers=bearer(issued.secret))
+        public = await client.get("/api/public")
+    assert (nothing.status_code, password.status_code) == (401, 401)
+    assert token.json() == {"reached": True, "user": "alice"}
+    assert public.json() == {"reached": True, "user": ""}
+
+
+# -- 5 and 12. token-looking values are checked or refused, and never written down -------------
+
+
+def test_a_token_in_an_unknown_scheme_is_refused(tokens: ApiTokens) -> None:
+    issued = tokens.create(actor="alice", name="ci")
+    for value in (f"Token {issued.secret}", f"token={issued.secret}"):
+        refused = tokens.authenticate(
+            AuthRequest("GET", "/rest/x", headers=[("Authorization", value)])
+        )
+        assert refused.status_code == 400, value
+    embedded = f"Bearer x{issued.secret}"
+    assert (
+        tokens.authenticate(
+            AuthRequest("GET", "/rest/x", headers=[("Authorization", embedded)])
+        ).status_code
+        == 401
+    )
+
+
+def test_a_token_sent_as_the_basic_username_is_never_stored_or_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "tokens.db")
+    caplog.set_level(logging.INFO, logger="apitokens")
+    with make_tokens(store, protected_paths=["/rest/"]) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        secret = issued.secret
+        forged = secret[:-6] + ("000000" if not secret.endswith("000000") else "111111")
+        for user, password in ((secret, secret), (forged, secret), (secret, "pw"), (forged, "x")):
+            header = [("Authorization", "Basic " + b64(f"{user}:{password}"))]
+            result = tokens.authenticate(AuthRequest("GET", f"/rest/{secret}", headers=header))
+            assert result.status_code in (400, 401)
+        events = tokens.audit(action="authenticate")
+        tokens.flush()
+    store.close()
+    assert len(events) == 4
+    for event in events:
+        assert secret not in repr(event) and forged not in repr(event)
+        assert event.user is None or "apt_" not in event.user
+        assert event.path == f"/rest/apt_{issued.token.id}\u2026"
+    for record in caplog.records:
+        assert secret not in record.getMessage() and forged not in record.getMessage()
+    for path in tmp_path.iterdir():  # the database, its WAL and anything beside it
+        data = path.read_bytes()
+        assert secret.encode() not in data and forged.encode() not in data, path.name
+
+
+# -- 13. request.user on every request --------------------------------------------------------
+
+
+async def test_a_fastapi_route_reading_request_user_works_for_everyone(
+    tokens: ApiTokens, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    api = FastAPI()
+
+    @api.get("/{p:path}")
+    async def who(request: Request) -> dict[str, Any]:
+        return {"user": request.user.display_name, "in": request.user.is_authenticated}
+
+    issued = tokens.create(actor="alice", name="ci")
+    async with asgi_client(tokens.asgi(api)) as client:
+        public = await client.get("/public")
+        anonymous = await client.get("/rest/x")
+        password = await client.get("/rest/x", auth=("alice", "pw"))
+        token = await client.get("/rest/x", headers=bearer(issued.secret))
+    assert public.json() == anonymous.json() == password.json() == {"user": "", "in": False}
+    assert token.json() == {"user": "alice", "in": True}
+
+
+# -- 14. an unknown id costs what a wrong secret costs ------------------------------------------
+
+
+class CountingHasher(type(CHEAP_HASHER)):  # type: ignore[misc]
+    """The cheap argon2 hasher, counting verifications."""
+
+    calls = 0
+
+    def verify(self, hashed: str, token: str) -> bool:
+        type(self).calls += 1
+        return bool(super().verify(hashed, token))
+
+
+def test_an_unknown_id_takes_a_verification_like_a_wrong_secret() -> None:
+    hasher = CountingHasher.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    with ApiTokens(SQLiteStore(":memory:"), hasher=hasher, policy=make_tokens().policy) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        fmt = tokens.policy.token_format
+        before = CountingHasher.calls
+        assert (
+            tokens.authenticate(
+                AuthRequest("GET", "/x", headers=bearer(fmt.issue().value))
+            ).status_code
+            == 401
+        )
+        unknown = CountingHasher.calls - before
+        wrong = fmt.issue(issued.token.id).value
+        assert (
+            tokens.authenticate(AuthRequest("GET", "/x", headers=bearer(wrong))).status_code == 401
+        )
+        assert CountingHasher.calls - before - unknown == unknown == 1
+        reasons = [e.reason for e in tokens.audit(action="authenticate")]
+    assert reasons == ["wrong secret", "unknown token id"]
+
+
+# -- 15. addresses -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "client", "ok"),
+    [
+        ("::ffff:203.0.113.0/120", "203.0.113.5", True),
+        ("::ffff:203.0.113.0/120", "::ffff:203.0.113.5", True),
+        ("203.0.113.0/24", "::ffff:203.0.113.5", True),
+        ("::ffff:203.0.113.0/120", "203.0.114.5", False),
+        ("2001:db8::/32", "203.0.113.5", False),
+    ],
+)
+def test_ipv4_mapped_networks_match_both_ways(allowed: str, client: str, ok: bool) -> None:
+    with make_tokens() as tokens:
+        issued = tokens.create(actor="alice", name="ci", allowed_ips=[allowed])
+        request = AuthRequest("GET", "/x", headers=bearer(issued.secret), client_ip=client)
+        assert tokens.authenticate(request).authenticated is ok
+
+
+@pytest.mark.parametrize(
+    "hop", ["203.0.113.5:4711", "[2001:db8::1]:4711", "203.0.113.5", "2001:db8::1"]
+)
+def test_forwarded_hops_with_a_port(hop: str) -> None:
+    with make_tokens(trusted_proxies=["10.0.0.0/8"]) as tokens:
+        issued = tokens.create(
+            actor="alice", name="ci", allowed_ips=["203.0.113.0/24", "2001:db8::/32"]
+        )
+        headers = [*bearer(issued.secret), ("X-Forwarded-For", f"{hop}, 10.0.0.2")]
+        result = tokens.authenticate(
+            AuthRequest("GET", "/x", headers=headers, client_ip="10.0.0.1")
+        )
+        assert result.authenticated
+        assert (
+            tokens.audit(limit=1)[0].client_ip
+            == hop.split("]")[0].lstrip("[").rsplit(":4711", 1)[0]
+        )
