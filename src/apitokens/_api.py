@@ -7,19 +7,21 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._audit import AuditWriter
 from ._auth import Authenticator, Decision
 from ._errors import StorageError
 from ._hashing import Hasher, SecretVerifier
+from ._journal import FilePositions, Positions
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._policy import Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
 from ._validate import UNSET, Unset
-from .storage import TokenStore
+from .storage import MemoryStore, SQLiteStore, TokenStore
 
 if TYPE_CHECKING:
     from .asgi import ASGIApp, ASGIMiddleware
@@ -50,9 +52,18 @@ class ApiTokens:
             this process; a change made by another process shows within it.
         max_concurrent_verifications: uncached hash verifications at once
             (default: the number of CPUs).
+        journal: the audit journal, which keeps every answered request's audit
+            event and use on disk until the store has them (``docs/storage.md``):
+            ``None`` (default) turns it on for a ``SQLiteStore`` file, in a
+            directory beside it, and off otherwise; a directory turns it on for
+            any store (a ``MemoryStore`` refuses: nothing would recover it);
+            ``False`` turns it off.
 
     The object owns a background writer thread: call :meth:`close` (or use it
     as a context manager) when done; interpreter exit also flushes it.
+
+    Raises:
+        ValueError: ``journal`` given for a ``MemoryStore``.
     """
 
     def __init__(
@@ -65,12 +76,18 @@ class ApiTokens:
         clock: Callable[[], datetime] | None = None,
         cache_ttl: float = 1.0,
         max_concurrent_verifications: int | None = None,
+        journal: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         self.store = store
         self.policy = policy if policy is not None else Policy()
         self.clock = clock if clock is not None else _utcnow
         self.verifier = SecretVerifier(hasher)
-        self.writer = AuditWriter(store)
+        directory = _journal_directory(store, journal)
+        self.writer = AuditWriter(
+            store,
+            journal=directory,
+            positions=None if directory is None else _positions(store, directory),
+        )
         self.authenticator = Authenticator(
             store,
             self.policy,
@@ -113,18 +130,20 @@ class ApiTokens:
         return result
 
     def _recorded(self, decision: Decision, *, block: bool = True) -> AuthResult | None:
-        """Queue a decision's records for the writer; return its result.
+        """Queue a decision's records for the writer (and its journal); return its result.
 
         Fails closed: when the records cannot be queued (the writer is closed,
-        the application is shutting down), a 503, never an unaudited success.
+        the application is shutting down, the buffer stayed full for the
+        writer's ``max_wait`` seconds because the store cannot be written, the
+        journal cannot be written), a 503, never an unaudited success.
         ``None`` only when ``block`` is false and the buffer is full.
         """
         try:
             if not self.writer.submit(decision.records, block=block):
                 return None
-        except StorageError:
-            log.error("apitokens: audit writer closed; answering 503")
-            return refusal(self.policy, 503, "audit writer closed")
+        except StorageError as exc:
+            log.error("apitokens: %s; answering 503", exc)
+            return refusal(self.policy, 503, "audit log unavailable")
         return decision.result
 
     def wsgi(self, app: WSGIApplication) -> WSGIMiddleware:
@@ -367,3 +386,31 @@ class ApiTokens:
     def close(self) -> None:
         """Flush and stop the writer. The store stays open (it is yours)."""
         self.writer.close()
+
+
+def _journal_directory(
+    store: TokenStore, journal: str | os.PathLike[str] | bool | None
+) -> Path | None:
+    """The directory of the audit journals for ``store``, or ``None`` for none."""
+    if journal is False:
+        return None
+    if isinstance(store, MemoryStore):
+        if journal is None:
+            return None  # nothing outlives the process, so nothing to recover
+        raise ValueError("a MemoryStore keeps nothing after the process: no journal for it")
+    if journal is None or journal is True:
+        directory = store.journal_directory if isinstance(store, SQLiteStore) else None
+        if directory is None and journal is True:
+            raise ValueError("journal=True needs a directory for this store: pass journal=path")
+        return directory
+    return Path(journal)
+
+
+def _positions(store: TokenStore, directory: Path) -> Positions:
+    """Where the journals' positions live: in the store's own transactions when it can."""
+    if isinstance(store, SQLiteStore) and type(store).write is not SQLiteStore.write:
+        # A subclass that overrides write() gets every event through it.
+        return FilePositions(store, directory)
+    if isinstance(store, Positions):
+        return store
+    return FilePositions(store, directory)

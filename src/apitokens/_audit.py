@@ -2,10 +2,19 @@
 
 Requests hand their records to :meth:`AuditWriter.submit` and go on; one
 background thread writes them in batches, each batch one store transaction.
-The buffer is bounded: when it is full, ``submit`` waits (backpressure), so a
-record is never dropped. ``flush()`` waits until everything submitted before
-it is written; ``close()`` flushes and stops the thread, and so does
+The buffer is bounded: when it is full, ``submit`` waits (backpressure), but
+only ``max_wait`` seconds: then it raises :class:`StorageError` and the request
+is refused with 503, so a store that cannot be written never hangs requests
+and a record is never dropped. ``flush()`` waits until everything submitted
+before it is written; ``close()`` flushes and stops the thread, and so does
 interpreter exit.
+
+With a journal (``_journal.py``), ``submit`` also appends the records to this
+process's journal file before it returns, and each batch records how far into
+the journal it wrote in the same store transaction: a process killed with
+SIGKILL loses nothing, since the next writer on the store replays the rest. A
+forked child gets a writer and a journal of its own (``os.register_at_fork``);
+what was pending in the parent at the fork stays the parent's.
 
 Audit events are written with their batch. Token usage (use count, last use)
 is folded per token and held for up to ``usage_interval`` seconds across
@@ -17,8 +26,10 @@ batch, which is most of what a batch costs when many tokens are in use.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import weakref
@@ -26,8 +37,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from ._errors import StorageError
+from ._journal import ROTATE_BYTES, Journal, Positions, encode, replay
 from ._model import Action, AuditEvent, AuthEntry, Usage
 from .storage import SQLiteStore, TokenStore
 
@@ -38,6 +51,9 @@ audit_log = logging.getLogger("apitokens.audit")
 
 # Most tokens whose usage is held at once; more, and it is written with the next batch.
 MAX_HELD_TOKENS = 100_000
+# Seconds between looks for dead processes' journals (and after a failed replay).
+RECOVER_INTERVAL = 60.0
+RECOVER_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +122,10 @@ class AuditWriter:
         interval: longest a record waits before it is written, in seconds.
         usage_interval: longest a token's usage is held before it is written, in
             seconds; the uses within it become one update of the token's row.
+        max_wait: longest ``submit`` waits for room in a full buffer, in seconds.
+        journal: the directory of the audit journals (``None``: no journal).
+        positions: where the store keeps the journals' positions (needed with
+            ``journal``).
     """
 
     def __init__(
@@ -116,31 +136,24 @@ class AuditWriter:
         batch_size: int = 5_000,
         interval: float = 0.5,
         usage_interval: float = 5.0,
+        max_wait: float = 5.0,
+        journal: Path | None = None,
+        positions: Positions | None = None,
     ) -> None:
+        if journal is not None and positions is None:
+            raise ValueError("a journal needs a store that keeps its positions")
         self._store = store
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.interval = interval
         self.usage_interval = usage_interval
-        self._pending: deque[Record] = deque()
-        self._in_flight = 0
-        self._flush_requested = False
-        # Set by flush() and close() only: held usage must be written too. (A full
-        # buffer sets _flush_requested to hurry the writer, but usage may stay held.)
-        self._usage_requested = False
-        # Usage folded per token, not yet written; only the writer thread touches it.
-        self._held: dict[str, _Uses] = {}
-        self._held_since: float | None = None  # monotonic time of the oldest held use
-        self._held_count = 0  # len(self._held), read under the lock by flush()
+        self.max_wait = max_wait
+        self.journal_directory = journal
+        self._positions = positions
         self._closing = False
-        # A plain lock under the condition: submit() (every request) takes it directly,
-        # a C-level context manager, not the condition's Python __enter__ over an RLock.
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self.written = 0
         self._write_entries = _entry_writer(store)
-        self._thread = threading.Thread(target=self._run, name="apitokens-writer", daemon=True)
-        self._thread.start()
+        self._start(recover_in=0.0)
+        _WRITERS.add(self)
         # Flush at interpreter exit without keeping the writer alive.
         ref = weakref.ref(self)
 
@@ -152,6 +165,43 @@ class AuditWriter:
         self._atexit = at_exit
         atexit.register(at_exit)
 
+    def _start(self, *, recover_in: float) -> None:
+        """Fresh state, journal and thread: at creation, and in a forked child."""
+        self._pending: deque[Record] = deque()
+        # With a journal: the journal's size after each pending record was appended.
+        self._marks: deque[int] = deque()
+        self._in_flight = 0
+        self._flush_requested = False
+        # Set by flush() and close() only: held usage must be written too. (A full
+        # buffer sets _flush_requested to hurry the writer, but usage may stay held.)
+        self._usage_requested = False
+        # Usage folded per token, not yet written; only the writer thread touches it.
+        self._held: dict[str, _Uses] = {}
+        self._held_since: float | None = None  # monotonic time of the oldest held use
+        self._held_count = 0  # len(self._held), read under the lock by flush()
+        # A plain lock under the condition: submit() (every request) takes it directly,
+        # a C-level context manager, not the condition's Python __enter__ over an RLock.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.written = 0
+        self._lost = False  # records given up at close: the journal keeps them
+        self._journal: Journal | None = None
+        self._journal_error: str | None = None
+        # Dead journals are looked for in recover_in seconds, then every RECOVER_INTERVAL.
+        # flush() waits for the first look (it is at once, except in a forked child,
+        # whose parent already looked).
+        self._recovering = self.journal_directory is not None and recover_in == 0
+        self._recover_at = time.monotonic() + recover_in
+        if self.journal_directory is not None:
+            try:
+                self._journal = Journal.create(self.journal_directory)
+            except OSError as exc:
+                # Fail closed: without its journal no request is answered (503).
+                self._journal_error = exc.strerror or str(exc)
+                log.error("apitokens: cannot create the audit journal: %s", self._journal_error)
+        self._thread = threading.Thread(target=self._run, name="apitokens-writer", daemon=True)
+        self._thread.start()
+
     def __repr__(self) -> str:
         return f"AuditWriter(pending={len(self._pending)}, written={self.written})"
 
@@ -161,41 +211,76 @@ class AuditWriter:
         with self._cond:
             return len(self._pending) + self._in_flight
 
+    @property
+    def journal(self) -> Path | None:
+        """This process's journal file, if any."""
+        journal = self._journal
+        return journal.path if journal is not None else None
+
     def submit(self, records: Sequence[Record], *, block: bool = True) -> bool:
-        """Queue ``records`` for writing.
+        """Queue ``records`` for writing (and append them to the journal, if any).
 
         Args:
             records: events, usages and re-hashes, written in order.
-            block: wait for room when the buffer is full (the default);
-                with ``False``, return ``False`` instead of waiting.
+            block: wait for room when the buffer is full (the default), at most
+                ``max_wait`` seconds; with ``False``, return ``False`` instead of waiting.
 
         Returns:
             ``True`` once queued; ``False`` only when ``block`` is false and
             the buffer is full.
 
         Raises:
-            StorageError: the writer is closed.
+            StorageError: the writer is closed, the buffer stayed full for
+                ``max_wait`` seconds, or the journal cannot be written.
         """
         if not records:
             return True
+        data = encode(records) if self.journal_directory is not None else b""
         with self._lock:
-            while len(self._pending) + len(records) > self.max_pending and self._pending:
-                if self._closing:
-                    break
+            if len(self._pending) + len(records) > self.max_pending and self._pending:
                 if not block:
                     return False
-                self._flush_requested = True
-                self._cond.notify_all()
-                self._cond.wait()
+                self._wait_for_room(len(records))
             if self._closing:
                 raise StorageError("the audit writer is closed")
+            if self.journal_directory is not None:
+                journal = self._journal
+                if journal is None:
+                    raise StorageError(f"the audit journal is unusable: {self._journal_error}")
+                if data:
+                    try:
+                        journal.append(data)
+                    except OSError as exc:
+                        raise StorageError(f"the audit journal cannot be written: {exc}") from None
+                if len(records) == 1:
+                    self._marks.append(journal.size)
+                else:
+                    self._marks.extend([journal.size] * len(records))
             self._pending.extend(records)
             if len(self._pending) >= self.batch_size:
                 self._cond.notify_all()
         return True
 
+    def _wait_for_room(self, count: int) -> None:
+        """Backpressure, bounded: called with the lock held."""
+        deadline = time.monotonic() + self.max_wait
+        while len(self._pending) + count > self.max_pending and self._pending:
+            if self._closing:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StorageError(
+                    f"the audit writer is {len(self._pending)} records behind"
+                    f" after {self.max_wait:g} s (is the store writable?)"
+                )
+            self._flush_requested = True
+            self._cond.notify_all()
+            self._cond.wait(remaining)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record submitted so far is written, held usage included.
+
+        Also waits for the first replay of dead processes' journals.
 
         Returns:
             ``True`` when all was written, ``False`` on timeout.
@@ -205,12 +290,21 @@ class AuditWriter:
             self._usage_requested = True
             self._cond.notify_all()
             return self._cond.wait_for(
-                lambda: not self._pending and not self._in_flight and not self._held_count,
+                lambda: (
+                    not self._pending
+                    and not self._in_flight
+                    and not self._held_count
+                    and not self._recovering
+                ),
                 timeout=timeout,
             )
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Write what is buffered and stop the thread. Idempotent."""
+        """Write what is buffered and stop the thread. Idempotent.
+
+        The journal is deleted when everything in it was written; if not (the
+        store failed), it stays for the next writer on the store to replay.
+        """
         atexit.unregister(self._atexit)
         with self._cond:
             self._closing = True
@@ -218,8 +312,8 @@ class AuditWriter:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _take(self) -> tuple[list[Record], bool] | None:
-        """The next batch and whether held usage must go with it; ``None``: stop."""
+    def _take(self) -> tuple[list[Record], bool, _Mark | None] | None:
+        """The next batch, whether held usage goes with it, and its mark; ``None``: stop."""
         with self._cond:
             deadline = time.monotonic() + self.interval
             while not self._closing and not self._flush_requested:
@@ -229,19 +323,22 @@ class AuditWriter:
                 remaining = deadline - now if self._pending else self.interval
                 if self._held_since is not None:
                     remaining = min(remaining, self._held_since + self.usage_interval - now)
+                if self.journal_directory is not None:
+                    remaining = min(remaining, self._recover_at - now)
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
                 if not self._pending:
                     deadline = time.monotonic() + self.interval
+            journal = self._journal
             if not self._pending:
                 self._flush_requested = False
                 with_usage = self._usage_requested or self._closing
                 self._usage_requested = False
                 if self._held_count:  # held usage due, or asked for: write it alone
-                    return [], with_usage
+                    return [], with_usage, _mark(journal, None)
                 self._cond.notify_all()
-                return None if self._closing else ([], False)
+                return None if self._closing else ([], False, None)
             # Behind (two batches or more waiting): take up to four at once. A batch
             # touches each token's index pages once however many of its rows it holds,
             # so bigger batches write many-token traffic faster, and only when needed.
@@ -249,32 +346,87 @@ class AuditWriter:
             if len(self._pending) >= 2 * limit:
                 limit *= 4
             count = min(len(self._pending), limit)
+            retire = False
             if count == len(self._pending):  # the usual case: all of it, copied in C
                 batch = list(self._pending)
                 self._pending.clear()
+                self._marks.clear()
+                end = journal.size if journal is not None else 0
+                if journal is not None and journal.size >= ROTATE_BYTES:
+                    retire = self._rotate()
             else:
                 batch = [self._pending.popleft() for _ in range(count)]
+                end = 0
+                if journal is not None:
+                    for _ in range(count):
+                        end = self._marks.popleft()
             self._in_flight = count
-            with_usage = False
+            with_usage = retire  # a retired journal is done only once its usage is written
             if not self._pending:
                 self._flush_requested = False
                 # The last batch a flush() waits for: held usage goes with it.
-                with_usage = self._usage_requested or self._closing
+                with_usage = with_usage or self._usage_requested or self._closing
                 self._usage_requested = False
             self._cond.notify_all()  # room for blocked submitters
-            return batch, with_usage
+            return batch, with_usage, _mark(journal, end, retire)
+
+    def _rotate(self) -> bool:
+        """Start a new journal (the lock is held, nothing pending); ``True`` if done."""
+        assert self.journal_directory is not None
+        try:
+            self._journal = Journal.create(self.journal_directory)
+        except OSError:
+            log.exception("apitokens: cannot start a new audit journal; keeping the old one")
+            return False
+        return True
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
-            batch, with_usage = taken
+            batch, with_usage, mark = taken
             if batch or self._held:
-                self._write(batch, with_usage=with_usage)
+                self._write(batch, with_usage=with_usage, mark=mark)
             with self._cond:
                 self._in_flight = 0
                 self._held_count = len(self._held)
                 self._cond.notify_all()
+            if self.journal_directory is not None and time.monotonic() >= self._recover_at:
+                self._recover()
+        self._finish()
 
-    def _write(self, batch: list[Record], *, with_usage: bool = False) -> None:
+    def _recover(self) -> None:
+        """Replay the journals of processes that are gone (the writer thread)."""
+        assert self.journal_directory is not None and self._positions is not None
+        own = [self._journal.name] if self._journal is not None else []
+        try:
+            replay(self.journal_directory, self._positions, own=own)
+        except Exception:
+            log.exception("apitokens: replaying dead processes' audit journals failed; retrying")
+            self._recover_at = time.monotonic() + RECOVER_RETRY
+            return
+        self._recover_at = time.monotonic() + RECOVER_INTERVAL
+        if self._recovering:
+            with self._cond:
+                self._recovering = False
+                self._cond.notify_all()
+
+    def _finish(self) -> None:
+        """At close: delete the journal if all of it is written, else keep it for a replay."""
+        journal = self._journal
+        if journal is None:
+            return
+        if self._lost or self._pending or self._held:
+            journal.close()
+            log.error("apitokens: audit journal %s kept for the next writer", journal.path)
+            return
+        journal.remove()
+        assert self._positions is not None
+        # A position left behind is dropped by the next replay.
+        with contextlib.suppress(Exception):
+            self._positions.forget_journals([journal.name])
+
+    def _write(
+        self, batch: list[Record], *, with_usage: bool = False, mark: _Mark | None = None
+    ) -> None:
         events: list[AuditEvent | AuthEntry] = []  # in batch order
         uses = self._held  # folded per token, across batches until written
         rehashes: list[Rehash] = []
@@ -309,30 +461,43 @@ class AuditWriter:
                 or now - self._held_since >= self.usage_interval
             ):
                 usage = [Usage(token_id, u.at, u.ip, u.count) for token_id, u in uses.items()]
-        if not events and not usage and not rehashes:
+        retire = mark is not None and mark.retire
+        if not events and not usage and not rehashes and not retire:
             self.written += len(batch)
             return  # usage held, nothing else: no transaction
         write_entries = self._write_entries
         as_events: list[AuditEvent] | None = None
-        if write_entries is None:
+        positions = self._positions
+        marks = []
+        if mark is not None and positions is not None:
+            # Usage held across batches is written only with the last of them: its
+            # position moves only when it is written (None: keep it).
+            usage_pos = mark.end if usage or not uses else None
+            marks = [(mark.journal.name, mark.end, usage_pos)]
+        elif write_entries is None:
             as_events = _events(events)
         delay = 0.05
         attempts = 0
         while True:
             attempts += 1
             try:
-                if write_entries is not None:
+                if marks:
+                    assert positions is not None
+                    positions.write_journaled(events, usage, marks)
+                elif write_entries is not None:
                     write_entries(events, usage)
                 else:
                     self._store.write(events=as_events or [], usage=usage)
                 break
             except Exception:
                 # Keep the batch and retry: records are never dropped while
-                # the process lives. At close, give up after a few tries.
+                # the process lives. At close, give up after a few tries (the
+                # journal, if any, keeps them for the next writer).
                 with self._cond:
                     closing = self._closing
                 if closing and attempts >= 5:
                     log.error("apitokens: could not write %d audit records at close", len(batch))
+                    self._lost = True
                     self._forget_usage()
                     return
                 log.exception("apitokens: writing %d audit records failed; retrying", len(batch))
@@ -340,6 +505,9 @@ class AuditWriter:
                 delay = min(delay * 2, 5.0)
         if usage:
             self._forget_usage()
+        if retire:
+            assert mark is not None
+            mark.journal.remove()  # every record in it written, usage too
         for rehash in rehashes:
             # A lost re-hash costs nothing: the token is re-hashed on its
             # next verification instead. So no retry here.
@@ -356,6 +524,41 @@ class AuditWriter:
         """Held usage is written (or given up at close): hold none."""
         self._held = {}
         self._held_since = None
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child: the parent's records stay the parent's; a writer of its own."""
+        journal = self._journal
+        if journal is not None:
+            journal.abandon()  # the parent's file, and lock, stay the parent's
+        if self._closing:
+            return
+        self._start(recover_in=RECOVER_INTERVAL)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """Where a batch ends in its journal; ``retire``: the journal is done after it."""
+
+    journal: Journal
+    end: int
+    retire: bool = False
+
+
+def _mark(journal: Journal | None, end: int | None, retire: bool = False) -> _Mark | None:
+    if journal is None:
+        return None
+    return _Mark(journal, journal.size if end is None else end, retire)
+
+
+_WRITERS: weakref.WeakSet[AuditWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _entry_writer(

@@ -123,7 +123,7 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         got = store.get("old")
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
-    assert user_version(path) == _migrations.LATEST_VERSION == 3
+    assert user_version(path) == _migrations.LATEST_VERSION == 4
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:
@@ -156,13 +156,13 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with raw(path) as conn:
         conn.execute("CREATE TABLE tokens (id TEXT)")
-        conn.execute("PRAGMA user_version = 4")
+        conn.execute(f"PRAGMA user_version = {_migrations.LATEST_VERSION + 1}")
     before = path.read_bytes()
     with pytest.raises(SchemaVersionError) as info:
         SQLiteStore(path)
     message = str(info.value)
-    assert "schema version 4" in message
-    assert "up to 3" in message
+    assert f"schema version {_migrations.LATEST_VERSION + 1}" in message
+    assert f"up to {_migrations.LATEST_VERSION}" in message
     assert isinstance(info.value, StorageError)
     assert path.read_bytes() == before
 

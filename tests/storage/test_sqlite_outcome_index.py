@@ -75,5 +75,5 @@ def test_a_version_2_file_upgrades_and_finds_every_outcome(tmp_path: Path) -> No
             assert [e.at for e in found] == expected[::-1]
     assert "WHERE outcome != 'success'" in index_sql(path)
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == _migrations.LATEST_VERSION
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

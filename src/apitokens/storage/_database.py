@@ -15,8 +15,10 @@ for them the pool holds exactly one connection, lent to one thread at a time.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 
 from apitokens._errors import StorageError
@@ -48,6 +50,8 @@ class Database:
             private=self.private,
         )
         self._write_lock = threading.Lock()
+        self._fork_held = False
+        _DATABASES.add(self)
 
     def _connect(self) -> sqlite3.Connection:
         """A new connection, set up as every connection of the pool is."""
@@ -124,3 +128,44 @@ class Database:
     def close(self) -> None:
         """Close every connection (see :meth:`Pool.close`)."""
         self.pool.close()
+
+    # -- fork: never in the middle of one of our write transactions --------------------
+
+    def _before_fork(self) -> None:
+        self._fork_held = self._write_lock.acquire(timeout=self._timeout)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._write_lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._write_lock = threading.Lock()
+        self._fork_held = False
+
+
+_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for database in list(_DATABASES):
+        database._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for database in list(_DATABASES):
+        database._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_DATABASES):
+        database._after_fork_in_child()
+
+
+# Registered after the pool's hooks (this module imports _pool first), so this runs
+# before them at a fork: the write lock first, then the wait for lent connections.
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

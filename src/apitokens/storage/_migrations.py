@@ -85,7 +85,20 @@ _V3 = (
     f"CREATE INDEX audit_by_outcome ON audit (outcome, at) WHERE {UNSUCCESSFUL}",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3)
+_V4 = (
+    # The audit journals (_journal.py): how far each process's journal is in the
+    # store, moved in the same transaction as the rows it wrote, so a dead
+    # process's journal is replayed from exactly there.
+    """
+    CREATE TABLE journal (
+        name    TEXT PRIMARY KEY NOT NULL,
+        events  INTEGER NOT NULL,
+        usage   INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -11,9 +11,11 @@ which is what makes ``check_same_thread=False`` safe whatever
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 from apitokens._errors import StorageError
@@ -22,6 +24,9 @@ __all__ = ["Pool"]
 
 _MAX_IDLE = 8
 """Idle connections kept for reuse; more are opened under load and closed after."""
+
+_FORK_WAIT = 5.0
+"""Longest ``os.fork()`` waits for connections lent to other threads to come back."""
 
 
 class Pool:
@@ -44,6 +49,7 @@ class Pool:
         self._idle: list[sqlite3.Connection] = []
         self._lent = 0
         self.closed = False
+        _POOLS.add(self)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -94,3 +100,52 @@ class Pool:
             self._cond.notify_all()
         for conn in idle:
             conn.close()
+
+    # -- fork: SQLite connections must never cross one (sqlite.org/howtocorrupt.html) ---
+
+    def _before_fork(self) -> None:
+        """Hold the pool across the fork with no connection lent and none idle.
+
+        The child gets a pool with no connection of the parent's: it opens its own.
+        Idle connections are closed, in the parent (it reopens them as needed), so
+        the child has none to close or use: a file database only; a private one
+        lives in its one connection, which the child keeps (a copy of its memory).
+        """
+        self._cond.acquire()
+        self._cond.wait_for(lambda: self._lent == 0, timeout=_FORK_WAIT)
+        if not self._private:
+            idle, self._idle = self._idle, []
+            for conn in idle:
+                conn.close()
+
+    def _after_fork_in_parent(self) -> None:
+        self._cond.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._cond = threading.Condition()
+        self._lent = 0
+
+
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for pool in list(_POOLS):
+        pool._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

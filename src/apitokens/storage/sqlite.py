@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
@@ -37,6 +38,12 @@ from apitokens.storage._filters import EventQuery, TokenQuery
 from apitokens.storage._schema import to_micros
 
 __all__ = ["SQLiteStore"]
+
+# A mark's usage position is None when the transaction wrote no usage: keep the old one.
+_MARK_JOURNAL = (
+    "INSERT INTO journal (name, events, usage) VALUES (?1, ?2, coalesce(?3, 0))"
+    " ON CONFLICT (name) DO UPDATE SET events = ?2, usage = coalesce(?3, usage)"
+)
 
 
 class SQLiteStore:
@@ -210,25 +217,72 @@ class SQLiteStore:
         self._write_entries(events, usage)
 
     def _write_entries(
-        self, events: Sequence[AuditEvent | AuthEntry], usage: Sequence[Usage]
+        self,
+        events: Sequence[AuditEvent | AuthEntry],
+        usage: Sequence[Usage],
+        marks: Sequence[tuple[str, int, int | None]] = (),
     ) -> None:
         """:meth:`write` for apitokens' audit writer: authentications may be compact entries.
 
         An :data:`~apitokens._model.AuthEntry` becomes its row directly; the rows are the
         ones :meth:`write` would store for the entries' events, in the same order.
+        ``marks`` are journal positions (``_journal.Mark``), stored in the same
+        transaction.
         """
         values = _schema.event_values(events)
         totals = [
             {"id": token_id, "count": t.count, "at": to_micros(t.last_at), "ip": t.last_ip}
             for token_id, t in fold_usage(usage).items()
         ]
-        if not values and not totals:
+        if not values and not totals and not marks:
             if self._db.pool.closed:
                 raise StorageError("the SQLite store is closed")
             return
         with self._db.write("write", durable=False) as conn:
             _schema.insert_events(conn, values)
             conn.executemany(_schema.FOLD_USAGE, totals)
+            if marks:
+                conn.executemany(_MARK_JOURNAL, marks)
+
+    # -- the audit journal's positions (apitokens._journal.Positions) ----------------
+
+    @property
+    def journal_directory(self) -> Path | None:
+        """Where apitokens keeps this file's audit journals; ``None`` for ``:memory:``."""
+        return None if self._db.private else Path(self._path + ".apitokens-journal")
+
+    def journal_positions(self) -> dict[str, tuple[int, int]]:
+        """How far each journal's records are in the store: ``{name: (events, usage)}``.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._db.read("journal_positions") as conn:
+            rows = conn.execute("SELECT name, events, usage FROM journal").fetchall()
+        return {name: (events, usage) for name, events, usage in rows}
+
+    def forget_journals(self, names: Sequence[str]) -> None:
+        """Drop the positions of journals that are gone.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._db.write("forget_journals", durable=False) as conn:
+            conn.executemany("DELETE FROM journal WHERE name = ?", [(n,) for n in names])
+
+    def write_journaled(
+        self,
+        events: Sequence[AuditEvent | AuthEntry],
+        usage: Sequence[Usage],
+        marks: Sequence[tuple[str, int, int | None]],
+    ) -> None:
+        """Write events and usage, and move journal positions, in one transaction.
+
+        Raises:
+            ValueError: a datetime is naive or a count negative (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        self._write_entries(events, usage, marks)
 
     def events(
         self,
