@@ -509,7 +509,10 @@ class Authenticator:
                 self.verifier.verify(value, self._dummy_hash)
             finally:
                 self._hashing.release()
-        return self._fail(attempt, 401, "unknown token id", count=True)
+        # The address counts; the id does not (it names no token, and counting random
+        # ids would only push real ones out of the throttle's bounded memory).
+        self.ip_throttle.fail(attempt.client_ip, attempt.now.timestamp())
+        return self._refuse(attempt, refusal(self.policy, 401, "unknown token id"))
 
     def _throttle_check(self, attempt: _Attempt) -> Decision | None:
         """429 when the client address or the token id has too many recent failures.
