@@ -1,8 +1,9 @@
 """`make demo`: a real service protected by apitokens, with tokens and curl lines to try.
 
 Starts the FastAPI example (examples/fastapi_app.py) under uvicorn on
-127.0.0.1:8000 with an embedded SQLite file, creates a read-only token and a
-restricted one, and prints curl commands that show 200, 401 and 403.
+127.0.0.1:8000 with an embedded SQLite file in a temporary directory (removed
+when it stops), creates a read-only token and a restricted one, and prints
+curl commands that show 200, 401 and 403.
 
     python examples/demo.py                 # serve until Ctrl-C
     python examples/demo.py --check         # serve, run the curl lines itself, stop
@@ -65,8 +66,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
     parser.add_argument("--check", action="store_true", help="run the requests, then stop")
     args = parser.parse_args()
+    # The database lives only as long as the demo: nothing is left in the temp dir.
+    with tempfile.TemporaryDirectory(prefix="apitokens-demo-") as workdir:
+        return serve(args, Path(workdir))
 
-    workdir = Path(tempfile.mkdtemp(prefix="apitokens-demo-"))
+
+def serve(args: argparse.Namespace, workdir: Path) -> int:
+    """Serve the example with its database in ``workdir``; show (or check) the tries."""
     os.environ["APITOKENS_DB"] = str(workdir / "tokens.db")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     example = importlib.import_module("examples.fastapi_app")
@@ -111,7 +117,8 @@ def main() -> int:
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
 
-    print(f"apitokens demo: FastAPI on {base}, tokens in {workdir / 'tokens.db'}\n")
+    print(f"apitokens demo: FastAPI on {base}, tokens in {workdir / 'tokens.db'}")
+    print("(a database of this run only: it is deleted when the demo stops)\n")
     print(f"read-only token for alice:   {reader.secret}")
     print(f"restricted token for alice:  {restricted.secret}")
     print(f"  rule: {restricted.token.restrictions[0]}\n")

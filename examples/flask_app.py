@@ -1,8 +1,22 @@
-"""A Flask service whose /rest/ API takes personal access tokens.
+r"""A Flask service whose /rest/ API takes personal access tokens.
 
-Run it:   flask --app examples.flask_app run --port 8000
-Create a token in Python (``examples/demo.py`` does it for you):
-    tokens.create(actor="alice", name="cli").secret
+Run it from the repository root:
+
+    flask --app examples.flask_app run --port 8000
+
+In another shell, in the same directory, create a token that may read and
+comment (the default, read-only, reads and gets 403 on the comment route):
+
+    apitokens create --user alice --name cli --scope read-write
+
+and try it, with the token it printed in $TOKEN:
+
+    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/rest/whoami
+    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/rest/api/2/issue/DEMO-1
+    curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+        --data '{"body": "hi"}' http://127.0.0.1:8000/rest/api/2/issue/DEMO-1/comment
+
+Both use ``$APITOKENS_DB``, else ``./apitokens.db``.
 """
 
 from __future__ import annotations

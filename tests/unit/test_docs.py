@@ -1,0 +1,281 @@
+"""The docs a user copies run as written.
+
+Every ```python block in README.md and docs/*.md runs here. A page's blocks run
+in order in one namespace: a page reads as one session, its first block
+imports and builds what the later ones use, and every later block imports the
+names it adds. Each page runs in a fresh, empty working directory (so
+``SQLiteStore("tokens.db")`` lands there) with no network: a block that binds
+or connects a socket fails, so no block starts a server or calls out. Every
+fence names its language, so Python cannot hide in an untagged block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import pytest
+
+from apitokens import TOKEN_PATTERN, ApiTokens
+from apitokens._tokens import TokenFormat
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)(?P<info>[^`\n]*)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of a page: where it opens, its language, its text."""
+
+    line: int  # 1-based line of the opening fence
+    lang: str
+    code: str
+
+
+def blocks(page: Path) -> list[Block]:
+    """Return the fenced blocks of a Markdown page, in order."""
+    found: list[Block] = []
+    opened: tuple[int, str, str, str] | None = None  # line, indent, fence, lang
+    body: list[str] = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+        match = FENCE.match(line)
+        if opened is None:
+            if match:
+                lang = match["info"].strip().split(" ")[0]
+                opened, body = (number, match["indent"], match["fence"], lang), []
+            continue
+        start, indent, fence, lang = opened
+        if match and match["fence"].startswith(fence) and not match["info"].strip():
+            found.append(Block(start, lang, "\n".join(body) + "\n"))
+            opened = None
+        else:
+            # A block indented under a list item: drop the list's indent.
+            body.append(line[len(indent) :] if line.startswith(indent) else line)
+    assert opened is None, f"{page.name}: the block at line {opened[0]} is never closed"
+    return found
+
+
+def _no_network(*_args: object, **_kwargs: object) -> NoReturn:
+    raise AssertionError("a docs block must not open a network connection or a server")
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any block that binds or connects a socket."""
+    for name in ("bind", "connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, _no_network)
+
+
+@pytest.fixture
+def environ_restored() -> Iterator[None]:
+    """Undo what a block sets in ``os.environ`` (hashing.md sets an example key)."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """Undo the handlers and levels a block sets on loggers (the docs show how to)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    before = {
+        id(lg): (lg.level, list(lg.handlers)) for lg in loggers if isinstance(lg, logging.Logger)
+    }
+    yield
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if not isinstance(lg, logging.Logger):
+            continue
+        level, handlers = before.get(id(lg), (logging.NOTSET, []))
+        lg.setLevel(level)
+        for handler in [h for h in lg.handlers if h not in handlers]:
+            lg.removeHandler(handler)
+            handler.close()
+
+
+def _ids(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+@contextmanager
+def run_page(page: Path) -> Iterator[dict[str, Any]]:
+    """Run the page's python blocks in order in one namespace; yield the namespace."""
+    namespace: dict[str, Any] = {"__name__": "__docs__"}
+    try:
+        for block in blocks(page):
+            if block.lang != "python":
+                continue
+            # Pad so a traceback names the line of the Markdown page itself.
+            source = "\n" * block.line + block.code
+            try:
+                # dont_inherit: run as the user's copy would, without this module's
+                # ``from __future__ import annotations`` (FastAPI reads annotations).
+                exec(compile(source, str(page), "exec", dont_inherit=True), namespace)  # noqa: S102
+            except BaseException as error:
+                raise AssertionError(
+                    f"{_ids(page)}: the python block at line {block.line} raised "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+        yield namespace
+    finally:
+        for value in namespace.values():
+            if isinstance(value, ApiTokens):
+                value.close()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids)
+def test_every_python_block_of_the_page_runs(
+    page: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    offline: None,
+    logging_restored: None,
+    environ_restored: None,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # storage.md's contract example imports contract.py "copied next to it".
+    monkeypatch.syspath_prepend(ROOT / "tests" / "storage")
+    with run_page(page):
+        pass
+
+
+def test_the_leak_scanner_in_tokens_md_checks_the_real_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with run_page(ROOT / "docs" / "tokens.md") as page:
+        assert capsys.readouterr().out == "leaked token with id 4fQ2mZ8kLr1b\n"
+        assert page["TOKEN_PATTERN"].pattern == TOKEN_PATTERN.pattern
+        for prefix in ("apt", "ab", "x9y8z7w6v5"):
+            issued = TokenFormat(prefix).issue().value
+            assert page["checksum"](issued[:-6]) == issued[-6:]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids)
+def test_every_fence_names_its_language(page: Path) -> None:
+    untagged = [block.line for block in blocks(page) if not block.lang]
+    assert not untagged, f"{_ids(page)}: fences without a language at lines {untagged}"
+
+
+def test_the_pages_have_python_blocks_to_run() -> None:
+    # Guards the extraction: a parser that found nothing would pass every page.
+    counts = {_ids(p): sum(b.lang == "python" for b in blocks(p)) for p in PAGES}
+    assert counts["README.md"] >= 3
+    assert counts["docs/token-program.md"] >= 7
+    assert sum(counts.values()) >= 19
+
+
+# -- the examples' docstrings ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Curl:
+    """A curl line of a docstring, as a request."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+def _commands(doc: str, program: str) -> list[str]:
+    """The docstring's command lines starting with ``program``, continuations joined."""
+    text = doc.replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(program + " ")]
+
+
+def _curl(line: str, token: str) -> Curl:
+    words = shlex.split(line.replace("$TOKEN", token))[1:]
+    method, headers, body, url = "GET", {}, None, ""
+    while words:
+        word = words.pop(0)
+        if word == "-H":
+            name, _, value = words.pop(0).partition(":")
+            headers[name.strip()] = value.strip()
+        elif word == "--data":
+            body, method = words.pop(0).encode(), "POST" if method == "GET" else method
+        elif word == "-X":
+            method = words.pop(0)
+        else:
+            assert not word.startswith("-"), f"curl option {word} is not understood here"
+            url = word
+    return Curl(method, httpx.URL(url).raw_path.decode(), headers, body)
+
+
+async def _send_asgi(app: Any, curl: Curl) -> int:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.request(
+            curl.method, curl.path, headers=curl.headers, content=curl.body
+        )
+    return response.status_code
+
+
+def _send(module: Any, curl: Curl) -> int:
+    app = module.app
+    if hasattr(app, "wsgi_app"):  # Flask
+        transport = httpx.WSGITransport(app=app)
+        with httpx.Client(transport=transport, base_url="http://127.0.0.1") as client:
+            return client.request(
+                curl.method, curl.path, headers=curl.headers, content=curl.body
+            ).status_code
+    return asyncio.run(_send_asgi(app, curl))
+
+
+@pytest.mark.parametrize("name", ["flask_app", "fastapi_app"])
+def test_the_example_docstring_makes_a_token_that_does_what_it_shows(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("APITOKENS_DB", raising=False)
+    monkeypatch.delitem(sys.modules, f"examples.{name}", raising=False)
+    source = (ROOT / "examples" / f"{name}.py").read_text(encoding="utf-8")
+    doc = source.split('"""')[1]
+    (create,) = _commands(doc, "apitokens")
+    curls = _commands(doc, "curl")
+    assert any("--data" in line for line in curls), "the docstring shows no write"
+    done = subprocess.run(
+        [sys.executable, "-m", "apitokens", *shlex.split(create)[1:]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    token = TOKEN_PATTERN.search(done.stdout)
+    assert token is not None, done.stdout
+    module = importlib.import_module(f"examples.{name}")
+    try:
+        for line in curls:
+            assert _send(module, _curl(line, token.group())) == 200, line
+    finally:
+        module.tokens.close()
+
+
+def test_the_demo_leaves_no_temp_directory_behind(tmp_path: Path) -> None:
+    # The demo's own requests are checked by tests/integration/test_demo.py.
+    done = subprocess.run(
+        [sys.executable, "examples/demo.py", "--check", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(tmp_path) in done.stdout  # it did work under this TMPDIR
+    assert list(tmp_path.iterdir()) == []
