@@ -230,7 +230,10 @@ class ASGIMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            # The lifespan: flush the audit writer at shutdown (see _lifespan.py).
+            from ._lifespan import other_scope
+
+            await other_scope(self.app, self.tokens, scope, receive, send)
             return
         tokens = self.tokens
         core = tokens.authenticator
