@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Final, final
+from typing import Final
 
 __all__ = ["JsonNumber", "JsonObject", "json_media_type_problem", "load_json"]
 
@@ -22,14 +22,14 @@ _MEDIA_TYPE: Final = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~
 _SHOWN_MEDIA_TYPE: Final = re.compile(r"[a-z0-9.+*-]{1,40}/[a-z0-9.+*-]{1,60}")
 
 
-@final
-class JsonNumber:
-    """A JSON number kept as the text it was written with (``1.50`` stays ``1.50``)."""
+JsonNumber = bytes
+"""A JSON number: the text it was written with, encoded (``1.50`` is ``b"1.50"``).
 
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
+Bytes, made by ``str.encode``: the parser calls it in C, with no Python frame per
+number. A class of our own made a body of small numbers 15 times slower to read
+(140 ms for 0.95 MB, against 9.5 ms), all of it holding the GIL. No other JSON
+value is parsed to bytes, so a number is always told apart from a string.
+"""
 
 
 class _DuplicateKeyError(ValueError):
@@ -108,8 +108,8 @@ def load_json(body: object) -> JsonObject | str:
         value = json.loads(
             body.decode("utf-8"),
             object_pairs_hook=_unique_object,
-            parse_int=JsonNumber,
-            parse_float=JsonNumber,
+            parse_int=str.encode,
+            parse_float=str.encode,
             parse_constant=_non_finite,
         )
     except UnicodeError:

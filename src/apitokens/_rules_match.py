@@ -268,7 +268,7 @@ def value_texts(value: object) -> list[str] | None:
 def _compact(value: object) -> str:
     """Compact JSON text with sorted keys; numbers keep the text they were written with."""
     if isinstance(value, JsonNumber):
-        return value.text
+        return value.decode()
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, dict):

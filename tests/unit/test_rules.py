@@ -553,6 +553,17 @@ def test_json_numbers_keep_their_text() -> None:
     )
 
 
+def test_json_numbers_and_strings_stay_apart_inside_objects() -> None:
+    # Alone, a string and a number with the same text match alike; inside an object a
+    # string is quoted and a number is not.
+    rule = RestrictionRule.parse(r'/x[JsonData::o==\{"a":1,"b":"2"\}]')
+    assert rule.matches(post_json("/x", {"o": {"b": "2", "a": 1}}))
+    assert not rule.matches(post_json("/x", {"o": {"b": 2, "a": "1"}}))
+    assert not rule.matches(AuthRequest("POST", "/x", headers=JSON, body=b'{"o": {"a": 1.0}}'))
+    plain = RestrictionRule.parse("/x[JsonData::a==1]")
+    assert plain.matches(post_json("/x", {"a": "1"})) and plain.matches(post_json("/x", {"a": 1}))
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
