@@ -279,3 +279,39 @@ def test_the_demo_leaves_no_temp_directory_behind(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(tmp_path) in done.stdout  # it did work under this TMPDIR
     assert list(tmp_path.iterdir()) == []
+
+
+# -- links between the pages ------------------------------------------------------------
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the page's headings (outside fenced blocks)."""
+    anchors: set[str] = set()
+    inside = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        fence = FENCE.match(line)
+        if fence:
+            # Any fence opens a block; inside one, only a bare fence closes it.
+            inside = not inside or bool(fence["info"].strip())
+        elif not inside and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids)
+def test_every_link_to_a_page_or_heading_resolves(page: Path) -> None:
+    broken = []
+    for match in LINK.finditer(page.read_text(encoding="utf-8")):
+        target = match["target"]
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (
+            anchor and linked.suffix == ".md" and anchor not in _anchors(linked)
+        ):
+            broken.append(target)
+    assert not broken, f"{_ids(page)}: broken links {broken}"
