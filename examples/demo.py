@@ -22,6 +22,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import uvicorn
@@ -68,14 +69,17 @@ def main() -> int:
     args = parser.parse_args()
     # The database lives only as long as the demo: nothing is left in the temp dir.
     with tempfile.TemporaryDirectory(prefix="apitokens-demo-") as workdir:
-        return serve(args, Path(workdir))
+        os.environ["APITOKENS_DB"] = str(Path(workdir) / "tokens.db")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        example = importlib.import_module("examples.fastapi_app")
+        try:
+            return serve(args, example, Path(workdir))
+        finally:
+            example.tokens.close()  # before its directory goes
 
 
-def serve(args: argparse.Namespace, workdir: Path) -> int:
-    """Serve the example with its database in ``workdir``; show (or check) the tries."""
-    os.environ["APITOKENS_DB"] = str(workdir / "tokens.db")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    example = importlib.import_module("examples.fastapi_app")
+def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
+    """Serve the example (database in ``workdir``); show, or check, the tries."""
     tokens = example.tokens
 
     reader = tokens.create(actor="alice", name="demo: read-only report")
@@ -143,7 +147,6 @@ def serve(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  {event.at:%H:%M:%S} {event.action:<12} {event.outcome:<9} "
               f"{event.token_id or '-':<12} {event.method or '':<4} {event.path or ''}  "
               f"{event.reason}")  # fmt: skip
-    tokens.close()
     if args.check:
         print("all as expected" if not failures else f"{failures} unexpected", file=sys.stderr)
     return 1 if failures else 0
