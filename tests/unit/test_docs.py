@@ -28,8 +28,9 @@ from typing import Any, NoReturn
 
 import httpx
 import pytest
+import uvicorn
 
-from apitokens import TOKEN_PATTERN, ApiTokens
+from apitokens import TOKEN_PATTERN, ApiTokens, MemoryStore, Policy
 from apitokens._tokens import TokenFormat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +316,61 @@ def test_every_link_to_a_page_or_heading_resolves(page: Path) -> None:
         ):
             broken.append(target)
     assert not broken, f"{_ids(page)}: broken links {broken}"
+
+
+# -- a claim of docs/security.md about servers ------------------------------------------
+
+
+async def _status_through(
+    app: Any, client: tuple[str, int], headers: list[tuple[bytes, bytes]]
+) -> int:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/rest/x",
+        "raw_path": b"/rest/x",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": client,
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+@pytest.mark.parametrize(("proxy_headers", "status"), [(True, 200), (False, 403)])
+def test_uvicorns_default_proxy_headers_let_a_local_peer_choose_its_address(
+    proxy_headers: bool, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/security.md: by default uvicorn believes X-Forwarded-For from 127.0.0.1 and
+    # ::1 and rewrites the client address before apitokens runs; --no-proxy-headers
+    # leaves apitokens the real peer.
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with ApiTokens(MemoryStore(), policy=Policy(protected_paths=["/rest/"])) as tokens:
+        token = tokens.create(actor="alice", name="ip", allowed_ips=["203.0.113.0/24"]).secret
+        config = uvicorn.Config(tokens.asgi(inner), proxy_headers=proxy_headers)
+        assert config.forwarded_allow_ips == "127.0.0.1,::1"
+        config.load()
+        headers = [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"x-forwarded-for", b"203.0.113.9"),
+        ]
+        got = asyncio.run(_status_through(config.loaded_app, ("127.0.0.1", 50000), headers))
+    assert got == status
