@@ -133,9 +133,12 @@ def run_page(page: Path) -> Iterator[dict[str, Any]]:
                 ) from error
         yield namespace
     finally:
-        for value in namespace.values():
-            if isinstance(value, ApiTokens):
-                value.close()
+        # What the page opened: the writers first (they flush), then the stores.
+        made = [value for value in namespace.values() if isinstance(value, ApiTokens)]
+        for tokens in made:
+            tokens.close()
+        for tokens in made:
+            tokens.store.close()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_ids)
@@ -264,6 +267,7 @@ def test_the_example_docstring_makes_a_token_that_does_what_it_shows(
             assert _send(module, _curl(line, token.group())) == 200, line
     finally:
         module.tokens.close()
+        module.tokens.store.close()
 
 
 def test_the_demo_leaves_no_temp_directory_behind(tmp_path: Path) -> None:
