@@ -193,7 +193,7 @@ async def test_dependency_alone_checks_json_rules_on_the_body(
     ) -> Response:
         return Response(await request.body(), media_type="application/octet-stream")
 
-    headers = bearer(issued["json"].secret)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
     body = b'{"x": [1, 2], "project": "ABC"}'
     async with asgi_client(app) as client:
         ok = await client.post("/rest/echo", headers=headers, content=body)
@@ -296,7 +296,7 @@ async def test_unknown_token_is_401_from_the_middleware(
 async def test_json_post_is_echoed_and_413_over_the_limit(
     wrapped: Any, asgi_client: Client, tokens: ApiTokens, issued: dict[str, IssuedToken]
 ) -> None:
-    headers = bearer(issued["json"].secret)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
     parts = [b'{"project":', b' "ABC",', b' "n": null}']
 
     async def body() -> AsyncIterator[bytes]:

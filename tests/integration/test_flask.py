@@ -237,7 +237,7 @@ def test_json_rule_post_body_reaches_the_app_intact(
 def test_json_rule_refuses_a_non_matching_body(
     client: FlaskClient, issued: dict[str, IssuedToken]
 ) -> None:
-    headers = bearer(issued["json"].secret)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
     for body in (b'{"project": "XYZ"}', b"not json", b'{"project": "ABC", "project": "ABC"}'):
         response = client.post("/rest/echo", headers=headers, data=body)
         assert (response.status_code, response.json) == (403, INSUFFICIENT_SCOPE), body
@@ -258,7 +258,8 @@ def test_json_rule_body_over_the_limit_is_413(
     # Exactly at the limit is still read and matched.
     exact = b'{"project": "ABC", "pad": "' + b"x" * (MAX_BODY - 29) + b'"}'
     assert len(exact) == MAX_BODY
-    ok = client.post("/rest/echo", headers=bearer(issued["json"].secret), data=exact)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
+    ok = client.post("/rest/echo", headers=headers, data=exact)
     assert (ok.status_code, ok.data) == (200, exact)
 
 

@@ -265,7 +265,9 @@ async def test_multi_chunk_json_body_reaches_the_app_intact(
     counter: list[int] = []
     async with asgi_client(count_body_messages(app, counter)) as client:
         response = await client.post(
-            "/rest/echo", headers=bearer(issued["json"].secret), content=body()
+            "/rest/echo",
+            headers={**bearer(issued["json"].secret), "Content-Type": "application/json"},
+            content=body(),
         )
     assert len(counter) >= 3  # the body really came in several messages
     assert response.status_code == 200
@@ -278,7 +280,7 @@ async def test_json_rule_refusals_and_413(
     app: Any, asgi_client: Client, tokens: ApiTokens, issued: dict[str, IssuedToken]
 ) -> None:
     limit = tokens.policy.max_body_bytes
-    headers = bearer(issued["json"].secret)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
     too_large = json.dumps({"project": "ABC", "pad": "x" * limit}).encode()
 
     async def in_pieces() -> AsyncIterator[bytes]:

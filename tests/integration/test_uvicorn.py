@@ -152,7 +152,8 @@ def test_real_server(serve: tuple[str, dict[str, str]], tokens: ApiTokens) -> No
         assert (ip_denied.status_code, ip_denied.json()) == (403, INSUFFICIENT_SCOPE)
         assert (ip_ok.status_code, ip_ok.json()["user"]) == (200, "dave")
 
-        echoed = client.post("/rest/echo", headers=auth(json_rule.secret), content=chunks())
+        as_json = {**auth(json_rule.secret), "Content-Type": "application/json"}
+        echoed = client.post("/rest/echo", headers=as_json, content=chunks())
         assert (echoed.status_code, echoed.content) == (
             200,
             b'{"project": "ABC", "n": [1, 2, 3]}',
