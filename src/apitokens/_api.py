@@ -14,7 +14,7 @@ from ._audit import AuditWriter
 from ._auth import Authenticator, Decision
 from ._errors import StorageError
 from ._hashing import Hasher, SecretVerifier
-from ._journal import FilePositions, Positions
+from ._journal import SUPPORTED, FilePositions, Positions
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._policy import Policy
@@ -392,8 +392,10 @@ def _journal_directory(
     store: TokenStore, journal: str | os.PathLike[str] | bool | None
 ) -> Path | None:
     """The directory of the audit journals for ``store``, or ``None`` for none."""
-    if journal is False:
+    if journal is False or (journal is None and not SUPPORTED):
         return None
+    if not SUPPORTED:
+        raise ValueError("the audit journal needs fcntl.flock (not on this platform)")
     if isinstance(store, MemoryStore):
         if journal is None:
             return None  # nothing outlives the process, so nothing to recover

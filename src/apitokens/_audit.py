@@ -558,7 +558,8 @@ def _after_fork_in_child() -> None:
         writer._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _entry_writer(

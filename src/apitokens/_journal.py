@@ -18,7 +18,6 @@ secret or a hash (re-hashes are not journaled: a lost one costs a re-hash).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,7 +30,24 @@ from typing import Protocol, runtime_checkable
 from ._model import Action, AuditEvent, AuthEntry, Outcome, Usage
 from .storage import TokenStore
 
-__all__ = ["SUFFIX", "FilePositions", "Journal", "Mark", "Positions", "decode", "encode", "replay"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no way to tell a dead journal from a live one
+    SUPPORTED = False
+else:
+    SUPPORTED = True
+
+__all__ = [
+    "SUFFIX",
+    "SUPPORTED",
+    "FilePositions",
+    "Journal",
+    "Mark",
+    "Positions",
+    "decode",
+    "encode",
+    "replay",
+]
 
 log = logging.getLogger("apitokens")
 

@@ -164,8 +164,9 @@ def _after_fork_in_child() -> None:
 
 # Registered after the pool's hooks (this module imports _pool first), so this runs
 # before them at a fork: the write lock first, then the wait for lent connections.
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
