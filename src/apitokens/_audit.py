@@ -188,8 +188,7 @@ class AuditWriter:
         self._journal: Journal | None = None
         self._journal_error: str | None = None
         # Dead journals are looked for in recover_in seconds, then every RECOVER_INTERVAL.
-        # flush() waits for the first look (it is at once, except in a forked child,
-        # whose parent already looked).
+        # flush() waits for the first look when it is at once (not in a forked child).
         self._recovering = self.journal_directory is not None and recover_in == 0
         self._recover_at = time.monotonic() + recover_in
         if self.journal_directory is not None:
@@ -532,7 +531,9 @@ class AuditWriter:
             journal.abandon()  # the parent's file, and lock, stay the parent's
         if self._closing:
             return
-        self._start(recover_in=RECOVER_INTERVAL)
+        # Soon, not at once: a gunicorn worker replaces one that died (a timeout's
+        # SIGKILL), whose journal it replays; flush() does not wait for that look.
+        self._start(recover_in=RECOVER_RETRY)
 
 
 @dataclass(frozen=True, slots=True)
