@@ -329,7 +329,8 @@ def killed_under_load(
     # Requests in flight at the kill may be audited without their answer arriving.
     assert len(paths) - len(answered) <= 4
     assert token.use_count == len(paths)
-    assert len(paths) > before  # the journal, not the store, had the last ones
+    if answered_while_locked:
+        assert len(paths) > before  # the journal, not the store, had the last ones
     journals = db.parent / (db.name + ".apitokens-journal")
     assert not list(journals.glob("*.jnl")), "the dead journal was not removed"
 
