@@ -18,6 +18,7 @@ from typing import Any, Final, final
 
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
+from apitokens._rules_body import json_media_type_problem
 from apitokens._rules_combine import CombinedMatcher, combinable
 from apitokens._rules_match import (
     BUDGET_EXCEEDED,
@@ -237,6 +238,16 @@ class RuleSet:
                     exc.rule, exc.column, f"rule {number}: {exc.reason}"
                 ) from None
         return cls(tuple(rules))
+
+    def reads_body(self, request: AuthRequest) -> bool:
+        """Whether matching ``request`` reads its body.
+
+        True when a rule has a JsonData clause (:attr:`needs_body`) and the request's
+        ``Content-Type`` is JSON. Otherwise every JsonData clause fails on the
+        ``Content-Type`` alone, whatever the body: it need not be read, nor held to
+        ``max_body_bytes``.
+        """
+        return self.needs_body and not json_media_type_problem(request.headers)
 
     def match(self, request: AuthRequest, *, timeout: float = DEFAULT_RULE_TIMEOUT) -> RuleMatch:
         """Decide whether any rule allows ``request``; never raises for any request.

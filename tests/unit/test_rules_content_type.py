@@ -167,6 +167,19 @@ def test_another_rule_can_still_allow_the_request() -> None:
     )
 
 
+def test_the_body_is_read_only_for_a_json_content_type() -> None:
+    rules = RuleSet.parse([str(RULE), "[POST]/rest/upload"])
+    assert rules.reads_body(post("application/json"))
+    assert rules.reads_body(post("application/vnd.api+json; charset=utf-8"))
+    for request in (post(FORM), post(), post("application/json", "application/json")):
+        assert not rules.reads_body(request)
+        # Without reading it, the decision is the one the body would have given.
+        assert rules.match(request) == rules.match(
+            AuthRequest(request.method, request.path, headers=request.headers)
+        )
+    assert not RuleSet.parse(["[POST]/rest/issue"]).reads_body(post("application/json"))
+
+
 # --- the law: any media type that is not JSON fails the clause, whatever the body --------
 
 _token = st.text(alphabet=TCHARS, min_size=1, max_size=20)
@@ -220,6 +233,7 @@ def test_any_non_json_media_type_fails_the_clause(content_type: str, body: bytes
     result = RULE.explain(post(content_type, body=body))
     assert not result.matched
     assert result.reason.startswith("body is not JSON (")
+    assert not RuleSet((RULE,)).reads_body(post(content_type, body=body))
 
 
 @given(content_type=json_media_types(), body=bodies)
