@@ -71,11 +71,12 @@ def json_media_type_problem(headers: object) -> str:
     if found is None:
         return "body is not JSON (malformed Content-Type)"
     kind, subtype = found[1].lower(), found[2].lower()
-    if (kind == "application" and subtype == "json") or (
-        len(subtype) > 5 and subtype.endswith("+json")
+    media_type = f"{kind}/{subtype}"
+    # "*" is a wildcard to some parsers (Django REST framework reads "*/x" as any type).
+    if "*" not in media_type and (
+        media_type == "application/json" or (len(subtype) > 5 and subtype.endswith("+json"))
     ):
         return ""
-    media_type = f"{kind}/{subtype}"
     if _SHOWN_MEDIA_TYPE.fullmatch(media_type):
         return f"body is not JSON (Content-Type {media_type})"
     return "body is not JSON (Content-Type is not application/json or */*+json)"

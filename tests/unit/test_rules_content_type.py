@@ -84,6 +84,8 @@ def test_json_media_types_are_read(content_type: str) -> None:
         ("application/+json", "Content-Type application/+json"),
         ("*/*", "Content-Type */*"),
         ("application/*", "Content-Type application/*"),
+        ("*/x+json", "Content-Type */x+json"),
+        ("application/*+json", "Content-Type application/*+json"),
         ("", "malformed Content-Type"),
         ("   ", "malformed Content-Type"),
         ("application", "malformed Content-Type"),
@@ -183,6 +185,7 @@ def test_the_body_is_read_only_for_a_json_content_type() -> None:
 # --- the law: any media type that is not JSON fails the clause, whatever the body --------
 
 _token = st.text(alphabet=TCHARS, min_size=1, max_size=20)
+_name = st.text(alphabet=TCHARS.replace("*", ""), min_size=1, max_size=20)
 _params = st.lists(
     st.tuples(_token, _token | st.text(max_size=10).map(json.dumps)), max_size=3
 ).map(lambda pairs: "".join(f"; {name}={value}" for name, value in pairs))
@@ -190,6 +193,8 @@ _params = st.lists(
 
 def _is_json(kind: str, subtype: str) -> bool:
     kind, subtype = kind.lower(), subtype.lower()
+    if "*" in kind or "*" in subtype:
+        return False
     return (kind, subtype) == ("application", "json") or (
         subtype.endswith("+json") and subtype != "+json"
     )
@@ -211,7 +216,7 @@ def non_json_media_types(draw: st.DrawFn) -> str:
 def json_media_types(draw: st.DrawFn) -> str:
     kind, subtype = draw(
         st.sampled_from([("application", "json"), ("application", "vnd.a+json")])
-        | st.tuples(_token, _token.map(lambda name: name + "+json"))
+        | st.tuples(_name, _name.map(lambda name: name + "+json"))
     )
     flip = draw(st.booleans())
     media_type = f"{kind}/{subtype}"
