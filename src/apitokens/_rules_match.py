@@ -163,6 +163,8 @@ class RequestView:
         Raises:
             RecursionError: an object inside the value is nested too deeply to format.
         """
+        if isinstance(value, str):  # most values: nothing to format, no clock to read
+            return [value]
         started = monotonic()
         try:
             return value_texts(value)
