@@ -401,8 +401,9 @@ class AuditWriter:
         except Exception:
             log.exception("apitokens: replaying dead processes' audit journals failed; retrying")
             self._recover_at = time.monotonic() + RECOVER_RETRY
-            return
-        self._recover_at = time.monotonic() + RECOVER_INTERVAL
+        else:
+            self._recover_at = time.monotonic() + RECOVER_INTERVAL
+        # flush() waits for the first look, not for a store that may never recover.
         if self._recovering:
             with self._cond:
                 self._recovering = False

@@ -249,7 +249,10 @@ class SQLiteStore:
     @property
     def journal_directory(self) -> Path | None:
         """Where apitokens keeps this file's audit journals; ``None`` for ``:memory:``."""
-        return None if self._db.private else Path(self._path + ".apitokens-journal")
+        # Absolute: the process may change its working directory later.
+        return (
+            None if self._db.private else Path(os.path.abspath(self._path + ".apitokens-journal"))
+        )
 
     def journal_positions(self) -> dict[str, tuple[int, int]]:
         """How far each journal's records are in the store: ``{name: (events, usage)}``.
