@@ -411,6 +411,9 @@ class AuditWriter:
 
     def _finish(self) -> None:
         """At close: delete the journal if all of it is written, else keep it for a replay."""
+        with self._cond:  # closed before its first look: no flush() may wait for it
+            self._recovering = False
+            self._cond.notify_all()
         journal = self._journal
         if journal is None:
             return

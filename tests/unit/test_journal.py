@@ -401,3 +401,12 @@ def test_a_failing_lifespan_startup_still_fails() -> None:
     with pytest.raises(RuntimeError, match="startup broke"):
         asyncio.run(run_lifespan(tokens.asgi(inner)))
     tokens.close()
+
+
+def test_flush_after_an_immediate_close_does_not_wait(tmp_path: Path) -> None:
+    tokens = sqlite_tokens(tmp_path / "t.db")
+    tokens.close()
+    started = time.monotonic()
+    assert tokens.flush(timeout=5)
+    assert time.monotonic() - started < 1
+    tokens.store.close()
