@@ -36,7 +36,7 @@ def make_app(state: dict[str, str]) -> Starlette:
         user = request.scope.get("user")
         return JSONResponse(
             {
-                "user": user.display_name if user is not None else None,
+                "user": user.display_name if user.is_authenticated else None,
                 "authorization": request.headers.get("authorization"),
             }
         )
