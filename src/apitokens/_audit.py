@@ -165,7 +165,7 @@ class AuditWriter:
         self._atexit = at_exit
         atexit.register(at_exit)
 
-    def _start(self, *, recover_in: float) -> None:
+    def _start(self, *, recover_in: float, forked: bool = False) -> None:
         """Fresh state, journal and thread: at creation, and in a forked child."""
         self._pending: deque[Record] = deque()
         # With a journal: the journal's size after each pending record was appended.
@@ -191,13 +191,12 @@ class AuditWriter:
         # flush() waits for the first look when it is at once (not in a forked child).
         self._recovering = self.journal_directory is not None and recover_in == 0
         self._recover_at = time.monotonic() + recover_in
-        if self.journal_directory is not None:
-            try:
-                self._journal = Journal.create(self.journal_directory)
-            except OSError as exc:
-                # Fail closed: without its journal no request is answered (503).
-                self._journal_error = exc.strerror or str(exc)
-                log.error("apitokens: cannot create the audit journal: %s", self._journal_error)
+        if self.journal_directory is not None and not forked:
+            # At once, so that a directory we cannot write is reported at start. A forked
+            # child makes its own at its first record: most children of a process
+            # (multiprocessing's, say) never record anything.
+            with contextlib.suppress(StorageError):
+                self._open_journal()
         self._thread = threading.Thread(target=self._run, name="apitokens-writer", daemon=True)
         self._thread.start()
 
@@ -245,7 +244,7 @@ class AuditWriter:
             if self.journal_directory is not None:
                 journal = self._journal
                 if journal is None:
-                    raise StorageError(f"the audit journal is unusable: {self._journal_error}")
+                    journal = self._open_journal()
                 if data:
                     try:
                         journal.append(data)
@@ -259,6 +258,26 @@ class AuditWriter:
             if len(self._pending) >= self.batch_size:
                 self._cond.notify_all()
         return True
+
+    def _open_journal(self) -> Journal:
+        """Create this process's journal (the lock is held, or nothing else runs yet).
+
+        Raises:
+            StorageError: it cannot be created. Fail closed: without its journal
+                no request is answered (503); the next record tries again.
+        """
+        assert self.journal_directory is not None
+        try:
+            journal = Journal.create(self.journal_directory)
+        except OSError as exc:
+            message = exc.strerror or str(exc)
+            if message != self._journal_error:  # once per cause, not once per request
+                log.error("apitokens: cannot create the audit journal: %s", message)
+            self._journal_error = message
+            raise StorageError(f"the audit journal cannot be created: {message}") from None
+        self._journal = journal
+        self._journal_error = None
+        return journal
 
     def _wait_for_room(self, count: int) -> None:
         """Backpressure, bounded: called with the lock held."""
@@ -537,7 +556,7 @@ class AuditWriter:
             return
         # Soon, not at once: a gunicorn worker replaces one that died (a timeout's
         # SIGKILL), whose journal it replays; flush() does not wait for that look.
-        self._start(recover_in=RECOVER_RETRY)
+        self._start(recover_in=RECOVER_RETRY, forked=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,6 +322,12 @@ def test_a_forked_child_writes_its_own_records_and_only_those(tmp_path: Path) ->
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    idle = os.fork()
+    if idle == 0:  # a child that records nothing makes no journal
+        os._exit(0)
+    _, status = os.waitpid(idle, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert list(journal_dir(db).glob("*.jnl")) == [tokens.writer.journal]
     assert tokens.flush(timeout=10)
     paths = [e.path for e in tokens.audit(action="authenticate", limit=100)]
     assert sorted(paths) == ["/rest/child"] * 4 + ["/rest/parent"] * 3
