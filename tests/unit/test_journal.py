@@ -61,6 +61,16 @@ def test_records_round_trip_and_hashes_stay_out() -> None:
     assert encode([rehash]) == b""
 
 
+def test_any_path_stays_on_one_line_and_comes_back() -> None:
+    at = START + timedelta(microseconds=7)
+    path = '/rest/"quoted"\n\r\t\u2028 café \udcff\x00'
+    record = (at, Outcome.FAILED, None, "bö\nb", None, "GET", path, 'why: "x"', False)
+    data = encode([record])
+    assert data.count(b"\n") == 1 and data.endswith(b"\n")
+    assert data.isascii()
+    assert decode(data) == record
+
+
 def test_the_journal_never_holds_the_secret(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     with sqlite_tokens(db) as tokens:
