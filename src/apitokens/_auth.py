@@ -429,7 +429,9 @@ class Authenticator:
         if rules is None:
             return None
         policy = self.policy
-        if rules.needs_body:
+        # A body that is not declared JSON fails every JsonData clause unread: it is
+        # neither read (a form stays for the app's own parser) nor held to the limit.
+        if rules.needs_body and rules.reads_body(request):
             if not body_read:
                 # Not a decision yet: the token rides along so a caller that
                 # cannot read the body can still refuse it by name.

@@ -237,7 +237,9 @@ async def test_json_rule_reads_no_more_body_than_the_limit(
 
     async with asgi_client(counting) as client:
         response = await client.post(
-            "/rest/echo", headers=bearer(issued["json"].secret), content=huge()
+            "/rest/echo",
+            headers={**bearer(issued["json"].secret), "Content-Type": "application/json"},
+            content=huge(),
         )
     assert response.status_code == 413
     assert sum(received) <= 2 * limit  # stopped one message past the limit, not 200 later

@@ -247,7 +247,8 @@ def test_json_rule_body_over_the_limit_is_413(
     client: FlaskClient, tokens: ApiTokens, issued: dict[str, IssuedToken]
 ) -> None:
     body = json.dumps({"project": "ABC", "pad": "x" * MAX_BODY}).encode()
-    response = client.post("/rest/echo", headers=bearer(issued["json"].secret), data=body)
+    headers = {**bearer(issued["json"].secret), "Content-Type": "application/json"}
+    response = client.post("/rest/echo", headers=headers, data=body)
     assert response.status_code == 413
     assert response.json == {
         "error": "request_too_large",

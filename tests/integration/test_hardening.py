@@ -383,3 +383,46 @@ def test_forwarded_hops_with_a_port(hop: str) -> None:
             tokens.audit(limit=1)[0].client_ip
             == hop.split("]")[0].lstrip("[").rsplit(":4711", 1)[0]
         )
+
+
+# -- 7. a large body is decided off the event loop ------------------------------------------------
+
+
+def test_a_large_json_body_is_decided_off_the_event_loop(
+    raw_asgi: Callable[..., list[dict[str, Any]]], make_scope: Any
+) -> None:
+    with make_tokens(protected_paths=["/rest/"]) as tokens:
+        _decide_json_bodies(tokens, raw_asgi, make_scope)
+
+
+def _decide_json_bodies(
+    tokens: ApiTokens, raw_asgi: Callable[..., list[dict[str, Any]]], make_scope: Any
+) -> None:
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    issued = tokens.create(
+        actor="alice", name="j", scope=Scope.READ_WRITE, restrictions=[".*[JsonData::a==1]"]
+    )
+    core = tokens.authenticator
+    decided = core.safe_decide
+    seen: list[tuple[int, bool]] = []
+
+    def recording(request: AuthRequest, **kw: Any) -> Any:  # calls through: a spy, no stub
+        seen.append((len(request.body), threading.current_thread() is threading.main_thread()))
+        return decided(request, **kw)
+
+    core.safe_decide = recording  # type: ignore[method-assign]
+    headers = [
+        (b"authorization", f"Bearer {issued.secret}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+    app = tokens.asgi(ok)
+    for size in (10, 100_000):
+        body = b'{"a": 1, "pad": "' + b"x" * size + b'"}'
+        scope = make_scope("/rest/x", method="POST", headers=headers)
+        sent = raw_asgi(app, scope, [{"type": "http.request", "body": body}])
+        assert sent[0]["status"] == 204
+    with_body = [(size, on_loop) for size, on_loop in seen if size]
+    assert [on_loop for _, on_loop in with_body] == [True, False], with_body

@@ -162,19 +162,7 @@ DEPENDENCY = pytest.param(True, id="dependency-alone")
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "dependency",
-    [
-        MIDDLEWARE,
-        pytest.param(
-            True,
-            id="dependency-alone",
-            marks=pytest.mark.xfail(
-                raises=RuntimeError,
-                strict=True,
-                reason="FastAPI parses the Form() before dependencies run; RequireToken then "
-                "finds the body stream consumed and raises (the endpoint does not run)",
-            ),
-        ),
-    ],
+    [MIDDLEWARE, DEPENDENCY],
 )
 async def test_fastapi_form_polyglot_is_refused_before_the_app(
     tokens: ApiTokens, jira: IssuedToken, asgi_client: Client, dependency: bool

@@ -159,7 +159,7 @@ def test_real_server(serve: tuple[str, dict[str, str]], tokens: ApiTokens) -> No
             b'{"project": "ABC", "n": [1, 2, 3]}',
         )
         too_big = client.post(
-            "/rest/echo", headers=auth(json_rule.secret), content=b'{"project":"ABC"}' + b" " * 300
+            "/rest/echo", headers=as_json, content=b'{"project":"ABC"}' + b" " * 300
         )
         assert too_big.status_code == 413
         streamed = client.post("/rest/echo", headers=auth(write.secret), content=b"z" * 5000)

@@ -195,8 +195,15 @@ def test_the_core_asks_for_the_body_only_when_a_json_rule_needs_it(tokens: ApiTo
     plain = tokens.create(actor="alice", name="a", restrictions=[".*/rest/.*"])
     jsonrule = tokens.create(actor="alice", name="b", restrictions=[".*[JsonData::a==1]"])
     core = tokens.authenticator
+    as_json = ("Content-Type", "application/json")
     assert not core.decide(get("/rest/x", bearer(plain.secret)), body_read=False).need_body
-    assert core.decide(get("/rest/x", bearer(jsonrule.secret)), body_read=False).need_body
+    assert core.decide(
+        get("/rest/x", [*bearer(jsonrule.secret), as_json]), body_read=False
+    ).need_body
+    # A body not declared JSON fails the clause unread: no body asked for, 403 at once.
+    form = ("Content-Type", "application/x-www-form-urlencoded")
+    refused = core.decide(get("/rest/x", [*bearer(jsonrule.secret), form]), body_read=False)
+    assert not refused.need_body and refused.result.status_code == 403
 
 
 def test_failed_attempts_are_throttled_before_hashing(clock: Clock) -> None:
