@@ -76,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if created:
             warn(f"created a new database {str(path)!r}")
-        tokens = ApiTokens(store, policy=policy, groups=lambda _user: {ADMIN_GROUP})
+        # No journal: the command writes its few records before it exits, and a journal
+        # directory made by an admin's shell (root, say) could be one the service's own
+        # user cannot write, which would refuse every token request with 503.
+        tokens = ApiTokens(store, policy=policy, groups=lambda _user: {ADMIN_GROUP}, journal=False)
         try:
             return command(Session(tokens, actor), args)
         finally:
