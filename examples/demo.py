@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import threading
@@ -60,6 +61,10 @@ class Try:
         return client.request(
             self.method, self.path, headers=headers, auth=self.basic, json=self.body
         ).status_code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -115,7 +120,11 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
     thread.start()
     while not server.started:
         if not thread.is_alive():
-            print(f"could not start the server on 127.0.0.1:{args.port}", file=sys.stderr)
+            print(
+                f"could not start the server on 127.0.0.1:{args.port}"
+                " (another port: make demo DEMO_PORT=8001, or --port)",
+                file=sys.stderr,
+            )
             return 1
         thread.join(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
@@ -138,6 +147,9 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
             print()
     if not args.check:
         print("Try the lines above; Ctrl-C stops the server and prints the audit log.")
+        # SIGTERM (kill, timeout, a container's stop) ends it the same way as Ctrl-C,
+        # so the database of this run is deleted then too.
+        signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             thread.join()
     server.should_exit = True

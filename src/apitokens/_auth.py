@@ -412,6 +412,8 @@ class Authenticator:
         if compiled.problem:
             return 403, compiled.problem
         if compiled.networks and not _in_networks(client_ip, compiled.networks):
+            if not client_ip:  # AuthRequest(client_ip=...) not given: say so, not ''
+                return 403, "no client address given, and the token has allowed IPs"
             return 403, f"client address {client_ip!r} not in the token's allowed IPs"
         # A method-override header makes many apps act as another method: the request
         # must be allowed as sent and as overridden (a plain loop: every request).

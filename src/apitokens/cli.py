@@ -15,6 +15,7 @@ See ``docs/cli.md`` for the reference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import io
 import logging
@@ -24,9 +25,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._api import ApiTokens
-from ._cli_commands import CommandError, Session, warn
+from ._cli_commands import CommandError, Session, create, warn
 from ._cli_parser import DEFAULT_DB, EXIT_USAGE, Command, build_parser, one_line
 from ._errors import ApiTokensError, RuleSyntaxError
+from ._journal import SUPPORTED as JOURNALS_SUPPORTED
+from ._journal import replay
 from ._policy import Policy
 from .storage import SQLiteStore
 
@@ -72,6 +75,13 @@ def _run(args: argparse.Namespace) -> int:
     actor = _actor(args)
     path = _database(args)
     created = not path.exists()
+    if created and command is not create:
+        # Only `create` makes a database: `list` or `audit` on a mistyped path (or with
+        # APITOKENS_DB unset in this shell) would print "nothing" from an empty new file.
+        raise CommandError(
+            f"no database at {str(path)!r} (give --db PATH or set APITOKENS_DB;"
+            " `apitokens create` makes a new one)"
+        )
     store = SQLiteStore(path)
     try:
         if created:
@@ -80,12 +90,33 @@ def _run(args: argparse.Namespace) -> int:
         # directory made by an admin's shell (root, say) could be one the service's own
         # user cannot write, which would refuse every token request with 503.
         tokens = ApiTokens(store, policy=policy, groups=lambda _user: {ADMIN_GROUP}, journal=False)
+        _replay_dead_journals(store)
         try:
             return command(Session(tokens, actor), args)
         finally:
             tokens.close()
     finally:
         store.close()
+
+
+def _replay_dead_journals(store: SQLiteStore) -> None:
+    """Write what dead service processes journaled, so `audit` and `show` see every use.
+
+    Only journals whose process is gone (their lock is free) and that this user can
+    open; a live service's own are left to it.
+    """
+    directory = store.journal_directory
+    if not JOURNALS_SUPPORTED or directory is None or not directory.is_dir():
+        return
+    try:
+        replayed = replay(directory, store)
+    except Exception as exc:  # the command's own work goes on; the service replays later
+        warn(f"could not replay the audit journals in {str(directory)!r}: {one_line(str(exc))}")
+        return
+    if replayed:
+        warn(f"replayed {replayed} audit events from the journals of stopped processes")
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only when empty: a live process's journal keeps it
 
 
 def _message(exc: Exception) -> str:

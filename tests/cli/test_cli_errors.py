@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -168,3 +171,48 @@ def test_help_and_version(cli: Cli) -> None:
                     "revoke-unused", "audit", "prune-audit", "rule"):  # fmt: skip
         assert f"\n    {command} " in help_
     assert cli.ok("--version", db=False, actor=None).out.startswith("apitokens ")
+
+
+def test_only_create_makes_a_new_database(cli: Cli) -> None:
+    """`list` or `audit` on a mistyped path must not answer "nothing" from a new empty file."""
+    for command in (
+        ["list"],
+        ["audit"],
+        ["show", "AAAAAAAAAAAA"],
+        ["revoke-unused", "--since", "90d"],
+    ):
+        result = cli("--db", "typo.db", *command, db=False)
+        assert (result.code, result.out) == (2, ""), (command, result)
+        assert "no database at 'typo.db'" in result.err, result.err
+        assert not (cli.cwd / "typo.db").exists()
+    made = cli("--db", "new.db", "create", "--name", "first", db=False)
+    assert made.code == 0 and (cli.cwd / "new.db").is_file()
+
+
+def test_a_dead_services_journal_is_replayed_by_the_command(cli: Cli) -> None:
+    """A service killed before its writer wrote: `audit` and `show` still see every use."""
+    token_id, secret = cli.create("--name", "svc")
+    script = f"""
+import os
+from apitokens import ApiTokens, AuthRequest, SQLiteStore
+tokens = ApiTokens(SQLiteStore({str(cli.db)!r}))
+for n in range(3):
+    request = AuthRequest("GET", f"/rest/{{n}}", headers=[("Authorization", "Bearer {secret}")])
+    assert tokens.authenticate(request).authenticated
+os._exit(0)  # as SIGKILL would: no flush, no close, no atexit
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    journals = cli.db.with_name(cli.db.name + ".apitokens-journal")
+    assert [p.suffix for p in journals.iterdir()] == [".jnl"]
+    audit = cli("audit", "--action", "authenticate", "--json")
+    assert audit.code == 0
+    assert (
+        audit.err == "apitokens: replayed 3 audit events from the journals of stopped processes\n"
+    )
+    assert sorted(e["path"] for e in json.loads(audit.out)) == ["/rest/0", "/rest/1", "/rest/2"]
+    assert cli.json("show", token_id)["use_count"] == 3
+    assert not journals.exists()  # replayed and deleted: the next command replays nothing
+    assert cli.ok("audit").err == ""

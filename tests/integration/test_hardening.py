@@ -426,3 +426,11 @@ def _decide_json_bodies(
         assert sent[0]["status"] == 204
     with_body = [(size, on_loop) for size, on_loop in seen if size]
     assert [on_loop for _, on_loop in with_body] == [True, False], with_body
+
+
+def test_a_missing_client_address_is_named_as_missing() -> None:
+    with make_tokens() as tokens:
+        issued = tokens.create(actor="alice", name="ci", allowed_ips=["203.0.113.0/24"])
+        refused = tokens.authenticate(AuthRequest("GET", "/x", headers=bearer(issued.secret)))
+        assert refused.status_code == 403
+        assert refused.reason == "no client address given, and the token has allowed IPs"

@@ -395,3 +395,17 @@ def test_audit_batches_skip_the_fsync_but_token_changes_keep_it(
         assert not [s for s in statements if "synchronous" in s]  # FULL, as connected
         with store._db.pool.connection() as conn:
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_a_new_database_and_its_wal_are_private_to_their_owner(tmp_path: Path) -> None:
+    """Hashes, standard-mode secrets and the audit log: never world-readable by default."""
+    path = tmp_path / "tokens.db"
+    with SQLiteStore(path) as store:
+        store.add(stored("private"))
+        for name in ("tokens.db", "tokens.db-wal", "tokens.db-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    existing = tmp_path / "shared.db"
+    SQLiteStore(existing).close()
+    existing.chmod(0o640)  # an operator's choice is kept
+    SQLiteStore(existing).close()
+    assert existing.stat().st_mode & 0o777 == 0o640

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -283,6 +284,33 @@ def test_the_demo_leaves_no_temp_directory_behind(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(tmp_path) in done.stdout  # it did work under this TMPDIR
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_stopped_with_sigterm_leaves_no_temp_directory_behind(tmp_path: Path) -> None:
+    """``kill``, ``timeout`` and a container's stop send SIGTERM, not Ctrl-C."""
+    demo = subprocess.Popen(
+        [sys.executable, "examples/demo.py", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # bounded: the demo prints a few dozen lines, then waits
+            if line.startswith("Try the lines above"):
+                break
+        assert list(tmp_path.iterdir()) != []  # its database is there while it runs
+        demo.send_signal(signal.SIGTERM)
+        output, _ = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, output
+    assert "audit log, newest first" in output
     assert list(tmp_path.iterdir()) == []
 
 

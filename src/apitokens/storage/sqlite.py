@@ -73,6 +73,7 @@ class SQLiteStore:
         if not (timeout >= 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a finite, non-negative number, not {timeout!r}")
         self._path = os.fspath(path)
+        _create_private(self._path)
         self._db = db = Database(self._path, timeout)
         where = f"database {self._path!r}"
         try:
@@ -342,3 +343,19 @@ class SQLiteStore:
         closed when it returns.
         """
         self._db.close()
+
+
+def _create_private(path: str) -> None:
+    """Create a new database file readable by its owner only (0600).
+
+    It holds token hashes, standard-mode secrets and the audit log; SQLite gives
+    its ``-wal`` and ``-shm`` files the database file's permissions. An existing
+    file keeps its own.
+    """
+    if path == ":memory:" or path.startswith("file:") or not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # it exists, or cannot be made: SQLite's own open says why
+    os.close(fd)
