@@ -13,15 +13,27 @@ record lost, none written twice.
 
 What is journaled is what the audit log gets: audit events and uses, never a
 secret or a hash (re-hashes are not journaled: a lost one costs a re-hash).
+
+Whatever is replayed lands in the audit log and the tokens' usage, so the
+directory and its files are trusted only if nobody but their owner can have
+written them (:func:`distrust`): a real directory, not a symbolic link, that
+group and others cannot write, owned by this process's user (or, for root,
+by the owner of the directory it is in); and regular files, not symbolic
+links, owned by the directory's owner, that group and others cannot write.
+A directory another user made (in a shared ``/tmp``, say) is refused, so no
+journal is created (503) and nothing in it is replayed; one of ours that group
+or others could open is tightened to 0700 when a journal is created in it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import json.encoder
 import logging
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,6 +58,7 @@ __all__ = [
     "Mark",
     "Positions",
     "decode",
+    "distrust",
     "encode",
     "replay",
 ]
@@ -57,6 +70,11 @@ SUFFIX = ".jnl"
 ROTATE_BYTES = 16 * 1024 * 1024
 # Records replayed per store transaction.
 REPLAY_BATCH = 5_000
+
+# Mode bits that let someone other than the owner write (directory or file).
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+# Messages already logged: a refused directory or file is looked at every minute.
+_warned: set[str] = set()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -176,15 +194,24 @@ class Journal:
     def create(cls, directory: Path) -> Journal:
         """Open a new journal in ``directory`` (made if missing, mode 0700).
 
+        An existing directory must be one :func:`distrust` accepts, except that
+        one of ours that group or others can open or write is set to 0700.
+
         Raises:
-            OSError: the directory or the file cannot be made.
+            OSError: the directory or the file cannot be made, or the directory
+                is not trusted (the message names it and says why).
         """
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         for attempt in range(3):
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-                fd = os.open(directory / name, flags, 0o600)
+                dir_fd = _open_directory(directory)
+                try:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+                    # In the directory just checked, not whatever the path names by now.
+                    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
             except FileNotFoundError:  # another process removed the empty directory
                 if attempt == 2:
                     raise
@@ -250,13 +277,119 @@ class Journal:
         self.close()
 
 
-def _dead(path: Path) -> int | None:
-    """An fd holding the lock of a journal whose owner is gone, else ``None``."""
+def _refused(directory: Path, reason: str) -> OSError:
+    return OSError(errno.EPERM, f"the journal directory {str(directory)!r} is refused: {reason}")
+
+
+def _open_directory(directory: Path) -> int:
+    """An fd of ``directory`` once it is trusted, after setting one of ours to 0700 if needed.
+
+    Raises:
+        OSError: it is not trusted, or cannot be opened.
+    """
+    before = os.lstat(directory)
+    reason = distrust(directory, before, mode=False)
+    if reason is not None:
+        raise _refused(directory, reason)
+    # O_NOFOLLOW: the directory examined, not a symbolic link put there since.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDWR)
+        found = os.fstat(fd)
+        if (found.st_dev, found.st_ino) != (before.st_dev, before.st_ino):
+            raise _refused(directory, "it was replaced while being checked")
+        mode = stat.S_IMODE(found.st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o700)
+            _warn(
+                f"apitokens: the journal directory {str(directory)!r} was open to group or"
+                f" others (mode {mode:04o}); set to 0700"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def distrust(
+    directory: Path, found: os.stat_result | None = None, *, mode: bool = True
+) -> str | None:
+    """Why ``directory`` is not to be trusted as a journal directory, or ``None`` if it is.
+
+    Trusted: a real directory (``os.lstat``: not a symbolic link) owned by this
+    process's effective user, or, when that is root, by the owner of the
+    directory it is in (root may replay a service's journals; a directory
+    another user made in root's ``/tmp`` is still refused), and not writable by
+    group or others.
+
+    Args:
+        directory: the journal directory (it must exist).
+        found: its ``os.lstat``, if already taken.
+        mode: also check the mode (``False``: owner and type only).
+
+    Raises:
+        OSError: it cannot be examined (missing, say).
+    """
+    if found is None:
+        found = os.lstat(directory)
+    if stat.S_ISLNK(found.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(found.st_mode):
+        return "it is not a directory"
+    euid = os.geteuid()
+    if found.st_uid != euid:
+        if euid != 0:
+            return f"it is owned by uid {found.st_uid}, not by this process's uid {euid}"
+        try:
+            # ".." of the directory itself (not a symbolic link): the one it is in.
+            parent = os.stat(directory / os.pardir).st_uid
+        except OSError as exc:
+            return f"the directory it is in cannot be examined ({exc.strerror})"
+        if found.st_uid != parent:
+            return (
+                f"it is owned by uid {found.st_uid}, neither root nor the owner of the"
+                f" directory it is in (uid {parent})"
+            )
+    if mode and found.st_mode & _OTHERS_WRITE:
+        return f"group or others can write it (mode {stat.S_IMODE(found.st_mode):04o})"
+    return None
+
+
+def _distrust_file(found: os.stat_result, owner: int) -> str | None:
+    """Why a journal file (``found``: its ``os.lstat``) is not to be replayed, or ``None``."""
+    if stat.S_ISLNK(found.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISREG(found.st_mode):
+        return "it is not a regular file"
+    # Root's own files too: root replaying a service's directory may have written there.
+    if found.st_uid not in (owner, os.geteuid()):
+        return f"it is owned by uid {found.st_uid}, not by the directory's owner (uid {owner})"
+    if found.st_mode & _OTHERS_WRITE:
+        return f"group or others can write it (mode {stat.S_IMODE(found.st_mode):04o})"
+    return None
+
+
+def _warn(message: str) -> None:
+    """Log ``message`` once per process (replay looks again every minute)."""
+    if message not in _warned:
+        if len(_warned) < 1_000:
+            _warned.add(message)
+        log.warning("%s", message)
+
+
+def _dead(path: Path, found: os.stat_result) -> int | None:
+    """An fd holding the lock of a journal whose owner is gone, else ``None``.
+
+    ``found`` is the file's ``os.lstat``: the file opened must be that one.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+            os.close(fd)
+            return None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         # Unlinked by the one who replayed it just before we got the lock: done.
         if os.fstat(fd).st_nlink == 0:
@@ -286,6 +419,9 @@ def replay(directory: Path, store: Positions, *, own: Sequence[str] = ()) -> int
 
     Each journal is replayed from the positions the store recorded for it, in
     transactions that move those positions with the rows, and then deleted.
+    A directory :func:`distrust` refuses is not read at all, and a file that is
+    not a regular file owned by the directory's owner and closed to writes by
+    group and others is skipped and kept; each is logged once, with why.
 
     Returns:
         How many records were replayed.
@@ -293,9 +429,19 @@ def replay(directory: Path, store: Positions, *, own: Sequence[str] = ()) -> int
     Raises:
         StorageError: the store failed (what was replayed stays replayed).
     """
+    try:
+        found: os.stat_result | None = os.lstat(directory)
+    except FileNotFoundError:
+        found = None
+    if found is not None:
+        reason = distrust(directory, found)
+        if reason is not None:
+            _warn(f"apitokens: the audit journals in {str(directory)!r} are not replayed: {reason}")
+            return 0
     positions = store.journal_positions()  # before listing: see _forget_gone
     try:
-        names = [p.name for p in directory.iterdir() if p.name.endswith(SUFFIX)]
+        # Missing when examined: nothing to list (not a directory made since, unchecked).
+        names = [p.name for p in directory.iterdir() if p.name.endswith(SUFFIX)] if found else []
     except FileNotFoundError:
         names = []
     gone = [name for name in positions if name not in names and name not in own]
@@ -305,7 +451,17 @@ def replay(directory: Path, store: Positions, *, own: Sequence[str] = ()) -> int
     for name in names:
         if name in own:
             continue
-        fd = _dead(directory / name)
+        assert found is not None
+        path = directory / name
+        try:
+            file = os.lstat(path)
+        except FileNotFoundError:  # replayed and deleted by another process just now
+            continue
+        reason = _distrust_file(file, found.st_uid)
+        if reason is not None:
+            _warn(f"apitokens: the audit journal {str(path)!r} is not replayed: {reason}")
+            continue
+        fd = _dead(path, file)
         if fd is None:
             continue
         try:

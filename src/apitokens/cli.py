@@ -29,7 +29,7 @@ from ._cli_commands import CommandError, Session, create, warn
 from ._cli_parser import DEFAULT_DB, EXIT_USAGE, Command, build_parser, one_line
 from ._errors import ApiTokensError, RuleSyntaxError
 from ._journal import SUPPORTED as JOURNALS_SUPPORTED
-from ._journal import replay
+from ._journal import distrust, replay
 from ._policy import Policy
 from .storage import SQLiteStore
 
@@ -109,6 +109,11 @@ def _replay_dead_journals(store: SQLiteStore) -> None:
     if not JOURNALS_SUPPORTED or directory is None or not directory.is_dir():
         return
     try:
+        # Said here: the library's own log lines do not reach the command's stderr.
+        refused = distrust(directory)
+        if refused is not None:
+            warn(f"not replaying the audit journals in {str(directory)!r}: {refused}")
+            return
         replayed = replay(directory, store)
     except Exception as exc:  # the command's own work goes on; the service replays later
         warn(f"could not replay the audit journals in {str(directory)!r}: {one_line(str(exc))}")
