@@ -68,6 +68,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
+    # SIGTERM (kill, timeout, a container's stop) ends it the same way as Ctrl-C, so the
+    # database of this run is deleted then too.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
     parser.add_argument("--check", action="store_true", help="run the requests, then stop")
@@ -146,11 +149,8 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
                 print(f"#   -> {got}{'' if got == t.expect else '  MISMATCH'}")
             print()
     if not args.check:
-        print("Try the lines above; Ctrl-C stops the server and prints the audit log.")
-        # SIGTERM (kill, timeout, a container's stop) ends it the same way as Ctrl-C,
-        # so the database of this run is deleted then too.
-        signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
+            print("Try the lines above; Ctrl-C stops the server and prints the audit log.")
             thread.join()
     server.should_exit = True
     thread.join(10)

@@ -14,8 +14,8 @@ the same value skips reading the header, the checksum and the verification cache
 as long as the record cache still holds that very record (so a TTL refresh, and a
 revocation or rotation in this process, void it), the token is active by the clock,
 the rotation grace (when it matched the replaced secret) has not ended, the
-verification cache has not been cleared, the owner's groups are cached and allow
-tokens, and neither the client address nor the token id is throttled. When any of
+verification cache has not been cleared, and the owner's groups are cached and allow
+tokens (a secret this process has verified is never throttled). When any of
 that fails the request takes the full path, which decides it exactly as before; only
 the checks about the request itself (scope, IPs, rules, body) run on the hot path too.
 """
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
+from urllib.parse import unquote
 
 from ._audit import AuthEntry, Record, Rehash
 from ._cache import CompiledToken, HotCredential, HotCredentials, TokenCache, TTLCache
@@ -59,6 +61,7 @@ _ACTIVE = TokenStatus.ACTIVE
 # Headers through which common middleware (Flask's docs, Rails-style, Google's) lets a
 # request act as another method. The adapters pass them to the core (AuthRequest.headers).
 _METHOD_OVERRIDES = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
+_METHOD = re.compile(r"[A-Za-z]{1,16}")
 
 
 class WouldBlock(Exception):
@@ -110,7 +113,8 @@ class Authenticator:
         groups: ``groups(user)`` for ``Policy.token_users``.
         cache_ttl: seconds a token record (and a user's groups) is reused.
         max_concurrent_verifications: uncached hash verifications running
-            at once; more wait (up to ``verification_wait`` seconds, then 503).
+            at once; as many again wait (up to ``verification_wait`` seconds,
+            then 503), and more get 503 at once.
     """
 
     def __init__(
@@ -133,9 +137,13 @@ class Authenticator:
         self.tokens = TokenCache(cache_ttl)
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(cache_ttl, 10_000)
         window = policy.failure_window.total_seconds()
+        # Per client address only: a throttle per token id would let anyone who knows an
+        # id (ids are public) refuse its owner, and tell by its 429 whether an id exists.
         self.ip_throttle = FailureThrottle(policy.max_failed_attempts, window)
-        self.id_throttle = FailureThrottle(policy.max_failed_attempts, window)
         self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
+        # Verifications running or waiting for a place: beyond this, 503 at once, so
+        # guesses never hold every worker thread while good requests queue behind them.
+        self._in_line = threading.BoundedSemaphore(2 * max_concurrent_verifications)
         self._verification_wait = verification_wait
         self.hot = HotCredentials(verifier.cache.maxsize)
         self._dummy_hash: str | None = None  # for unknown ids: made at the first one
@@ -170,17 +178,21 @@ class Authenticator:
         """
         policy = self.policy
         path = request.path
-        if not policy.protects(path) and not (
-            request.app_path and policy.protects(request.app_path)
-        ):
-            if path[:1] == "/" or not policy.protected_paths:
-                return _PASS
+        if path[:1] != "/" and policy.protected_paths:
             # Not origin-form ("rest/admin", "http:rest/admin", "*"): a server may route
             # it to a protected path all the same, so it is refused, never let through.
-            attempt = _Attempt(request, self.clock(), request.client_ip)
-            return self._refuse(
-                attempt, refusal(policy, 400, "request target is not an absolute path")
-            )
+            return self._bad_target(request, "request target is not an absolute path")
+        app_path = request.app_path
+        protected = policy.protects(path) or (app_path != "" and policy.protects(app_path))
+        if not protected and "#" in path:
+            # Most servers drop a fragment and route what is before it.
+            protected = policy.protects(path.partition("#")[0])
+        if not protected:
+            return _PASS
+        if "#" in path:
+            # A fragment is never part of a request target (RFC 9110 §7.1): the rules would
+            # match "/rest/admin#/rest/issue/JRA-1" while the app routes "/rest/admin".
+            return self._bad_target(request, "request target has a fragment")
         now = self.clock()
         # Without trusted proxies the peer is the client, as client_ip() would say: skip the
         # call (every request). trusted_proxies, not proxy_networks (a property): each
@@ -235,6 +247,10 @@ class Authenticator:
             username = None  # a token as the username: never stored or logged
         attempt.user = username
         return self._decide_token(attempt, creds, fingerprint, body_read=body_read, block=block)
+
+    def _bad_target(self, request: AuthRequest, reason: str) -> Decision:
+        attempt = _Attempt(request, self.clock(), request.client_ip)
+        return self._refuse(attempt, refusal(self.policy, 400, reason))
 
     def client_ip(self, request: AuthRequest) -> str:
         """Return the client's address: the peer, or from ``X-Forwarded-For``.
@@ -303,7 +319,7 @@ class Authenticator:
             _SUCCESS,
             token_id,
             user,
-            client_ip or None,
+            self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
             request.method.upper()[:16],
             self._audit_path(request),
             _AUTHENTICATED,
@@ -426,7 +442,7 @@ class Authenticator:
         for checked in requests or (request,):
             method = checked.method
             if not token.scope.allows(method):
-                return 403, f"method {method.upper()} outside the token's {token.scope} scope"
+                return 403, f"method {_shown(method)} outside the token's {token.scope} scope"
         rules = compiled.rules
         if rules is None:
             return None
@@ -444,7 +460,7 @@ class Authenticator:
             match = rules.match(checked, timeout=policy.rule_timeout)
             if not match.matched:
                 if checked is not request:
-                    return 403, f"{match.reason} (as method override {checked.method!r})"
+                    return 403, f"{match.reason} (as method override {_shown(checked.method)})"
                 return 403, match.reason
         return None
 
@@ -479,61 +495,71 @@ class Authenticator:
                 # Verified by this process before: never refused for others' failures,
                 # so knowing a token's (public) id cannot lock its owner out.
                 return _Verified(None, until)
-        throttled = self._throttle_check(attempt)
-        if throttled is not None:
-            return throttled
         if not block:
             raise WouldBlock
-        if not self._hashing.acquire(timeout=self._verification_wait):
-            return self._refuse(
-                attempt, refusal(self.policy, 503, "too many hash verifications in progress")
-            )
+        admitted = self._admit(attempt)
+        if isinstance(admitted, Decision):
+            return admitted
+        key, now_ts = admitted
         try:
             for i, (hashed, until) in enumerate(hashes):
                 result = self.verifier.verify(value, hashed)
                 if result.ok:
+                    self.ip_throttle.release(key, now_ts)  # a good secret is no failure
                     if result.rehash is not None and i == 0:
                         return _Verified(Rehash(stored.token.id, hashed, result.rehash), until)
                     return _Verified(None, until)
         finally:
-            self._hashing.release()
-        return self._fail(attempt, 401, "wrong secret", count=True)
+            self._admitted_done()
+        return self._refuse(attempt, refusal(self.policy, 401, "wrong secret"))
 
     def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
         """Refuse a token whose id is unknown, after a verification's worth of work."""
-        throttled = self._throttle_check(attempt)
-        if throttled is not None:
-            return throttled
         if not block:
             raise WouldBlock
-        if self._hashing.acquire(timeout=self._verification_wait):
-            try:
-                if self._dummy_hash is None:
-                    self._dummy_hash = self.verifier.hash(secrets.token_urlsafe(32))
-                self.verifier.verify(value, self._dummy_hash)
-            finally:
-                self._hashing.release()
-        # The address counts; the id does not (it names no token, and counting random
-        # ids would only push real ones out of the throttle's bounded memory).
-        self.ip_throttle.fail(attempt.client_ip, attempt.now.timestamp())
+        admitted = self._admit(attempt)
+        if isinstance(admitted, Decision):
+            return admitted
+        try:
+            if self._dummy_hash is None:
+                self._dummy_hash = self.verifier.hash(secrets.token_urlsafe(32))
+            self.verifier.verify(value, self._dummy_hash)
+        finally:
+            self._admitted_done()
         return self._refuse(attempt, refusal(self.policy, 401, "unknown token id"))
 
-    def _throttle_check(self, attempt: _Attempt) -> Decision | None:
-        """429 when the client address or the token id has too many recent failures.
+    def _admit(self, attempt: _Attempt) -> tuple[str, float] | Decision:
+        """Let one uncached verification start, or refuse it; hold ``_hashing`` when let.
 
-        Asked only before hashing: throttling bounds the work of guesses.
+        First the client address's throttle counts the attempt (429 when it has had
+        ``max_failed_attempts`` within the window: the hashing work of guesses is
+        bounded per address; a good secret is uncounted after). Then a place among
+        the verifications running or waiting: a few wait (up to
+        ``verification_wait``), more get 503 at once, so a flood of guesses never
+        holds every worker thread while good requests queue behind it. The caller
+        gives the place back with :meth:`_admitted_done`.
         """
+        key = _throttle_key(attempt.client_ip)
         now_ts = attempt.now.timestamp()
-        if self.ip_throttle.suspect(attempt.client_ip):
-            wait = self.ip_throttle.retry_after(attempt.client_ip, now_ts)
-            if wait:
-                return self._throttled(attempt, wait, "client address")
-        token_id = attempt.token_id
-        if token_id is not None and self.id_throttle.suspect(token_id):
-            wait = self.id_throttle.retry_after(token_id, now_ts)
-            if wait:
-                return self._throttled(attempt, wait, "token id")
-        return None
+        wait = self.ip_throttle.reserve(key, now_ts)
+        if wait:
+            reason = "too many failed attempts for this client address"
+            return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
+        reason = ""
+        if not self._in_line.acquire(blocking=False):
+            reason = "too many hash verifications waiting"
+        elif not self._hashing.acquire(timeout=self._verification_wait):
+            self._in_line.release()
+            reason = "too many hash verifications in progress"
+        if reason:
+            self.ip_throttle.release(key, now_ts)  # not tried: not counted
+            return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
+        return key, now_ts
+
+    def _admitted_done(self) -> None:
+        """Give back what :meth:`_admit` took."""
+        self._hashing.release()
+        self._in_line.release()
 
     def _groups_for(self, user: str, block: bool) -> frozenset[str]:
         groups = self._groups.get(user)
@@ -547,25 +573,9 @@ class Authenticator:
 
     # -- refusals and records ----------------------------------------------------
 
-    def _fail(
-        self, attempt: _Attempt, status: int, reason: str, *, count: bool = False
-    ) -> Decision:
-        """A failed attempt; with ``count``, one that cost a hash verification.
-
-        Only those count against the client address and token id: the throttle bounds
-        hashing, and malformed or unhashed failures cost next to nothing, so counting
-        them would only let junk lock out the honest users behind a shared address.
-        """
-        if count:
-            now_ts = attempt.now.timestamp()
-            self.ip_throttle.fail(attempt.client_ip, now_ts)
-            if attempt.token_id is not None:
-                self.id_throttle.fail(attempt.token_id, now_ts)
+    def _fail(self, attempt: _Attempt, status: int, reason: str) -> Decision:
+        """A refused attempt (counted by the throttle only if it was hashed: see _admit)."""
         return self._refuse(attempt, refusal(self.policy, status, reason))
-
-    def _throttled(self, attempt: _Attempt, wait: int, what: str) -> Decision:
-        reason = f"too many failed attempts for this {what}"
-        return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
 
     def _refuse(self, attempt: _Attempt, result: AuthResult) -> Decision:
         return Decision(result, (self._entry(attempt, result.outcome, result.reason, False),))
@@ -573,21 +583,37 @@ class Authenticator:
     def _entry(self, attempt: _Attempt, outcome: Outcome, reason: str, used: bool) -> AuthEntry:
         """The audit event (and, if ``used``, the token's use), for the writer to expand."""
         request = attempt.request
+        # Every text that came from the request: a token in it is cut to its id (DESIGN §4).
+        redact = self.policy.token_format.redact
+        user = attempt.user
         return (
             attempt.now,
             outcome,
             attempt.token_id,
-            attempt.user,
-            attempt.client_ip or None,
+            redact(user) if user is not None else None,
+            redact(attempt.client_ip) or None,
             request.method.upper()[:16],
             self._audit_path(request),
-            reason,
+            redact(reason),
             used,
         )
 
     def _audit_path(self, request: AuthRequest) -> str:
-        """The path for the audit log: bounded, and a token in it cut to its id."""
-        return self.policy.token_format.redact(request.path[:_MAX_AUDIT_PATH])
+        """The path for the audit log: a token in it cut to its id, then bounded.
+
+        Cut before bounding (a token across the bound would keep its secret), and
+        found percent-encoded too: then the decoded path is written, token cut.
+        """
+        fmt = self.policy.token_format
+        path = request.path
+        if "%" in path:
+            decoded = path
+            for _ in range(3):  # encoded twice or three times hides it as well
+                decoded = unquote(decoded, errors="replace")
+                if fmt.contains(decoded):
+                    path = decoded
+                    break
+        return fmt.redact(path)[:_MAX_AUDIT_PATH]
 
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
@@ -608,6 +634,28 @@ def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
         return mapped is not None and any(mapped in network for network in networks)
     alias = ipaddress.IPv6Address(f"::ffff:{ip}")
     return any(alias in network for network in networks)
+
+
+def _shown(method: str) -> str:
+    """A method for a reason in the audit log: a client's override header is any text."""
+    return method.upper() if _METHOD.fullmatch(method) else "(not a method name)"
+
+
+def _throttle_key(address: str) -> str:
+    """The throttle's key for a client address: an IPv6 client counts by its /64.
+
+    One IPv6 host is usually given a whole /64; counted per address, it would have
+    2**64 budgets of guesses.
+    """
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _without_port(hop: str) -> str:

@@ -85,8 +85,10 @@ class Policy:
         max_body_bytes: largest body read for a JSON rule (413 beyond).
         rule_timeout: seconds of regex time one request may spend on rules.
         token_prefix: the token string's prefix (2-10 of ``[a-z0-9]``).
-        max_failed_attempts: failed authentications allowed per client
-            address and per token id within ``failure_window`` before 429.
+        max_failed_attempts: failed guesses (attempts that cost a hash
+            verification) allowed per client address (an IPv6 one by its /64)
+            within ``failure_window`` before 429. Never per token id: ids are
+            public, and a secret this process has verified is never refused.
         failure_window: the window those failures are counted in.
         realm: the realm named in ``WWW-Authenticate``.
     """

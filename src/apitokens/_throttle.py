@@ -45,28 +45,65 @@ class FailureThrottle:
 
     def retry_after(self, key: str, now: float) -> int:
         """Return seconds until ``key`` may try again; 0 when it is not blocked."""
-        # No lock: under the GIL a dict read, len() and [0] of a deque are each atomic,
-        # and a deque never shrinks (fail() appends; its maxlen drops the oldest).
+        # reserve() calls this with the lock held; a caller without it may race with
+        # release() shrinking the deque: off by one attempt at most, never an error.
         failures = self._failures.get(key)
         if failures is None or len(failures) < self.limit:
             return 0
-        wait = failures[0] + self.window - now
+        try:
+            wait = failures[0] + self.window - now
+        except IndexError:
+            return 0
         return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def reserve(self, key: str, now: float) -> int:
+        """Count an attempt for ``key`` before it is made; seconds to wait if it may not be.
+
+        Checking and counting in one step under the lock, so concurrent attempts
+        cannot all pass the check before any of them is counted: at most ``limit``
+        run within the window. An attempt that succeeds is released (:meth:`release`).
+
+        Returns:
+            0 when the attempt is counted and may go ahead, else seconds to wait.
+        """
+        with self._lock:
+            wait = self.retry_after(key, now)
+            if wait:
+                return wait
+            self._add(key, now)
+            return 0
+
+    def release(self, key: str, now: float) -> None:
+        """Uncount an attempt :meth:`reserve` counted at ``now`` that turned out good."""
+        with self._lock:
+            failures = self._failures.get(key)
+            if failures is None:
+                return
+            try:
+                failures.remove(now)
+            except ValueError:
+                return  # pushed out of the window by later attempts already
+            if len(failures) < self.limit:
+                self.suspects.discard(key)
 
     def fail(self, key: str, now: float) -> None:
         """Record one failure for ``key`` at ``now`` (seconds)."""
         with self._lock:
-            failures = self._failures.get(key)
-            if failures is None:
-                failures = self._failures[key] = deque(maxlen=self.limit)
-                if len(self._failures) > self.max_keys:
-                    forgotten, _ = self._failures.popitem(last=False)
-                    self.suspects.discard(forgotten)
-            else:
-                self._failures.move_to_end(key)
-            failures.append(now)
-            if len(failures) >= self.limit and key in self._failures:
-                self.suspects.add(key)
+            self._add(key, now)
+
+    def _add(self, key: str, now: float) -> None:
+        """Count one attempt for ``key`` (the lock held)."""
+        failures = self._failures.get(key)
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.limit)
+            if len(self._failures) > self.max_keys:
+                forgotten, _ = self._failures.popitem(last=False)
+                self.suspects.discard(forgotten)
+        else:
+            self._failures.move_to_end(key)
+        failures.append(now)
+        if len(failures) >= self.limit and key in self._failures:
+            self.suspects.add(key)
 
     def __len__(self) -> int:
         return len(self._failures)

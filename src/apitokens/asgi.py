@@ -36,18 +36,35 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The headers the core reads: credentials, the proxy chain, the body's media type (JSON
-# rules) and the method-override headers (checked as well as the method).
+
+def _spellings(name: str) -> list[bytes]:
+    """``name`` with each "-" written "-" or "_".
+
+    An ASGI-to-WSGI bridge (Starlette's WSGIMiddleware, a2wsgi) hands a header sent as
+    ``X_HTTP_Method_Override`` to a WSGI app as ``HTTP_X_HTTP_METHOD_OVERRIDE``, so the
+    core must see it under that name too.
+    """
+    first, *rest = name.encode().split(b"-")
+    spellings = [first]
+    for part in rest:
+        spellings = [s + sep + part for s in spellings for sep in (b"-", b"_")]
+    return spellings
+
+
+# The headers the core reads, by every spelling a bridge would pass on: credentials,
+# the proxy chain, the body's media type (JSON rules) and the method-override headers
+# (checked as well as the method).
 _WANTED = {
-    name: name.decode()
+    spelling: name
     for name in (
-        b"authorization",
-        b"x-forwarded-for",
-        b"content-type",
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
+        "authorization",
+        "x-forwarded-for",
+        "content-type",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     )
+    for spelling in _spellings(name)
 }
 # Characters left as they are when quoting a decoded path: RFC 3986 pchar and "/".
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"

@@ -85,6 +85,7 @@ async def _refuse(
     """A refusal made here rather than by the core, audited like the core's."""
     result = refusal(tokens.policy, status, reason, **kw)
     auth_request = request_from_scope(request.scope)
+    fmt = tokens.policy.token_format
     token = result.token
     event = AuditEvent(
         at=tokens.clock(),
@@ -92,9 +93,10 @@ async def _refuse(
         outcome=result.outcome,
         token_id=token.id if token else None,
         user=token.user if token else None,
-        client_ip=tokens.authenticator.client_ip(auth_request) or None,
+        # As the core writes them: a token in the path or the address cut to its id.
+        client_ip=fmt.redact(tokens.authenticator.client_ip(auth_request)) or None,
         method=auth_request.method.upper(),
-        path=auth_request.path[:2048],
+        path=tokens.authenticator._audit_path(auth_request),
         reason=reason,
     )
     await _submit(tokens, [event])

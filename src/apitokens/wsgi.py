@@ -62,6 +62,7 @@ def _raw_path(environ: Environ) -> str:
             parts = urlsplit(raw)
             if parts.scheme.lower() in ("http", "https") and parts.netloc:
                 raw = parts.path or "/"
+        # The query goes; a fragment stays, for the core to refuse.
         return raw.split("?", 1)[0]
     path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     return _quoted(path) or "/"
@@ -78,7 +79,13 @@ def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
             if value.__class__ is not str:  # PEP 3333 says str; __init__ would str() it
                 value = str(value)
             headers += ((name, value),)
-    script_name = environ.get("SCRIPT_NAME")
+    # Mounted (a DispatcherMiddleware, a server's SCRIPT_NAME), or a PATH_INFO without its
+    # leading "/" (gunicorn strips SCRIPT_NAME "/api" from "/apirest/admin" as "rest/admin"):
+    # the path the app routes, with the "/" frameworks put in front of it.
+    path_info: str = environ.get("PATH_INFO", "")
+    app_path = ""
+    if environ.get("SCRIPT_NAME") or (path_info and path_info[0] != "/"):
+        app_path = _quoted(path_info if path_info[:1] == "/" else "/" + path_info)
     return _trusted(
         environ.get("REQUEST_METHOD", "GET"),
         _raw_path(environ),
@@ -86,8 +93,7 @@ def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
         headers,
         environ.get("REMOTE_ADDR", ""),
         body,
-        # Mounted (a DispatcherMiddleware, a WSGI server's prefix): the path the app routes.
-        (_quoted(environ.get("PATH_INFO", "")) or "/") if script_name else "",
+        app_path,
     )
 
 

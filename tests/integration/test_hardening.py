@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -434,3 +435,155 @@ def test_a_missing_client_address_is_named_as_missing() -> None:
         refused = tokens.authenticate(AuthRequest("GET", "/x", headers=bearer(issued.secret)))
         assert refused.status_code == 403
         assert refused.reason == "no client address given, and the token has allowed IPs"
+
+
+# -- found by the attack through real servers (second round) -------------------------------------
+
+GUNICORN_APP = """
+from flask import Flask, jsonify, request
+from apitokens import ApiTokens, Policy, SQLiteStore
+from tests.support import CHEAP_HASHER
+
+tokens = ApiTokens(
+    SQLiteStore({db!r}),
+    hasher=CHEAP_HASHER,
+    policy=Policy(protected_paths=["/rest/"], allow_other_auth=False),
+)
+flask = Flask(__name__)
+
+
+@flask.route("/rest/admin", methods=["GET", "DELETE"])
+def admin():
+    return jsonify(reached=True, path_info=request.environ.get("PATH_INFO"))
+
+
+app = tokens.wsgi(flask.wsgi_app)
+"""
+
+
+@pytest.mark.parametrize(
+    ("script_name", "target", "headers"),
+    [
+        ("/api", "/apirest/admin", {}),  # stripped without a "/" boundary: PATH_INFO "rest/admin"
+        ("/api/", "/api/rest/admin", {}),  # a trailing "/": every request's PATH_INFO so
+        ("", "/xrest/admin", {"SCRIPT_NAME": "/x"}),  # gunicorn believes this from 127.0.0.1
+    ],
+)
+def test_gunicorn_script_name_never_unprotects_a_route(
+    tmp_path: Path, script_name: str, target: str, headers: dict[str, str]
+) -> None:
+    """gunicorn cuts SCRIPT_NAME off with a plain startswith; the app routes /rest/admin."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.integration.test_durability import ROOT, free_port
+
+    db = tmp_path / "tokens.db"
+    SQLiteStore(db).close()
+    (tmp_path / "gunicorn_app.py").write_text(GUNICORN_APP.format(db=str(db)))
+    port = free_port()
+    inherited = os.environ.get("PYTHONPATH", "")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), inherited])),
+    }
+    env.pop("SCRIPT_NAME", None)
+    if script_name:
+        env["SCRIPT_NAME"] = script_name
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "gunicorn_app:app"]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert server.poll() is None, "gunicorn exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start within 20 s"
+                time.sleep(0.05)
+        status, body = raw_request(port, target, headers)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert status == 401, body
+    assert b"reached" not in body
+
+
+def test_a_fragment_in_the_target_is_refused_not_matched(
+    werkzeug_port: int, strict: ApiTokens
+) -> None:
+    """The rules would see "/rest/admin#/rest/issue/JRA-1"; the server routes "/rest/admin"."""
+    issued = strict.create(
+        actor="alice", name="jra", scope=Scope.READ_WRITE, restrictions=[".*/rest/issue/JRA.*"]
+    )
+    auth = {"Authorization": f"Bearer {issued.secret}"}
+    status, body = raw_request(werkzeug_port, "/rest/admin#/rest/issue/JRA-1", auth)
+    assert (status, b"reached" in body) == (400, False)
+    assert strict.audit(limit=1)[0].reason == "request target has a fragment"
+    assert raw_request(werkzeug_port, "/public#x", {})[0] == 404  # unprotected: untouched
+
+
+async def test_an_override_header_spelled_with_underscores_is_checked(
+    tokens: ApiTokens, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """An ASGI-to-WSGI bridge (a2wsgi, Starlette's old WSGIMiddleware) names headers as
+    WSGI does, "-" and "_" alike: X_HTTP_Method_Override reaches Flask as the override."""
+    acted: list[str] = []
+
+    async def bridge_like(scope: Any, receive: Any, send: Any) -> None:
+        environ = {
+            "HTTP_" + name.decode().upper().replace("-", "_"): value.decode()
+            for name, value in scope["headers"]
+        }
+        acted.append(environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", scope["method"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    issued = tokens.create(actor="alice", name="ro")
+    async with asgi_client(tokens.asgi(bridge_like)) as client:
+        for header in ("X_HTTP_Method_Override", "x-http_method-override", "X_Method_Override"):
+            headers = {"Authorization": f"Bearer {issued.secret}", header: "DELETE"}
+            response = await client.get("/rest/issue/A-1", headers=headers)
+            assert response.status_code == 403, header
+        plain = await client.get("/rest/issue/A-1", headers=bearer(issued.secret))
+    assert plain.status_code == 200
+    assert acted == ["GET"]
+
+
+def test_a_token_is_never_written_down_however_it_is_hidden(tmp_path: Path) -> None:
+    """Percent-encoded, across the audit path's bound, as an address, as an override."""
+    store = SQLiteStore(tmp_path / "tokens.db")
+    with make_tokens(store, protected_paths=["/rest/"], trusted_proxies=["127.0.0.1"]) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        leaked = tokens.create(actor="bob", name="leaked").secret
+        auth = bearer(issued.secret)
+        encoded = "%61" + leaked[1:]
+        requests = [
+            AuthRequest("GET", f"/rest/ok/{encoded}", headers=auth),
+            AuthRequest("GET", f"/rest/ok/{'%2561' + leaked[1:]}", headers=auth),
+            AuthRequest("GET", "/rest/" + "a" * 2030 + leaked, headers=auth),
+            AuthRequest(
+                "GET",
+                "/rest/x",
+                headers=[*auth, ("X-Forwarded-For", leaked)],
+                client_ip="127.0.0.1",
+            ),
+            AuthRequest("GET", "/rest/x", headers=[*auth, ("X-HTTP-Method-Override", leaked)]),
+        ]
+        for request in requests:
+            tokens.authenticate(request)
+        events = tokens.audit(action="authenticate")
+        tokens.flush()
+    store.close()
+    assert len(events) == len(requests)
+    for event in events:
+        for text in (event.path, event.reason, event.client_ip, event.user, repr(event)):
+            assert leaked not in (text or "") and leaked.upper() not in (text or ""), event
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert leaked.encode() not in data and leaked.upper().encode() not in data, path

@@ -16,14 +16,20 @@ from apitokens.asgi import ANONYMOUS, TokenAuth, TokenUser, request_from_scope
 from tests.support import Clock, make_tokens
 
 Message = dict[str, Any]
-_WANTED = {
-    b"authorization": "authorization",
-    b"x-forwarded-for": "x-forwarded-for",
-    b"content-type": "content-type",
-    b"x-http-method-override": "x-http-method-override",
-    b"x-http-method": "x-http-method",
-    b"x-method-override": "x-method-override",
+CANONICAL = {
+    "authorization",
+    "x-forwarded-for",
+    "content-type",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 }
+
+
+def _wanted(name: bytes) -> str | None:
+    """The core's name for a header as an ASGI server passes it (``_`` read as ``-``)."""
+    canonical = name.decode("latin-1").replace("_", "-")
+    return canonical if canonical in CANONICAL else None
 
 
 def _reference_app_path(scope: dict[str, Any]) -> str:
@@ -49,9 +55,9 @@ def _reference_path(scope: dict[str, Any]) -> str:
 def reference(scope: dict[str, Any], body: bytes = b"") -> AuthRequest:
     """The adapter as it was before the fast constructor: the public one, via a comprehension."""
     headers = [
-        (_WANTED[name], value.decode("latin-1"))
+        (wanted, value.decode("latin-1"))
         for name, value in scope.get("headers", ())
-        if name in _WANTED
+        if (wanted := _wanted(name)) is not None
     ]
     client = scope.get("client")
     query = scope.get("query_string", b"")
@@ -77,6 +83,9 @@ HEADER_NAMES = st.sampled_from(
         b"content-type",
         b"x-http-method-override",
         b"x-method-override",
+        b"x_http_method_override",
+        b"x-http_method",
+        b"content_type",
     ]
 )
 TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)

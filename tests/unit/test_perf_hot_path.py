@@ -130,10 +130,53 @@ def test_forged_tokens_with_a_known_id_never_lock_its_owner_out(clock: Clock) ->
         assert tokens.authenticate(good).authenticated  # the hot path
         tokens.authenticator.hot._entries.clear()  # the full path, verification cache hit
         assert tokens.authenticate(good).authenticated
-        # The forgeries themselves are throttled for the id (no more hashing for them).
-        assert tokens.authenticate(get("/x", bearer(wrong), ip="203.0.113.99")).status_code == 429
-        clock.advance(seconds=61)
-        assert tokens.authenticate(get("/x", bearer(wrong))).status_code == 401
+        # A process that has not verified the secret yet (a restart, another worker)
+        # does not refuse it either: guesses are throttled per address, never per id.
+        with make_tokens(tokens.store, clock=clock, max_failed_attempts=3) as fresh:
+            for number in range(10):
+                forged = fresh.authenticate(get("/x", bearer(wrong), ip=f"203.0.113.{number}"))
+                assert forged.status_code == 401
+            assert fresh.authenticate(good).authenticated
+
+
+def test_a_429_does_not_tell_whether_an_id_exists(clock: Clock) -> None:
+    with make_tokens(clock=clock, max_failed_attempts=3) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        fmt = tokens.policy.token_format
+        existing, unknown = fmt.issue(issued.token.id).value, fmt.issue().value
+        for _ in range(3):
+            tokens.authenticate(get("/x", bearer(existing), ip="198.51.100.1"))
+        answers = {
+            tokens.authenticate(get("/x", bearer(guess), ip="198.51.100.2")).status_code
+            for guess in (existing, unknown)
+        }
+        assert answers == {401}
+
+
+def test_concurrent_guesses_from_one_address_hash_at_most_the_limit(clock: Clock) -> None:
+    """The throttle counts an attempt before it hashes: a burst cannot all pass the check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with make_tokens(clock=clock, max_failed_attempts=5) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        request = get("/x", bearer(wrong), ip="198.51.100.9")
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda _: tokens.authenticate(request).status_code, range(64)))
+        # Exactly 5 hashed unless some found every place in line taken (503, uncounted).
+        assert 1 <= statuses.count(401) <= 5
+        assert statuses.count(401) == 5 or 503 in statuses
+        assert set(statuses) <= {401, 429, 503}
+
+
+def test_an_ipv6_client_counts_by_its_64(clock: Clock) -> None:
+    with make_tokens(clock=clock, max_failed_attempts=3) as tokens:
+        wrong = tokens.policy.token_format.issue().value
+        for host in range(3):
+            tokens.authenticate(get("/x", bearer(wrong), ip=f"2001:db8:1:2::{host + 1}"))
+        same_64 = tokens.authenticate(get("/x", bearer(wrong), ip="2001:db8:1:2:ffff::9"))
+        other_64 = tokens.authenticate(get("/x", bearer(wrong), ip="2001:db8:1:3::1"))
+        assert (same_64.status_code, other_64.status_code) == (429, 401)
 
 
 def test_rotation_grace_ends_by_the_clock(tokens: ApiTokens, clock: Clock) -> None:

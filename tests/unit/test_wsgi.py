@@ -28,9 +28,11 @@ def reference(environ: dict[str, Any], body: bytes = b"") -> AuthRequest:
         if environ.get(key) is not None:
             headers.append((name, environ[key]))
     app_path = ""
-    if environ.get("SCRIPT_NAME"):
-        path_info = environ.get("PATH_INFO", "").encode("latin-1", "replace")
-        app_path = quote(path_info, safe="/!$&'()*+,;=:@-._~") or "/"
+    path_info = environ.get("PATH_INFO", "")
+    if environ.get("SCRIPT_NAME") or (path_info != "" and not path_info.startswith("/")):
+        if not path_info.startswith("/"):
+            path_info = "/" + path_info  # what frameworks route (gunicorn's "rest/admin")
+        app_path = quote(path_info.encode("latin-1", "replace"), safe="/!$&'()*+,;=:@-._~")
     return AuthRequest(
         method=environ.get("REQUEST_METHOD", "GET"),
         path=_raw_path(environ),
