@@ -83,6 +83,7 @@ class ApiTokens:
         self.clock = clock if clock is not None else _utcnow
         self.verifier = SecretVerifier(hasher)
         directory = _journal_directory(store, journal)
+        self._unavailable: str | None = None  # why records could not be queued, once logged
         self.writer = AuditWriter(
             store,
             journal=directory,
@@ -142,8 +143,14 @@ class ApiTokens:
             if not self.writer.submit(decision.records, block=block):
                 return None
         except StorageError as exc:
-            log.error("apitokens: %s; answering 503", exc)
+            message = str(exc)
+            if message != self._unavailable:  # once per cause, not once per request
+                log.error("apitokens: %s; answering 503 until it can be written", message)
+                self._unavailable = message
             return refusal(self.policy, 503, "audit log unavailable")
+        if self._unavailable is not None:
+            log.warning("apitokens: the audit log can be written again")
+            self._unavailable = None
         return decision.result
 
     def wsgi(self, app: WSGIApplication) -> WSGIMiddleware:

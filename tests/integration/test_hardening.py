@@ -587,3 +587,17 @@ def test_a_token_is_never_written_down_however_it_is_hidden(tmp_path: Path) -> N
         if path.is_file():
             data = path.read_bytes()
             assert leaked.encode() not in data and leaked.upper().encode() not in data, path
+
+
+def test_a_503_for_an_unwritable_audit_log_is_logged_once_per_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with make_tokens() as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        tokens.writer.close()  # as when the process is shutting down: nothing can be queued
+        caplog.set_level(logging.ERROR, logger="apitokens")
+        for _ in range(5):
+            refused = tokens.authenticate(AuthRequest("GET", "/x", headers=bearer(issued.secret)))
+            assert refused.status_code == 503
+    errors = [r for r in caplog.records if "answering 503" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
