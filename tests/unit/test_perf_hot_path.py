@@ -300,3 +300,53 @@ def test_ttl_cache_reads_without_reordering() -> None:
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, 2, 3)
     now[0] = 1.0
     assert cache.get("b") is None
+
+
+def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
+    """A flood of guesses never holds every worker thread: beyond the line, 503 at once."""
+    import threading
+
+    from apitokens import ApiTokens, MemoryStore, Policy
+    from tests.support import CHEAP_HASHER
+
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
+        def verify(self, hashed: str, token: str) -> bool:
+            started.release()
+            gate.wait(10)
+            return bool(super().verify(hashed, token))
+
+    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    with ApiTokens(
+        MemoryStore(),
+        policy=Policy(),
+        hasher=hasher,
+        clock=clock,
+        max_concurrent_verifications=1,
+    ) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        results: list[int] = []
+
+        def guess(n: int) -> None:
+            request = get("/x", bearer(wrong), ip=f"198.51.100.{n}")
+            results.append(tokens.authenticate(request).status_code)
+
+        running = threading.Thread(target=guess, args=(1,))
+        running.start()
+        assert started.acquire(timeout=10)  # one hashing
+        waiting = threading.Thread(target=guess, args=(2,))
+        waiting.start()  # one waiting for its place (the line is 2 for 1 at a time)
+        for _ in range(200):  # until the second holds its place in line
+            if tokens.authenticator._in_line._value == 0:  # type: ignore[attr-defined]
+                break
+            threading.Event().wait(0.01)
+        refused = tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.3"))
+        assert refused.status_code == 503
+        assert ("Retry-After", "1") in refused.headers
+        gate.set()
+        running.join(10)
+        waiting.join(10)
+        assert sorted(results) == [401, 401]
