@@ -22,7 +22,6 @@ the checks about the request itself (scope, IPs, rules, body) run on the hot pat
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import secrets
@@ -33,6 +32,7 @@ from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import unquote
 
+from ._addresses import client_address, in_networks, throttle_key
 from ._audit import AuthEntry, Record, Rehash
 from ._cache import CompiledToken, HotCredential, HotCredentials, TokenCache, TTLCache
 from ._credentials import (
@@ -44,7 +44,7 @@ from ._credentials import (
 from ._errors import StorageError
 from ._hashing import SecretVerifier
 from ._model import Outcome, Token, TokenStatus
-from ._policy import AuthScheme, IPNetwork, Policy
+from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
 from ._throttle import FailureThrottle
@@ -258,21 +258,7 @@ class Authenticator:
         ``X-Forwarded-For`` is believed only when the peer is a trusted proxy;
         then the right-most address that is not a trusted proxy is the client.
         """
-        networks = self.policy.proxy_networks
-        peer = request.client_ip
-        if not networks or not _in_networks(peer, networks):
-            return peer
-        hops = [
-            hop.strip()
-            for value in request.header_values("x-forwarded-for")
-            for hop in value.split(",")
-        ]
-        client = peer
-        for hop in reversed(hops):
-            client = _without_port(hop)
-            if not _in_networks(client, networks):
-                break
-        return client
+        return client_address(request, self.policy.proxy_networks)
 
     # -- the hot path ------------------------------------------------------
 
@@ -427,7 +413,7 @@ class Authenticator:
         """
         if compiled.problem:
             return 403, compiled.problem
-        if compiled.networks and not _in_networks(client_ip, compiled.networks):
+        if compiled.networks and not in_networks(client_ip, compiled.networks):
             if not client_ip:  # AuthRequest(client_ip=...) not given: say so, not ''
                 return 403, "no client address given, and the token has allowed IPs"
             return 403, f"client address {client_ip!r} not in the token's allowed IPs"
@@ -539,7 +525,7 @@ class Authenticator:
         holds every worker thread while good requests queue behind it. The caller
         gives the place back with :meth:`_admitted_done`.
         """
-        key = _throttle_key(attempt.client_ip)
+        key = throttle_key(attempt.client_ip)
         now_ts = attempt.now.timestamp()
         wait = self.ip_throttle.reserve(key, now_ts)
         if wait:
@@ -620,49 +606,6 @@ class Authenticator:
         self.tokens.discard(token_id)
 
 
-def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if any(ip in network for network in networks):
-        return True
-    # An IPv4-mapped address (::ffff:203.0.113.5) also matches as its IPv4 address, and
-    # an IPv4 address as its mapped form ("::ffff:203.0.113.0/120" is a way to write it).
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped
-        return mapped is not None and any(mapped in network for network in networks)
-    alias = ipaddress.IPv6Address(f"::ffff:{ip}")
-    return any(alias in network for network in networks)
-
-
 def _shown(method: str) -> str:
     """A method for a reason in the audit log: a client's override header is any text."""
     return method.upper() if _METHOD.fullmatch(method) else "(not a method name)"
-
-
-def _throttle_key(address: str) -> str:
-    """The throttle's key for a client address: an IPv6 client counts by its /64.
-
-    One IPv6 host is usually given a whole /64; counted per address, it would have
-    2**64 budgets of guesses.
-    """
-    if ":" not in address:
-        return address
-    try:
-        ip = ipaddress.IPv6Address(address)
-    except ValueError:
-        return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False))
-
-
-def _without_port(hop: str) -> str:
-    """An ``X-Forwarded-For`` hop without a port: ``203.0.113.5:4711``, ``[2001:db8::1]:4711``."""
-    if hop.startswith("["):
-        end = hop.find("]")
-        return hop[1:end] if end > 0 else hop
-    if hop.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has two or more
-        return hop.split(":", 1)[0]
-    return hop
