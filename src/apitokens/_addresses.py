@@ -63,7 +63,15 @@ def throttle_key(address: str) -> str:
         return address
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
+    if any(ip in prefix for prefix in _EMBEDDING_IPV4):
+        # A translator's prefix holds a whole IPv4 population: each by its own address.
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 client: NAT64's well-known prefix
+# (RFC 6052) and the old IPv4-compatible addresses (::a.b.c.d).
+_EMBEDDING_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
 
 
 def _without_port(hop: str) -> str:

@@ -51,7 +51,8 @@ class ApiTokens:
         cache_ttl: seconds a token record read from the store is reused in
             this process; a change made by another process shows within it.
         max_concurrent_verifications: uncached hash verifications at once
-            (default: the number of CPUs).
+            (default: the number of CPUs, at most 16); two more may wait, and
+            beyond that a request that needs one gets 503 at once.
         journal: the audit journal, which keeps every answered request's audit
             event and use on disk until the store has them (``docs/storage.md``):
             ``None`` (default) turns it on for a ``SQLiteStore`` file, in a
@@ -96,7 +97,10 @@ class ApiTokens:
             self.clock,
             groups,
             cache_ttl=cache_ttl,
-            max_concurrent_verifications=max_concurrent_verifications or os.cpu_count() or 2,
+            # At most 16 by default: with the two that may wait, shorter than asyncio's
+            # default thread pool (CPUs + 4, at most 32), so store reads always find one.
+            max_concurrent_verifications=max_concurrent_verifications
+            or min(os.cpu_count() or 2, 16),
         )
         self._manager = TokenManager(
             store,

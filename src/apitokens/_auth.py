@@ -43,7 +43,7 @@ from ._credentials import (
 )
 from ._errors import StorageError
 from ._hashing import SecretVerifier
-from ._model import Outcome, Token, TokenStatus
+from ._model import Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
@@ -62,6 +62,10 @@ _ACTIVE = TokenStatus.ACTIVE
 # request act as another method. The adapters pass them to the core (AuthRequest.headers).
 _METHOD_OVERRIDES = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
+# Verifications that may wait for a place beside those running (see _admit).
+_WAITING = 2
+# Control characters and spaces, which RFC 9112 allows nowhere in a request target.
+_NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
 class WouldBlock(Exception):
@@ -113,7 +117,7 @@ class Authenticator:
         groups: ``groups(user)`` for ``Policy.token_users``.
         cache_ttl: seconds a token record (and a user's groups) is reused.
         max_concurrent_verifications: uncached hash verifications running
-            at once; as many again wait (up to ``verification_wait`` seconds,
+            at once; two more wait (up to ``verification_wait`` seconds,
             then 503), and more get 503 at once.
     """
 
@@ -143,7 +147,12 @@ class Authenticator:
         self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
         # Verifications running or waiting for a place: beyond this, 503 at once, so
         # guesses never hold every worker thread while good requests queue behind them.
-        self._in_line = threading.BoundedSemaphore(2 * max_concurrent_verifications)
+        # A few wait, not as many again: the line must stay shorter than the server's
+        # thread pool (asyncio's default has CPUs + 4 threads).
+        self._in_line = threading.BoundedSemaphore(max_concurrent_verifications + _WAITING)
+        # Authorization values being verified now, each by one thread; others wait for it.
+        self._flights: dict[bytes, threading.Event] = {}
+        self._flights_lock = threading.Lock()
         self._verification_wait = verification_wait
         self.hot = HotCredentials(verifier.cache.maxsize)
         self._dummy_hash: str | None = None  # for unknown ids: made at the first one
@@ -178,9 +187,10 @@ class Authenticator:
         """
         policy = self.policy
         path = request.path
-        if path[:1] != "/" and policy.protected_paths:
-            # Not origin-form ("rest/admin", "http:rest/admin", "*"): a server may route
-            # it to a protected path all the same, so it is refused, never let through.
+        if policy.protected_paths and (path[:1] != "/" or _NOT_IN_A_TARGET.search(path)):
+            # Not origin-form ("rest/admin", "http:rest/admin", "*"), or holding what no
+            # target may (a tab, which waitress's urlsplit drops before it routes): a server
+            # may route it to a protected path all the same, so it is refused, never let by.
             return self._bad_target(request, "request target is not an absolute path")
         app_path = request.app_path
         protected = policy.protects(path) or (app_path != "" and policy.protects(app_path))
@@ -346,7 +356,7 @@ class Authenticator:
         token = stored.token.as_of(attempt.now)
         attempt.user = token.user if token.user is not None else attempt.user
         epoch = self.verifier.cache.epoch
-        verified = self._verify(parsed.value, compiled, attempt, block)
+        verified = self._verify(parsed.value, compiled, attempt, block, fingerprint)
         if isinstance(verified, Decision):
             return verified
         if token.status is TokenStatus.REVOKED:
@@ -468,21 +478,63 @@ class Authenticator:
         return None if stored is None else self.tokens.put(stored, generation)
 
     def _verify(
-        self, value: str, compiled: CompiledToken, attempt: _Attempt, block: bool
+        self,
+        value: str,
+        compiled: CompiledToken,
+        attempt: _Attempt,
+        block: bool,
+        fingerprint: bytes | None,
     ) -> _Verified | Decision:
-        """Return which hash the secret matched (and a re-hash to write), or a refusal."""
+        """Return which hash the secret matched (and a re-hash to write), or a refusal.
+
+        Concurrent requests with the same ``Authorization`` value (a client's parallel
+        first requests after a deploy) wait for one verification instead of each
+        taking a place in line.
+        """
         stored = compiled.stored
         hashes: list[tuple[str, datetime | None]] = [(stored.secret_hash, None)]
         grace = stored.previous_valid_until
         if stored.previous_hash is not None and grace is not None and attempt.now < grace:
             hashes.append((stored.previous_hash, grace))
-        for hashed, until in hashes:
-            if self.verifier.cached(value, hashed):
-                # Verified by this process before: never refused for others' failures,
-                # so knowing a token's (public) id cannot lock its owner out.
-                return _Verified(None, until)
+        verified = self._cached(value, hashes)
+        if verified is not None:
+            # Verified by this process before: never refused for others' failures,
+            # so knowing a token's (public) id cannot lock its owner out.
+            return verified
         if not block:
             raise WouldBlock
+        if fingerprint is None:
+            return self._hash(value, stored, hashes, attempt)
+        with self._flights_lock:
+            flight = self._flights.get(fingerprint)
+            if flight is None:
+                self._flights[fingerprint] = threading.Event()
+        if flight is not None:  # the same value is being verified: its outcome will do
+            flight.wait(self._verification_wait)
+            verified = self._cached(value, hashes)
+            if verified is not None:
+                return verified
+            return self._hash(value, stored, hashes, attempt)  # it failed: as any other
+        try:
+            return self._hash(value, stored, hashes, attempt)
+        finally:
+            with self._flights_lock:
+                self._flights.pop(fingerprint).set()
+
+    def _cached(self, value: str, hashes: list[tuple[str, datetime | None]]) -> _Verified | None:
+        for hashed, until in hashes:
+            if self.verifier.cached(value, hashed):
+                return _Verified(None, until)
+        return None
+
+    def _hash(
+        self,
+        value: str,
+        stored: StoredToken,
+        hashes: list[tuple[str, datetime | None]],
+        attempt: _Attempt,
+    ) -> _Verified | Decision:
+        """Verify ``value`` against ``hashes`` (admitted first: throttle, line)."""
         admitted = self._admit(attempt)
         if isinstance(admitted, Decision):
             return admitted
@@ -593,12 +645,18 @@ class Authenticator:
         fmt = self.policy.token_format
         path = request.path
         if "%" in path:
+            # Decoded until nothing changes (bounded): every encoding of a token, at
+            # every depth, shows in the last form, and that form is written, cut.
             decoded = path
-            for _ in range(3):  # encoded twice or three times hides it as well
-                decoded = unquote(decoded, errors="replace")
-                if fmt.contains(decoded):
-                    path = decoded
+            for _ in range(16):
+                again = unquote(decoded, errors="replace")
+                if again == decoded:
                     break
+                decoded = again
+            else:
+                return "(a path percent-encoded more than 16 times)"
+            if fmt.contains(decoded):
+                path = decoded
         return fmt.redact(path)[:_MAX_AUDIT_PATH]
 
     def forget(self, token_id: str) -> None:

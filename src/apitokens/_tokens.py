@@ -97,9 +97,10 @@ class TokenFormat:
         self.prefix = prefix
         self._head = prefix + "_"
         self._body = re.compile(rf"[0-9A-Za-z]{{{_BODY_LENGTH}}}")
-        # A token anywhere in a text, whatever stands around it (no \b: "xapt_..." counts).
+        # A token anywhere in a text, whatever stands around it (no \b: "xapt_..." counts),
+        # its prefix in any case ("APT_..." keeps the secret all the same).
         self._inside = re.compile(
-            rf"{re.escape(self._head)}([0-9A-Za-z]{{{ID_LENGTH}}})"
+            rf"(?i:{re.escape(prefix)})_([0-9A-Za-z]{{{ID_LENGTH}}})"
             rf"[0-9A-Za-z]{{{_BODY_LENGTH - ID_LENGTH}}}"
         )
 
@@ -135,9 +136,16 @@ class TokenFormat:
         """
         return candidate.startswith(self._head)
 
+    def _may_hold(self, text: str) -> bool:
+        # A cheap look first (every request's path, address and reason pass here).
+        return "_" in text and (self._head in text or self._head in text.lower())
+
     def contains(self, text: str) -> bool:
-        """Return whether ``text`` holds a string of this token format anywhere."""
-        return self._head in text and self._inside.search(text) is not None
+        """Return whether ``text`` holds a string of this token format anywhere.
+
+        The prefix in any case: ``APT_<id><secret>...`` holds a secret too.
+        """
+        return self._may_hold(text) and self._inside.search(text) is not None
 
     def redact(self, text: str) -> str:
         """Return ``text`` with every token string in it cut to its public id.
@@ -145,7 +153,7 @@ class TokenFormat:
         ``apt_<id><secret><checksum>`` becomes ``apt_<id>…``: what is left is
         safe for a log or the audit log, and no longer matches the format.
         """
-        if self._head not in text:
+        if not self._may_hold(text):
             return text
         return self._inside.sub(lambda m: f"{self._head}{m.group(1)}\u2026", text)
 

@@ -79,21 +79,21 @@ def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
             if value.__class__ is not str:  # PEP 3333 says str; __init__ would str() it
                 value = str(value)
             headers += ((name, value),)
-    # Mounted (a DispatcherMiddleware, a server's SCRIPT_NAME), or a PATH_INFO without its
-    # leading "/" (gunicorn strips SCRIPT_NAME "/api" from "/apirest/admin" as "rest/admin"):
-    # the path the app routes, with the "/" frameworks put in front of it.
+    # The path the app routes, with the "/" frameworks put in front of PATH_INFO, when it
+    # is not the path as sent: mounted (a DispatcherMiddleware, a server's SCRIPT_NAME),
+    # gunicorn stripping SCRIPT_NAME "/api" from "/apirest/admin" as "rest/admin", or
+    # waitress and cheroot parsing "/re\tst/admin" with urlsplit, which drops the tab.
     path_info: str = environ.get("PATH_INFO", "")
-    app_path = ""
-    if environ.get("SCRIPT_NAME") or (path_info and path_info[0] != "/"):
-        app_path = _quoted(path_info if path_info[:1] == "/" else "/" + path_info)
+    app_path = _quoted(path_info if path_info[:1] == "/" else "/" + path_info)
+    path = _raw_path(environ)
     return _trusted(
         environ.get("REQUEST_METHOD", "GET"),
-        _raw_path(environ),
+        path,
         environ.get("QUERY_STRING", ""),
         headers,
         environ.get("REMOTE_ADDR", ""),
         body,
-        app_path,
+        app_path if app_path != path else "",
     )
 
 

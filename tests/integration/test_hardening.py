@@ -601,3 +601,132 @@ def test_a_503_for_an_unwritable_audit_log_is_logged_once_per_cause(
             assert refused.status_code == 503
     errors = [r for r in caplog.records if "answering 503" in r.getMessage()]
     assert len(errors) == 1, [r.getMessage() for r in errors]
+
+
+# -- found by the second attack round -------------------------------------------------------------
+
+
+def test_a_tab_waitress_drops_from_the_target_never_unprotects_a_route(strict: ApiTokens) -> None:
+    """waitress parses "/re<TAB>st/admin" with urlsplit, which drops the tab: it routes
+    "/rest/admin" while REQUEST_URI keeps the tab."""
+    import waitress.server
+
+    server = waitress.server.create_server(
+        strict.wsgi(password_app().wsgi_app), host="127.0.0.1", port=0, threads=2
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        port = server.effective_port  # type: ignore[union-attr]
+        for target in ("/re\tst/admin", "/rest/ad\tmin"):
+            status, body = raw_request(port, target, {})
+            assert b"reached" not in body, target
+            assert status in (400, 401), (target, status)
+        issued = strict.create(actor="alice", name="ci")
+        ok = raw_request(port, "/rest/admin", {"Authorization": f"Bearer {issued.secret}"})
+        assert ok[0] == 200
+    finally:
+        server.close()
+        thread.join(5)
+
+
+def test_the_path_as_routed_is_checked_whatever_the_raw_uri_says() -> None:
+    from apitokens.wsgi import request_from_environ
+
+    with make_tokens(protected_paths=["/rest/"], allow_other_auth=False) as tokens:
+        environ = {"REQUEST_URI": "/re\tst/admin", "PATH_INFO": "/rest/admin"}
+        request = request_from_environ(environ)
+        assert request.app_path == "/rest/admin"
+        assert tokens.authenticate(request).status_code == 400  # a tab in a target
+        environ = {"RAW_URI": "/api/rest/admin", "SCRIPT_NAME": "/api", "PATH_INFO": "/rest/admin"}
+        assert tokens.authenticate(request_from_environ(environ)).status_code == 401
+
+
+def test_parallel_first_requests_with_one_credential_wait_for_one_verification() -> None:
+    """A client's parallel first requests after a deploy: one verification, no 503s."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
+        def verify(self, hashed: str, token: str) -> bool:
+            calls.append(1)
+            gate.wait(10)
+            return bool(super().verify(hashed, token))
+
+    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    with ApiTokens(
+        SQLiteStore(":memory:"), hasher=hasher, max_concurrent_verifications=1
+    ) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        request = AuthRequest("GET", "/x", headers=bearer(issued.secret), client_ip="192.0.2.1")
+        statuses: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda: statuses.append(tokens.authenticate(request).status_code)
+            )
+            for _ in range(12)
+        ]
+        for thread in threads:
+            thread.start()
+        for _ in range(500):  # until the one verification has started
+            if calls:
+                break
+            threading.Event().wait(0.01)
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert statuses == [200] * 12
+    assert len(calls) == 1
+
+
+def test_every_hidden_token_is_cut_from_the_audit_log(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "tokens.db")
+    with make_tokens(store, protected_paths=["/rest/"]) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        leaked = tokens.create(actor="bob", name="leaked").secret
+        other = tokens.create(actor="carol", name="other").secret
+        auth = bearer(issued.secret)
+
+        def encoded(text: str, times: int) -> str:
+            for _ in range(times):
+                text = "".join(f"%{ord(c):02X}" if c in "a%" else c for c in text)
+            return text
+
+        paths = [
+            f"/rest/ok/{other}/{encoded(leaked, 2)}",  # one plain, one encoded twice
+            f"/rest/ok/{encoded(leaked, 4)}",
+            f"/rest/ok/APT_{leaked[4:]}",  # the head upper-cased
+        ]
+        for path in paths:
+            tokens.authenticate(AuthRequest("GET", path, headers=auth))
+        username = "APT_" + leaked[4:]
+        basic = [("Authorization", "Basic " + b64(f"{username}:{other[:-1]}x"))]
+        tokens.authenticate(AuthRequest("GET", "/rest/x", headers=basic))
+        events = tokens.audit(action="authenticate")
+        tokens.flush()
+    store.close()
+    assert len(events) == 4
+    secrets_ = [leaked[16:], other[16:]]  # the secret parts: after the prefix and id
+    for event in events:
+        for text in (event.path, event.reason, event.user, repr(event)):
+            for secret in secrets_:
+                assert secret not in (text or ""), event
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            for secret in secrets_:
+                assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("64:ff9b::1.2.3.4", "64:ff9b::5.6.7.8", False),  # NAT64: each IPv4 client its own
+        ("::1.2.3.4", "::5.6.7.8", False),
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),  # one /64: one client
+        ("::ffff:1.2.3.4", "1.2.3.4", True),
+    ],
+)
+def test_throttle_keys(one: str, other: str, same: bool) -> None:
+    from apitokens._addresses import throttle_key
+
+    assert (throttle_key(one) == throttle_key(other)) is same

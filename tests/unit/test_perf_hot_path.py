@@ -327,26 +327,30 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         max_concurrent_verifications=1,
     ) as tokens:
         issued = tokens.create(actor="alice", name="ci")
-        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        fmt = tokens.policy.token_format
         results: list[int] = []
 
-        def guess(n: int) -> None:
-            request = get("/x", bearer(wrong), ip=f"198.51.100.{n}")
+        def guess(n: int) -> None:  # each its own wrong secret: no shared verification
+            request = get("/x", bearer(fmt.issue(issued.token.id).value), ip=f"198.51.100.{n}")
             results.append(tokens.authenticate(request).status_code)
 
         running = threading.Thread(target=guess, args=(1,))
         running.start()
         assert started.acquire(timeout=10)  # one hashing
-        waiting = threading.Thread(target=guess, args=(2,))
-        waiting.start()  # one waiting for its place (the line is 2 for 1 at a time)
-        for _ in range(200):  # until the second holds its place in line
+        waiting = [threading.Thread(target=guess, args=(n,)) for n in (2, 3)]
+        for thread in waiting:
+            thread.start()  # two waiting for their place (the line: 1 running + 2)
+        for _ in range(500):  # until both hold their place in line
             if tokens.authenticator._in_line._value == 0:  # type: ignore[attr-defined]
                 break
             threading.Event().wait(0.01)
-        refused = tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.3"))
+        assert tokens.authenticator._in_line._value == 0  # type: ignore[attr-defined]
+        wrong = fmt.issue(issued.token.id).value
+        refused = tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.4"))
         assert refused.status_code == 503
         assert ("Retry-After", "1") in refused.headers
         gate.set()
         running.join(10)
-        waiting.join(10)
-        assert sorted(results) == [401, 401]
+        for thread in waiting:
+            thread.join(10)
+        assert sorted(results) == [401, 401, 401]

@@ -27,12 +27,12 @@ def reference(environ: dict[str, Any], body: bytes = b"") -> AuthRequest:
     ]:
         if environ.get(key) is not None:
             headers.append((name, environ[key]))
-    app_path = ""
     path_info = environ.get("PATH_INFO", "")
-    if environ.get("SCRIPT_NAME") or (path_info != "" and not path_info.startswith("/")):
-        if not path_info.startswith("/"):
-            path_info = "/" + path_info  # what frameworks route (gunicorn's "rest/admin")
-        app_path = quote(path_info.encode("latin-1", "replace"), safe="/!$&'()*+,;=:@-._~")
+    if not path_info.startswith("/"):
+        path_info = "/" + path_info  # what frameworks route (gunicorn's "rest/admin")
+    app_path = quote(path_info.encode("latin-1", "replace"), safe="/!$&'()*+,;=:@-._~")
+    if app_path == _raw_path(environ):
+        app_path = ""
     return AuthRequest(
         method=environ.get("REQUEST_METHOD", "GET"),
         path=_raw_path(environ),
@@ -60,6 +60,7 @@ ENVIRONS = st.fixed_dictionaries(
         "RAW_URI": st.sampled_from(
             ["/rest/a%2Fb?x=1", "http://h/rest/x?y", "", "rest/admin", "http:rest/x", "*"]
         ),
+        "REQUEST_URI": st.sampled_from(["/re\tst/admin", "/rest/admin#/x"]),
         "HTTP_AUTHORIZATION": HEADER_VALUES,
         "HTTP_X_FORWARDED_FOR": HEADER_VALUES,
         "CONTENT_TYPE": HEADER_VALUES,
