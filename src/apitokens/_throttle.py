@@ -1,4 +1,4 @@
-"""Throttling failed authentications, per client address and per token id."""
+"""Throttling failed authentications, per client address."""
 
 from __future__ import annotations
 
