@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -47,7 +47,7 @@ from ._model import Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
-from ._throttle import FailureThrottle
+from ._throttle import BUSY, FailureThrottle
 from .storage import TokenStore
 
 __all__ = ["Authenticator", "Decision", "WouldBlock"]
@@ -96,6 +96,14 @@ class _Attempt:
     client_ip: str
     token_id: str | None = None
     user: str | None = None
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One verification of an ``Authorization`` value, which others with it wait for."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    wrong: bool = False  # the secret was hashed and did not match
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +159,7 @@ class Authenticator:
         # thread pool (asyncio's default has CPUs + 4 threads).
         self._in_line = threading.BoundedSemaphore(max_concurrent_verifications + _WAITING)
         # Authorization values being verified now, each by one thread; others wait for it.
-        self._flights: dict[bytes, threading.Event] = {}
+        self._flights: dict[bytes, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._verification_wait = verification_wait
         self.hot = HotCredentials(verifier.cache.maxsize)
@@ -508,18 +516,31 @@ class Authenticator:
         with self._flights_lock:
             flight = self._flights.get(fingerprint)
             if flight is None:
-                self._flights[fingerprint] = threading.Event()
-        if flight is not None:  # the same value is being verified: its outcome will do
-            flight.wait(self._verification_wait)
-            verified = self._cached(value, hashes)
-            if verified is not None:
-                return verified
-            return self._hash(value, stored, hashes, attempt)  # it failed: as any other
+                self._flights[fingerprint] = leading = _Flight()
+        if flight is None:
+            try:
+                outcome = self._hash(value, stored, hashes, attempt)
+                leading.wrong = isinstance(outcome, Decision) and outcome.result.status_code == 401
+                return outcome
+            finally:
+                with self._flights_lock:
+                    del self._flights[fingerprint]
+                leading.done.set()
+        # The same value is being verified: wait for its outcome, holding a place in
+        # line like any verification (never outside the bound on waiting threads).
+        if not self._in_line.acquire(blocking=False):
+            reason = "too many hash verifications waiting"
+            return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
         try:
-            return self._hash(value, stored, hashes, attempt)
+            flight.done.wait(self._verification_wait)
         finally:
-            with self._flights_lock:
-                self._flights.pop(fingerprint).set()
+            self._in_line.release()
+        verified = self._cached(value, hashes)
+        if verified is not None:
+            return verified
+        if flight.wrong:  # known wrong: no second hash (and none to count)
+            return self._refuse(attempt, refusal(self.policy, 401, "wrong secret"))
+        return self._hash(value, stored, hashes, attempt)  # it was never tried: as any
 
     def _cached(self, value: str, hashes: list[tuple[str, datetime | None]]) -> _Verified | None:
         for hashed, until in hashes:
@@ -538,17 +559,17 @@ class Authenticator:
         admitted = self._admit(attempt)
         if isinstance(admitted, Decision):
             return admitted
-        key, now_ts = admitted
+        failed = True
         try:
             for i, (hashed, until) in enumerate(hashes):
                 result = self.verifier.verify(value, hashed)
                 if result.ok:
-                    self.ip_throttle.release(key, now_ts)  # a good secret is no failure
+                    failed = False  # a good secret is no failure
                     if result.rehash is not None and i == 0:
                         return _Verified(Rehash(stored.token.id, hashed, result.rehash), until)
                     return _Verified(None, until)
         finally:
-            self._admitted_done()
+            self._admitted_done(admitted, failed=failed)
         return self._refuse(attempt, refusal(self.policy, 401, "wrong secret"))
 
     def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
@@ -563,23 +584,27 @@ class Authenticator:
                 self._dummy_hash = self.verifier.hash(secrets.token_urlsafe(32))
             self.verifier.verify(value, self._dummy_hash)
         finally:
-            self._admitted_done()
+            self._admitted_done(admitted, failed=True)
         return self._refuse(attempt, refusal(self.policy, 401, "unknown token id"))
 
     def _admit(self, attempt: _Attempt) -> tuple[str, float] | Decision:
         """Let one uncached verification start, or refuse it; hold ``_hashing`` when let.
 
-        First the client address's throttle counts the attempt (429 when it has had
-        ``max_failed_attempts`` within the window: the hashing work of guesses is
-        bounded per address; a good secret is uncounted after). Then a place among
-        the verifications running or waiting: a few wait (up to
-        ``verification_wait``), more get 503 at once, so a flood of guesses never
-        holds every worker thread while good requests queue behind it. The caller
-        gives the place back with :meth:`_admitted_done`.
+        First the client address's throttle: 429 when it has had
+        ``max_failed_attempts`` failures within the window (the hashing work of
+        guesses is bounded per address), 503 when its attempts still in flight make
+        up the rest (so a burst cannot overshoot, and a burst of good secrets is not
+        called failures). Then a place among the verifications running or waiting:
+        a few wait (up to ``verification_wait``), more get 503 at once, so a flood
+        of guesses never holds every worker thread while good requests queue behind
+        it. The caller ends it with :meth:`_admitted_done`.
         """
         key = throttle_key(attempt.client_ip)
         now_ts = attempt.now.timestamp()
         wait = self.ip_throttle.reserve(key, now_ts)
+        if wait == BUSY:
+            reason = "too many verifications in flight for this client address"
+            return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
         if wait:
             reason = "too many failed attempts for this client address"
             return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
@@ -590,12 +615,13 @@ class Authenticator:
             self._in_line.release()
             reason = "too many hash verifications in progress"
         if reason:
-            self.ip_throttle.release(key, now_ts)  # not tried: not counted
+            self.ip_throttle.settle(key, now_ts, failed=False)  # not tried: not counted
             return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
         return key, now_ts
 
-    def _admitted_done(self) -> None:
-        """Give back what :meth:`_admit` took."""
+    def _admitted_done(self, admitted: tuple[str, float], *, failed: bool) -> None:
+        """End what :meth:`_admit` let start; a failed attempt counts for its address."""
+        self.ip_throttle.settle(*admitted, failed=failed)
         self._hashing.release()
         self._in_line.release()
 

@@ -201,8 +201,8 @@ class Journal:
             OSError: the directory or the file cannot be made, or the directory
                 is not trusted (the message names it and says why).
         """
-        name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         for attempt in range(3):
+            name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 dir_fd = _open_directory(directory)
@@ -216,9 +216,19 @@ class Journal:
                 if attempt == 2:
                     raise
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Between the open and the lock the file is unlocked: a replayer may take it for
+            # a dead process's (empty) journal, lock it and unlink it. Never wait for that
+            # lock, and never keep a file no replayer can find: try again with a new name.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            if os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                continue
             return cls(directory, name, fd)
-        raise AssertionError("unreachable")
+        raise OSError(f"could not create and lock a journal in {str(directory)!r}")
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r}, size={self.size})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -105,11 +106,21 @@ class AuthRequest:
     def __repr__(self) -> str:
         # Headers carry credentials: never show their values.
         names = ", ".join(sorted({name for name, _ in self.headers}))
+        path, query = _cut(self.path), _cut(self.query)
         return (
-            f"AuthRequest(method={self.method!r}, path={self.path!r}, query={self.query!r}, "
+            f"AuthRequest(method={self.method!r}, path={path!r}, query={query!r}, "
             f"headers=[{names}], client_ip={self.client_ip!r}, body=<{len(self.body)} bytes>"
-            + (f", app_path={self.app_path!r})" if self.app_path else ")")
+            + (f", app_path={_cut(self.app_path)!r})" if self.app_path else ")")
         )
+
+
+# A token of any prefix (TOKEN_PATTERN's shape, any case), kept to its prefix and id.
+_TOKENISH = re.compile(r"([a-zA-Z0-9]{2,10}_[0-9A-Za-z]{12})[0-9A-Za-z]{38}")
+
+
+def _cut(text: str) -> str:
+    """``text`` with anything shaped like a token cut to its id: a repr is often logged."""
+    return _TOKENISH.sub(r"\1…", text) if "_" in text else text
 
 
 _new = object.__new__

@@ -6,7 +6,10 @@ import math
 import threading
 from collections import OrderedDict, deque
 
-__all__ = ["FailureThrottle"]
+__all__ = ["BUSY", "FailureThrottle"]
+
+BUSY = -1
+"""What :meth:`FailureThrottle.reserve` answers when attempts in flight fill the limit."""
 
 
 class FailureThrottle:
@@ -34,6 +37,9 @@ class FailureThrottle:
         # lookup, which the authenticator's hot path makes inline (``key in suspects``)
         # for every request; written only under the lock, read without it.
         self.suspects: set[str] = set()
+        # Attempts let start by reserve() and not yet settled, per key (bounded by how
+        # many run at once; a key leaves when its last one settles).
+        self._in_flight: dict[str, int] = {}
 
     def suspect(self, key: str) -> bool:
         """Return whether ``key`` has ``limit`` recent failures, so may be blocked.
@@ -45,8 +51,8 @@ class FailureThrottle:
 
     def retry_after(self, key: str, now: float) -> int:
         """Return seconds until ``key`` may try again; 0 when it is not blocked."""
-        # reserve() calls this with the lock held; a caller without it may race with
-        # release() shrinking the deque: off by one attempt at most, never an error.
+        # reserve() calls this with the lock held; without it, a read races with _add()
+        # at most (a deque only grows, its maxlen dropping the oldest): never an error.
         failures = self._failures.get(key)
         if failures is None or len(failures) < self.limit:
             return 0
@@ -57,34 +63,38 @@ class FailureThrottle:
         return max(1, math.ceil(wait)) if wait > 0 else 0
 
     def reserve(self, key: str, now: float) -> int:
-        """Count an attempt for ``key`` before it is made; seconds to wait if it may not be.
+        """Let one attempt for ``key`` start, counted as in flight until :meth:`settle`.
 
-        Checking and counting in one step under the lock, so concurrent attempts
-        cannot all pass the check before any of them is counted: at most ``limit``
-        run within the window. An attempt that succeeds is released (:meth:`release`).
+        Checked and counted in one step under the lock, so concurrent attempts cannot
+        all pass the check first: recorded failures and attempts in flight together
+        never exceed ``limit``.
 
         Returns:
-            0 when the attempt is counted and may go ahead, else seconds to wait.
+            0: go ahead (now in flight). A positive number: seconds to wait, ``key``
+            has ``limit`` recorded failures within the window. :data:`BUSY`: not
+            that many failures, but with the attempts still in flight the limit is
+            reached; try again in a moment (their outcome is not known yet).
         """
         with self._lock:
             wait = self.retry_after(key, now)
             if wait:
                 return wait
-            self._add(key, now)
+            failures = self._failures.get(key)
+            recent = sum(1 for at in failures if at > now - self.window) if failures else 0
+            in_flight = self._in_flight.get(key, 0)
+            if recent + in_flight >= self.limit:
+                return BUSY
+            self._in_flight[key] = in_flight + 1
             return 0
 
-    def release(self, key: str, now: float) -> None:
-        """Uncount an attempt :meth:`reserve` counted at ``now`` that turned out good."""
+    def settle(self, key: str, now: float, *, failed: bool) -> None:
+        """End an attempt :meth:`reserve` let start; a failed one is recorded."""
         with self._lock:
-            failures = self._failures.get(key)
-            if failures is None:
-                return
-            try:
-                failures.remove(now)
-            except ValueError:
-                return  # pushed out of the window by later attempts already
-            if len(failures) < self.limit:
-                self.suspects.discard(key)
+            left = self._in_flight.pop(key, 0) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            if failed:
+                self._add(key, now)
 
     def fail(self, key: str, now: float) -> None:
         """Record one failure for ``key`` at ``now`` (seconds)."""

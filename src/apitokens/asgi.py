@@ -51,19 +51,17 @@ def _spellings(name: str) -> list[bytes]:
     return spellings
 
 
-# The headers the core reads, by every spelling a bridge would pass on: credentials,
-# the proxy chain, the body's media type (JSON rules) and the method-override headers
-# (checked as well as the method).
+# The headers the core reads: credentials, the proxy chain and the body's media type
+# (JSON rules) as named, and the method-override headers by every spelling a bridge would
+# pass on (more of them checked is safe; more spellings of X-Forwarded-For believed would
+# not be: a proxy appends to its own header, never to a client's X_Forwarded_For).
 _WANTED = {
+    b"authorization": "authorization",
+    b"x-forwarded-for": "x-forwarded-for",
+    b"content-type": "content-type",
+} | {
     spelling: name
-    for name in (
-        "authorization",
-        "x-forwarded-for",
-        "content-type",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    )
+    for name in ("x-http-method-override", "x-http-method", "x-method-override")
     for spelling in _spellings(name)
 }
 # Characters left as they are when quoting a decoded path: RFC 3986 pchar and "/".

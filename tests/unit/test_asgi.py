@@ -27,9 +27,16 @@ CANONICAL = {
 
 
 def _wanted(name: bytes) -> str | None:
-    """The core's name for a header as an ASGI server passes it (``_`` read as ``-``)."""
-    canonical = name.decode("latin-1").replace("_", "-")
-    return canonical if canonical in CANONICAL else None
+    """The core's name for a header as an ASGI server passes it.
+
+    Only the method overrides are also read with ``_`` for ``-``: a client's
+    ``X_Forwarded_For`` must never be believed as the proxy chain.
+    """
+    exact = name.decode("latin-1")
+    if exact in CANONICAL:
+        return exact
+    folded = exact.replace("_", "-")
+    return folded if folded in CANONICAL and "method" in folded else None
 
 
 def _reference_app_path(scope: dict[str, Any]) -> str:
@@ -86,6 +93,7 @@ HEADER_NAMES = st.sampled_from(
         b"x_http_method_override",
         b"x-http_method",
         b"content_type",
+        b"x_forwarded_for",
     ]
 )
 TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)

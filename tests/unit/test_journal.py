@@ -426,3 +426,34 @@ def test_flush_after_an_immediate_close_does_not_wait(tmp_path: Path) -> None:
     assert tokens.flush(timeout=5)
     assert time.monotonic() - started < 1
     tokens.store.close()
+
+
+def test_a_replay_between_a_journals_open_and_its_lock_never_loses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayer that finds a just-created, not yet locked journal takes it for a dead
+    one and unlinks it: the creator must not go on writing into the unlinked file."""
+    import fcntl
+
+    from apitokens import _journal
+
+    store = SQLiteStore(tmp_path / "tokens.db")
+    directory = tmp_path / "journals"
+    real_flock = fcntl.flock
+    raced: list[int] = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not raced:  # the creator, between its open and its lock: another process replays
+            raced.append(-1)  # the replayer's own flock calls go straight through
+            raced[0] = replay(directory, store)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(_journal.fcntl, "flock", flock)
+    journal = Journal.create(directory)
+    monkeypatch.setattr(_journal.fcntl, "flock", real_flock)
+    try:
+        assert raced == [0]
+        assert journal.path.exists() and os.fstat(journal.fd).st_nlink == 1
+    finally:
+        journal.close()
+        store.close()

@@ -159,10 +159,13 @@ def test_concurrent_guesses_from_one_address_hash_at_most_the_limit(clock: Clock
 
     with make_tokens(clock=clock, max_failed_attempts=5) as tokens:
         issued = tokens.create(actor="alice", name="ci")
-        wrong = tokens.policy.token_format.issue(issued.token.id).value
-        request = get("/x", bearer(wrong), ip="198.51.100.9")
+        fmt = tokens.policy.token_format
+        requests = [  # each its own wrong secret: no verification shared
+            get("/x", bearer(fmt.issue(issued.token.id).value), ip="198.51.100.9")
+            for _ in range(64)
+        ]
         with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(lambda _: tokens.authenticate(request).status_code, range(64)))
+            statuses = list(pool.map(lambda r: tokens.authenticate(r).status_code, requests))
         # Exactly 5 hashed unless some found every place in line taken (503, uncounted).
         assert 1 <= statuses.count(401) <= 5
         assert statuses.count(401) == 5 or 503 in statuses

@@ -63,3 +63,13 @@ def test_the_public_constructor_still_normalises_headers() -> None:
     from_pairs = AuthRequest("GET", "/x", headers=iter([("X-Forwarded-For", "203.0.113.9")]))
     assert from_pairs.headers == (("x-forwarded-for", "203.0.113.9"),)
     assert AuthRequest("GET", "/x") == AuthRequest._trusted("GET", "/x", "", (), "", b"")
+
+
+def test_the_repr_never_shows_a_token_in_the_path_or_query() -> None:
+    from apitokens._tokens import TokenFormat
+
+    token = TokenFormat("acme").issue().value
+    request = AuthRequest("GET", f"/rest/{token}", query=f"t={token}", app_path=f"/{token}")
+    shown = repr(request)
+    assert token not in shown and token[16:] not in shown
+    assert token[:17] in shown  # the prefix and id stay: enough to find the leaked token
