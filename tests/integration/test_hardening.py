@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
-from apitokens import ApiTokens, AuthRequest, Outcome, Scope, SQLiteStore
+from apitokens import ApiTokens, AuthRequest, Outcome, Policy, Scope, SQLiteStore
 from tests.support import CHEAP_HASHER, Clock, bearer, make_tokens
 
 Environ = dict[str, Any]
@@ -327,7 +327,7 @@ class CountingHasher(type(CHEAP_HASHER)):  # type: ignore[misc]
 
 def test_an_unknown_id_takes_a_verification_like_a_wrong_secret() -> None:
     hasher = CountingHasher.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
-    with ApiTokens(SQLiteStore(":memory:"), hasher=hasher, policy=make_tokens().policy) as tokens:
+    with ApiTokens(SQLiteStore(":memory:"), hasher=hasher, policy=Policy()) as tokens:
         issued = tokens.create(actor="alice", name="ci")
         fmt = tokens.policy.token_format
         before = CountingHasher.calls
@@ -774,7 +774,7 @@ def test_a_burst_of_good_first_requests_from_one_address_is_never_called_failure
     with ApiTokens(
         SQLiteStore(":memory:"),
         hasher=hasher,
-        policy=make_tokens().policy.__class__(max_failed_attempts=3),
+        policy=Policy(max_failed_attempts=3),
         max_concurrent_verifications=8,
     ) as tokens:
         secrets_ = [tokens.create(actor=f"user{n}", name="ci").secret for n in range(3)]
