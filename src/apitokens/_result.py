@@ -13,7 +13,7 @@ __all__ = ["AuthResult", "refusal"]
 # What a client may be told. Never whether a token id exists: the precise
 # reason goes to the audit log only.
 _DESCRIPTIONS = {
-    "invalid_request": "The Authorization header is malformed.",
+    "invalid_request": "The request is malformed (its Authorization header or its target).",
     "invalid_token": "The access token is missing, invalid, expired or revoked.",
     "insufficient_scope": "The access token does not allow this request.",
     "request_too_large": "The request body is larger than this token's rules may inspect.",

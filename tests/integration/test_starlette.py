@@ -486,7 +486,7 @@ async def test_backend_authenticates_and_refuses(
     assert malformed.status_code == 400
     assert malformed.json() == {
         "error": "invalid_request",
-        "error_description": "The Authorization header is malformed.",
+        "error_description": "The request is malformed (its Authorization header or its target).",
     }
     assert (scope.status_code, scope.json()) == (403, INSUFFICIENT_SCOPE)
     assert no_write.status_code == 403  # starlette's @requires("write"): a read-only token

@@ -305,7 +305,7 @@ def test_malformed_headers_are_400(
     assert (result.status_code, result.error) == (400, "invalid_request")
     assert json.loads(result.body) == {
         "error": "invalid_request",
-        "error_description": "The Authorization header is malformed.",
+        "error_description": "The request is malformed (its Authorization header or its target).",
     }
     assert reason in last_event(tokens).reason
 
