@@ -51,7 +51,8 @@ class ApiTokens:
         cache_ttl: seconds a token record read from the store is reused in
             this process; a change made by another process shows within it.
         max_concurrent_verifications: uncached hash verifications at once
-            (default: the number of CPUs, at most 16); two more may wait, and
+            (default: the number of CPUs, at most 16). A WSGI request waits
+            for a place up to 10 s; under ``asgi()`` two more may wait, and
             beyond that a request that needs one gets 503 at once.
         journal: the audit journal, which keeps every answered request's audit
             event and use on disk until the store has them (``docs/storage.md``):

@@ -96,6 +96,7 @@ class _Attempt:
     client_ip: str
     token_id: str | None = None
     user: str | None = None
+    patient: bool = True  # may wait for a place to verify (see Authenticator.decide)
 
 
 @dataclass(slots=True)
@@ -168,11 +169,16 @@ class Authenticator:
     # -- public entry --------------------------------------------------
 
     def safe_decide(
-        self, request: AuthRequest, *, body_read: bool = True, block: bool = True
+        self,
+        request: AuthRequest,
+        *,
+        body_read: bool = True,
+        block: bool = True,
+        patient: bool = True,
     ) -> Decision:
         """:meth:`decide`, but an unexpected error becomes a 503 (fail closed), never a pass."""
         try:
-            return self.decide(request, body_read=body_read, block=block)
+            return self.decide(request, body_read=body_read, block=block, patient=patient)
         except WouldBlock:
             raise
         except Exception as exc:
@@ -182,7 +188,12 @@ class Authenticator:
             return self._refuse(attempt, refusal(self.policy, 503, reason))
 
     def decide(
-        self, request: AuthRequest, *, body_read: bool = True, block: bool = True
+        self,
+        request: AuthRequest,
+        *,
+        body_read: bool = True,
+        block: bool = True,
+        patient: bool = True,
     ) -> Decision:
         """Decide ``request``.
 
@@ -192,6 +203,10 @@ class Authenticator:
                 needs it, the decision is ``need_body`` (read, then retry).
             block: when ``False``, raise :class:`WouldBlock` instead of
                 reading the store or hashing.
+            patient: wait (up to ``verification_wait``) for a place to verify a
+                secret, as a WSGI server's own request thread may; ``False`` (a
+                thread of a pool the event loop shares, as in the ASGI adapter):
+                beyond the few places in line, 503 at once.
         """
         policy = self.policy
         path = request.path
@@ -230,7 +245,7 @@ class Authenticator:
                 decision = self._decide_hot(hot, request, now, client_ip, body_read)
                 if decision is not None:
                     return decision
-        attempt = _Attempt(request, now, client_ip)
+        attempt = _Attempt(request, now, client_ip, patient=patient)
         try:
             creds = read_credentials(values)
         except MalformedCredentials as exc:
@@ -526,15 +541,18 @@ class Authenticator:
                 with self._flights_lock:
                     del self._flights[fingerprint]
                 leading.done.set()
-        # The same value is being verified: wait for its outcome, holding a place in
-        # line like any verification (never outside the bound on waiting threads).
-        if not self._in_line.acquire(blocking=False):
+        # The same value is being verified: wait for its outcome. An impatient caller
+        # holds a place in line meanwhile (never outside the bound on waiting threads).
+        if attempt.patient:
+            flight.done.wait(self._verification_wait)
+        elif self._in_line.acquire(blocking=False):
+            try:
+                flight.done.wait(self._verification_wait)
+            finally:
+                self._in_line.release()
+        else:
             reason = "too many hash verifications waiting"
             return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
-        try:
-            flight.done.wait(self._verification_wait)
-        finally:
-            self._in_line.release()
         verified = self._cached(value, hashes)
         if verified is not None:
             return verified
@@ -587,16 +605,17 @@ class Authenticator:
             self._admitted_done(admitted, failed=True)
         return self._refuse(attempt, refusal(self.policy, 401, "unknown token id"))
 
-    def _admit(self, attempt: _Attempt) -> tuple[str, float] | Decision:
+    def _admit(self, attempt: _Attempt) -> tuple[str, float, bool] | Decision:
         """Let one uncached verification start, or refuse it; hold ``_hashing`` when let.
 
         First the client address's throttle: 429 when it has had
         ``max_failed_attempts`` failures within the window (the hashing work of
         guesses is bounded per address), 503 when its attempts still in flight make
         up the rest (so a burst cannot overshoot, and a burst of good secrets is not
-        called failures). Then a place among the verifications running or waiting:
-        a few wait (up to ``verification_wait``), more get 503 at once, so a flood
-        of guesses never holds every worker thread while good requests queue behind
+        called failures). Then a place to hash: a patient caller waits for one (up to
+        ``verification_wait``); an impatient one (a shared pool's thread) takes a
+        place in line, where a few wait, and beyond it gets 503 at once, so a flood of
+        guesses never holds every thread of the pool while good requests queue behind
         it. The caller ends it with :meth:`_admitted_done`.
         """
         key = throttle_key(attempt.client_ip)
@@ -609,21 +628,25 @@ class Authenticator:
             reason = "too many failed attempts for this client address"
             return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
         reason = ""
-        if not self._in_line.acquire(blocking=False):
+        in_line = not attempt.patient
+        if in_line and not self._in_line.acquire(blocking=False):
             reason = "too many hash verifications waiting"
         elif not self._hashing.acquire(timeout=self._verification_wait):
-            self._in_line.release()
+            if in_line:
+                self._in_line.release()
             reason = "too many hash verifications in progress"
         if reason:
             self.ip_throttle.settle(key, now_ts, failed=False)  # not tried: not counted
             return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
-        return key, now_ts
+        return key, now_ts, in_line
 
-    def _admitted_done(self, admitted: tuple[str, float], *, failed: bool) -> None:
+    def _admitted_done(self, admitted: tuple[str, float, bool], *, failed: bool) -> None:
         """End what :meth:`_admit` let start; a failed attempt counts for its address."""
-        self.ip_throttle.settle(*admitted, failed=failed)
+        key, now_ts, in_line = admitted
+        self.ip_throttle.settle(key, now_ts, failed=failed)
         self._hashing.release()
-        self._in_line.release()
+        if in_line:
+            self._in_line.release()
 
     def _groups_for(self, user: str, block: bool) -> frozenset[str]:
         groups = self._groups.get(user)

@@ -241,7 +241,9 @@ class ASGIMiddleware:
         try:
             return core.safe_decide(request, body_read=body_read, block=False)
         except WouldBlock:
-            return await asyncio.to_thread(core.safe_decide, request, body_read=body_read)
+            return await asyncio.to_thread(
+                core.safe_decide, request, body_read=body_read, patient=False
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -258,14 +260,16 @@ class ASGIMiddleware:
         try:
             decision = core.safe_decide(request, body_read=False, block=False)
         except WouldBlock:
-            decision = await asyncio.to_thread(core.safe_decide, request, body_read=False)
+            decision = await asyncio.to_thread(
+                core.safe_decide, request, body_read=False, patient=False
+            )
         if decision.need_body:
             body, replay = await _read_body(receive, tokens.policy.max_body_bytes)
             receive = _replay(replay, receive)
             with_body = request_from_scope(scope, body)
             if len(body) > _LARGE_BODY:
                 # Parsing a large JSON body takes milliseconds: never on the event loop.
-                decision = await asyncio.to_thread(core.safe_decide, with_body)
+                decision = await asyncio.to_thread(core.safe_decide, with_body, patient=False)
             else:
                 decision = await self._decide(with_body, body_read=True)
         result = tokens._recorded(decision, block=False)

@@ -74,7 +74,9 @@ async def _decide(tokens: ApiTokens, request: HTTPConnection, body: bytes | None
     try:
         decision = core.safe_decide(auth_request, body_read=body_read, block=False)
     except WouldBlock:
-        decision = await asyncio.to_thread(core.safe_decide, auth_request, body_read=body_read)
+        decision = await asyncio.to_thread(
+            core.safe_decide, auth_request, body_read=body_read, patient=False
+        )
     result = await _recorded(tokens, decision)
     return decision if result is decision.result else Decision(result)
 
