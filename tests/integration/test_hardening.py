@@ -29,7 +29,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
 from apitokens import ApiTokens, AuthRequest, Outcome, Policy, Scope, SQLiteStore
-from tests.support import CHEAP_HASHER, Clock, bearer, make_tokens
+from tests.support import CHEAP_HASHER, Clock, GatedHasher, bearer, make_tokens
 
 Environ = dict[str, Any]
 pytestmark = pytest.mark.anyio
@@ -646,15 +646,7 @@ def test_parallel_first_requests_with_one_credential_wait_for_one_verification()
     """A client's parallel first requests after a deploy: one verification; those that
     find no place in line get 503 with Retry-After: 1, and their retry passes."""
     gate = threading.Event()
-    calls: list[int] = []
-
-    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
-        def verify(self, hashed: str, token: str) -> bool:
-            calls.append(1)
-            gate.wait(10)
-            return bool(super().verify(hashed, token))
-
-    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    hasher = GatedHasher(gate)
     with ApiTokens(
         SQLiteStore(":memory:"), hasher=hasher, max_concurrent_verifications=1
     ) as tokens:
@@ -670,17 +662,17 @@ def test_parallel_first_requests_with_one_credential_wait_for_one_verification()
         for thread in threads:
             thread.start()
         for _ in range(500):  # until the one verification has started
-            if calls:
+            if hasher.calls:
                 break
             threading.Event().wait(0.01)
         gate.set()
         for thread in threads:
             thread.join(10)
         assert set(statuses) <= {200, 503} and statuses.count(200) >= 3  # 1 + 2 in line
-        assert len(calls) == 1
+        assert hasher.calls == 1
         retried = tokens.authenticate(request)  # verified now: no place in line needed
         assert retried.status_code == 200
-    assert len(calls) == 1
+    assert hasher.calls == 1
 
 
 def test_every_hidden_token_is_cut_from_the_audit_log(tmp_path: Path) -> None:
@@ -762,15 +754,8 @@ def test_a_client_sent_x_forwarded_for_with_underscores_is_never_believed(
 def test_a_burst_of_good_first_requests_from_one_address_is_never_called_failures() -> None:
     """Attempts in flight are not failures: a NAT's burst of new tokens gets no 429."""
     gate = threading.Event()
-    started = threading.Semaphore(0)
-
-    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
-        def verify(self, hashed: str, token: str) -> bool:
-            started.release()
-            gate.wait(10)
-            return bool(super().verify(hashed, token))
-
-    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    hasher = GatedHasher(gate)
+    started = hasher.started
     with ApiTokens(
         SQLiteStore(":memory:"),
         hasher=hasher,
@@ -809,15 +794,7 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
     """Identical wrong secrets: one hash, the answer shared. From the ASGI adapter's shared
     pool the waiting ones hold places in line (503 beyond it); a WSGI request thread waits."""
     gate = threading.Event()
-    calls: list[int] = []
-
-    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
-        def verify(self, hashed: str, token: str) -> bool:
-            calls.append(1)
-            gate.wait(10)
-            return bool(super().verify(hashed, token))
-
-    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    hasher = GatedHasher(gate)
     with ApiTokens(
         SQLiteStore(":memory:"), hasher=hasher, max_concurrent_verifications=1
     ) as tokens:
@@ -834,7 +811,7 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
         for thread in threads:
             thread.start()
         for _ in range(500):  # until the one hash has started
-            if calls:
+            if hasher.calls:
                 break
             threading.Event().wait(0.01)
         for _ in range(500):  # and, from the pool, everyone beyond the line has had its 503
@@ -846,4 +823,4 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
             thread.join(10)
     expected = [401] * 8 if patient else [401] * 3 + [503] * 5
     assert sorted(statuses) == expected
-    assert len(calls) == 1
+    assert hasher.calls == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,3 +73,27 @@ def get(path: str, headers: Iterable[tuple[str, str]] = (), **kw: Any) -> AuthRe
     return AuthRequest(
         "GET", path, headers=list(headers), client_ip=kw.pop("ip", "192.0.2.1"), **kw
     )
+
+
+class GatedHasher(Argon2Hasher):
+    """The cheap argon2 hasher (a real one), whose verifications wait for ``gate``.
+
+    ``started`` is released as each verification begins, and ``calls`` counts
+    them: tests hold hash verifications in flight to see what others do meanwhile.
+    """
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__(
+            time_cost=argon2.profiles.CHEAPEST.time_cost,
+            memory_cost=argon2.profiles.CHEAPEST.memory_cost,
+            parallelism=argon2.profiles.CHEAPEST.parallelism,
+        )
+        self.gate = gate
+        self.started = threading.Semaphore(0)
+        self.calls = 0
+
+    def verify(self, hashed: str, token: str) -> bool:
+        self.calls += 1
+        self.started.release()
+        self.gate.wait(10)
+        return super().verify(hashed, token)

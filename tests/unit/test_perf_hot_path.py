@@ -311,18 +311,11 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
     import threading
 
     from apitokens import ApiTokens, MemoryStore, Policy
-    from tests.support import CHEAP_HASHER
+    from tests.support import GatedHasher
 
     gate = threading.Event()
-    started = threading.Semaphore(0)
-
-    class Gated(type(CHEAP_HASHER)):  # type: ignore[misc]
-        def verify(self, hashed: str, token: str) -> bool:
-            started.release()
-            gate.wait(10)
-            return bool(super().verify(hashed, token))
-
-    hasher = Gated.from_parameters(CHEAP_HASHER._hasher._parameters)  # type: ignore[attr-defined]
+    hasher = GatedHasher(gate)
+    started = hasher.started
     with ApiTokens(
         MemoryStore(),
         policy=Policy(),
