@@ -193,17 +193,19 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]
     """Read the body, at most ``limit + 1`` bytes; return it and the messages to replay."""
     chunks: list[bytes] = []
     got = 0
-    while got <= limit:
+    more = True
+    while more and got <= limit:
         message = await receive()
         if message["type"] != "http.request":
             return b"".join(chunks), [message]
         chunk = message.get("body", b"")
         chunks.append(chunk)
         got += len(chunk)
-        if not message.get("more_body", False):
-            break
+        more = message.get("more_body", False)
     body = b"".join(chunks)
-    return body, [{"type": "http.request", "body": body, "more_body": False}]
+    # Stopped past the limit with more to come (the decision is then 413, unless the
+    # token changed in between): the app is told so, and reads the rest from the server.
+    return body, [{"type": "http.request", "body": body, "more_body": more}]
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -119,6 +119,33 @@ def _read_body(environ: Environ, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Rejoined:
+    """``wsgi.input`` for the app: the bytes already read, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._head.read(size)
+        if size is None or size < 0:
+            return data + bytes(self._rest.read())
+        if len(data) < size:
+            data += bytes(self._rest.read(size - len(data)))
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = self._head.readline(size)
+        limit = -1 if size is None or size < 0 else size - len(line)
+        if line.endswith(b"\n") or limit == 0:
+            return line
+        return line + bytes(self._rest.readline(limit))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
 def _respond(result: AuthResult, start_response: StartResponse) -> list[bytes]:
     body = result.body
     status = HTTPStatus(result.status_code)
@@ -145,9 +172,16 @@ class WSGIMiddleware:
         request = request_from_environ(environ)
         decision: Decision = core.safe_decide(request, body_read=False)
         if decision.need_body:
-            body = _read_body(environ, tokens.policy.max_body_bytes)
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
+            limit = tokens.policy.max_body_bytes
+            stream = environ.get("wsgi.input")
+            body = _read_body(environ, limit)
+            if len(body) > limit and stream is not None:
+                # Past the limit (the decision is then 413, unless the token changed in
+                # between): never hand the app a cut body as if whole; the rest follows.
+                environ["wsgi.input"] = _Rejoined(body, stream)
+            else:
+                environ["wsgi.input"] = io.BytesIO(body)
+                environ["CONTENT_LENGTH"] = str(len(body))
             decision = core.safe_decide(request_from_environ(environ, body))
         result = tokens._recorded(decision)
         assert result is not None  # a blocking submit always has room in the end

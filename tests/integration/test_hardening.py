@@ -824,3 +824,79 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
     expected = [401] * 8 if patient else [401] * 3 + [503] * 5
     assert sorted(statuses) == expected
     assert hasher.calls == 1
+
+
+# -- a body read past the limit is never handed on cut -------------------------------------------
+
+
+def _rules_dropped_between_the_two_decisions(tokens: ApiTokens, token_id: str) -> None:
+    """After the first decision asks for the body, the token loses its JSON rule (an edit
+    in this process, or the record cache refreshed from another's): the second allows."""
+    core = tokens.authenticator
+    decided = core.safe_decide
+
+    def spy(request: AuthRequest, **kw: Any) -> Any:  # calls through, then edits once
+        decision = decided(request, **kw)
+        if decision.need_body:
+            tokens.edit(actor="alice", token_id=token_id, restrictions=[])
+        return decision
+
+    core.safe_decide = spy  # type: ignore[method-assign]
+
+
+def test_wsgi_never_hands_the_app_a_body_cut_at_the_limit(tokens: ApiTokens) -> None:
+    issued = tokens.create(
+        actor="alice",
+        name="j",
+        scope=Scope.READ_WRITE,
+        restrictions=[".*[JsonData::a==1]"],
+        secure=False,
+    )
+    _rules_dropped_between_the_two_decisions(tokens, issued.token.id)
+    flask = Flask(__name__)
+
+    @flask.post("/rest/x")
+    def size() -> Any:
+        return jsonify(size=len(flask_request.get_data()))
+
+    flask.wsgi_app = tokens.wsgi(flask.wsgi_app)  # type: ignore[method-assign]
+    body = b'{"a": 1, "pad": "' + b"x" * 500 + b'"}'  # past the fixture's 64-byte limit
+    headers = {"Authorization": f"Bearer {issued.secret}", "Content-Type": "application/json"}
+    response = flask.test_client().post("/rest/x", headers=headers, data=body)
+    assert response.json == {"size": len(body)}
+
+
+def test_asgi_never_hands_the_app_a_body_cut_at_the_limit(
+    tokens: ApiTokens, raw_asgi: Callable[..., list[dict[str, Any]]], make_scope: Any
+) -> None:
+    received: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    issued = tokens.create(
+        actor="alice",
+        name="j",
+        scope=Scope.READ_WRITE,
+        restrictions=[".*[JsonData::a==1]"],
+        secure=False,
+    )
+    _rules_dropped_between_the_two_decisions(tokens, issued.token.id)
+    chunks = [b'{"a": 1, "pad": "', b"x" * 100, b"y" * 100, b'"}']
+    inbox = [
+        {"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
+        for n, chunk in enumerate(chunks)
+    ]
+    headers = [
+        (b"authorization", f"Bearer {issued.secret}".encode()),
+        (b"content-type", b"application/json"),
+    ]
+    sent = raw_asgi(tokens.asgi(app), make_scope("/rest/x", method="POST", headers=headers), inbox)
+    assert sent[0]["status"] == 204
+    assert b"".join(received) == b"".join(chunks)
