@@ -31,36 +31,15 @@ class FailureThrottle:
         self.window = window
         self.max_keys = max_keys
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-        # The keys whose deque is full (``limit`` failures; a deque never shrinks, so a
-        # key stays here until it is forgotten). Kept so that :meth:`suspect` is a set
-        # lookup, which the authenticator's hot path makes inline (``key in suspects``)
-        # for every request; written only under the lock, read without it.
-        self.suspects: set[str] = set()
         # Attempts let start by reserve() and not yet settled, per key (bounded by how
         # many run at once; a key leaves when its last one settles).
         self._in_flight: dict[str, int] = {}
-
-    def suspect(self, key: str) -> bool:
-        """Return whether ``key`` has ``limit`` recent failures, so may be blocked.
-
-        A set lookup and no lock: the common case (no failures) costs next to
-        nothing. Only when this is true does :meth:`retry_after` need the time.
-        """
-        return key in self.suspects
+        self._lock = threading.Lock()
 
     def retry_after(self, key: str, now: float) -> int:
         """Return seconds until ``key`` may try again; 0 when it is not blocked."""
-        # reserve() calls this with the lock held; without it, a read races with _add()
-        # at most (a deque only grows, its maxlen dropping the oldest): never an error.
-        failures = self._failures.get(key)
-        if failures is None or len(failures) < self.limit:
-            return 0
-        try:
-            wait = failures[0] + self.window - now
-        except IndexError:
-            return 0
-        return max(1, math.ceil(wait)) if wait > 0 else 0
+        with self._lock:
+            return self._retry_after(key, now)
 
     def reserve(self, key: str, now: float) -> int:
         """Let one attempt for ``key`` start, counted as in flight until :meth:`settle`.
@@ -76,11 +55,11 @@ class FailureThrottle:
             reached; try again in a moment (their outcome is not known yet).
         """
         with self._lock:
-            wait = self.retry_after(key, now)
+            wait = self._retry_after(key, now)
             if wait:
                 return wait
-            failures = self._failures.get(key)
-            recent = sum(1 for at in failures if at > now - self.window) if failures else 0
+            failures = self._failures.get(key, ())
+            recent = sum(1 for at in failures if at > now - self.window)
             in_flight = self._in_flight.get(key, 0)
             if recent + in_flight >= self.limit:
                 return BUSY
@@ -88,32 +67,30 @@ class FailureThrottle:
             return 0
 
     def settle(self, key: str, now: float, *, failed: bool) -> None:
-        """End an attempt :meth:`reserve` let start; a failed one is recorded."""
+        """End an attempt :meth:`reserve` let start; a failed one is recorded at ``now``."""
         with self._lock:
             left = self._in_flight.pop(key, 0) - 1
             if left > 0:
                 self._in_flight[key] = left
             if failed:
-                self._add(key, now)
+                self._record(key, now)
 
-    def fail(self, key: str, now: float) -> None:
-        """Record one failure for ``key`` at ``now`` (seconds)."""
-        with self._lock:
-            self._add(key, now)
+    def _retry_after(self, key: str, now: float) -> int:
+        failures = self._failures.get(key)
+        if failures is None or len(failures) < self.limit:
+            return 0
+        wait = failures[0] + self.window - now  # the oldest of the last ``limit``
+        return max(1, math.ceil(wait)) if wait > 0 else 0
 
-    def _add(self, key: str, now: float) -> None:
-        """Count one attempt for ``key`` (the lock held)."""
+    def _record(self, key: str, now: float) -> None:
         failures = self._failures.get(key)
         if failures is None:
             failures = self._failures[key] = deque(maxlen=self.limit)
             if len(self._failures) > self.max_keys:
-                forgotten, _ = self._failures.popitem(last=False)
-                self.suspects.discard(forgotten)
+                self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(key)
         failures.append(now)
-        if len(failures) >= self.limit and key in self._failures:
-            self.suspects.add(key)
 
     def __len__(self) -> int:
         return len(self._failures)

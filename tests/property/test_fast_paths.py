@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from apitokens._policy import Policy
 from apitokens._request import AuthRequest
 from apitokens._rules_match import RequestView, decode_path
-from apitokens._throttle import FailureThrottle
+from apitokens._throttle import BUSY, FailureThrottle
 
 PROPERTY = settings(max_examples=1000, deadline=None)
 
@@ -114,19 +114,35 @@ def test_protects_agrees_with_the_full_checks(prefixes: list[str], path: str) ->
 @PROPERTY
 @given(
     limit=st.integers(1, 4),
-    max_keys=st.integers(0, 4),
-    failures=st.lists(st.sampled_from("abcdef"), max_size=40),
+    steps=st.lists(
+        st.tuples(st.sampled_from("ab"), st.sampled_from(["start", "fail", "pass"])),
+        max_size=40,
+    ),
 )
-def test_throttle_suspects_are_the_keys_with_a_full_window(
-    limit: int, max_keys: int, failures: list[str]
+def test_throttle_lets_at_most_limit_attempts_in_a_window(
+    limit: int, steps: list[tuple[str, str]]
 ) -> None:
-    throttle = FailureThrottle(limit, 60.0, max_keys=max_keys)
-    for now, key in enumerate(failures):
-        throttle.fail(key, float(now))
-        full = {k for k, window in throttle._failures.items() if len(window) >= limit}
-        assert throttle.suspects == full
-        for k in "abcdef":
-            # suspect() (and the hot path's "key in suspects") say what the windows say.
-            assert throttle.suspect(k) == (k in full)
-            if throttle.retry_after(k, float(now)):
-                assert throttle.suspect(k)
+    """Recorded failures plus attempts in flight never pass ``limit``; 429 means failures."""
+    window = 60.0
+    throttle = FailureThrottle(limit, window)
+    flying: dict[str, list[float]] = {"a": [], "b": []}
+    failed: dict[str, list[float]] = {"a": [], "b": []}
+    for now, (key, step) in enumerate(steps):
+        at = float(now)
+        if step == "start":
+            answer = throttle.reserve(key, at)
+            recent = [t for t in failed[key] if t > at - window]
+            if answer == 0:
+                flying[key].append(at)
+                assert len(recent) + len(flying[key]) <= limit
+            elif answer == BUSY:
+                assert len(recent) < limit <= len(recent) + len(flying[key])
+            else:
+                assert len(recent) >= limit  # a 429 only for failures recorded
+        elif flying[key]:
+            flying[key].pop()
+            throttle.settle(key, at, failed=step == "fail")
+            if step == "fail":
+                failed[key].append(at)
+        recent = [t for t in failed[key] if t > at - window]
+        assert bool(throttle.retry_after(key, at)) == (len(recent) >= limit)
