@@ -28,11 +28,17 @@ from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import make_server
 
-from apitokens import ApiTokens, AuthRequest, Outcome, Policy, Scope, SQLiteStore
+from apitokens import ApiTokens, AuthRequest, IssuedToken, Outcome, Policy, Scope, SQLiteStore
 from tests.support import CHEAP_HASHER, Clock, GatedHasher, bearer, make_tokens
 
 Environ = dict[str, Any]
 pytestmark = pytest.mark.anyio
+
+
+async def no_content(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that answers 204: what reaches it was let through."""
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def b64(text: str) -> str:
@@ -399,10 +405,6 @@ def test_a_large_json_body_is_decided_off_the_event_loop(
 def _decide_json_bodies(
     tokens: ApiTokens, raw_asgi: Callable[..., list[dict[str, Any]]], make_scope: Any
 ) -> None:
-    async def ok(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
     issued = tokens.create(
         actor="alice", name="j", scope=Scope.READ_WRITE, restrictions=[".*[JsonData::a==1]"]
     )
@@ -419,7 +421,7 @@ def _decide_json_bodies(
         (b"authorization", f"Bearer {issued.secret}".encode()),
         (b"content-type", b"application/json"),
     ]
-    app = tokens.asgi(ok)
+    app = tokens.asgi(no_content)
     for size in (10, 100_000):
         body = b'{"a": 1, "pad": "' + b"x" * size + b'"}'
         scope = make_scope("/rest/x", method="POST", headers=headers)
@@ -736,10 +738,6 @@ def test_a_client_sent_x_forwarded_for_with_underscores_is_never_believed(
 ) -> None:
     """A proxy appends to its X-Forwarded-For, never to a client's X_Forwarded_For."""
 
-    async def ok(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
     with make_tokens(protected_paths=["/rest/"], trusted_proxies=["10.0.0.0/8"]) as tokens:
         issued = tokens.create(actor="alice", name="ci", allowed_ips=["192.0.2.0/24"])
         headers = [
@@ -748,7 +746,7 @@ def test_a_client_sent_x_forwarded_for_with_underscores_is_never_believed(
             (b"x_forwarded_for", b"192.0.2.5"),  # what the client sent
         ]
         scope = make_scope("/rest/x", headers=headers, client=("10.0.0.1", 5000))
-        assert raw_asgi(tokens.asgi(ok), scope)[0]["status"] == 403
+        assert raw_asgi(tokens.asgi(no_content), scope)[0]["status"] == 403
 
 
 def test_a_burst_of_good_first_requests_from_one_address_is_never_called_failures() -> None:
@@ -829,9 +827,17 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
 # -- a body read past the limit is never handed on cut -------------------------------------------
 
 
-def _rules_dropped_between_the_two_decisions(tokens: ApiTokens, token_id: str) -> None:
-    """After the first decision asks for the body, the token loses its JSON rule (an edit
+def _json_token_losing_its_rule(tokens: ApiTokens) -> IssuedToken:
+    """A token whose JSON rule is gone after the first decision asks for the body (an edit
     in this process, or the record cache refreshed from another's): the second allows."""
+    issued = tokens.create(
+        actor="alice",
+        name="j",
+        scope=Scope.READ_WRITE,
+        restrictions=[".*[JsonData::a==1]"],
+        secure=False,
+    )
+    token_id = issued.token.id
     core = tokens.authenticator
     decided = core.safe_decide
 
@@ -842,17 +848,11 @@ def _rules_dropped_between_the_two_decisions(tokens: ApiTokens, token_id: str) -
         return decision
 
     core.safe_decide = spy  # type: ignore[method-assign]
+    return issued
 
 
 def test_wsgi_never_hands_the_app_a_body_cut_at_the_limit(tokens: ApiTokens) -> None:
-    issued = tokens.create(
-        actor="alice",
-        name="j",
-        scope=Scope.READ_WRITE,
-        restrictions=[".*[JsonData::a==1]"],
-        secure=False,
-    )
-    _rules_dropped_between_the_two_decisions(tokens, issued.token.id)
+    issued = _json_token_losing_its_rule(tokens)
     flask = Flask(__name__)
 
     @flask.post("/rest/x")
@@ -880,14 +880,7 @@ def test_asgi_never_hands_the_app_a_body_cut_at_the_limit(
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    issued = tokens.create(
-        actor="alice",
-        name="j",
-        scope=Scope.READ_WRITE,
-        restrictions=[".*[JsonData::a==1]"],
-        secure=False,
-    )
-    _rules_dropped_between_the_two_decisions(tokens, issued.token.id)
+    issued = _json_token_losing_its_rule(tokens)
     chunks = [b'{"a": 1, "pad": "', b"x" * 100, b"y" * 100, b'"}']
     inbox = [
         {"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
