@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._audit import AuditWriter
+from ._audit import AuditWriter, plain_sqlite
 from ._auth import Authenticator, Decision
 from ._errors import StorageError
 from ._hashing import Hasher, SecretVerifier
@@ -422,9 +422,6 @@ def _journal_directory(
 
 def _positions(store: TokenStore, directory: Path) -> Positions:
     """Where the journals' positions live: in the store's own transactions when it can."""
-    if isinstance(store, SQLiteStore) and type(store).write is not SQLiteStore.write:
-        # A subclass that overrides write() gets every event through it.
-        return FilePositions(store, directory)
-    if isinstance(store, Positions):
-        return store
+    if plain_sqlite(store) or (not isinstance(store, SQLiteStore) and isinstance(store, Positions)):
+        return store  # a SQLiteStore subclass overriding write() gets FilePositions
     return FilePositions(store, directory)

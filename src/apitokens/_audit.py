@@ -38,13 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeGuard
 
 from ._errors import StorageError
 from ._journal import ROTATE_BYTES, Journal, Positions, encode, replay
 from ._model import Action, AuditEvent, AuthEntry, Usage
 from .storage import SQLiteStore, TokenStore
 
-__all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash"]
+__all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash", "plain_sqlite"]
 
 log = logging.getLogger("apitokens")
 audit_log = logging.getLogger("apitokens.audit")
@@ -596,9 +597,18 @@ def _entry_writer(
     SQLiteStore's own: a subclass that overrides it (to copy events elsewhere, say)
     gets every event through it.
     """
-    if isinstance(store, SQLiteStore) and type(store).write is SQLiteStore.write:
+    if plain_sqlite(store):
         return store._write_entries
     return None
+
+
+def plain_sqlite(store: TokenStore) -> TypeGuard[SQLiteStore]:
+    """Whether ``store`` is a :class:`SQLiteStore` whose ``write`` is SQLiteStore's own.
+
+    Only then may the writer use its compact rows and journal positions: a subclass
+    that overrides ``write`` (to copy events elsewhere, say) gets every event through it.
+    """
+    return isinstance(store, SQLiteStore) and type(store).write is SQLiteStore.write
 
 
 def _events(records: list[AuditEvent | AuthEntry]) -> list[AuditEvent]:
