@@ -35,10 +35,10 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ._model import Action, AuditEvent, AuthEntry, Outcome, Usage
 from .storage import TokenStore
@@ -84,23 +84,8 @@ def _refuse(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a journal value")
 
 
-# json's C encoder, made once: JSONEncoder.encode makes one per call, which is
-# most of what a request's journal line costs (1.9 µs against 1.1 µs). Lines
-# are flat lists of str, int, bool and None, so no check for cycles (markers).
-_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
-if _c_make_encoder is not None:
-    _chunks = _c_make_encoder(
-        None, _refuse, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-
-    def _encode(value: list[object]) -> str:
-        return "".join(_chunks(value, 0))
-
-else:  # an interpreter without json's C speedups
-    _slow = json.JSONEncoder(separators=(",", ":"), default=_refuse)
-
-    def _encode(value: list[object]) -> str:
-        return _slow.encode(value)
+# One line per record: a flat list of str, int, bool and None, nothing else.
+_encode = json.JSONEncoder(separators=(",", ":"), default=_refuse).encode
 
 
 Mark = tuple[str, int, int | None]
