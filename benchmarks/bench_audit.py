@@ -33,7 +33,7 @@ def ingest(
 
     The records go round the tokens of ``owners`` (token id -> user).
     """
-    writer = tokens.writer
+    writer = tokens._writer
     each = total // threads
     now = datetime.now(UTC)
     records: list[tuple[AuthEntry]] = [

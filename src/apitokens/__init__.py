@@ -25,6 +25,7 @@ from ._errors import (
     TokenImmutable,
     TokenNotFound,
 )
+from ._flow import RequestFlow, Requirement
 from ._hashing import Argon2Hasher, Hasher, HmacSha256Hasher
 from ._model import Action, AuditEvent, IssuedToken, Outcome, Scope, Token, TokenStatus
 from ._policy import AuthScheme, Policy
@@ -52,6 +53,8 @@ __all__ = [
     "PermissionDenied",
     "Policy",
     "PolicyViolation",
+    "RequestFlow",
+    "Requirement",
     "RestrictionRule",
     "RuleMatch",
     "RuleSyntaxError",

@@ -8,24 +8,21 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ._audit import AuditWriter, plain_sqlite
-from ._auth import Authenticator, Decision
-from ._errors import StorageError
+from ._auth import Authenticator
+from ._flow import RequestFlow, Requirement
 from ._hashing import Hasher, SecretVerifier
 from ._journal import SUPPORTED, FilePositions, Positions
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._policy import Policy
 from ._request import AuthRequest
-from ._result import AuthResult, refusal
+from ._result import AuthResult
 from ._validate import UNSET, Unset
+from .asgi import ASGIApp, ASGIMiddleware
 from .storage import MemoryStore, SQLiteStore, TokenStore
-
-if TYPE_CHECKING:
-    from .asgi import ASGIApp, ASGIMiddleware
-    from .wsgi import WSGIApplication, WSGIMiddleware
+from .wsgi import WSGIApplication, WSGIMiddleware
 
 __all__ = ["ApiTokens"]
 
@@ -80,22 +77,21 @@ class ApiTokens:
         max_concurrent_verifications: int | None = None,
         journal: str | os.PathLike[str] | bool | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         self.policy = policy if policy is not None else Policy()
-        self.clock = clock if clock is not None else _utcnow
-        self.verifier = SecretVerifier(hasher)
+        self._clock = clock if clock is not None else _utcnow
+        self._verifier = verifier = SecretVerifier(hasher)
         directory = _journal_directory(store, journal)
-        self._unavailable: str | None = None  # why records could not be queued, once logged
-        self.writer = AuditWriter(
+        self._writer = AuditWriter(
             store,
             journal=directory,
             positions=None if directory is None else _positions(store, directory),
         )
-        self.authenticator = Authenticator(
+        self._authenticator = authenticator = Authenticator(
             store,
             self.policy,
-            self.verifier,
-            self.clock,
+            verifier,
+            self._clock,
             groups,
             cache_ttl=cache_ttl,
             # At most 16 by default: with the two that may wait, shorter than asyncio's
@@ -103,18 +99,19 @@ class ApiTokens:
             max_concurrent_verifications=max_concurrent_verifications
             or min(os.cpu_count() or 2, 16),
         )
+        self._flow = RequestFlow(authenticator, self._writer, self.policy)
         self._manager = TokenManager(
             store,
             self.policy,
-            self.verifier,
-            self.clock,
+            verifier,
+            self._clock,
             groups,
-            self.writer.submit,
-            self.authenticator.forget,
+            self._writer.submit,
+            authenticator.forget,
         )
 
     def __repr__(self) -> str:
-        return f"ApiTokens(store={self.store!r}, policy={self.policy!r})"
+        return f"ApiTokens(store={self._store!r}, policy={self.policy!r})"
 
     def __enter__(self) -> ApiTokens:
         return self
@@ -124,6 +121,14 @@ class ApiTokens:
 
     # -- deciding requests ------------------------------------------------
 
+    @property
+    def flow(self) -> RequestFlow:
+        """The one request flow every adapter drives (for writing an adapter of your own).
+
+        See ``docs/architecture.md``.
+        """
+        return self._flow
+
     def authenticate(self, request: AuthRequest) -> AuthResult:
         """Decide one request (its body, if any, given whole).
 
@@ -131,44 +136,29 @@ class ApiTokens:
             The :class:`AuthResult`. Its audit event and usage are queued
             for the writer; this call never writes on the caller's thread.
         """
-        result = self._recorded(self.authenticator.safe_decide(request))
-        assert result is not None  # a blocking submit always has room in the end
-        return result
+        return self._flow.run_whole(request)
 
-    def _recorded(self, decision: Decision, *, block: bool = True) -> AuthResult | None:
-        """Queue a decision's records for the writer (and its journal); return its result.
+    def wsgi(
+        self, app: WSGIApplication, *, require: Requirement = Requirement.NONE
+    ) -> WSGIMiddleware:
+        """Wrap a WSGI application (Flask, Django): ``app.wsgi_app = tokens.wsgi(app.wsgi_app)``.
 
-        Fails closed: when the records cannot be queued (the writer is closed,
-        the application is shutting down, the buffer stayed full for the
-        writer's ``max_wait`` seconds because the store cannot be written, the
-        journal cannot be written), a 503, never an unaudited success.
-        ``None`` only when ``block`` is false and the buffer is full.
+        Args:
+            app: the WSGI application.
+            require: ``Requirement.TOKEN`` (or ``READ_WRITE``): every request to
+                ``app`` needs a token (a read-write one), whatever the policy's
+                ``allow_other_auth``.
         """
-        try:
-            if not self.writer.submit(decision.records, block=block):
-                return None
-        except StorageError as exc:
-            message = str(exc)
-            if message != self._unavailable:  # once per cause, not once per request
-                log.error("apitokens: %s; answering 503 until it can be written", message)
-                self._unavailable = message
-            return refusal(self.policy, 503, "audit log unavailable")
-        if self._unavailable is not None:
-            log.warning("apitokens: the audit log can be written again")
-            self._unavailable = None
-        return decision.result
+        return WSGIMiddleware(app, self._flow, require=require)
 
-    def wsgi(self, app: WSGIApplication) -> WSGIMiddleware:
-        """Wrap a WSGI application (Flask, Django): ``app.wsgi_app = tokens.wsgi(app.wsgi_app)``."""
-        from .wsgi import WSGIMiddleware
+    def asgi(self, app: ASGIApp, *, require: Requirement = Requirement.NONE) -> ASGIMiddleware:
+        """Wrap an ASGI application (FastAPI, Starlette, Django): ``app = tokens.asgi(app)``.
 
-        return WSGIMiddleware(app, self)
-
-    def asgi(self, app: ASGIApp) -> ASGIMiddleware:
-        """Wrap an ASGI application (FastAPI, Starlette, Django): ``app = tokens.asgi(app)``."""
-        from .asgi import ASGIMiddleware
-
-        return ASGIMiddleware(app, self)
+        Args:
+            app: the ASGI application.
+            require: as for :meth:`wsgi`.
+        """
+        return ASGIMiddleware(app, self._flow, require=require)
 
     # -- management ------------------------------------------------------------
 
@@ -222,7 +212,7 @@ class ApiTokens:
 
     def get(self, token_id: str) -> Token | None:
         """Return the token with this id (status as of now, usage up to date), or ``None``."""
-        self.writer.flush()
+        self._writer.flush()
         return self._manager.token(token_id)
 
     def list(
@@ -250,7 +240,7 @@ class ApiTokens:
         Raises:
             PermissionDenied: a non-admin asked for another user's tokens.
         """
-        self.writer.flush()  # usage columns include every use so far
+        self._writer.flush()  # usage columns include every use so far
         return self._manager.list(
             actor=actor,
             user=user,
@@ -344,7 +334,7 @@ class ApiTokens:
         Returns:
             The tokens revoked.
         """
-        self.writer.flush()  # a use still in the buffer must count
+        self._writer.flush()  # a use still in the buffer must count
         return self._manager.revoke_unused(actor=actor, since=since)
 
     def revoke(self, *, actor: str, token_id: str) -> Token:
@@ -369,8 +359,8 @@ class ApiTokens:
         offset: int = 0,
     ) -> builtins.list[AuditEvent]:
         """Return audit events, newest first, including every one recorded before this call."""
-        self.writer.flush()
-        return self.store.events(
+        self._writer.flush()
+        return self._store.events(
             token_id=token_id,
             user=user,
             action=action,
@@ -383,8 +373,8 @@ class ApiTokens:
 
     def prune_audit(self, *, before: datetime) -> int:
         """Delete audit events older than ``before`` (retention); return how many."""
-        self.writer.flush()
-        pruned = self.store.prune_events(before=before)
+        self._writer.flush()
+        pruned = self._store.prune_events(before=before)
         # Deleting audit history is itself worth a trace outside the store.
         audit_log.warning("pruned %d audit events before %s", pruned, before.isoformat())
         return pruned
@@ -393,11 +383,11 @@ class ApiTokens:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write buffered audit events and usage; ``False`` if ``timeout`` ran out."""
-        return self.writer.flush(timeout)
+        return self._writer.flush(timeout)
 
     def close(self) -> None:
         """Flush and stop the writer. The store stays open (it is yours)."""
-        self.writer.close()
+        self._writer.close()
 
 
 def _journal_directory(

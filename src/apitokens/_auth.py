@@ -241,10 +241,10 @@ class Authenticator:
         if len(values) == 1 and len(values[0]) <= MAX_AUTHORIZATION_LENGTH:
             fingerprint = self.verifier.cache.header_fingerprint(values[0])
             hot = self.hot.get(fingerprint)
-            if hot is not None:
-                decision = self._decide_hot(hot, request, now, client_ip, body_read)
-                if decision is not None:
-                    return decision
+            if hot is not None and self._stands(hot, now):
+                return self._granted(
+                    request, now, client_ip, hot.compiled, hot.user, hot.result, body_read, None
+                )
         attempt = _Attempt(request, now, client_ip, patient=patient)
         try:
             creds = read_credentials(values)
@@ -295,57 +295,30 @@ class Authenticator:
 
     # -- the hot path ------------------------------------------------------
 
-    def _decide_hot(
-        self,
-        hot: HotCredential,
-        request: AuthRequest,
-        now: datetime,
-        client_ip: str,
-        body_read: bool,
-    ) -> Decision | None:
-        """Decide a request whose credential was verified before; ``None``: take the full path.
+    def _stands(self, hot: HotCredential, now: datetime) -> bool:
+        """Whether a credential verified before still stands, so only the request is checked.
 
-        Every check the full path makes before the request-specific ones is either
-        known to pass here or sends the request down the full path, which then
-        answers exactly as it always does (throttled, revoked, expired, ...).
+        Everything the token path checks before the request itself is either known
+        to pass here, or the answer is ``False`` and the request takes the token
+        path, which answers exactly as it always does (throttled, revoked, expired).
         """
         compiled = hot.compiled
         token = compiled.stored.token
-        token_id = token.id
         if (
-            self.tokens.get(token_id) is not compiled
+            self.tokens.get(token.id) is not compiled
             or hot.epoch != self.verifier.cache.epoch
             or token.status is not _ACTIVE
             or token.revoked_at is not None
             or (token.expires_at is not None and token.expires_at <= now)
             or (hot.until is not None and not now < hot.until)
         ):
-            return None
-        user = hot.user
+            return False
         policy = self.policy
         if policy.token_users is not None:
-            groups = self._groups.get(user)
+            groups = self._groups.get(hot.user)
             if groups is None or not policy.may_use_tokens(groups):
-                return None
-        problem = self._problem(request, client_ip, compiled, token, body_read)
-        if problem is not None:
-            if isinstance(problem, Decision):
-                return problem
-            attempt = _Attempt(request, now, client_ip, token_id, user)
-            return self._refuse(attempt, refusal(policy, *problem, token=token))
-        entry = (
-            now,
-            _SUCCESS,
-            token_id,
-            user,
-            self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
-            request.method.upper()[:16],
-            self._audit_path(request),
-            _AUTHENTICATED,
-            True,
-        )
-        # tuple.__new__ skips the named tuple's Python-level __new__ (a third of a µs).
-        return _new_decision(Decision, (hot.result, (entry,), False))
+                return False
+        return True
 
     # -- the token path --------------------------------------------------
 
@@ -403,13 +376,17 @@ class Authenticator:
                 return self._refuse(attempt, refusal(policy, 503, f"groups lookup failed: {exc}"))
             if not policy.may_use_tokens(groups):
                 return self._fail(attempt, 401, f"user {user!r} may not use tokens")
-        forbidden = self._forbidden(attempt, compiled, token, body_read)
-        if forbidden is not None:
-            return forbidden
-        entry = self._entry(attempt, _SUCCESS, _AUTHENTICATED, True)
-        if verified.rehash is not None:
-            return Decision(result, (entry, verified.rehash))
-        return Decision(result, (entry,))
+        return self._granted(
+            attempt.request,
+            attempt.now,
+            attempt.client_ip,
+            compiled,
+            user,
+            result,
+            body_read,
+            verified.rehash,
+            token,
+        )
 
     def _user(self, attempt: _Attempt, token: Token, creds: Credentials) -> str | Decision:
         if token.user is None:
@@ -424,13 +401,34 @@ class Authenticator:
             return self._fail(attempt, 401, "Basic username is not the token's owner")
         return token.user
 
-    def _forbidden(
-        self, attempt: _Attempt, compiled: CompiledToken, token: Token, body_read: bool
-    ) -> Decision | None:
-        problem = self._problem(attempt.request, attempt.client_ip, compiled, token, body_read)
-        if problem is None or isinstance(problem, Decision):
-            return problem
-        return self._refuse(attempt, refusal(self.policy, *problem, token=token))
+    def _granted(
+        self,
+        request: AuthRequest,
+        now: datetime,
+        client_ip: str,
+        compiled: CompiledToken,
+        user: str,
+        result: AuthResult,
+        body_read: bool,
+        rehash: Rehash | None,
+        token: Token | None = None,
+    ) -> Decision:
+        """The one gate both paths end in: the checks about the request itself, then success.
+
+        ``token`` is the record as of ``now`` (the cached one when not given).
+        """
+        if token is None:
+            token = compiled.stored.token
+        problem = self._problem(request, client_ip, compiled, token, body_read)
+        if problem is not None:
+            if isinstance(problem, Decision):
+                return problem
+            attempt = _Attempt(request, now, client_ip, token.id, user)
+            return self._refuse(attempt, refusal(self.policy, *problem, token=token))
+        entry = self._entry(request, now, _SUCCESS, token.id, user, client_ip, _AUTHENTICATED, True)
+        records = (entry,) if rehash is None else (entry, rehash)
+        # tuple.__new__ skips the named tuple's Python-level __new__ (a third of a µs).
+        return _new_decision(Decision, (result, records, False))
 
     def _problem(
         self,
@@ -665,20 +663,58 @@ class Authenticator:
         return self._refuse(attempt, refusal(self.policy, status, reason))
 
     def _refuse(self, attempt: _Attempt, result: AuthResult) -> Decision:
-        return Decision(result, (self._entry(attempt, result.outcome, result.reason, False),))
-
-    def _entry(self, attempt: _Attempt, outcome: Outcome, reason: str, used: bool) -> AuthEntry:
-        """The audit event (and, if ``used``, the token's use), for the writer to expand."""
-        request = attempt.request
-        # Every text that came from the request: a token in it is cut to its id (DESIGN §4).
-        redact = self.policy.token_format.redact
-        user = attempt.user
-        return (
+        entry = self._entry(
+            attempt.request,
             attempt.now,
-            outcome,
+            result.outcome,
             attempt.token_id,
+            attempt.user,
+            attempt.client_ip,
+            result.reason,
+            False,
+        )
+        return Decision(result, (entry,))
+
+    def refuse(
+        self, request: AuthRequest, result: AuthResult, *, user: str | None = None
+    ) -> Decision:
+        """``result``, a refusal decided beside the decision proper, audited like any other.
+
+        For the request flow's own refusals: a route's requirement not met, or a
+        body that a JSON rule needs and the adapter cannot read.
+        """
+        token = result.token
+        if user is None and token is not None:
+            user = token.user
+        attempt = _Attempt(
+            request, self.clock(), self.client_ip(request), token.id if token else None, user
+        )
+        return self._refuse(attempt, result)
+
+    def _entry(
+        self,
+        request: AuthRequest,
+        now: datetime,
+        outcome: Outcome,
+        token_id: str | None,
+        user: str | None,
+        client_ip: str,
+        reason: str,
+        used: bool,
+    ) -> AuthEntry:
+        """The audit event (and, if ``used``, the token's use), for the writer to expand.
+
+        Every text that came from the request has a token in it cut to its id
+        (DESIGN §4): the user (a Basic username), the address (X-Forwarded-For is
+        text), the path and the reason; a method is cut to 16 characters.
+        """
+        redact = self.policy.token_format.redact
+        return (
+            now,
+            outcome,
+            token_id,
             redact(user) if user is not None else None,
-            redact(attempt.client_ip) or None,
+            redact(client_ip) or None,
             request.method.upper()[:16],
             self._audit_path(request),
             redact(reason),

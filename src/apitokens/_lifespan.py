@@ -15,10 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._api import ApiTokens
+from typing import Any
 
 __all__ = ["FLUSH_TIMEOUT", "lifespan", "other_scope"]
 
@@ -28,6 +25,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+Flush = Callable[[float], bool]
+"""``flush(timeout)``: write what is buffered; ``False`` if the timeout ran out."""
 
 FLUSH_TIMEOUT = 10.0
 """Longest the shutdown waits for the audit writer, in seconds (the journal keeps the rest)."""
@@ -36,17 +35,17 @@ _DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
 async def other_scope(
-    app: App, tokens: ApiTokens, scope: MutableMapping[str, Any], receive: Receive, send: Send
+    app: App, flush: Flush, scope: MutableMapping[str, Any], receive: Receive, send: Send
 ) -> None:
     """A scope that is neither ``http`` nor ``websocket``: lifespan handled, others passed."""
     if scope["type"] == "lifespan":
-        await lifespan(app, tokens, scope, receive, send)
+        await lifespan(app, flush, scope, receive, send)
     else:
         await app(scope, receive, send)
 
 
-async def _flush(tokens: ApiTokens) -> None:
-    if not await asyncio.to_thread(tokens.flush, FLUSH_TIMEOUT):
+async def _flush(flush: Flush) -> None:
+    if not await asyncio.to_thread(flush, FLUSH_TIMEOUT):
         log.error(
             "apitokens: audit records not all written at shutdown within %g s;"
             " the journal keeps them for the next start",
@@ -55,9 +54,9 @@ async def _flush(tokens: ApiTokens) -> None:
 
 
 async def lifespan(
-    app: App, tokens: ApiTokens, scope: MutableMapping[str, Any], receive: Receive, send: Send
+    app: App, flush: Flush, scope: MutableMapping[str, Any], receive: Receive, send: Send
 ) -> None:
-    """Run ``app``'s lifespan, flushing ``tokens`` before its shutdown is reported."""
+    """Run ``app``'s lifespan, flushing the audit writer before its shutdown is reported."""
     started = False
 
     async def receive_first() -> Message:
@@ -67,7 +66,7 @@ async def lifespan(
 
     async def send_flushed(message: Message) -> None:
         if message.get("type") in _DONE:
-            await _flush(tokens)
+            await _flush(flush)
         await send(message)
 
     try:
@@ -76,13 +75,13 @@ async def lifespan(
         if started:
             raise  # the app's own startup or shutdown failed: the server reports it
         log.debug("apitokens: the app does not support the lifespan; handled for it")
-        await _speak(tokens, receive, send)
+        await _speak(flush, receive, send)
         return
     if not started:
-        await _speak(tokens, receive, send)
+        await _speak(flush, receive, send)
 
 
-async def _speak(tokens: ApiTokens, receive: Receive, send: Send) -> None:
+async def _speak(flush: Flush, receive: Receive, send: Send) -> None:
     """The lifespan protocol for an app without one: start, and flush at shutdown."""
     while True:
         message = await receive()
@@ -90,6 +89,6 @@ async def _speak(tokens: ApiTokens, receive: Receive, send: Send) -> None:
         if kind == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif kind == "lifespan.shutdown":
-            await _flush(tokens)
+            await _flush(flush)
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -1,24 +1,21 @@
 """ASGI middleware: pure ASGI, never blocks the event loop.
 
-The core is asked first without blocking; only when it needs the store, a
-hash verification or the groups callable (a cache miss) is the decision
-moved to a worker thread. Lifespan and other non-HTTP scopes pass through.
+It translates a scope into an :class:`AuthRequest` and the flow's result into
+a response or the scope the app sees; the flow (``_flow.py``) decides without
+blocking the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-from ._auth import Decision, WouldBlock
+from ._flow import RequestFlow, Requirement
+from ._lifespan import other_scope
 from ._model import Outcome
 from ._request import AuthRequest
 from ._result import AuthResult
-
-if TYPE_CHECKING:
-    from ._api import ApiTokens
 
 __all__ = [
     "ANONYMOUS",
@@ -145,8 +142,6 @@ class AnonymousUser:
 
 ANONYMOUS = AnonymousUser()
 _NO_AUTH = TokenAuth(AuthResult(Outcome.PASS_THROUGH))  # .scopes == []
-# Bodies larger than this are decided in a worker thread (JSON parsing off the loop).
-_LARGE_BODY = 64 * 1024
 
 
 def _raw_path(scope: Scope) -> str:
@@ -189,95 +184,74 @@ def _app_path(scope: Scope) -> str:
     return quote(path.encode("utf-8", "surrogateescape"), safe=_PATH_SAFE) or "/"
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]]:
-    """Read the body, at most ``limit + 1`` bytes; return it and the messages to replay."""
-    chunks: list[bytes] = []
-    got = 0
-    more = True
-    while more and got <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), [message]
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        got += len(chunk)
-        more = message.get("more_body", False)
-    body = b"".join(chunks)
-    # Stopped past the limit with more to come (the decision is then 413, unless the
-    # token changed in between): the app is told so, and reads the rest from the server.
-    return body, [{"type": "http.request", "body": body, "more_body": more}]
+class _Body:
+    """Reads the body for the flow, once, and replays it to the app (``receive``)."""
 
+    __slots__ = ("_receive", "receive")
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.receive = receive  # what the app gets: the server's own until the body is read
 
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
+    async def __call__(self, limit: int) -> bytes:
+        """The body, at most ``limit + 1`` bytes; the app then gets the same messages."""
+        chunks: list[bytes] = []
+        got = 0
+        more = True
+        replay: list[Message] = []
+        while more and got <= limit:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                replay = [message]  # a disconnect: the app hears of it too
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            got += len(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not replay:
+            # Stopped past the limit with more to come (the decision is then 413, unless the
+            # token changed in between): the app is told so, and reads the rest from the server.
+            replay = [{"type": "http.request", "body": body, "more_body": more}]
+        receive = self._receive
 
-    return replay
+        async def replayed() -> Message:
+            return replay.pop(0) if replay else await receive()
 
-
-async def _recorded(tokens: ApiTokens, decision: Decision) -> AuthResult:
-    """Queue the decision's records without blocking the loop; its result (503 if closed)."""
-    result = tokens._recorded(decision, block=False)
-    if result is None:  # buffer full: wait for room off the event loop
-        result = await asyncio.to_thread(tokens._recorded, decision)
-    assert result is not None
-    return result
+        self.receive = replayed
+        return body
 
 
 class ASGIMiddleware:
-    """Checks tokens on protected paths, then calls the wrapped app.
+    """Checks tokens on protected paths, then calls the wrapped app (``tokens.asgi(app)``).
 
     On success the app sees ``scope["apitokens.auth"]`` (the
     :class:`AuthResult`), ``scope["user"]`` (:class:`TokenUser`) and
-    ``scope["auth"]`` (:class:`TokenAuth`).
+    ``scope["auth"]`` (:class:`TokenAuth`); otherwise, unless an outer
+    middleware set them, an anonymous ``scope["user"]`` and empty ``scope["auth"]``.
+    Lifespan and other scopes pass through (the lifespan's shutdown flushes
+    the audit writer first).
+
+    Args:
+        app: the ASGI application.
+        flow: the request flow (:attr:`ApiTokens.flow`).
+        require: the wrapped app's requirement (every request needs a token, or
+            a read-write one).
     """
 
-    def __init__(self, app: ASGIApp, tokens: ApiTokens) -> None:
+    def __init__(
+        self, app: ASGIApp, flow: RequestFlow, *, require: Requirement = Requirement.NONE
+    ) -> None:
         self.app = app
-        self.tokens = tokens
-
-    async def _decide(self, request: AuthRequest, body_read: bool) -> Decision:
-        core = self.tokens.authenticator
-        try:
-            return core.safe_decide(request, body_read=body_read, block=False)
-        except WouldBlock:
-            return await asyncio.to_thread(
-                core.safe_decide, request, body_read=body_read, patient=False
-            )
+        self.flow = flow
+        self.require = require
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            # The lifespan: flush the audit writer at shutdown (see _lifespan.py).
-            from ._lifespan import other_scope
-
-            await other_scope(self.app, self.tokens, scope, receive, send)
+            await other_scope(self.app, self.flow.flush, scope, receive, send)
             return
-        tokens = self.tokens
-        core = tokens.authenticator
-        request = request_from_scope(scope)
-        # What _decide and _recorded do, inline: on the warm path nothing blocks,
-        # and awaiting a coroutine that never suspends still costs its creation.
-        try:
-            decision = core.safe_decide(request, body_read=False, block=False)
-        except WouldBlock:
-            decision = await asyncio.to_thread(
-                core.safe_decide, request, body_read=False, patient=False
-            )
-        if decision.need_body:
-            body, replay = await _read_body(receive, tokens.policy.max_body_bytes)
-            receive = _replay(replay, receive)
-            with_body = request_from_scope(scope, body)
-            if len(body) > _LARGE_BODY:
-                # Parsing a large JSON body takes milliseconds: never on the event loop.
-                decision = await asyncio.to_thread(core.safe_decide, with_body, patient=False)
-            else:
-                decision = await self._decide(with_body, body_read=True)
-        result = tokens._recorded(decision, block=False)
-        if result is None:  # buffer full: wait for room off the event loop
-            result = await asyncio.to_thread(tokens._recorded, decision)
-            assert result is not None
+        body = _Body(receive)
+        result = await self.flow.run_async(request_from_scope(scope), body, require=self.require)
         # A copy (the ASGI spec asks middleware not to change the server's scope).
         scope = dict(scope)
         if result.authenticated:
@@ -285,7 +259,7 @@ class ASGIMiddleware:
             scope["user"] = TokenUser(result)
             scope["auth"] = TokenAuth(result)
         elif result.status_code != 200:
-            await self._refuse(scope, send, result)
+            await _refuse(scope, send, result)
             return
         else:
             # Starlette's request.user raises unless scope["user"] is set: a route that
@@ -293,18 +267,16 @@ class ASGIMiddleware:
             # authentication middleware's user is kept.
             scope.setdefault("user", ANONYMOUS)
             scope.setdefault("auth", _NO_AUTH)
-        await self.app(scope, receive, send)
+        await self.app(scope, body.receive, send)
 
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, result: AuthResult) -> None:
-        if scope["type"] == "websocket":
-            # Closing before accept makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": 1008, "reason": result.error or ""})
-            return
-        body = result.body
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send(
-            {"type": "http.response.start", "status": result.status_code, "headers": headers}
-        )
-        await send({"type": "http.response.body", "body": body})
+
+async def _refuse(scope: Scope, send: Send, result: AuthResult) -> None:
+    if scope["type"] == "websocket":
+        # Closing before accept makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": result.error or ""})
+        return
+    body = result.body
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": result.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

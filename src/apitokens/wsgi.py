@@ -6,15 +6,12 @@ import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ._auth import Decision
+from ._flow import RequestFlow, Requirement
 from ._request import AuthRequest
 from ._result import AuthResult
-
-if TYPE_CHECKING:
-    from ._api import ApiTokens
 
 __all__ = ["WSGIApplication", "WSGIMiddleware", "request_from_environ"]
 
@@ -155,24 +152,28 @@ def _respond(result: AuthResult, start_response: StartResponse) -> list[bytes]:
 
 
 class WSGIMiddleware:
-    """Checks tokens on protected paths, then calls the wrapped app.
+    """Checks tokens on protected paths, then calls the wrapped app (``tokens.wsgi(app)``).
 
     On success the app sees ``environ["REMOTE_USER"]`` and
     ``environ["apitokens.auth"]`` (the :class:`AuthResult`). A body read for
     a JSON rule is replayed to the app byte for byte.
+
+    Args:
+        app: the WSGI application.
+        flow: the request flow (:attr:`ApiTokens.flow`).
+        require: the wrapped app's requirement (every request needs a token, or
+            a read-write one), e.g. for an app mounted under an API prefix.
     """
 
-    def __init__(self, app: WSGIApplication, tokens: ApiTokens) -> None:
+    def __init__(
+        self, app: WSGIApplication, flow: RequestFlow, *, require: Requirement = Requirement.NONE
+    ) -> None:
         self.app = app
-        self.tokens = tokens
+        self.flow = flow
+        self.require = require
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        tokens = self.tokens
-        core = tokens.authenticator
-        request = request_from_environ(environ)
-        decision: Decision = core.safe_decide(request, body_read=False)
-        if decision.need_body:
-            limit = tokens.policy.max_body_bytes
+        def read_body(limit: int) -> bytes:
             stream = environ.get("wsgi.input")
             body = _read_body(environ, limit)
             if len(body) > limit and stream is not None:
@@ -182,9 +183,9 @@ class WSGIMiddleware:
             else:
                 environ["wsgi.input"] = io.BytesIO(body)
                 environ["CONTENT_LENGTH"] = str(len(body))
-            decision = core.safe_decide(request_from_environ(environ, body))
-        result = tokens._recorded(decision)
-        assert result is not None  # a blocking submit always has room in the end
+            return body
+
+        result = self.flow.run(request_from_environ(environ), read_body, require=self.require)
         if result.authenticated:
             environ["REMOTE_USER"] = result.user
             environ["apitokens.auth"] = result

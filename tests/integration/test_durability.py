@@ -161,8 +161,8 @@ from tests.support import CHEAP_HASHER
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 tokens = ApiTokens(SQLiteStore({db!r}), hasher=CHEAP_HASHER, journal={journal!r})
-tokens.writer.max_pending = 100  # a full buffer soon, without a journal
-tokens.writer.max_wait = 1.0
+tokens._writer.max_pending = 100  # a full buffer soon, without a journal
+tokens._writer.max_wait = 1.0
 secret = tokens.create(actor="alice", name="x").secret
 tokens.flush()
 request = AuthRequest("GET", "/rest/x", headers={{"Authorization": "Bearer " + secret}})

@@ -408,7 +408,7 @@ def _decide_json_bodies(
     issued = tokens.create(
         actor="alice", name="j", scope=Scope.READ_WRITE, restrictions=[".*[JsonData::a==1]"]
     )
-    core = tokens.authenticator
+    core = tokens._authenticator
     decided = core.safe_decide
     seen: list[tuple[int, bool]] = []
 
@@ -596,7 +596,7 @@ def test_a_503_for_an_unwritable_audit_log_is_logged_once_per_cause(
 ) -> None:
     with make_tokens() as tokens:
         issued = tokens.create(actor="alice", name="ci")
-        tokens.writer.close()  # as when the process is shutting down: nothing can be queued
+        tokens._writer.close()  # as when the process is shutting down: nothing can be queued
         caplog.set_level(logging.ERROR, logger="apitokens")
         for _ in range(5):
             refused = tokens.authenticate(AuthRequest("GET", "/x", headers=bearer(issued.secret)))
@@ -798,7 +798,7 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
     ) as tokens:
         issued = tokens.create(actor="alice", name="ci")
         wrong = tokens.policy.token_format.issue(issued.token.id).value
-        core = tokens.authenticator
+        core = tokens._authenticator
         statuses: list[int] = []
 
         def call(n: int) -> None:
@@ -838,7 +838,7 @@ def _json_token_losing_its_rule(tokens: ApiTokens) -> IssuedToken:
         secure=False,
     )
     token_id = issued.token.id
-    core = tokens.authenticator
+    core = tokens._authenticator
     decided = core.safe_decide
 
     def spy(request: AuthRequest, **kw: Any) -> Any:  # calls through, then edits once

@@ -222,7 +222,7 @@ def test_warm_requests_are_decided_on_the_loop_and_the_server_scope_is_copied(
 ) -> None:
     cold, _ = call(tokens, scope_for(issued.secret))
     # The first request hashes the secret: off the event loop.
-    assert to_thread_calls == [tokens.authenticator.safe_decide]
+    assert to_thread_calls == [tokens._authenticator.safe_decide]
     assert_authenticated(cold, issued)
     to_thread_calls.clear()
 
@@ -253,7 +253,7 @@ def test_a_full_audit_buffer_waits_off_the_loop(
 ) -> None:
     call(tokens, scope_for(issued.secret))  # warm it
     to_thread_calls.clear()
-    writer = tokens.writer
+    writer = tokens._writer
     real_submit = writer.submit
     blocking: list[bool] = []
 
@@ -264,7 +264,7 @@ def test_a_full_audit_buffer_waits_off_the_loop(
     monkeypatch.setattr(writer, "submit", full)
     scope, _ = call(tokens, scope_for(issued.secret))
     assert blocking == [False, True]
-    assert to_thread_calls == [tokens._recorded]
+    assert to_thread_calls == [tokens.flow.record]
     assert_authenticated(scope, issued)
     tokens.flush()
     assert tokens.get(issued.token.id).use_count == 2  # type: ignore[union-attr]

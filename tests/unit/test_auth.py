@@ -194,7 +194,7 @@ def test_restriction_rules_and_json_body(tokens: ApiTokens) -> None:
 def test_the_core_asks_for_the_body_only_when_a_json_rule_needs_it(tokens: ApiTokens) -> None:
     plain = tokens.create(actor="alice", name="a", restrictions=[".*/rest/.*"])
     jsonrule = tokens.create(actor="alice", name="b", restrictions=[".*[JsonData::a==1]"])
-    core = tokens.authenticator
+    core = tokens._authenticator
     as_json = ("Content-Type", "application/json")
     assert not core.decide(get("/rest/x", bearer(plain.secret)), body_read=False).need_body
     assert core.decide(
@@ -261,7 +261,7 @@ def test_owner_no_longer_allowed_to_use_tokens(clock: Clock) -> None:
     with make_tokens(
         clock=clock, token_users={"api-users"}, groups=lambda u: groups.get(u, set())
     ) as tokens:
-        tokens.authenticator._groups.ttl = 0  # see the directory change at once
+        tokens._authenticator._groups.ttl = 0  # see the directory change at once
         issued = tokens.create(actor="alice", name="ci")
         assert tokens.authenticate(get("/x", bearer(issued.secret))).authenticated
         groups["alice"] = set()
@@ -333,6 +333,6 @@ def test_rehash_when_the_hasher_changes(clock: Clock) -> None:
         new.flush()
         rehashed = store.get(issued.token.id)
         assert rehashed is not None and rehashed.secret_hash.startswith("$hmac-sha256$")
-        new.authenticator.tokens.discard(issued.token.id)
-        new.verifier.cache.clear()
+        new._authenticator.tokens.discard(issued.token.id)
+        new._verifier.cache.clear()
         assert new.authenticate(get("/x", bearer(issued.secret))).authenticated

@@ -139,7 +139,7 @@ def run_page(page: Path) -> Iterator[dict[str, Any]]:
         for tokens in made:
             tokens.close()
         for tokens in made:
-            tokens.store.close()
+            tokens._store.close()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_ids)
@@ -268,7 +268,7 @@ def test_the_example_docstring_makes_a_token_that_does_what_it_shows(
             assert _send(module, _curl(line, token.group())) == 200, line
     finally:
         module.tokens.close()
-        module.tokens.store.close()
+        module.tokens._store.close()
 
 
 def test_the_demo_leaves_no_temp_directory_behind(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_the_journal_never_holds_the_secret(tmp_path: Path) -> None:
         assert tokens.authenticate(get("/rest/x", bearer(issued.secret))).status_code == 200
         wrong = issued.secret[:-4] + "AAAA"
         tokens.authenticate(get("/rest/x", bearer(wrong)))
-        journal = tokens.writer.journal
+        journal = tokens._writer.journal
         assert journal is not None and journal.parent == journal_dir(db)
         data = journal.read_bytes()
         assert data.count(b"\n") == 3  # create, success, failure
@@ -92,15 +92,15 @@ def test_the_journal_never_holds_the_secret(tmp_path: Path) -> None:
 
 def test_which_stores_get_a_journal(tmp_path: Path) -> None:
     with sqlite_tokens(tmp_path / "a.db") as tokens:
-        assert tokens.writer.journal is not None
-        assert tokens.writer.journal.exists()
+        assert tokens._writer.journal is not None
+        assert tokens._writer.journal.exists()
         assert oct(journal_dir(tmp_path / "a.db").stat().st_mode & 0o777) == "0o700"
     with sqlite_tokens(tmp_path / "b.db", journal=False) as tokens:
-        assert tokens.writer.journal is None
+        assert tokens._writer.journal is None
     with sqlite_tokens(Path(":memory:")) as tokens:  # type: ignore[arg-type]
-        assert tokens.writer.journal is None
+        assert tokens._writer.journal is None
     with ApiTokens(MemoryStore()) as tokens:
-        assert tokens.writer.journal is None
+        assert tokens._writer.journal is None
     for journal in (tmp_path / "j", True):
         with pytest.raises(ValueError, match="MemoryStore"):
             ApiTokens(MemoryStore(), journal=journal)
@@ -110,7 +110,7 @@ def test_close_removes_a_written_journal(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     tokens = sqlite_tokens(db)
     tokens.create(actor="alice", name="x")
-    journal = tokens.writer.journal
+    journal = tokens._writer.journal
     assert journal is not None and journal.exists()
     tokens.close()
     assert not journal.exists()
@@ -188,10 +188,10 @@ def test_a_journal_left_by_a_failed_close_is_replayed_by_the_next_writer(tmp_pat
     request = get("/rest/x", bearer(issued.secret))
     assert tokens.authenticate(request).status_code == 200  # the record is cached now
     tokens.flush()
-    tokens.store.close()  # the store fails from now on
+    tokens._store.close()  # the store fails from now on
     assert tokens.authenticate(request).status_code == 200
-    tokens.writer.close(timeout=30)
-    journal = tokens.writer.journal
+    tokens._writer.close(timeout=30)
+    journal = tokens._writer.journal
     assert journal is not None and journal.exists()
     with sqlite_tokens(db) as later:
         assert later.flush(timeout=10)
@@ -206,7 +206,7 @@ def test_journals_rotate_and_old_ones_go(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(audit_module, "ROTATE_BYTES", 2_000)
     db = tmp_path / "t.db"
     with sqlite_tokens(db) as tokens:
-        writer = tokens.writer
+        writer = tokens._writer
         writer.interval = 0.001
         first = writer.journal
         for i in range(200):
@@ -216,7 +216,7 @@ def test_journals_rotate_and_old_ones_go(tmp_path: Path, monkeypatch: pytest.Mon
         assert writer.flush(timeout=10)
         assert writer.journal != first
         assert len(list(journal_dir(db).glob("*.jnl"))) == 1
-        assert len(tokens.store.events(limit=1000)) == 200
+        assert len(tokens._store.events(limit=1000)) == 200
 
 
 class Copying(SQLiteStore):
@@ -295,14 +295,14 @@ def test_a_request_gets_503_when_the_store_stays_unwritable() -> None:
     store = FailingStore()
     tokens = ApiTokens(store, hasher=CHEAP_HASHER)
     issued = tokens.create(actor="alice", name="x")
-    tokens.writer.max_pending = 3
-    tokens.writer.max_wait = 0.2
+    tokens._writer.max_pending = 3
+    tokens._writer.max_wait = 0.2
     statuses = []
     while len(statuses) < 20 and 503 not in statuses:
         statuses.append(tokens.authenticate(get("/x", bearer(issued.secret))).status_code)
     assert statuses[-1] == 503
     assert statuses[0] == 200
-    tokens.writer.close(timeout=0.1)
+    tokens._writer.close(timeout=0.1)
 
 
 # -- fork -----------------------------------------------------------------------------
@@ -314,18 +314,18 @@ def test_a_forked_child_writes_its_own_records_and_only_those(tmp_path: Path) ->
     tokens = sqlite_tokens(db)
     issued = tokens.create(actor="alice", name="x")
     assert tokens.flush(timeout=10)
-    tokens.writer.interval = 60.0  # the parent's records stay pending across the fork
+    tokens._writer.interval = 60.0  # the parent's records stay pending across the fork
     request = get("/rest/parent", bearer(issued.secret))
     for _ in range(3):
         assert tokens.authenticate(request).status_code == 200
-    assert tokens.writer.pending == 3
+    assert tokens._writer.pending == 3
     pid = os.fork()
     if pid == 0:  # the child: a writer and a journal of its own
         code = 1
         try:
             child = get("/rest/child", bearer(issued.secret))
             ok = all(tokens.authenticate(child).status_code == 200 for _ in range(4))
-            journal = tokens.writer.journal
+            journal = tokens._writer.journal
             code = 0 if ok and tokens.flush(timeout=10) and journal is not None else 2
             tokens.close()
         finally:
@@ -337,14 +337,14 @@ def test_a_forked_child_writes_its_own_records_and_only_those(tmp_path: Path) ->
         os._exit(0)
     _, status = os.waitpid(idle, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert list(journal_dir(db).glob("*.jnl")) == [tokens.writer.journal]
+    assert list(journal_dir(db).glob("*.jnl")) == [tokens._writer.journal]
     assert tokens.flush(timeout=10)
     paths = [e.path for e in tokens.audit(action="authenticate", limit=100)]
     assert sorted(paths) == ["/rest/child"] * 4 + ["/rest/parent"] * 3
     token = tokens.get(issued.token.id)
     assert token is not None and token.use_count == 7
     tokens.close()
-    tokens.store.close()
+    tokens._store.close()
 
 
 # -- the ASGI lifespan flushes ----------------------------------------------------------
@@ -368,8 +368,8 @@ async def run_lifespan(app: Any) -> list[dict[str, Any]]:
 def test_lifespan_shutdown_flushes_first(supports_lifespan: bool) -> None:
     store = MemoryStore()
     tokens = ApiTokens(store, hasher=CHEAP_HASHER)
-    tokens.writer.interval = 60.0
-    tokens.writer.usage_interval = 60.0
+    tokens._writer.interval = 60.0
+    tokens._writer.usage_interval = 60.0
     issued = tokens.create(actor="alice", name="x")
     seen_at_complete: list[int] = []
 
@@ -392,7 +392,7 @@ def test_lifespan_shutdown_flushes_first(supports_lifespan: bool) -> None:
         return None
 
     tokens.authenticate(get("/x", bearer(issued.secret)))
-    assert tokens.writer.pending == 2  # create and the request, not written yet
+    assert tokens._writer.pending == 2  # create and the request, not written yet
 
     async def main() -> list[dict[str, Any]]:
         sent = await run_lifespan(app)
@@ -425,7 +425,7 @@ def test_flush_after_an_immediate_close_does_not_wait(tmp_path: Path) -> None:
     started = time.monotonic()
     assert tokens.flush(timeout=5)
     assert time.monotonic() - started < 1
-    tokens.store.close()
+    tokens._store.close()
 
 
 def test_a_replay_between_a_journals_open_and_its_lock_never_loses_it(

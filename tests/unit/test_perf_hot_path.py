@@ -26,7 +26,7 @@ def tokens(clock: Clock) -> Iterator[ApiTokens]:
 
 
 def hot_entries(tokens: ApiTokens) -> list[HotCredential]:
-    return list(tokens.authenticator.hot._entries.values())
+    return list(tokens._authenticator.hot._entries.values())
 
 
 def test_a_verified_credential_becomes_hot_and_is_decided_alike(tokens: ApiTokens) -> None:
@@ -56,7 +56,7 @@ def test_a_verified_credential_becomes_hot_and_is_decided_alike(tokens: ApiToken
 def test_entries_hold_no_secret(tokens: ApiTokens) -> None:
     issued = tokens.create(actor="alice", name="ci")
     tokens.authenticate(get("/rest/x", bearer(issued.secret)))
-    hot = tokens.authenticator.hot
+    hot = tokens._authenticator.hot
     assert len(hot) == 1
     (key,) = hot._entries
     assert issued.secret.encode() not in key and len(key) == 32
@@ -76,7 +76,7 @@ def test_revocation_in_another_process_within_the_cache_ttl(clock: Clock) -> Non
     store = MemoryStore()
     with (
         make_tokens(store, clock=clock) as other,
-        ApiTokens(store, hasher=other.verifier.primary, clock=clock, cache_ttl=0.05) as here,
+        ApiTokens(store, hasher=other._verifier.primary, clock=clock, cache_ttl=0.05) as here,
     ):
         issued = other.create(actor="alice", name="ci")
         request = get("/x", bearer(issued.secret))
@@ -128,11 +128,11 @@ def test_forged_tokens_with_a_known_id_never_lock_its_owner_out(clock: Clock) ->
             forged = tokens.authenticate(get("/x", bearer(wrong), ip=f"203.0.113.{number}"))
             assert forged.status_code in (401, 429)
         assert tokens.authenticate(good).authenticated  # the hot path
-        tokens.authenticator.hot._entries.clear()  # the full path, verification cache hit
+        tokens._authenticator.hot._entries.clear()  # the full path, verification cache hit
         assert tokens.authenticate(good).authenticated
         # A process that has not verified the secret yet (a restart, another worker)
         # does not refuse it either: guesses are throttled per address, never per id.
-        with make_tokens(tokens.store, clock=clock, max_failed_attempts=3) as fresh:
+        with make_tokens(tokens._store, clock=clock, max_failed_attempts=3) as fresh:
             for number in range(10):
                 forged = fresh.authenticate(get("/x", bearer(wrong), ip=f"203.0.113.{number}"))
                 assert forged.status_code == 401
@@ -209,7 +209,7 @@ def test_clearing_the_verification_cache_voids_hot_entries(tokens: ApiTokens) ->
     issued = tokens.create(actor="alice", name="ci")
     request = get("/rest/x", bearer(issued.secret))
     assert tokens.authenticate(request).authenticated
-    verifier = tokens.verifier
+    verifier = tokens._verifier
     calls: list[str] = []
     verify = verifier.verify
 
@@ -260,7 +260,7 @@ def test_groups_are_checked_on_the_hot_path(clock: Clock) -> None:
         assert tokens.authenticate(request).authenticated
         assert tokens.authenticate(request).authenticated
         groups["alice"] = set()
-        tokens.authenticator._groups.clear()
+        tokens._authenticator._groups.clear()
         assert tokens.authenticate(request).status_code == 401
         assert last_event(tokens).reason == "user 'alice' may not use tokens"
 
@@ -276,7 +276,7 @@ def test_scope_ips_and_body_rules_are_checked_on_the_hot_path(tokens: ApiTokens)
     h = [*bearer(issued.secret), ("Content-Type", "application/json")]
     assert tokens.authenticate(get("/rest/x", h)).authenticated
     assert tokens.authenticate(get("/rest/x", h, ip="198.51.100.1")).status_code == 403
-    core = tokens.authenticator
+    core = tokens._authenticator
     post = AuthRequest("POST", "/rest/f", headers=h, client_ip="192.0.2.1", body=b'{"a": 1}')
     asks = core.decide(post, body_read=False)
     assert asks.need_body and asks.result.token is not None
@@ -288,7 +288,7 @@ def test_scope_ips_and_body_rules_are_checked_on_the_hot_path(tokens: ApiTokens)
 def test_non_blocking_hot_decisions_need_no_thread(tokens: ApiTokens) -> None:
     issued = tokens.create(actor="alice", name="ci")
     request = get("/rest/x", bearer(issued.secret))
-    core: Authenticator = tokens.authenticator
+    core: Authenticator = tokens._authenticator
     assert core.safe_decide(request).result.authenticated
     assert core.safe_decide(request, block=False).result.authenticated
 
@@ -327,7 +327,7 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         fmt = tokens.policy.token_format
         results: list[int] = []
 
-        core = tokens.authenticator
+        core = tokens._authenticator
 
         def decided(request: AuthRequest) -> AuthResult:
             # As the ASGI adapter asks from the event loop's shared pool: impatient.
@@ -344,10 +344,10 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         for thread in waiting:
             thread.start()  # two waiting for their place (the line: 1 running + 2)
         for _ in range(500):  # until both hold their place in line
-            if tokens.authenticator._in_line._value == 0:  # type: ignore[attr-defined]
+            if tokens._authenticator._in_line._value == 0:  # type: ignore[attr-defined]
                 break
             threading.Event().wait(0.01)
-        assert tokens.authenticator._in_line._value == 0  # type: ignore[attr-defined]
+        assert tokens._authenticator._in_line._value == 0  # type: ignore[attr-defined]
         wrong = fmt.issue(issued.token.id).value
         refused = decided(get("/x", bearer(wrong), ip="198.51.100.4"))
         assert refused.status_code == 503

@@ -24,6 +24,8 @@ PUBLIC = {
     "PermissionDenied",
     "Policy",
     "PolicyViolation",
+    "RequestFlow",
+    "Requirement",
     "RestrictionRule",
     "RuleMatch",
     "RuleSyntaxError",
