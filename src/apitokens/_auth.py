@@ -45,7 +45,7 @@ from ._errors import StorageError
 from ._hashing import SecretVerifier
 from ._model import Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
-from ._request import AuthRequest
+from ._request import METHOD_OVERRIDES, AuthRequest
 from ._result import AuthResult, refusal
 from ._throttle import BUSY, FailureThrottle
 from .storage import TokenStore
@@ -58,9 +58,7 @@ _MAX_AUDIT_PATH = 2048
 _AUTHENTICATED = "authenticated"
 _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
-# Headers through which common middleware (Flask's docs, Rails-style, Google's) lets a
-# request act as another method. The adapters pass them to the core (AuthRequest.headers).
-_METHOD_OVERRIDES = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
+_METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
 # Verifications that may wait for a place beside those running (see _admit).
 _WAITING = 2

@@ -1,21 +1,20 @@
-"""ASGI middleware: pure ASGI, never blocks the event loop.
+"""ASGI middleware: translate the scope for the request flow, then answer or call the app.
 
-It translates a scope into an :class:`AuthRequest` and the flow's result into
-a response or the scope the app sees; the flow (``_flow.py``) decides without
-blocking the event loop.
+The flow (``_flow.py``) decides without blocking the event loop. Lifespan and
+other non-HTTP scopes pass through (the lifespan's shutdown flushes the audit
+writer first: ``_lifespan.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import quote
 
 from ._flow import RequestFlow, Requirement
 from ._lifespan import other_scope
-from ._model import Outcome
-from ._request import AuthRequest
+from ._request import METHOD_OVERRIDES, READ_HEADERS, AuthRequest, quote_path
 from ._result import AuthResult
+from ._users import ANONYMOUS, NO_AUTH, AnonymousUser, TokenAuth, TokenUser
 
 __all__ = [
     "ANONYMOUS",
@@ -48,131 +47,22 @@ def _spellings(name: str) -> list[bytes]:
     return spellings
 
 
-# The headers the core reads: credentials, the proxy chain and the body's media type
-# (JSON rules) as named, and the method-override headers by every spelling a bridge would
-# pass on (more of them checked is safe; more spellings of X-Forwarded-For believed would
-# not be: a proxy appends to its own header, never to a client's X_Forwarded_For).
-_WANTED = {
-    b"authorization": "authorization",
-    b"x-forwarded-for": "x-forwarded-for",
-    b"content-type": "content-type",
-} | {
-    spelling: name
-    for name in ("x-http-method-override", "x-http-method", "x-method-override")
-    for spelling in _spellings(name)
+# The headers the core reads, as named, and the method overrides by every spelling a
+# bridge would pass on (more of them checked is safe; more spellings of X-Forwarded-For
+# believed would not be: a proxy appends to its own header, never to a client's).
+_WANTED = {name.encode(): name for name in READ_HEADERS} | {
+    spelling: name for name in METHOD_OVERRIDES for spelling in _spellings(name)
 }
-# Characters left as they are when quoting a decoded path: RFC 3986 pchar and "/".
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
-# AuthRequest's fast constructor, bound once: it is called on every request.
-_trusted = AuthRequest._trusted
-
-
-class TokenUser:
-    """``scope["user"]`` after a token authenticated: what Starlette's ``request.user`` expects."""
-
-    __slots__ = ("result",)
-
-    def __init__(self, result: AuthResult) -> None:
-        self.result = result
-
-    @property
-    def is_authenticated(self) -> bool:
-        """Always ``True``."""
-        return True
-
-    @property
-    def display_name(self) -> str:
-        """The username."""
-        return self.result.user or ""
-
-    @property
-    def identity(self) -> str:
-        """The username."""
-        return self.result.user or ""
-
-    @property
-    def token_id(self) -> str | None:
-        """The id of the token used."""
-        return self.result.token.id if self.result.token else None
-
-    def __repr__(self) -> str:
-        return f"TokenUser({self.display_name!r})"
-
-
-class TokenAuth:
-    """``scope["auth"]``: ``.scopes`` as Starlette's ``request.auth`` expects."""
-
-    __slots__ = ("result",)
-
-    def __init__(self, result: AuthResult) -> None:
-        self.result = result
-
-    @property
-    def scopes(self) -> list[str]:
-        """``authenticated``, ``read`` and, if the token allows it, ``write``.
-
-        Built when read: most endpoints never look (one made per request).
-        """
-        return self.result.scopes
-
-
-class AnonymousUser:
-    """``scope["user"]`` when no token authenticated the request (like Starlette's own)."""
-
-    __slots__ = ()
-
-    @property
-    def is_authenticated(self) -> bool:
-        """Always ``False``."""
-        return False
-
-    @property
-    def display_name(self) -> str:
-        """Empty."""
-        return ""
-
-    @property
-    def identity(self) -> str:
-        """Empty."""
-        return ""
-
-    def __repr__(self) -> str:
-        return "AnonymousUser()"
-
-
-ANONYMOUS = AnonymousUser()
-_NO_AUTH = TokenAuth(AuthResult(Outcome.PASS_THROUGH))  # .scopes == []
 
 
 def _raw_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if raw else quote(scope.get("path", "/").encode("utf-8"))
+    path = raw.decode("latin-1") if raw else quote_path(scope.get("path", "/"), "utf-8")
     root = scope.get("root_path", "")
     # Some servers already include root_path in raw_path; never count it twice.
     if root and not (path == root or path.startswith(root.rstrip("/") + "/")):
         path = root.rstrip("/") + path
-    return path.split("?", 1)[0] if "?" in path else path
-
-
-def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
-    """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
-    # A plain loop (a comprehension is a function call of its own), decoding
-    # only the headers the core reads; every one of them is kept, in order, so
-    # a repeated Authorization header still reaches the core (which refuses it).
-    wanted: list[tuple[str, str]] = []
-    for name, value in scope.get("headers", ()):
-        if name in _WANTED:
-            wanted.append((_WANTED[name], value.decode("latin-1")))
-    client = scope.get("client")
-    return _trusted(
-        scope.get("method", "GET") if scope["type"] == "http" else "GET",
-        _raw_path(scope),
-        scope.get("query_string", b"").decode("latin-1"),
-        tuple(wanted),  # lower-case names and str values already, as AuthRequest stores them
-        client[0] if client else "",
-        body,
-        _app_path(scope) if scope.get("root_path") else "",
-    )
+    return path.split("?", 1)[0]
 
 
 def _app_path(scope: Scope) -> str:
@@ -181,7 +71,28 @@ def _app_path(scope: Scope) -> str:
     root: str = scope["root_path"]
     if path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
         path = path[len(root) :]
-    return quote(path.encode("utf-8", "surrogateescape"), safe=_PATH_SAFE) or "/"
+    return quote_path(path, "utf-8") or "/"
+
+
+def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
+    """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
+    # Every header the core reads is kept, in order, so a repeated Authorization
+    # header still reaches the core (which refuses it).
+    headers = [
+        (_WANTED[name], value.decode("latin-1"))
+        for name, value in scope.get("headers", ())
+        if name in _WANTED
+    ]
+    client = scope.get("client")
+    return AuthRequest(
+        scope.get("method", "GET") if scope["type"] == "http" else "GET",
+        _raw_path(scope),
+        scope.get("query_string", b"").decode("latin-1"),
+        headers,
+        client[0] if client else "",
+        body,
+        _app_path(scope) if scope.get("root_path") else "",
+    )
 
 
 class _Body:
@@ -204,9 +115,8 @@ class _Body:
             if message["type"] != "http.request":
                 replay = [message]  # a disconnect: the app hears of it too
                 break
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            got += len(chunk)
+            chunks.append(message.get("body", b""))
+            got += len(chunks[-1])
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if not replay:
@@ -225,12 +135,9 @@ class _Body:
 class ASGIMiddleware:
     """Checks tokens on protected paths, then calls the wrapped app (``tokens.asgi(app)``).
 
-    On success the app sees ``scope["apitokens.auth"]`` (the
-    :class:`AuthResult`), ``scope["user"]`` (:class:`TokenUser`) and
-    ``scope["auth"]`` (:class:`TokenAuth`); otherwise, unless an outer
-    middleware set them, an anonymous ``scope["user"]`` and empty ``scope["auth"]``.
-    Lifespan and other scopes pass through (the lifespan's shutdown flushes
-    the audit writer first).
+    On success the app sees ``scope["apitokens.auth"]`` (the :class:`AuthResult`),
+    ``scope["user"]`` (:class:`TokenUser`) and ``scope["auth"]`` (:class:`TokenAuth`);
+    otherwise, unless an outer middleware set them, an anonymous user and no scopes.
 
     Args:
         app: the ASGI application.
@@ -252,8 +159,7 @@ class ASGIMiddleware:
             return
         body = _Body(receive)
         result = await self.flow.run_async(request_from_scope(scope), body, require=self.require)
-        # A copy (the ASGI spec asks middleware not to change the server's scope).
-        scope = dict(scope)
+        scope = dict(scope)  # a copy: the ASGI spec asks middleware not to change the server's
         if result.authenticated:
             scope["apitokens.auth"] = result
             scope["user"] = TokenUser(result)
@@ -266,7 +172,7 @@ class ASGIMiddleware:
             # reads it must work for anonymous and public requests too. An outer
             # authentication middleware's user is kept.
             scope.setdefault("user", ANONYMOUS)
-            scope.setdefault("auth", _NO_AUTH)
+            scope.setdefault("auth", NO_AUTH)
         await self.app(scope, body.receive, send)
 
 

@@ -1,4 +1,4 @@
-"""The ASGI adapter: request_from_scope, and the inline warm path and its fallbacks."""
+"""The ASGI adapter: request_from_scope, and the warm path on the loop and its fallbacks."""
 
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def _reference_app_path(scope: dict[str, Any]) -> str:
 
 def _reference_path(scope: dict[str, Any]) -> str:
     raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if raw else quote(scope.get("path", "/").encode("utf-8"))
+    path = scope.get("path", "/")
+    # Quoted as the app path is: one quoting for both (RFC 3986 pchar left as it is).
+    path = raw.decode("latin-1") if raw else quote(path.encode("utf-8"), safe="/!$&'()*+,;=:@-._~")
     root = scope.get("root_path", "")
     if root and not (path == root or path.startswith(root.rstrip("/") + "/")):
         path = root.rstrip("/") + path
@@ -60,7 +62,7 @@ def _reference_path(scope: dict[str, Any]) -> str:
 
 
 def reference(scope: dict[str, Any], body: bytes = b"") -> AuthRequest:
-    """The adapter as it was before the fast constructor: the public one, via a comprehension."""
+    """A second, plain writing of the adapter's translation, to hold it to."""
     headers = [
         (wanted, value.decode("latin-1"))
         for name, value in scope.get("headers", ())

@@ -1,59 +1,41 @@
-"""AuthRequest: the public constructor normalises; the adapters' fast one builds the same value."""
+"""AuthRequest: the public constructor normalises; quote_path gives back what a server decoded."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from apitokens import AuthRequest
-
-NAMES = st.sampled_from(["authorization", "x-forwarded-for", "host", "x-a"])
-PAIRS = st.lists(st.tuples(NAMES, st.text(max_size=20)), max_size=4).map(tuple)
+from apitokens._request import quote_path
 
 
-@given(
-    method=st.text(max_size=8),
-    path=st.text(max_size=30),
-    query=st.text(max_size=20),
-    headers=PAIRS,
-    client_ip=st.text(max_size=15),
-    body=st.binary(max_size=20),
-)
-def test_trusted_equals_the_public_constructor(
-    method: str,
-    path: str,
-    query: str,
-    headers: tuple[tuple[str, str], ...],
-    client_ip: str,
-    body: bytes,
-) -> None:
-    fast = AuthRequest._trusted(method, path, query, headers, client_ip, body)
-    public = AuthRequest(method, path, query, headers, client_ip, body)
-    assert type(fast) is AuthRequest
-    assert fast == public
-    assert hash(fast) == hash(public)
-    assert repr(fast) == repr(public)
-    assert dataclasses.astuple(fast) == dataclasses.astuple(public)
-    for name in ("authorization", "x-forwarded-for", "Authorization", "missing"):
-        assert fast.header_values(name) == public.header_values(name)
-        assert fast.header(name) == public.header(name)
-
-
-def test_trusted_takes_the_headers_as_they_are_and_stays_frozen() -> None:
-    headers = (("authorization", "Bearer a"), ("authorization", "Bearer b"))
-    request = AuthRequest._trusted("GET", "/x", "q=1", headers, "192.0.2.1", b"{}")
-    assert request.headers is headers  # no copy
-    assert request.header_values("Authorization") == ["Bearer a", "Bearer b"]
+def test_a_request_is_frozen_and_replace_keeps_it_normalised() -> None:
+    request = AuthRequest("GET", "/x", "q=1", [("Authorization", "Bearer a")], "192.0.2.1", b"{}")
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.path = "/y"  # type: ignore[misc]
-    # A field-by-field copy keeps working (dataclasses.replace goes through __init__).
-    assert dataclasses.replace(request, body=b"") == AuthRequest(
-        "GET", "/x", "q=1", list(headers), "192.0.2.1"
-    )
+    # The flow adds the body with dataclasses.replace, which goes through __init__.
+    again = dataclasses.replace(request, body=b"[]")
+    assert again.headers == (("authorization", "Bearer a"),) and again.body == b"[]"
+    assert dataclasses.replace(again, body=b"{}") == request
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=255), max_size=40))
+def test_quote_path_undoes_what_a_wsgi_server_decoded(path: str) -> None:
+    quoted = quote_path(path, "latin-1")
+    assert unquote(quoted, encoding="latin-1") == path
+    assert all(c.isascii() and c.isprintable() and c not in " ?#" for c in quoted)
+
+
+@given(st.text(max_size=40))
+def test_quote_path_undoes_what_an_asgi_server_decoded(path: str) -> None:
+    quoted = quote_path(path, "utf-8")
+    assert unquote(quoted, encoding="utf-8", errors="surrogateescape") == path
+    assert all(c.isascii() and c not in " ?#" for c in quoted)
 
 
 def test_the_public_constructor_still_normalises_headers() -> None:
@@ -62,7 +44,7 @@ def test_the_public_constructor_still_normalises_headers() -> None:
     assert from_mapping.headers == (("authorization", "Bearer a"), ("x-a", "1"))
     from_pairs = AuthRequest("GET", "/x", headers=iter([("X-Forwarded-For", "203.0.113.9")]))
     assert from_pairs.headers == (("x-forwarded-for", "203.0.113.9"),)
-    assert AuthRequest("GET", "/x") == AuthRequest._trusted("GET", "/x", "", (), "", b"")
+    assert AuthRequest("GET", "/x") == AuthRequest("GET", "/x", "", (), "", b"", "")
 
 
 def test_the_repr_never_shows_a_token_in_the_path_or_query() -> None:
