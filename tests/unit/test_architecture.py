@@ -3,7 +3,9 @@
 The graph is read from the source with :mod:`ast`, so an import counts wherever
 it is written: at the top of a module, under ``if TYPE_CHECKING:``, inside a
 function (a "lazy" import), in a ``try``. A dependency that only the type
-checker or a later call follows is still a dependency of the design.
+checker or a later call follows is still a dependency of the design. (An
+import by a name computed at run time, ``importlib.import_module(name)``, is
+not seen; the package has none.)
 
 Nodes are the modules of the package, named as Python names them (a package's
 ``__init__.py`` is the package: ``apitokens.storage``). Edges, for a module

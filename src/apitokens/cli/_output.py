@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Final
 
-from apitokens._model import AuditEvent, Token
+from apitokens import AuditEvent, Token
 
 __all__ = [
     "TOKEN_HEADERS",

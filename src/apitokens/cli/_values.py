@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from apitokens._model import Scope
+from apitokens import Scope
 from apitokens._snippets import render_snippet
 from apitokens._tokens import ID_LENGTH
 
