@@ -1,4 +1,4 @@
-"""Command-line output: safe text, aligned tables, token details and JSON.
+"""What the command prints: safe text, aligned tables, token details, JSON, notes on stderr.
 
 Names, paths and reasons come from users and from HTTP requests, so every
 string printed to a terminal goes through :func:`clean` first: control
@@ -10,27 +10,31 @@ terminal, and a name with a line break must not forge a table row).
 from __future__ import annotations
 
 import json
+import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Final
 
-from ._model import AuditEvent, Token
+from apitokens import AuditEvent, Token
 
 __all__ = [
     "TOKEN_HEADERS",
+    "caret_lines",
     "clean",
     "event_json",
     "event_row",
     "events_table",
     "format_time",
     "json_text",
+    "one_line",
     "table",
     "token_details",
     "token_json",
     "token_row",
     "tokens_table",
+    "warn",
     "width",
 ]
 
@@ -75,6 +79,16 @@ def clean(text: object) -> str:
     )
 
 
+def one_line(message: object) -> str:
+    """``message`` on one line, whitespace collapsed, unsafe characters escaped."""
+    return clean(" ".join(str(message).split()))
+
+
+def warn(message: str) -> None:
+    """A note on stderr that is not an error."""
+    print(f"apitokens: {message}", file=sys.stderr)
+
+
 def width(text: str) -> int:
     """Columns ``text`` takes in a terminal (wide East Asian characters count two)."""
     total = 0
@@ -83,6 +97,13 @@ def width(text: str) -> int:
             continue
         total += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
     return total
+
+
+def caret_lines(rule: str, column: int) -> list[str]:
+    """The rule (escaped where unsafe) and a caret under ``column`` (1-based)."""
+    pieces = [clean(char) for char in rule]
+    before = pieces[: max(column - 1, 0)]
+    return ["  " + "".join(pieces), "  " + " " * sum(width(piece) for piece in before) + "^"]
 
 
 def table(

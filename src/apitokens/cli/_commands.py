@@ -1,20 +1,35 @@
-"""The subcommands of ``apitokens`` that work on a database, one function each.
+"""The subcommands of ``apitokens``, one function each.
 
-Each takes the open :class:`Session` and the parsed arguments, prints its
-result on stdout and returns the exit status. Errors are raised and turned
-into one line on stderr by ``apitokens.cli``.
+A database command takes the open :class:`Session` and the parsed arguments,
+prints its result on stdout and returns the exit status; ``rule check`` takes
+only the arguments, since it opens no database. Errors are raised and turned
+into one line on stderr by :func:`apitokens.cli.main`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from ._api import ApiTokens
-from ._cli_output import (
+from apitokens import (
+    ApiTokens,
+    ApiTokensError,
+    AuthRequest,
+    IssuedToken,
+    RestrictionRule,
+    RuleSyntaxError,
+    Token,
+    TokenNotFound,
+    TokenStatus,
+)
+from apitokens._validate import UNSET, Unset
+
+from ._output import (
+    caret_lines,
     clean,
     event_json,
     events_table,
@@ -24,28 +39,42 @@ from ._cli_output import (
     token_json,
     tokens_table,
 )
-from ._cli_values import format_duration, token_id, utcnow
-from ._errors import ApiTokensError, RuleSyntaxError, TokenNotFound
-from ._model import IssuedToken, Token, TokenStatus
-from ._rules import RestrictionRule
+from ._values import format_duration, token_id, utcnow
 
 __all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_MATCH",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Command",
     "CommandError",
     "Session",
     "audit",
     "check_rules",
     "create",
     "describe",
+    "edit",
     "list_tokens",
     "prune_audit",
     "reveal",
     "revoke",
     "revoke_unused",
     "rotate",
+    "rule_check",
     "show",
     "snippet",
-    "warn",
 ]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_NO_MATCH = 1
+"""``rule check``: the request does not match the rule."""
+EXIT_USAGE = 2
+"""Every user error: a bad option, a rule that does not parse, a library refusal."""
+EXIT_INTERRUPTED = 130
+
+_CHANGES = "--name, --rule, --no-rules, --ip, --no-ips, --expires-in, --expires-at or --no-expiry"
 
 
 class CommandError(Exception):
@@ -58,6 +87,10 @@ class Session:
 
     tokens: ApiTokens
     actor: str
+
+
+Command = Callable[[Session, argparse.Namespace], int]
+"""A database command: the open session and the parsed arguments in, the exit status out."""
 
 
 def _print(lines: list[str] | str) -> None:
@@ -259,6 +292,110 @@ def prune_audit(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
-def warn(message: str) -> None:
-    """A note on stderr that is not an error."""
-    print(f"apitokens: {message}", file=sys.stderr)
+def _new_expiry(args: argparse.Namespace) -> datetime | Unset | None:
+    """The ``expires_at`` to pass: a moment, ``None`` (never) or ``UNSET`` (keep it)."""
+    expires_in: timedelta | None = args.expires_in
+    expires_at: datetime | None = args.expires_at
+    if args.no_expiry:
+        return None
+    if expires_at is not None:
+        return expires_at
+    if expires_in is None:
+        return UNSET
+    if expires_in <= timedelta(0):
+        # Counted from now, zero would be "expired already"; say so plainly.
+        raise CommandError("--expires-in must be longer than 0s")
+    try:
+        return utcnow() + expires_in
+    except OverflowError:
+        raise CommandError(f"--expires-in {format_duration(expires_in)} is too long") from None
+
+
+def _changes(before: Token | None, token: Token, args: argparse.Namespace) -> list[str]:
+    """What the edit changed, in words, from the options given and the stored result."""
+    said: list[str] = []
+    if args.name is not None:
+        old = "" if before is None else f" from '{clean(before.name)}'"
+        said.append(f"renamed{old}")
+    if args.rules is not None or args.no_rules:
+        count = len(token.restrictions)
+        said.append("no rules" if count == 0 else f"{count} rule{'' if count == 1 else 's'}")
+    if args.ips is not None or args.no_ips:
+        ips = ", ".join(clean(ip) for ip in token.allowed_ips)
+        said.append(f"usable from {ips}" if ips else "usable from any address")
+    if args.no_expiry or args.expires_in is not None or args.expires_at is not None:
+        said.append(f"expires {format_time(token.expires_at, 'never')}")
+    return said
+
+
+def edit(session: Session, args: argparse.Namespace) -> int:
+    """``edit ID``: change only the fields whose options are given; print the result."""
+    name: str | None = args.name
+    rules: list[str] | None = [] if args.no_rules else args.rules
+    ips: list[str] | None = [] if args.no_ips else args.ips
+    expires_at = _new_expiry(args)
+    if name is None and rules is None and ips is None and isinstance(expires_at, Unset):
+        # A no-op edit would still be audited as one; more likely an option was forgotten.
+        raise CommandError(f"nothing to change: give {_CHANGES} (see: apitokens edit --help)")
+    if rules:
+        check_rules(rules)
+    ident = token_id(args.id)
+    before = session.tokens.get(ident)  # only for the old name in the message
+    token = session.tokens.edit(
+        actor=session.actor,
+        token_id=ident,
+        name=UNSET if name is None else name,
+        restrictions=UNSET if rules is None else rules,
+        allowed_ips=UNSET if ips is None else ips,
+        expires_at=expires_at,
+    )
+    if args.json:
+        _print(json_text(token_json(token)))
+    else:
+        _print(f"Edited token {describe(token)}: {', '.join(_changes(before, token, args))}.")
+    return 0
+
+
+def _read_body(text: str | None) -> bytes:
+    """The ``--json`` body of ``rule check``: the text, ``@FILE`` for a file, ``@-`` for stdin."""
+    if text is None:
+        return b""
+    if text == "@-":
+        return sys.stdin.buffer.read()
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"--json {clean(text)}: {exc.strerror or exc}") from None
+    return text.encode("utf-8", "surrogateescape")
+
+
+def rule_check(args: argparse.Namespace) -> int:
+    """``rule check``, offline: exit 0 on a match, 1 on no match, 2 on a syntax error."""
+    text: str = args.rule
+    method: str = args.method
+    path: str = args.path
+    query: str | None = args.query
+    if query is None:
+        path, _, query = path.partition("?")
+    body = _read_body(args.body)
+    try:
+        rule = RestrictionRule.parse(text)
+    except RuleSyntaxError as exc:
+        lines = caret_lines(text, exc.column)
+        lines.append(f"apitokens: error: invalid rule: column {exc.column}: {clean(exc.reason)}")
+        print("\n".join(lines), file=sys.stderr)
+        return EXIT_USAGE
+    # The body is JSON, as --json says: JsonData clauses read only a JSON Content-Type.
+    headers = [("content-type", "application/json")]
+    result = rule.explain(AuthRequest(method, path, query=query, headers=headers, body=body))
+    shown = clean(method.upper()) + " " + clean(path) + (f"?{clean(query)}" if query else "")
+    lines = [f"rule:     {clean(rule)}", f"request:  {shown}"]
+    if body:
+        lines.append(f"body:     {clean(body.decode('utf-8', 'replace'))}")
+    if result.matched:
+        lines.append("result:   match (the rule allows this request)")
+    else:
+        lines.append(f"result:   no match: {clean(result.reason)}")
+    _print(lines)
+    return EXIT_OK if result.matched else EXIT_NO_MATCH

@@ -7,26 +7,29 @@ every other user error of the command.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import NoReturn
 
-from ._cli_commands import (
-    Session,
+from apitokens import Action, Outcome, Scope, TokenStatus, __version__
+from apitokens._snippets import LANGUAGES
+
+from ._commands import (
+    EXIT_USAGE,
+    Command,
     audit,
     create,
+    edit,
     list_tokens,
     prune_audit,
     reveal,
     revoke,
     revoke_unused,
     rotate,
+    rule_check,
     show,
     snippet,
 )
-from ._cli_edit import EDIT_DESCRIPTION, EDIT_SUMMARY, add_edit_options, edit
-from ._cli_output import clean
-from ._cli_rule import add_rule_parser
-from ._cli_values import (
+from ._output import one_line
+from ._values import (
     DURATION_HELP,
     MOMENT_HELP,
     parse_datetime,
@@ -36,16 +39,16 @@ from ._cli_values import (
     parse_scope,
     parse_url,
 )
-from ._model import Action, Outcome, Scope, TokenStatus
-from ._snippets import LANGUAGES
 
-__all__ = ["DEFAULT_DB", "EXIT_USAGE", "Command", "build_parser", "one_line"]
+__all__ = ["DEFAULT_DB", "build_parser"]
 
 DEFAULT_DB = "apitokens.db"
 DEFAULT_URL = "https://example.com/rest/"
-EXIT_USAGE = 2
-
-Command = Callable[[Session, argparse.Namespace], int]
+EDIT_DESCRIPTION = (
+    "Change a standard-mode token's name, restriction rules, allowed addresses or "
+    "expiry; only the options given change, and the next request sees the change. "
+    "Secure-mode and revoked tokens cannot be edited: rotate or revoke them instead."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,11 +56,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"apitokens: error: {one_line(message)} (see: {self.prog} --help)\n")
-
-
-def one_line(message: object) -> str:
-    """``message`` on one line, whitespace collapsed, unsafe characters escaped."""
-    return clean(" ".join(str(message).split()))
 
 
 def _count(text: str) -> int:
@@ -181,10 +179,87 @@ def _snippet_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_edit(commands: argparse._SubParsersAction[_Parser]) -> None:
+    parser = _add(
+        commands,
+        "edit",
+        edit,
+        "change a token's name, rules, addresses or expiry",
+        token=True,
+        description=EDIT_DESCRIPTION,
+    )
+    parser.add_argument("--name", help="the new name")
+    # default=None, not []: "not given" (keep the rules) must differ from "given".
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument(
+        "--rule",
+        dest="rules",
+        action="append",
+        metavar="RULE",
+        help="a restriction rule; repeat for several. Replaces all the token's rules",
+    )
+    rules.add_argument(
+        "--no-rules", action="store_true", help="remove every rule: any request in scope"
+    )
+    ips = parser.add_mutually_exclusive_group()
+    ips.add_argument(
+        "--ip",
+        dest="ips",
+        type=parse_network,
+        action="append",
+        metavar="CIDR",
+        help="an address or network it may be used from; repeat for several. "
+        "Replaces all the token's addresses",
+    )
+    ips.add_argument("--no-ips", action="store_true", help="remove the limit: any address")
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-in",
+        type=parse_duration,
+        metavar="DURATION",
+        help=f"expire this long from now, {DURATION_HELP}",
+    )
+    expiry.add_argument(
+        "--expires-at", type=parse_datetime, metavar="DATE", help="expiry, ISO 8601 (naive: UTC)"
+    )
+    expiry.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+
+
+def _add_rule_check(commands: argparse._SubParsersAction[_Parser]) -> None:
+    # No global options and no database: `rule check` runs offline.
+    rule = commands.add_parser(
+        "rule",
+        help="test restriction rules",
+        description="Test restriction rules without a database.",
+    )
+    actions = rule.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    check = actions.add_parser(
+        "check",
+        help="tell whether a request matches a rule, and if not, which part failed",
+        description=(
+            "Tell whether a request matches a restriction rule and, when it does not, "
+            "which part failed. Exit status: 0 match, 1 no match, 2 the rule does not parse."
+        ),
+    )
+    check.add_argument("rule", metavar="RULE", help="one rule, e.g. '[GET].*/rest/api/2/.*'")
+    check.add_argument("method", metavar="METHOD", help="the request's HTTP method, e.g. GET")
+    check.add_argument(
+        "path",
+        metavar="PATH",
+        help="the request path as sent (percent-encoded); a '?query' part is split off",
+    )
+    check.add_argument("--query", metavar="Q", help="the raw query string, without '?'")
+    check.add_argument(
+        "--json",
+        dest="body",
+        metavar="BODY",
+        help="the JSON request body; @FILE reads it from a file, @- from stdin",
+    )
+    check.set_defaults(offline=rule_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, subcommands included."""
-    from . import __version__
-
     parser = _Parser(
         prog="apitokens",
         description="Manage personal access tokens and read their audit log.",
@@ -222,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long the old secret keeps working (default: 0s); {DURATION_HELP}",
     )
 
-    add_edit_options(
-        _add(commands, "edit", edit, EDIT_SUMMARY, token=True, description=EDIT_DESCRIPTION)
-    )
+    _add_edit(commands)
 
     _add(
         commands,
@@ -281,5 +354,5 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"delete the events older than this; {MOMENT_HELP}",
     )
 
-    add_rule_parser(commands)
+    _add_rule_check(commands)
     return parser

@@ -10,6 +10,12 @@ that makes the acting user (``--actor``, default the login name) a token admin.
 Exit status: 0 success, 1 ``rule check`` found no match, 2 a user error (one
 line on stderr, ``apitokens: error: ...``, never a traceback).
 See ``docs/cli.md`` for the reference.
+
+The package, by concern: ``_parser`` (the command line), ``_commands`` (one
+function per subcommand), ``_values`` (durations, dates, scopes, ids given as
+options), ``_output`` (safe text, tables, JSON); this module opens the
+database as the admin who runs the command and turns every error into one line
+and an exit status.
 """
 
 from __future__ import annotations
@@ -24,21 +30,27 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._api import ApiTokens
-from ._cli_commands import CommandError, Session, create, warn
-from ._cli_parser import DEFAULT_DB, EXIT_USAGE, Command, build_parser, one_line
-from ._errors import ApiTokensError, RuleSyntaxError
-from ._journal import SUPPORTED as JOURNALS_SUPPORTED
-from ._journal import distrust, replay
-from ._policy import Policy
-from .storage import SQLiteStore
+from apitokens import ApiTokens, ApiTokensError, Policy, RuleSyntaxError, SQLiteStore
+from apitokens._journal import SUPPORTED as JOURNALS_SUPPORTED
+from apitokens._journal import distrust, replay
+
+from ._commands import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Command,
+    CommandError,
+    Session,
+    create,
+)
+from ._output import one_line, warn
+from ._parser import DEFAULT_DB, build_parser
 
 __all__ = ["ADMIN_GROUP", "build_parser", "main"]
 
 ADMIN_GROUP = "apitokens-cli"
 """The group the command puts every user in, and makes the token admins."""
-EXIT_OK, EXIT_FAILURE = 0, 1
-EXIT_INTERRUPTED = 130
 _QUIET = logging.NullHandler()
 
 
@@ -162,7 +174,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

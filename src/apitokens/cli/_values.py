@@ -12,9 +12,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from ._model import Scope
-from ._snippets import render_snippet
-from ._tokens import ID_LENGTH
+from apitokens import Scope
+from apitokens._snippets import render_snippet
+from apitokens._tokens import ID_LENGTH
 
 __all__ = [
     "DURATION_HELP",
