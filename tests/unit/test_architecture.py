@@ -29,11 +29,13 @@ everything ``apitokens/__init__.py`` imports.
 
 The layers (DESIGN §6):
 
-- the core: ``apitokens/__init__.py`` and the private modules at the top level
-  (``apitokens._api``, ``apitokens._auth``, ...). ``__init__`` belongs to the
-  core because every ``import apitokens.<anything>`` runs it: were it to
-  re-export an adapter, every import would load that adapter (today it
-  re-exports none);
+- the facade: ``apitokens._api`` (``ApiTokens``, the one object an application
+  creates) and ``apitokens/__init__.py``, which re-exports it. It wires a store
+  to the core and hands the core's request flow to the driver its ``wsgi()`` or
+  ``asgi()`` asks for, so it alone sits above ``wsgi`` and ``asgi``: they
+  import the core, never the facade (that was the ``_api`` <-> adapter circle);
+- the core: the private modules at the top level (``apitokens._auth``,
+  ``apitokens._flow``, ...);
 - ``apitokens.rules`` and ``apitokens.storage``: the grammar and the backends,
   below the core's request flow;
 - the adapters: ``wsgi``, ``asgi``, ``starlette``, ``django``, ``drf``, ``web``,
@@ -43,7 +45,7 @@ The layers (DESIGN §6):
   pytest; nothing below the adapters may import it.
 
 The rules: no import cycle anywhere; the core, rules and storage import no
-adapter (nor ``testing``); rules and storage do not depend on an adapter or on
+adapter (nor ``testing``, nor the facade); rules and storage do not depend on an adapter or on
 ``apitokens._api`` at all, not even through another module; and no module
 imports a third-party package outside the package's dependencies, except where
 an extra is declared for that module.
@@ -78,7 +80,7 @@ ADAPTERS = (
 TESTING = "apitokens.testing"
 RULES = "apitokens.rules"
 STORAGE = "apitokens.storage"
-API = "apitokens._api"
+API = FACADE = "apitokens._api"
 
 DEPENDENCIES = frozenset({"argon2", "regex", "typing_extensions"})
 """The third-party packages of ``pip install apitokens`` (their import names)."""
@@ -205,8 +207,8 @@ def _within(name: str, prefixes: Iterable[str]) -> bool:
 
 
 def _is_core(name: str) -> bool:
-    if name == PACKAGE:
-        return True
+    if name == PACKAGE or name == FACADE:
+        return False  # above the drivers: see the layers in this module's docstring
     parts = name.split(".")
     return len(parts) == 2 and parts[1].startswith("_") and name not in ADAPTERS
 
@@ -368,10 +370,16 @@ def _forbidden(sources: Iterable[str], targets: Iterable[str]) -> list[Edge]:
 
 def test_the_core_rules_and_storage_import_no_adapter() -> None:
     inner = [name for name in GRAPH if _is_core(name) or _within(name, (RULES, STORAGE))]
-    assert API in inner and f"{STORAGE}.sqlite" in inner and "apitokens.wsgi" not in inner
-    imports = _forbidden(inner, (*ADAPTERS, TESTING))
-    assert not imports, "the core, rules and storage import an adapter:\n" + "\n".join(
-        f"    {edge}" for edge in imports
+    assert "apitokens._flow" in inner and f"{STORAGE}.sqlite" in inner
+    assert "apitokens.wsgi" not in inner and FACADE not in inner and PACKAGE not in inner
+    imports = _forbidden(inner, (*ADAPTERS, TESTING, FACADE))
+    # The package itself (its __init__ re-exports the facade): an exact target, not a prefix.
+    imports += [
+        edge for source in sorted(inner) for edge in GRAPH[source] if edge.target == PACKAGE
+    ]
+    assert not imports, (
+        "the core, rules and storage import an adapter or the facade:\n"
+        + "\n".join(f"    {edge}" for edge in imports)
     )
 
 
