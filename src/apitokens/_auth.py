@@ -173,10 +173,13 @@ class Authenticator:
         body_read: bool = True,
         block: bool = True,
         patient: bool = True,
+        protected: bool = False,
     ) -> Decision:
         """:meth:`decide`, but an unexpected error becomes a 503 (fail closed), never a pass."""
         try:
-            return self.decide(request, body_read=body_read, block=block, patient=patient)
+            return self.decide(
+                request, body_read=body_read, block=block, patient=patient, protected=protected
+            )
         except WouldBlock:
             raise
         except Exception as exc:
@@ -192,6 +195,7 @@ class Authenticator:
         body_read: bool = True,
         block: bool = True,
         patient: bool = True,
+        protected: bool = False,
     ) -> Decision:
         """Decide ``request``.
 
@@ -205,16 +209,22 @@ class Authenticator:
                 secret, as a WSGI server's own request thread may; ``False`` (a
                 thread of a pool the event loop shares, as in the ASGI adapter):
                 beyond the few places in line, 503 at once.
+            protected: check the request's token whatever its path (a route that
+                requires a token), not only on ``Policy.protected_paths``.
         """
         policy = self.policy
         path = request.path
-        if policy.protected_paths and (path[:1] != "/" or _NOT_IN_A_TARGET.search(path)):
+        if (protected or policy.protected_paths) and (
+            path[:1] != "/" or _NOT_IN_A_TARGET.search(path)
+        ):
             # Not origin-form ("rest/admin", "http:rest/admin", "*"), or holding what no
             # target may (a tab, which waitress's urlsplit drops before it routes): a server
             # may route it to a protected path all the same, so it is refused, never let by.
             return self._bad_target(request, "request target is not an absolute path")
         app_path = request.app_path
-        protected = policy.protects(path) or (app_path != "" and policy.protects(app_path))
+        protected = (
+            protected or policy.protects(path) or (app_path != "" and policy.protects(app_path))
+        )
         if not protected and "#" in path:
             # Most servers drop a fragment and route what is before it.
             protected = policy.protects(path.partition("#")[0])

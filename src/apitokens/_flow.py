@@ -83,13 +83,14 @@ class RequestFlow:
             require: the route's requirement.
         """
         auth = self._auth
-        decision = auth.safe_decide(request, body_read=False)
+        protected = require is not Requirement.NONE  # a route asking for a token checks it
+        decision = auth.safe_decide(request, body_read=False, protected=protected)
         if decision.need_body:
             if read_body is None:
                 decision = self._unreadable(request, decision)
             else:
                 body = read_body(self.policy.max_body_bytes)
-                decision = auth.safe_decide(replace(request, body=body))
+                decision = auth.safe_decide(replace(request, body=body), protected=protected)
         if require is not Requirement.NONE:
             decision = self._required(request, decision, require)
         return self.record(decision)
@@ -112,7 +113,8 @@ class RequestFlow:
         to a worker thread (where, beyond the few places in line to verify, a
         request gets 503 at once rather than holding the loop's thread pool).
         """
-        decision = await self._decide_async(request, body_read=False)
+        protected = require is not Requirement.NONE  # a route asking for a token checks it
+        decision = await self._decide_async(request, False, protected)
         if decision.need_body:
             if read_body is None:
                 decision = self._unreadable(request, decision)
@@ -122,10 +124,10 @@ class RequestFlow:
                 if len(body) > LARGE_BODY:
                     # Parsing a large JSON body takes milliseconds: never on the loop.
                     decision = await asyncio.to_thread(
-                        self._auth.safe_decide, with_body, patient=False
+                        self._auth.safe_decide, with_body, patient=False, protected=protected
                     )
                 else:
-                    decision = await self._decide_async(with_body, body_read=True)
+                    decision = await self._decide_async(with_body, True, protected)
         if require is not Requirement.NONE:
             decision = self._required(request, decision, require)
         result = self._queue(decision, block=False)
@@ -155,13 +157,15 @@ class RequestFlow:
 
     # -- steps ------------------------------------------------------------------
 
-    async def _decide_async(self, request: AuthRequest, *, body_read: bool) -> Decision:
+    async def _decide_async(
+        self, request: AuthRequest, body_read: bool, protected: bool
+    ) -> Decision:
         auth = self._auth
         try:
-            return auth.safe_decide(request, body_read=body_read, block=False)
+            return auth.safe_decide(request, body_read=body_read, block=False, protected=protected)
         except WouldBlock:
             return await asyncio.to_thread(
-                auth.safe_decide, request, body_read=body_read, patient=False
+                auth.safe_decide, request, body_read=body_read, patient=False, protected=protected
             )
 
     def _unreadable(self, request: AuthRequest, decision: Decision) -> Decision:

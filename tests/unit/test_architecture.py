@@ -207,7 +207,7 @@ def _within(name: str, prefixes: Iterable[str]) -> bool:
 
 
 def _is_core(name: str) -> bool:
-    if name == PACKAGE or name == FACADE:
+    if name in (PACKAGE, FACADE):
         return False  # above the drivers: see the layers in this module's docstring
     parts = name.split(".")
     return len(parts) == 2 and parts[1].startswith("_") and name not in ADAPTERS
