@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._audit import AuditWriter, plain_sqlite
+from ._audit import AuditWriter
 from ._auth import Authenticator, Decision
 from ._errors import StorageError
 from ._hashing import Hasher, SecretVerifier
@@ -22,6 +22,7 @@ from ._request import AuthRequest
 from ._result import AuthResult, refusal
 from ._validate import UNSET, Unset
 from .storage import MemoryStore, SQLiteStore, TokenStore
+from .storage._protocol import offers
 
 if TYPE_CHECKING:
     from .asgi import ASGIApp, ASGIMiddleware
@@ -421,7 +422,11 @@ def _journal_directory(
 
 
 def _positions(store: TokenStore, directory: Path) -> Positions:
-    """Where the journals' positions live: in the store's own transactions when it can."""
-    if plain_sqlite(store) or (not isinstance(store, SQLiteStore) and isinstance(store, Positions)):
-        return store  # a SQLiteStore subclass overriding write() gets FilePositions
+    """Where the journals' positions live: in the store's own transactions when it can.
+
+    Not when a subclass overrides ``write()`` below ``write_journaled()`` (``offers``):
+    its events go through its ``write()``, and the positions in files beside them.
+    """
+    if isinstance(store, Positions) and offers(store, "write_journaled"):
+        return store
     return FilePositions(store, directory)

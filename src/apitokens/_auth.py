@@ -43,7 +43,7 @@ from ._credentials import (
 )
 from ._errors import StorageError
 from ._hashing import SecretVerifier
-from ._model import Outcome, StoredToken, Token, TokenStatus
+from ._model import Outcome, StoredToken, Token, TokenStatus, new_entry
 from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
@@ -333,16 +333,19 @@ class Authenticator:
                 return problem
             attempt = _Attempt(request, now, client_ip, token_id, user)
             return self._refuse(attempt, refusal(policy, *problem, token=token))
-        entry = (
-            now,
-            _SUCCESS,
-            token_id,
-            user,
-            self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
-            request.method.upper()[:16],
-            self._audit_path(request),
-            _AUTHENTICATED,
-            True,
+        entry = new_entry(
+            AuthEntry,
+            (
+                now,
+                _SUCCESS,
+                token_id,
+                user,
+                self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
+                request.method.upper()[:16],
+                self._audit_path(request),
+                _AUTHENTICATED,
+                True,
+            ),
         )
         # tuple.__new__ skips the named tuple's Python-level __new__ (a third of a µs).
         return _new_decision(Decision, (hot.result, (entry,), False))
@@ -673,16 +676,19 @@ class Authenticator:
         # Every text that came from the request: a token in it is cut to its id (DESIGN §4).
         redact = self.policy.token_format.redact
         user = attempt.user
-        return (
-            attempt.now,
-            outcome,
-            attempt.token_id,
-            redact(user) if user is not None else None,
-            redact(attempt.client_ip) or None,
-            request.method.upper()[:16],
-            self._audit_path(request),
-            redact(reason),
-            used,
+        return new_entry(
+            AuthEntry,
+            (
+                attempt.now,
+                outcome,
+                attempt.token_id,
+                redact(user) if user is not None else None,
+                redact(attempt.client_ip) or None,
+                request.method.upper()[:16],
+                self._audit_path(request),
+                redact(reason),
+                used,
+            ),
         )
 
     def _audit_path(self, request: AuthRequest) -> str:
