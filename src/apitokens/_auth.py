@@ -333,22 +333,19 @@ class Authenticator:
                 return problem
             attempt = _Attempt(request, now, client_ip, token_id, user)
             return self._refuse(attempt, refusal(policy, *problem, token=token))
-        entry = new_entry(
-            AuthEntry,
-            (
-                now,
-                _SUCCESS,
-                token_id,
-                user,
-                self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
-                request.method.upper()[:16],
-                self._audit_path(request),
-                _AUTHENTICATED,
-                True,
-            ),
+        entry = (
+            now,
+            _SUCCESS,
+            token_id,
+            user,
+            self.policy.token_format.redact(client_ip) or None,  # X-Forwarded-For is text
+            request.method.upper()[:16],
+            self._audit_path(request),
+            _AUTHENTICATED,
+            True,
         )
         # tuple.__new__ skips the named tuple's Python-level __new__ (a third of a µs).
-        return _new_decision(Decision, (hot.result, (entry,), False))
+        return _new_decision(Decision, (hot.result, (new_entry(AuthEntry, entry),), False))
 
     # -- the token path --------------------------------------------------
 
@@ -676,20 +673,18 @@ class Authenticator:
         # Every text that came from the request: a token in it is cut to its id (DESIGN §4).
         redact = self.policy.token_format.redact
         user = attempt.user
-        return new_entry(
-            AuthEntry,
-            (
-                attempt.now,
-                outcome,
-                attempt.token_id,
-                redact(user) if user is not None else None,
-                redact(attempt.client_ip) or None,
-                request.method.upper()[:16],
-                self._audit_path(request),
-                redact(reason),
-                used,
-            ),
+        entry = (
+            attempt.now,
+            outcome,
+            attempt.token_id,
+            redact(user) if user is not None else None,
+            redact(attempt.client_ip) or None,
+            request.method.upper()[:16],
+            self._audit_path(request),
+            redact(reason),
+            used,
         )
+        return new_entry(AuthEntry, entry)
 
     def _audit_path(self, request: AuthRequest) -> str:
         """The path for the audit log: a token in it cut to its id, then bounded.
