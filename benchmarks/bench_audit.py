@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from apitokens import ApiTokens, SQLiteStore
-from apitokens._audit import AuthEntry
 from apitokens._model import Outcome
 from apitokens._tokens import TokenFormat
+from apitokens.storage import AuthEntry
 from benchmarks.common import KNOWN_TOKENS, QUICK, Section, bulk_store, median, store_copy
 
 TARGET_PER_SECOND = 50_000
@@ -38,7 +38,7 @@ def ingest(
     now = datetime.now(UTC)
     records: list[tuple[AuthEntry]] = [
         (
-            (
+            AuthEntry(
                 now,
                 Outcome.SUCCESS,
                 token_id,

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The shipped storage contract suite: pytest's assertion messages in its tests too.
+pytest.register_assert_rewrite("apitokens.testing")
+
 # CI and local runs use the same floor of 200 examples per property; no
 # deadline, because shared 2-core machines are noisy and speed is measured in
 # benchmarks, not tests.

@@ -27,7 +27,17 @@ from ._errors import (
 )
 from ._flow import RequestFlow, Requirement
 from ._hashing import Argon2Hasher, Hasher, HmacSha256Hasher
-from ._model import Action, AuditEvent, IssuedToken, Outcome, Scope, Token, TokenStatus
+from ._model import (
+    Action,
+    AuditEvent,
+    IssuedToken,
+    Outcome,
+    Scope,
+    StoredToken,
+    Token,
+    TokenStatus,
+    Usage,
+)
 from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult
@@ -62,11 +72,13 @@ __all__ = [
     "SchemaVersionError",
     "Scope",
     "StorageError",
+    "StoredToken",
     "Token",
     "TokenImmutable",
     "TokenNotFound",
     "TokenStatus",
     "TokenStore",
+    "Usage",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ._audit import AuditWriter, plain_sqlite
+from ._audit import AuditWriter
 from ._auth import Authenticator
 from ._flow import RequestFlow, Requirement
 from ._hashing import Hasher, SecretVerifier
@@ -22,6 +22,7 @@ from ._result import AuthResult
 from ._validate import UNSET, Unset
 from .asgi import ASGIApp, ASGIMiddleware
 from .storage import MemoryStore, SQLiteStore, TokenStore
+from .storage._protocol import offers
 from .wsgi import WSGIApplication, WSGIMiddleware
 
 __all__ = ["ApiTokens"]
@@ -411,7 +412,11 @@ def _journal_directory(
 
 
 def _positions(store: TokenStore, directory: Path) -> Positions:
-    """Where the journals' positions live: in the store's own transactions when it can."""
-    if plain_sqlite(store) or (not isinstance(store, SQLiteStore) and isinstance(store, Positions)):
-        return store  # a SQLiteStore subclass overriding write() gets FilePositions
+    """Where the journals' positions live: in the store's own transactions when it can.
+
+    Not when a subclass overrides ``write()`` below ``write_journaled()`` (``offers``):
+    its events go through its ``write()``, and the positions in files beside them.
+    """
+    if isinstance(store, Positions) and offers(store, "write_journaled"):
+        return store
     return FilePositions(store, directory)

@@ -27,25 +27,24 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TypeGuard
 
 from ._errors import StorageError
 from ._journal import ROTATE_BYTES, Journal, Positions, encode, replay
 from ._model import Action, AuditEvent, AuthEntry, Usage
-from .storage import SQLiteStore, TokenStore
+from .storage import EntryWriter, TokenStore
+from .storage._protocol import offers
 
-__all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash", "plain_sqlite"]
+__all__ = ["AuditWriter", "AuthEntry", "Record", "Rehash"]
 
 log = logging.getLogger("apitokens")
 audit_log = logging.getLogger("apitokens.audit")
@@ -68,32 +67,13 @@ class Rehash:
 
 Record = AuditEvent | Usage | Rehash | AuthEntry
 
-_FIELDS = tuple(field.name for field in dataclasses.fields(AuditEvent))
-(_SET_AT, _SET_ACTION, _SET_OUTCOME, _SET_TOKEN, _SET_USER, _SET_ACTOR, _SET_IP, _SET_METHOD,
- _SET_PATH, _SET_REASON) = (getattr(AuditEvent, name).__set__ for name in _FIELDS)  # fmt: skip
-
 
 def _auth_event(entry: AuthEntry) -> AuditEvent:
-    """The ``authenticate`` event of ``entry``: ``AuditEvent(...)`` at half the cost.
-
-    The writer makes one per request. A frozen dataclass sets each field through
-    ``object.__setattr__``; the slots' own descriptors do the same for less.
-    ``AuditEvent`` has no ``__post_init__`` to skip, and a test checks that both
-    ways build equal events.
-    """
+    """The ``authenticate`` event ``entry`` stands for."""
     at, outcome, token_id, user, ip, method, path, reason, _ = entry
-    event = object.__new__(AuditEvent)
-    _SET_AT(event, at)
-    _SET_ACTION(event, Action.AUTHENTICATE)
-    _SET_OUTCOME(event, outcome)
-    _SET_TOKEN(event, token_id)
-    _SET_USER(event, user)
-    _SET_ACTOR(event, None)
-    _SET_IP(event, ip)
-    _SET_METHOD(event, method)
-    _SET_PATH(event, path)
-    _SET_REASON(event, reason)
-    return event
+    return AuditEvent(
+        at, Action.AUTHENTICATE, outcome, token_id, user, None, ip, method, path, reason
+    )
 
 
 def _log_event(event: AuditEvent) -> None:
@@ -152,7 +132,7 @@ class AuditWriter:
         self.journal_directory = journal
         self._positions = positions
         self._closing = False
-        self._write_entries = _entry_writer(store)
+        self._entries = _entry_writer(store)
         self._start(recover_in=0.0)
         _WRITERS.add(self)
         # Flush at interpreter exit without keeping the writer alive.
@@ -454,7 +434,7 @@ class AuditWriter:
         uses = self._held  # folded per token, across batches until written
         rehashes: list[Rehash] = []
         for record in batch:
-            if isinstance(record, tuple):
+            if isinstance(record, AuthEntry):
                 events.append(record)
                 at, _, token_id, _, ip, _, _, _, used = record
                 if used and token_id is not None:
@@ -488,7 +468,7 @@ class AuditWriter:
         if not events and not usage and not rehashes and not retire:
             self.written += len(batch)
             return  # usage held, nothing else: no transaction
-        write_entries = self._write_entries
+        entries = self._entries
         as_events: list[AuditEvent] | None = None
         positions = self._positions
         marks = []
@@ -497,7 +477,7 @@ class AuditWriter:
             # position moves only when it is written (None: keep it).
             usage_pos = mark.end if usage or not uses else None
             marks = [(mark.journal.name, mark.end, usage_pos)]
-        elif write_entries is None:
+        elif entries is None:
             as_events = _events(events)
         delay = 0.05
         attempts = 0
@@ -507,8 +487,8 @@ class AuditWriter:
                 if marks:
                     assert positions is not None
                     positions.write_journaled(events, usage, marks)
-                elif write_entries is not None:
-                    write_entries(events, usage)
+                elif entries is not None:
+                    entries.write_entries(events=events, usage=usage)
                 else:
                     self._store.write(events=as_events or [], usage=usage)
                 break
@@ -587,33 +567,22 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _entry_writer(
-    store: TokenStore,
-) -> Callable[[Sequence[AuditEvent | AuthEntry], Sequence[Usage]], None] | None:
-    """The store's own writer of compact entries, when it is a plain :class:`SQLiteStore`.
+def _entry_writer(store: TokenStore) -> EntryWriter | None:
+    """The store, if it offers ``write_entries`` (:class:`~apitokens.storage.EntryWriter`).
 
-    It turns an entry straight into its row, with no :class:`AuditEvent` in between:
-    about a third of what the writer itself spends per request. Only when ``write`` is
-    SQLiteStore's own: a subclass that overrides it (to copy events elsewhere, say)
-    gets every event through it.
+    It takes the compact entries as they are, with no :class:`AuditEvent` in between:
+    for ``SQLiteStore``, about a third of what the writer itself spends per request.
+    Not when a subclass overrides ``write()`` below it (to copy events elsewhere, say):
+    that store gets every event through its ``write()``.
     """
-    if plain_sqlite(store):
-        return store._write_entries
+    if isinstance(store, EntryWriter) and offers(store, "write_entries"):
+        return store
     return None
-
-
-def plain_sqlite(store: TokenStore) -> TypeGuard[SQLiteStore]:
-    """Whether ``store`` is a :class:`SQLiteStore` whose ``write`` is SQLiteStore's own.
-
-    Only then may the writer use its compact rows and journal positions: a subclass
-    that overrides ``write`` (to copy events elsewhere, say) gets every event through it.
-    """
-    return isinstance(store, SQLiteStore) and type(store).write is SQLiteStore.write
 
 
 def _events(records: list[AuditEvent | AuthEntry]) -> list[AuditEvent]:
     """The events of ``records``, entries expanded."""
-    return [_auth_event(r) if isinstance(r, tuple) else r for r in records]
+    return [_auth_event(r) if isinstance(r, AuthEntry) else r for r in records]
 
 
 class _Uses:

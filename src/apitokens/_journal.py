@@ -116,7 +116,7 @@ def encode(records: Sequence[object]) -> bytes:
     """The journal lines of ``records`` (events, entries and usages; others are skipped)."""
     lines: list[str] = []
     for record in records:
-        if record.__class__ is tuple:
+        if record.__class__ is AuthEntry:
             at, outcome, token_id, user, ip, method, path, reason, used = record
             line = ["a", (at - _EPOCH) // _MICROSECOND, outcome, token_id, user, ip, method,
                     path, reason, used]  # fmt: skip
@@ -127,6 +127,8 @@ def encode(records: Sequence[object]) -> bytes:
         elif isinstance(record, Usage):
             line = ["u", record.token_id, (record.at - _EPOCH) // _MICROSECOND, record.ip,
                     record.count]  # fmt: skip
+        elif isinstance(record, tuple):  # not an AuthEntry: refused, never silently left out
+            raise TypeError(f"{type(record).__name__} is not a journal record")
         else:
             continue  # a re-hash: hashes never go to the journal
         lines.append(_encode(line))
@@ -144,7 +146,7 @@ def decode(line: bytes) -> AuditEvent | AuthEntry | Usage:
     if kind == "a":
         _, micros, outcome, token_id, user, ip, method, path, reason, used = item
         at = _EPOCH + timedelta(microseconds=micros)
-        return (at, Outcome(outcome), token_id, user, ip, method, path, reason, bool(used))
+        return AuthEntry(at, Outcome(outcome), token_id, user, ip, method, path, reason, bool(used))
     if kind == "e":
         _, micros, action, outcome, token_id, user, actor, ip, method, path, reason = item
         return AuditEvent(
@@ -492,9 +494,13 @@ def _replay_one(fd: int, name: str, events_pos: int, usage_pos: int, store: Posi
             if offset >= events_pos:
                 events.append(record)
                 replayed += 1
-            used = isinstance(record, tuple) and record[8] and record[2] is not None
-            if used and offset >= usage_pos:
-                usage.append(Usage(record[2], record[0], record[4]))  # type: ignore[index,arg-type]
+            if (
+                isinstance(record, AuthEntry)
+                and record.used
+                and record.token_id is not None
+                and offset >= usage_pos
+            ):
+                usage.append(Usage(record.token_id, record.at, record.client_ip))
         count += 1
         if count >= REPLAY_BATCH:
             store.write_journaled(events, usage, [(name, end, end)])

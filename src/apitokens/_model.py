@@ -6,12 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from ._snippets import render_snippet
 
 __all__ = [
     "Action",
     "AuditEvent",
+    "AuthEntry",
     "IssuedToken",
     "Outcome",
     "Scope",
@@ -122,18 +124,32 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class StoredToken:
-    """What a store keeps for one token: the record plus its secret's hashes.
+    """What a store keeps for one token: its record plus its secret's hashes.
 
-    Hashes and the revealable token string are kept out of ``repr``.
+    A :class:`~apitokens.TokenStore` receives it in ``add()`` and ``update()`` and
+    gives it back from ``get()``. A backend stores every field exactly (datetimes
+    to the microsecond, in UTC) and never derives or hashes anything itself: the
+    hashes are made and checked by apitokens. Hashes and the revealable token
+    string are kept out of ``repr``; keep them out of your logs and error
+    messages too.
 
     Attributes:
-        token: the public record.
-        secret_hash: self-describing hash of the current secret.
-        previous_hash: hash of the secret replaced by the last rotation, if it
-            is still within its grace period.
-        previous_valid_until: end of that grace period.
-        revealable: the token string, kept only for standard-mode
-            (``secure=False``) tokens so they can be revealed again.
+        token: the public record (:class:`Token`). Every field of it is stored;
+            ``token.status`` is not (it is derived: ``REVOKED`` when
+            ``revoked_at`` is set, else ``ACTIVE``, for ``get()``; as of ``now``
+            for ``list()``).
+        secret_hash: the self-describing hash of the current secret (for
+            example ``$argon2id$...``): opaque text, stored unchanged. ``update()``
+            replaces it; ``replace_hash()`` swaps it only if it is still the
+            expected one.
+        previous_hash: the hash of the secret the last rotation replaced, while
+            it is still valid (``None`` otherwise); opaque, like ``secret_hash``.
+        previous_valid_until: when ``previous_hash`` stops being accepted (the
+            end of the rotation's grace period), aware, or ``None``.
+        revealable: the token string itself, kept only for standard-mode
+            (``secure=False``) tokens so that it can be revealed again; always
+            ``None`` for a secure-mode token, and a store refuses (``ValueError``)
+            a secure-mode token that carries one. Protect it like a password.
     """
 
     token: Token
@@ -178,7 +194,24 @@ class IssuedToken:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """One or more uses of a token, to be folded into its usage columns."""
+    """One or more uses of a token, to be folded into the token's usage fields.
+
+    A store receives usages in ``write(usage=...)`` and folds them into the
+    token's :attr:`Token.use_count`, :attr:`Token.last_used_at` and
+    :attr:`Token.last_used_ip`; it does not keep the ``Usage`` objects.
+
+    Attributes:
+        token_id: the token used. A store ignores usage of an id it does not
+            have (the token may have been deleted since the request).
+        at: when (aware). ``last_used_at`` becomes the newest ``at`` seen,
+            never an older one.
+        ip: the client address of that use, or ``None``. ``last_used_ip``
+            becomes the ``ip`` of the newest use; a use as new as the stored
+            one counts as newer, and among equal times in one batch the later
+            item wins.
+        count: how many uses this stands for (non-negative; a negative count
+            is refused with ``ValueError``); ``use_count`` grows by it.
+    """
 
     token_id: str
     at: datetime
@@ -202,10 +235,39 @@ class AuditEvent:
     reason: str = ""
 
 
-AuthEntry = tuple[datetime, Outcome, str | None, str | None, str | None, str, str, str, bool]
-"""One authentication, compact: ``(at, outcome, token_id, user, client_ip, method, path,
-reason, used)``. It stands for an :class:`AuditEvent` with action ``authenticate`` (and,
-when ``used`` is true, a :class:`Usage` of the token). A tuple because the request
-thread makes one per request: it costs a tenth of a frozen dataclass, and the event's
-own cost is paid on the writer thread, or not at all when the store takes entries as
-they are."""
+class AuthEntry(NamedTuple):
+    """One authentication, compact: an ``authenticate`` :class:`AuditEvent` and maybe a use.
+
+    It stands for ``AuditEvent(at, Action.AUTHENTICATE, outcome, token_id, user,
+    None, client_ip, method, path, reason)`` and, when ``used`` is true and
+    ``token_id`` is set, ``Usage(token_id, at, client_ip)``. apitokens' audit
+    writer hands these to a store's optional ``write_entries()``
+    (:class:`~apitokens.storage.EntryWriter`), which writes the event's row
+    straight from them; a store without that method gets the expanded events
+    through ``write()``.
+
+    A named tuple because the request thread makes one per request: a tenth of
+    what a frozen dataclass costs; the event's own cost is paid on the writer
+    thread, or not at all when the store writes entries as they are.
+
+    Attributes:
+        at: when the request was decided (aware, UTC).
+        outcome: the decision's :class:`Outcome` (never ``PASS_THROUGH``).
+        token_id: the token's id, if the request named one.
+        user: the user the request was for, if known.
+        client_ip: the client address, if known.
+        method: the request's method, upper case (at most 16 characters).
+        path: the request's path, as audited (bounded, any token in it cut to its id).
+        reason: why, for a refusal; ``"authenticated"`` for a success.
+        used: whether this authentication counts as a use of the token.
+    """
+
+    at: datetime
+    outcome: Outcome
+    token_id: str | None
+    user: str | None
+    client_ip: str | None
+    method: str
+    path: str
+    reason: str
+    used: bool

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
-from apitokens.storage import MemoryStore, TokenStore
+import pytest
 
-from .contract import NOW, StoreContract, stored
+from apitokens.storage import MemoryStore
+from apitokens.testing import NOW, StoreContract, stored
 
 
 class TestMemoryStore(StoreContract):
-    def make_store(self, tmp_path: Path) -> TokenStore:
-        return MemoryStore()
+    @pytest.fixture
+    def store(self) -> Iterator[MemoryStore]:
+        with MemoryStore() as store:
+            yield store
 
 
 def test_repr_shows_sizes_not_secrets() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,22 +12,26 @@ import pytest
 
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import Usage
-from apitokens.storage import SQLiteStore, TokenStore, _migrations, _schema
+from apitokens.storage import SQLiteStore, _migrations, _schema
+from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 
-from .contract import NOW, SECOND, StoreContract, event, secret_hash, stored
 from .raw import raw
 
 
 class TestSQLiteStore(StoreContract):
-    def make_store(self, tmp_path: Path) -> TokenStore:
-        return SQLiteStore(tmp_path / "tokens.db")
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLiteStore]:
+        with SQLiteStore(tmp_path / "tokens.db") as store:
+            yield store
 
 
 class TestSQLiteMemoryStore(StoreContract):
     """``:memory:`` is one private database: every thread must see the same one."""
 
-    def make_store(self, tmp_path: Path) -> TokenStore:
-        return SQLiteStore(":memory:")
+    @pytest.fixture
+    def store(self) -> Iterator[SQLiteStore]:
+        with SQLiteStore(":memory:") as store:
+            yield store
 
 
 def user_version(path: Path) -> int:

@@ -10,8 +10,8 @@ from apitokens._model import Outcome
 from apitokens.storage import SQLiteStore, _migrations, _queries
 from apitokens.storage._filters import EventQuery
 from apitokens.storage._schema import to_micros
+from apitokens.testing import NOW, SECOND, event
 
-from .contract import NOW, SECOND, event
 from .raw import raw
 
 

@@ -21,7 +21,9 @@ from tests.support import START, make_tokens
 
 def entry(seconds: int, ip: str, token_id: str, *, used: bool = True) -> AuthEntry:
     at = START + timedelta(seconds=seconds)
-    return (at, Outcome.SUCCESS, token_id, "alice", ip, "GET", "/rest/x", "authenticated", used)
+    return AuthEntry(
+        at, Outcome.SUCCESS, token_id, "alice", ip, "GET", "/rest/x", "authenticated", used
+    )
 
 
 class _RecordingStore(MemoryStore):

@@ -152,8 +152,6 @@ def test_every_python_block_of_the_page_runs(
     environ_restored: None,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # storage.md's contract example imports contract.py "copied next to it".
-    monkeypatch.syspath_prepend(ROOT / "tests" / "storage")
     with run_page(page):
         pass
 

@@ -25,7 +25,7 @@ from apitokens import (
 from apitokens import _audit as audit_module
 from apitokens._audit import AuditWriter, Rehash
 from apitokens._journal import Journal, decode, encode, replay
-from apitokens._model import Action, Usage
+from apitokens._model import Action, AuthEntry, Usage
 from tests.support import CHEAP_HASHER, START, bearer, get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +34,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ID = "tok"
 
 
-def entry(i: int, *, used: bool = True, token_id: str | None = TOKEN_ID) -> tuple[Any, ...]:
+def entry(i: int, *, used: bool = True, token_id: str | None = TOKEN_ID) -> AuthEntry:
     at = START + timedelta(microseconds=i)
-    return (at, Outcome.SUCCESS, token_id, "alice", "192.0.2.1", "GET", f"/rest/{i}", "", used)
+    return AuthEntry(
+        at, Outcome.SUCCESS, token_id, "alice", "192.0.2.1", "GET", f"/rest/{i}", "", used
+    )
 
 
 def sqlite_tokens(path: Path, **kwargs: Any) -> ApiTokens:
@@ -64,7 +66,7 @@ def test_records_round_trip_and_hashes_stay_out() -> None:
 def test_any_path_stays_on_one_line_and_comes_back() -> None:
     at = START + timedelta(microseconds=7)
     path = '/rest/"quoted"\n\r\t\u2028 café \udcff\x00'
-    record = (at, Outcome.FAILED, None, "bö\nb", None, "GET", path, 'why: "x"', False)
+    record = AuthEntry(at, Outcome.FAILED, None, "bö\nb", None, "GET", path, 'why: "x"', False)
     data = encode([record])
     assert data.count(b"\n") == 1 and data.endswith(b"\n")
     assert data.isascii()

@@ -33,7 +33,7 @@ def mode(path: Path) -> int:
 def dead_journal(directory: Path, *paths: str) -> Path:
     """A journal in ``directory`` whose process is gone, holding one record per path."""
     journal = Journal.create(directory)
-    records = [(*entry(i)[:6], path, *entry(i)[7:]) for i, path in enumerate(paths)]
+    records = [entry(i)._replace(path=path) for i, path in enumerate(paths)]
     journal.append(encode(records))
     journal.close()
     return journal.path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import apitokens
+import apitokens.storage
 
 PUBLIC = {
     "TOKEN_PATTERN",
@@ -33,11 +34,13 @@ PUBLIC = {
     "Scope",
     "SchemaVersionError",
     "StorageError",
+    "StoredToken",
     "Token",
     "TokenImmutable",
     "TokenNotFound",
     "TokenStatus",
     "TokenStore",
+    "Usage",
 }
 
 
@@ -85,3 +88,20 @@ def test_public_names_have_docstrings() -> None:
         obj = getattr(apitokens, name)
         if isinstance(obj, type):
             assert obj.__doc__, name
+
+
+def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> None:
+    assert apitokens.storage.__all__ == sorted(apitokens.storage.__all__)
+    assert set(apitokens.storage.__all__) == {
+        "AuthEntry",
+        "EntryWriter",
+        "MemoryStore",
+        "SQLiteStore",
+        "StoredToken",
+        "TokenStore",
+        "Usage",
+    }
+    assert apitokens.storage.StoredToken is apitokens.StoredToken
+    assert apitokens.storage.Usage is apitokens.Usage
+    for name in apitokens.storage.__all__:
+        assert getattr(apitokens.storage, name).__doc__, name

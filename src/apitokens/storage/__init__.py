@@ -1,15 +1,27 @@
-"""Token storage: the TokenStore protocol and its two built-in backends.
+"""Token storage: the TokenStore protocol, its two built-in backends, and their records.
 
 ``MemoryStore`` keeps everything in this process; ``SQLiteStore`` keeps it in
 one SQLite file that several processes may share. Write your own backend by
-implementing :class:`TokenStore` and running ``tests/storage/contract.py``
-against it (see ``docs/storage.md``).
+implementing :class:`TokenStore` (it stores and returns :class:`StoredToken`,
+folds :class:`Usage` and keeps :class:`~apitokens.AuditEvent`) and subclassing
+``apitokens.testing.StoreContract`` in its tests; :class:`EntryWriter` is an
+optional faster way in for the audit writer's batches of :class:`AuthEntry`
+(see ``docs/storage.md``).
 """
 
 from __future__ import annotations
 
-from apitokens.storage._protocol import TokenStore
+from apitokens._model import AuthEntry, StoredToken, Usage
+from apitokens.storage._protocol import EntryWriter, TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "TokenStore"]
+__all__ = [
+    "AuthEntry",
+    "EntryWriter",
+    "MemoryStore",
+    "SQLiteStore",
+    "StoredToken",
+    "TokenStore",
+    "Usage",
+]

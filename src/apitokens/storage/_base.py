@@ -2,7 +2,7 @@
 
 The helpers below make sure both built-in backends agree on validation (naive
 datetimes, unknown status strings, negative pages) and on how usage folds, so
-the contract suite in ``tests/storage/contract.py`` can hold them to exactly
+the contract suite (``apitokens.testing``) can hold them to exactly
 the same behaviour.
 """
 

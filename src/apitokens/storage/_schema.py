@@ -162,7 +162,7 @@ _AUTHENTICATE = Action.AUTHENTICATE.value
 def event_values(events: Iterable[AuditEvent | AuthEntry]) -> list[object]:
     """The parameters of ``events``' rows, in order, as one flat list (ten per event).
 
-    An :data:`~apitokens._model.AuthEntry` (the audit writer's compact record of an
+    An :class:`~apitokens.storage.AuthEntry` (the audit writer's compact record of an
     authentication) gives the row :func:`event_params` gives for its ``authenticate``
     event; an :class:`AuditEvent` is normalized first. One flat list, not a tuple per
     row flattened later: the writer builds thousands a second.
@@ -172,7 +172,7 @@ def event_values(events: Iterable[AuditEvent | AuthEntry]) -> list[object]:
     """
     values: list[object] = []
     for event in events:
-        if isinstance(event, tuple):
+        if isinstance(event, AuthEntry):
             at, outcome, token_id, user, ip, method, path, reason, _ = event
             if at.tzinfo is None:
                 raise ValueError("entry.at must be timezone-aware")

@@ -215,20 +215,35 @@ class SQLiteStore:
             ValueError: a datetime is naive or a count negative (nothing written).
             StorageError: the database failed (nothing written).
         """
-        self._write_entries(events, usage)
+        self._write(events, usage)
 
-    def _write_entries(
+    def write_entries(
+        self,
+        *,
+        events: Sequence[AuditEvent | AuthEntry] = (),
+        usage: Sequence[Usage] = (),
+    ) -> None:
+        """:meth:`write`, with authentications as compact entries (``EntryWriter``).
+
+        An :class:`~apitokens.storage.AuthEntry` becomes its row directly; the rows
+        are the ones :meth:`write` would store for the entries' events, in the same
+        order.
+
+        Raises:
+            ValueError: a datetime is naive or a count negative (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        self._write(events, usage)
+
+    def _write(
         self,
         events: Sequence[AuditEvent | AuthEntry],
         usage: Sequence[Usage],
         marks: Sequence[tuple[str, int, int | None]] = (),
     ) -> None:
-        """:meth:`write` for apitokens' audit writer: authentications may be compact entries.
+        """Events (entries among them), usage and journal positions, in one transaction.
 
-        An :data:`~apitokens._model.AuthEntry` becomes its row directly; the rows are the
-        ones :meth:`write` would store for the entries' events, in the same order.
-        ``marks`` are journal positions (``_journal.Mark``), stored in the same
-        transaction.
+        ``marks`` are journal positions (``_journal.Mark``).
         """
         values = _schema.event_values(events)
         totals = [
@@ -286,7 +301,7 @@ class SQLiteStore:
             ValueError: a datetime is naive or a count negative (nothing written).
             StorageError: the database failed (nothing written).
         """
-        self._write_entries(events, usage, marks)
+        self._write(events, usage, marks)
 
     def events(
         self,

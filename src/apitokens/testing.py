@@ -1,11 +1,34 @@
-"""The contract every TokenStore backend passes.
+"""The storage contract suite, shipped: every :class:`~apitokens.TokenStore` passes it.
 
-Not collected on its own (no ``Test`` prefix): a backend's test module
-subclasses :class:`StoreContract` and implements :meth:`make_store`::
+:class:`StoreContract` is a pytest base class. A backend's test module
+subclasses it and provides a ``store`` fixture that yields a fresh, empty store
+(and closes it afterwards); the subclass inherits every contract test, the
+same ones ``MemoryStore`` and ``SQLiteStore`` pass::
+
+    from collections.abc import Iterator
+
+    import pytest
+
+    from apitokens.testing import StoreContract
+
 
     class TestMyStore(StoreContract):
-        def make_store(self, tmp_path: Path) -> TokenStore:
-            return MyStore(...)
+        @pytest.fixture
+        def store(self) -> Iterator[MyStore]:
+            store = MyStore(...)  # fresh and empty
+            yield store
+            store.close()
+
+The class has no ``Test`` prefix, so pytest collects it only through such a
+subclass. For pytest's detailed assertion messages in these tests, call
+``pytest.register_assert_rewrite("apitokens.testing")`` in your ``conftest.py``.
+
+The helpers the suite builds its records with are public, for a backend's own
+tests: :data:`NOW`, :data:`SECOND`, :data:`DAY`, :func:`secret_hash`,
+:func:`stored` and :func:`event`.
+
+This module needs pytest and hypothesis, which apitokens itself does not
+install: ``pip install 'apitokens[testing]'``.
 """
 
 from __future__ import annotations
@@ -15,15 +38,10 @@ import hashlib
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
-
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from apitokens._errors import StorageError, TokenNotFound
 from apitokens._model import (
@@ -38,19 +56,39 @@ from apitokens._model import (
 )
 from apitokens.storage import TokenStore
 
+try:
+    import pytest
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError as error:
+    raise ImportError(
+        f"apitokens.testing needs pytest and hypothesis, which apitokens does not install"
+        f" ({error.name} is missing): pip install 'apitokens[testing]'",
+        name=error.name,
+    ) from error
+
+__all__ = ["DAY", "NOW", "SECOND", "StoreContract", "event", "secret_hash", "stored"]
+
 NOW = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
+"""The suite's "now": an aware UTC datetime with microseconds, to test their round trip."""
 SECOND = timedelta(seconds=1)
 DAY = timedelta(days=1)
-PLUS_TWO = timezone(timedelta(hours=2))
+_PLUS_TWO = timezone(timedelta(hours=2))
 
 
 def secret_hash(secret: str) -> str:
-    """A self-describing hash string, as a Hasher would produce (the store never hashes)."""
+    """A self-describing hash string, as a Hasher would produce (a store never hashes)."""
     return "$sha256$" + hashlib.sha256(secret.encode()).hexdigest()
 
 
 def stored(token_id: str, **fields: object) -> StoredToken:
-    """A minimal StoredToken; ``fields`` override Token fields, or StoredToken ones."""
+    """A minimal :class:`~apitokens.StoredToken` with id ``token_id``.
+
+    Owned and created by ``alice`` a day before :data:`NOW`, named ``token
+    <id>``, with the :func:`secret_hash` of ``secret-of-<id>``. ``fields``
+    override :class:`~apitokens.Token` fields (``expires_at=...``) or
+    :class:`~apitokens.StoredToken` ones (``revealable=...``).
+    """
     outer = {k: fields.pop(k) for k in list(fields) if k in StoredToken.__dataclass_fields__}
     values: dict[str, object] = {
         "name": f"token {token_id}",
@@ -64,7 +102,8 @@ def stored(token_id: str, **fields: object) -> StoredToken:
 
 
 def event(at: datetime, **fields: object) -> AuditEvent:
-    """An audit event; ``fields`` override the defaults."""
+    """An :class:`~apitokens.AuditEvent` at ``at``: by default a successful
+    ``authenticate`` of token ``tok`` by ``alice``; ``fields`` override any field."""
     values: dict[str, object] = {
         "action": Action.AUTHENTICATE,
         "outcome": Outcome.SUCCESS,
@@ -76,19 +115,20 @@ def event(at: datetime, **fields: object) -> AuditEvent:
 
 
 class StoreContract:
-    """Behaviour shared by every TokenStore; subclasses provide :meth:`make_store`."""
+    """The contract of :class:`~apitokens.TokenStore`, as pytest tests to inherit.
 
-    def make_store(self, tmp_path: Path) -> TokenStore:
-        """Return a new, empty store (``tmp_path`` is a fresh directory it may use)."""
-        raise NotImplementedError
+    A subclass provides a ``store`` fixture that yields a fresh, empty store
+    and closes it afterwards (a test may close it first: ``close()`` is
+    idempotent). Every test then runs against it: each method's contract
+    (``docs/storage.md``), datetimes in and out, errors, a closed store, 8
+    threads writing at once and losing nothing, racing adds and revocations,
+    and a property test of ``list()`` against a reference model.
+    """
 
     @pytest.fixture
-    def store(self, tmp_path: Path) -> Iterator[TokenStore]:
-        store = self.make_store(tmp_path)
-        try:
-            yield store
-        finally:
-            store.close()
+    def store(self) -> TokenStore:
+        """Override in the subclass: yield a fresh, empty store, then close it."""
+        pytest.fail(f"{type(self).__name__} must define a `store` fixture (see StoreContract)")
 
     # --- add / get -----------------------------------------------------------
 
@@ -101,7 +141,7 @@ class StoreContract:
             name="CI report ✓",
             user="bob",
             created_by="admin",
-            created_at=(NOW - DAY).astimezone(PLUS_TWO),
+            created_at=(NOW - DAY).astimezone(_PLUS_TWO),
             expires_at=NOW + 30 * DAY,
             scope=Scope.READ_WRITE,
             restrictions=("[get].*/rest/api/2/search.*", ".*/rest/x[QueryParam::a==b]"),
@@ -454,7 +494,7 @@ class StoreContract:
 
     def test_events_roundtrip_every_field(self, store: TokenStore) -> None:
         full = AuditEvent(
-            at=NOW.astimezone(PLUS_TWO),
+            at=NOW.astimezone(_PLUS_TWO),
             action=Action.ROTATE,
             outcome=Outcome.FORBIDDEN,
             token_id="t",
@@ -484,7 +524,7 @@ class StoreContract:
             ({"since": NOW - 2 * SECOND}, [4, 3, 2, 1]),  # inclusive
             ({"until": NOW - SECOND}, [2, 1, 0]),  # exclusive
             ({"since": NOW - 2 * SECOND, "until": NOW - 2 * SECOND}, []),
-            ({"since": (NOW - SECOND).astimezone(PLUS_TWO)}, [4, 3]),
+            ({"since": (NOW - SECOND).astimezone(_PLUS_TWO)}, [4, 3]),
             ({"user": "bob", "outcome": "success", "action": "revoke"}, [3]),
             ({"token_id": "t1", "since": NOW - 2 * SECOND, "outcome": "failed"}, [1]),
             ({"user": "alice", "outcome": "forbidden"}, []),
