@@ -488,7 +488,9 @@ def test_gunicorn_script_name_never_unprotects_a_route(
     inherited = os.environ.get("PYTHONPATH", "")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT / "src"), str(ROOT), inherited])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tmp_path), str(ROOT / "src"), str(ROOT), inherited])
+        ),
     }
     env.pop("SCRIPT_NAME", None)
     if script_name:
