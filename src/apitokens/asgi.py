@@ -33,26 +33,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _spellings(name: str) -> list[bytes]:
-    """``name`` with each "-" written "-" or "_".
-
-    An ASGI-to-WSGI bridge (Starlette's WSGIMiddleware, a2wsgi) hands a header sent as
-    ``X_HTTP_Method_Override`` to a WSGI app as ``HTTP_X_HTTP_METHOD_OVERRIDE``, so the
-    core must see it under that name too.
-    """
-    first, *rest = name.encode().split(b"-")
-    spellings = [first]
-    for part in rest:
-        spellings = [s + sep + part for s in spellings for sep in (b"-", b"_")]
-    return spellings
-
-
-# The headers the core reads, as named, and the method overrides by every spelling a
-# bridge would pass on (more of them checked is safe; more spellings of X-Forwarded-For
-# believed would not be: a proxy appends to its own header, never to a client's).
-_WANTED = {name.encode(): name for name in READ_HEADERS} | {
-    spelling: name for name in METHOD_OVERRIDES for spelling in _spellings(name)
-}
+# The headers the core reads, by the name an ASGI server passes (lower case).
+_WANTED = {name.encode(): name for name in READ_HEADERS}
+# The method overrides also as spelt with "_": an ASGI-to-WSGI bridge (Starlette's
+# WSGIMiddleware, a2wsgi) hands ``X_HTTP_Method_Override`` to a WSGI app as
+# HTTP_X_HTTP_METHOD_OVERRIDE, so the core must check it too. (Not X-Forwarded-For:
+# a proxy appends to its own header, never to a client's X_Forwarded_For.)
+_OVERRIDES = {name.encode(): name for name in METHOD_OVERRIDES}
 
 
 def _raw_path(scope: Scope) -> str:
@@ -78,11 +65,13 @@ def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
     """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
     # Every header the core reads is kept, in order, so a repeated Authorization
     # header still reaches the core (which refuses it).
-    headers = [
-        (_WANTED[name], value.decode("latin-1"))
-        for name, value in scope.get("headers", ())
-        if name in _WANTED
-    ]
+    headers = []
+    for name, value in scope.get("headers", ()):
+        wanted = _WANTED.get(name)
+        if wanted is None and b"_" in name:
+            wanted = _OVERRIDES.get(name.replace(b"_", b"-"))
+        if wanted is not None:
+            headers.append((wanted, value.decode("latin-1")))
     client = scope.get("client")
     return AuthRequest(
         scope.get("method", "GET") if scope["type"] == "http" else "GET",
