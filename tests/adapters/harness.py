@@ -76,7 +76,9 @@ class Recorder:
 
     seen: list[Seen] = field(default_factory=list)
     pulled: int = 0
+    """Body bytes pulled from the server so far (this request)."""
     messages: int = 0
+    """Pieces they came in: ASGI ``http.request`` messages, WSGI non-empty reads."""
     lifespan: list[str] = field(default_factory=list)
 
     def reset(self) -> None:
@@ -180,13 +182,15 @@ class _Counting:
         self._recorder = recorder
 
     def read(self, size: int | None = -1) -> bytes:
-        data = bytes(self._stream.read(-1 if size is None else size))
-        self._recorder.pulled += len(data)
-        return data
+        return self._count(bytes(self._stream.read(-1 if size is None else size)))
 
     def readline(self, size: int | None = -1) -> bytes:
-        data = bytes(self._stream.readline(-1 if size is None else size))
-        self._recorder.pulled += len(data)
+        return self._count(bytes(self._stream.readline(-1 if size is None else size)))
+
+    def _count(self, data: bytes) -> bytes:
+        if data:
+            self._recorder.pulled += len(data)
+            self._recorder.messages += 1
         return data
 
     def __iter__(self) -> Iterator[bytes]:
