@@ -362,7 +362,9 @@ class ASGIContractClient:
         self.recorder.reset()
         if target is not None:
             return asyncio.run(self._raw(method, target, headers, body, client_ip))
-        return asyncio.run(self._send(method, path, query, headers, body, client_ip))
+        # A bound: an adapter that loses the body would leave the app waiting for it.
+        sending = self._send(method, path, query, headers, body, client_ip)
+        return asyncio.run(asyncio.wait_for(sending, timeout=10))
 
     async def _send(
         self, method: str, path: str, query: str, headers: Headers, body: Body, client_ip: str
