@@ -35,6 +35,7 @@ from apitokens import (
     ApiTokens,
     AuditEvent,
     AuthResult,
+    AuthScheme,
     IssuedToken,
     MemoryStore,
     Outcome,
@@ -477,7 +478,62 @@ class AdapterContract:
         self.assert_app_saw_nobody(public.seen)
         assert [e.outcome for e in rows(strict_tokens)] == [Outcome.SUCCESS] + [Outcome.FAILED] * 3
 
+    @pytest.mark.parametrize("scheme", [AuthScheme.BEARER, AuthScheme.BASIC])
+    def test_a_token_over_a_turned_off_scheme_is_401(
+        self, build: Build, clock: Clock, scheme: AuthScheme
+    ) -> None:
+        """Never passed through; the challenges name only the enabled scheme."""
+        with make_tokens(clock=clock, protected_paths=["/rest/"], auth_schemes=scheme) as tokens:
+            client = build(tokens)
+            issued = tokens.create(actor="alice", name="ci")
+            as_bearer, as_basic = bearer(issued.secret), basic("alice", issued.secret)
+            on, off = (
+                (as_bearer, as_basic) if scheme is AuthScheme.BEARER else (as_basic, as_bearer)
+            )
+            refused = client.send("GET", "/rest/x", headers=off)
+            challenge = BEARER_401 if scheme is AuthScheme.BEARER else BASIC_401
+            self.assert_refused(refused, 401, INVALID_TOKEN, [challenge])
+            ok = client.send("GET", "/rest/x", headers=on)
+            assert ok.status == 200
+            self.assert_app_saw_user(ok.seen, "alice", ["authenticated", "read"])
+            assert [e.outcome for e in rows(tokens)] == [Outcome.SUCCESS, Outcome.FAILED]
+
+    def test_an_unbound_token_is_its_basic_user_and_401_over_bearer(
+        self, build: Build, clock: Clock
+    ) -> None:
+        with make_tokens(
+            clock=clock,
+            protected_paths=["/rest/"],
+            allow_unbound_tokens=True,
+            token_admins=frozenset({"admins"}),
+            groups=lambda user: {"admins"} if user == "admin" else set(),
+        ) as tokens:
+            client = build(tokens)
+            issued = tokens.create(actor="admin", name="shared", unbound=True)
+            ok = client.send("GET", "/rest/x", headers=basic("zoe", issued.secret))
+            assert ok.status == 200
+            self.assert_app_saw_user(ok.seen, "zoe", ["authenticated", "read"])
+            refused = client.send("GET", "/rest/x", headers=bearer(issued.secret))
+            self.assert_refused(refused, 401, INVALID_TOKEN, [BEARER_401, BASIC_401])
+            events = rows(tokens)
+            assert [(e.outcome, e.user) for e in events] == [
+                (Outcome.FAILED, None),
+                (Outcome.SUCCESS, "zoe"),
+            ]
+            assert events[0].reason == "unbound token sent with Bearer"
+
     # -- 403 --------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+    def test_a_read_only_token_may_read(
+        self, client: ContractClient, tokens: ApiTokens, issued: dict[str, IssuedToken], method: str
+    ) -> None:
+        reply = client.send(method, "/rest/api/x", headers=bearer(issued["read"].secret))
+        assert reply.status == 200
+        self.assert_app_saw_user(reply.seen, "alice", ["authenticated", "read"])
+        assert reply.seen is not None and reply.seen.method == method
+        [event] = rows(tokens)
+        assert (event.outcome, event.method) == (Outcome.SUCCESS, method)
 
     @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
     def test_a_read_only_token_cannot_write(
