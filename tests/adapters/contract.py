@@ -588,11 +588,12 @@ class AdapterContract:
     # -- JSON rules, 413 and the body -------------------------------------------------------------
 
     def assert_json_token_refused_unread(
-        self, reply: Reply, tokens: ApiTokens, issued: IssuedToken
+        self, client: ContractClient, reply: Reply, tokens: ApiTokens, issued: IssuedToken
     ) -> None:
-        """``checks_json_bodies = False``: a body a JSON rule needs is 403 by name."""
+        """``checks_json_bodies = False``: a body a JSON rule needs is 403 by name, unread."""
         self.assert_refused(reply, 403, INSUFFICIENT_SCOPE)
-        [event] = rows(tokens)[:1]
+        assert client.recorder.pulled == 0
+        [event] = rows(tokens)
         assert (event.outcome, event.token_id, event.user) == (
             Outcome.FORBIDDEN,
             issued.token.id,
@@ -613,7 +614,7 @@ class AdapterContract:
         headers = [*bearer(issued["json"].secret), ("Content-Type", JSON)]
         reply = client.send("POST", "/rest/echo", headers=headers, body=sent)
         if not self.checks_json_bodies:
-            self.assert_json_token_refused_unread(reply, tokens, issued["json"])
+            self.assert_json_token_refused_unread(client, reply, tokens, issued["json"])
             return
         assert reply.status == 200, reply.body
         assert reply.seen is not None
@@ -655,7 +656,7 @@ class AdapterContract:
         )
         reply = client.send("POST", "/rest/echo", headers=headers, body=sent)
         if not self.checks_json_bodies:
-            self.assert_json_token_refused_unread(reply, tokens, json_token)
+            self.assert_json_token_refused_unread(client, reply, tokens, json_token)
             return
         self.assert_refused(reply, 413, TOO_LARGE)
         [event] = rows(tokens)
