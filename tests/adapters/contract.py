@@ -39,11 +39,12 @@ from apitokens import (
     IssuedToken,
     MemoryStore,
     Outcome,
+    Policy,
     Scope,
     StorageError,
 )
 from tests.adapters.harness import CLIENT_IP, Body, Headers, Message, Recorder, Reply, Seen
-from tests.support import Clock, make_tokens
+from tests.support import CHEAP_HASHER, Clock, make_tokens
 
 MAX_BODY = 64
 """``Policy.max_body_bytes`` of the ``tokens`` fixture (small, for 413)."""
@@ -497,6 +498,30 @@ class AdapterContract:
             assert ok.status == 200
             self.assert_app_saw_user(ok.seen, "alice", ["authenticated", "read"])
             assert [e.outcome for e in rows(tokens)] == [Outcome.SUCCESS, Outcome.FAILED]
+
+    def test_an_owner_no_longer_allowed_tokens_is_401(self, build: Build, clock: Clock) -> None:
+        directory = {"alice": {"api"}}
+        policy = Policy(protected_paths=["/rest/"], token_users=frozenset({"api"}))
+        with ApiTokens(
+            MemoryStore(),
+            policy=policy,
+            groups=lambda user: directory.get(user, set()),
+            hasher=CHEAP_HASHER,
+            clock=clock,
+            cache_ttl=0,  # the groups are asked again on every request
+        ) as tokens:
+            client = build(tokens)
+            issued = tokens.create(actor="alice", name="ci")
+            assert client.send("GET", "/rest/x", headers=bearer(issued.secret)).status == 200
+            directory["alice"] = set()  # left the group that may use tokens
+            refused = client.send("GET", "/rest/x", headers=bearer(issued.secret))
+            self.assert_refused(refused, 401, INVALID_TOKEN, [BEARER_401, BASIC_401])
+            events = rows(tokens)
+            assert [(e.outcome, e.user) for e in events] == [
+                (Outcome.FAILED, "alice"),
+                (Outcome.SUCCESS, "alice"),
+            ]
+            assert events[0].reason == "user 'alice' may not use tokens"
 
     def test_an_unbound_token_is_its_basic_user_and_401_over_bearer(
         self, build: Build, clock: Clock
