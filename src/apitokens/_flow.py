@@ -176,9 +176,12 @@ class RequestFlow:
         """``decision``, or the refusal the route's requirement makes of it."""
         result = decision.result
         if result.outcome is _PASS:
+            # Credentials that are not a token (a password) were invalid here: the Bearer
+            # challenge names the error; without any, it names none (RFC 6750 §3.1).
+            sent = request.header("authorization") is not None
             reason = "route requires a token"
             return self._auth.refuse(
-                request, refusal(self.policy, 401, reason, challenge_error=False)
+                request, refusal(self.policy, 401, reason, challenge_error=sent)
             )
         token = result.token
         if (

@@ -4,10 +4,13 @@
   ``AuthenticationMiddleware``; pass ``on_error=TokenBackend.on_error`` to
   answer refusals exactly as the middleware does (status, JSON, challenge).
 - :class:`RequireToken`: a FastAPI dependency (any callable taking a
-  ``Request``) that requires a token on a route, optionally read-write.
+  ``Request``) that requires a token on a route, optionally read-write. Its
+  refusals are :class:`RouteRefused`; ``exception_handlers={RouteRefused:
+  render_refusal}`` answers them exactly as the middleware does.
 
-Both reuse the decision of ``tokens.asgi()`` when it already ran, and run the
-request flow (``tokens.flow``) otherwise; neither decides on its own.
+Both reuse the decision of ``tokens.asgi()`` (or of the backend, for the
+dependency) when it already ran, and run the request flow (``tokens.flow``)
+otherwise; neither decides on its own.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ from .asgi import request_from_scope
 if TYPE_CHECKING:
     from ._api import ApiTokens
 
-__all__ = ["RequireToken", "TokenBackend", "TokenRefused", "TokenUser"]
+__all__ = [
+    "RequireToken",
+    "RouteRefused",
+    "TokenBackend",
+    "TokenRefused",
+    "TokenUser",
+    "render_refusal",
+]
 
 
 class TokenUser(asgi.TokenUser, BaseUser):
@@ -41,11 +51,35 @@ class TokenUser(asgi.TokenUser, BaseUser):
 
 
 class TokenRefused(AuthenticationError):
-    """A refusal, carrying the result to render."""
+    """The backend's refusal, carrying the result to render."""
 
     def __init__(self, result: AuthResult) -> None:
         super().__init__(result.description)
         self.result = result
+
+
+class RouteRefused(HTTPException):
+    """:class:`RequireToken`'s refusal: an ``HTTPException`` carrying the result.
+
+    FastAPI's default handler answers it with the status, the challenges and
+    ``{"detail": <description>}``; register :func:`render_refusal` for it to get
+    the middleware's body, ``{"error": ..., "error_description": ...}``.
+    """
+
+    def __init__(self, result: AuthResult) -> None:
+        super().__init__(result.status_code, result.description, headers=_headers(result))
+        self.result = result
+
+
+def render_refusal(conn: HTTPConnection, exc: Exception) -> Response:
+    """Answer a :class:`TokenRefused` or :class:`RouteRefused` as the middleware does.
+
+    Use it as ``on_error`` of ``AuthenticationMiddleware`` and in
+    ``FastAPI(exception_handlers={RouteRefused: render_refusal})``.
+    """
+    if isinstance(exc, TokenRefused | RouteRefused):
+        return _response(exc.result)
+    return Response(str(exc), status_code=400)
 
 
 def _headers(result: AuthResult) -> dict[str, str]:
@@ -111,22 +145,22 @@ class TokenBackend(AuthenticationBackend):
             return None
         if not result.authenticated:
             raise TokenRefused(result)
+        # As the middleware gives it, and so a RequireToken route reuses this decision.
+        conn.scope["apitokens.auth"] = result
         return AuthCredentials(result.scopes), TokenUser(result)
 
     @staticmethod
     def on_error(conn: HTTPConnection, exc: Exception) -> Response:
         """Render a refusal like the middleware does (use as ``on_error``)."""
-        if isinstance(exc, TokenRefused):
-            return _response(exc.result)
-        return Response(str(exc), status_code=400)
+        return render_refusal(conn, exc)
 
 
 class RequireToken:
     """A FastAPI dependency: the route needs a token (read-write with ``write=True``).
 
     ``Depends(RequireToken(tokens))`` returns the :class:`AuthResult`.
-    Refusals raise ``HTTPException`` with the status, the challenges and the
-    refusal's description as ``detail``.
+    Refusals raise :class:`RouteRefused` (an ``HTTPException``: the status, the
+    challenges and the description as ``detail``; see :func:`render_refusal`).
     """
 
     def __init__(self, tokens: ApiTokens, *, write: bool = False) -> None:
@@ -134,15 +168,14 @@ class RequireToken:
         self.require = Requirement.READ_WRITE if write else Requirement.TOKEN
 
     async def __call__(self, request: Request) -> AuthResult:
-        """Return the result for ``request`` or raise ``HTTPException``."""
+        """Return the result for ``request`` or raise :class:`RouteRefused`."""
         flow = self.flow
+        auth_request = request_from_scope(request.scope)
         result = request.scope.get("apitokens.auth")
-        if isinstance(result, AuthResult):  # decided by tokens.asgi(): held to the route
-            auth_request = request_from_scope(request.scope)
+        if isinstance(result, AuthResult):  # decided before (middleware, backend): held to it
             result = await flow.require_async(auth_request, result, self.require)
         else:
-            auth_request = request_from_scope(request.scope)
             result = await flow.run_async(auth_request, _Body(request), require=self.require)
         if not result.authenticated:
-            raise HTTPException(result.status_code, result.description, headers=_headers(result))
+            raise RouteRefused(result)
         return result

@@ -187,8 +187,12 @@ class AdapterContract:
     """The adapter reads the body for a JSON rule. ``False``: it never sees the body, so
     a token whose rules need it is refused with 403 (the Starlette extra's backend)."""
     route_requirements: ClassVar[bool] = False
-    """The app has :data:`NEEDS_TOKEN` and :data:`NEEDS_WRITE` routes (today only the
-    Starlette extra's ``RequireToken``; the core flow is to offer them to every adapter)."""
+    """The app has :data:`NEEDS_TOKEN` and :data:`NEEDS_WRITE` routes (the core flow's
+    ``Requirement``: the Starlette extra's ``RequireToken``, the middleware's ``require=``)."""
+    requirement_after_decision: ClassVar[bool] = False
+    """The route's requirement is held to a decision already recorded before routing (the
+    extra's backend decides in ``AuthenticationMiddleware``): a token refused by the route
+    has that earlier success row too. ``False``: one decision, one row."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -1067,7 +1071,9 @@ class AdapterContract:
     ) -> None:
         reply = client.send("GET", NEEDS_WRITE, headers=bearer(issued["read"].secret))
         self.assert_refused(reply, 403, INSUFFICIENT_SCOPE, [BEARER_403])
-        [event] = rows(tokens)
+        event, *earlier = rows(tokens)
+        expected_earlier = [Outcome.SUCCESS] if self.requirement_after_decision else []
+        assert [e.outcome for e in earlier] == expected_earlier
         assert (event.outcome, event.user, event.token_id, event.reason) == (
             Outcome.FORBIDDEN,
             "alice",

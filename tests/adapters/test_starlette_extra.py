@@ -3,7 +3,8 @@
 Starlette's own ``AuthenticationMiddleware`` with ``backend=TokenBackend(tokens)`` and
 ``on_error=TokenBackend.on_error``, on a FastAPI app whose :data:`NEEDS_TOKEN` and
 :data:`NEEDS_WRITE` routes depend on ``RequireToken(tokens)`` and
-``RequireToken(tokens, write=True)`` (a FastAPI dependency, as docs/middleware.md shows).
+``RequireToken(tokens, write=True)`` (a FastAPI dependency, as docs/middleware.md shows),
+its refusals answered by ``render_refusal`` as the middleware answers.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures at runtime.
@@ -14,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 
 from apitokens import ApiTokens
-from apitokens.starlette import RequireToken, TokenBackend
+from apitokens.starlette import RequireToken, RouteRefused, TokenBackend, render_refusal
 from tests.adapters.asgi_apps import METHODS, lifespan, record
 from tests.adapters.contract import NEEDS_TOKEN, NEEDS_WRITE, AdapterContract, Build
 from tests.adapters.harness import ASGIContractClient, Recorder
@@ -25,7 +26,11 @@ def extra_app(tokens: ApiTokens, recorder: Recorder) -> FastAPI:
     backend = Middleware(
         AuthenticationMiddleware, backend=TokenBackend(tokens), on_error=TokenBackend.on_error
     )
-    app = FastAPI(middleware=[backend], lifespan=lifespan(recorder))
+    app = FastAPI(
+        middleware=[backend],
+        lifespan=lifespan(recorder),
+        exception_handlers={RouteRefused: render_refusal},
+    )
 
     @app.api_route(NEEDS_TOKEN, methods=METHODS, dependencies=[Depends(RequireToken(tokens))])
     async def needs_token(request: Request) -> Response:
@@ -50,6 +55,8 @@ class TestStarletteExtra(AdapterContract):
     """TokenBackend never sees the body: a token whose JSON rule needs it gets 403 by name."""
     route_requirements = True
     """RequireToken: "route requires a token" (401), "requires a READ_WRITE token" (403)."""
+    requirement_after_decision = True
+    """The backend decided (and recorded) the token before RequireToken holds it to the route."""
 
     @pytest.fixture
     def build(self) -> Build:

@@ -475,7 +475,7 @@ async def test_backend_authenticates_and_refuses(
     assert ok.json() == {
         "path": "/rest/me",
         "authorization": read["Authorization"],
-        "token_id": None,  # the backend alone sets no scope["apitokens.auth"]
+        "token_id": issued["read"].token.id,  # the backend sets scope["apitokens.auth"] too
         "user": "alice",
         "authenticated": True,
         "scopes": ["authenticated", "read"],
