@@ -21,7 +21,7 @@ from ._request import AuthRequest
 from ._result import AuthResult
 from ._validate import UNSET, Unset
 from .asgi import ASGIApp, ASGIMiddleware
-from .storage import MemoryStore, SQLiteStore, TokenStore
+from .storage import MemoryStore, TokenStore
 from .storage._protocol import offers
 from .wsgi import WSGIApplication, WSGIMiddleware
 
@@ -54,8 +54,9 @@ class ApiTokens:
             beyond that a request that needs one gets 503 at once.
         journal: the audit journal, which keeps every answered request's audit
             event and use on disk until the store has them (``docs/storage.md``):
-            ``None`` (default) turns it on for a ``SQLiteStore`` file, in a
-            directory beside it, and off otherwise; a directory turns it on for
+            ``None`` (default) turns it on for a store that names a
+            ``journal_directory`` (a ``SQLiteStore`` file: a directory beside
+            it), and off otherwise; a directory turns it on for
             any store (a ``MemoryStore`` refuses: nothing would recover it);
             ``False`` turns it off.
 
@@ -404,7 +405,8 @@ def _journal_directory(
             return None  # nothing outlives the process, so nothing to recover
         raise ValueError("a MemoryStore keeps nothing after the process: no journal for it")
     if journal is None or journal is True:
-        directory = store.journal_directory if isinstance(store, SQLiteStore) else None
+        # A store that has a place for journals says so (SQLiteStore: beside its file).
+        directory: Path | None = getattr(store, "journal_directory", None)
         if directory is None and journal is True:
             raise ValueError("journal=True needs a directory for this store: pass journal=path")
         return directory
