@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import regex
 
-from apitokens._rules_bound import STEP_LIMIT, STEP_LIMIT_SECONDS, max_unclocked_length, work
+from apitokens.rules._bound import STEP_LIMIT, STEP_LIMIT_SECONDS, max_unclocked_length, work
 from benchmarks.common import QUICK, Section, median, us
 
 COMBINED = (

@@ -27,7 +27,7 @@ from ._cli_output import (
 from ._cli_values import format_duration, token_id, utcnow
 from ._errors import ApiTokensError, RuleSyntaxError, TokenNotFound
 from ._model import IssuedToken, Token, TokenStatus
-from ._rules import RestrictionRule
+from .rules import RestrictionRule
 
 __all__ = [
     "CommandError",

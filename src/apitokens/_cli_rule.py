@@ -14,7 +14,7 @@ from typing import TypeVar
 from ._cli_output import clean, width
 from ._errors import RuleSyntaxError
 from ._request import AuthRequest
-from ._rules import RestrictionRule
+from .rules import RestrictionRule
 
 __all__ = ["EXIT_MATCH", "EXIT_NO_MATCH", "add_rule_parser", "caret_lines", "rule_check"]
 

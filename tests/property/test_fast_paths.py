@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from apitokens._policy import Policy
 from apitokens._request import AuthRequest
-from apitokens._rules_match import RequestView, decode_path
 from apitokens._throttle import BUSY, FailureThrottle
+from apitokens.rules._match import RequestView, decode_path
 
 PROPERTY = settings(max_examples=1000, deadline=None)
 

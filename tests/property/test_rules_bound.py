@@ -21,7 +21,7 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apitokens._rules_bound import (
+from apitokens.rules._bound import (
     MAX_TEXT,
     STEP_LIMIT,
     UNBOUNDED,

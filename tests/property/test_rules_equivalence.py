@@ -16,10 +16,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from apitokens._request import AuthRequest
-from apitokens._rules import _AT_METHOD, RuleMatch, RuleSet, _failure
-from apitokens._rules_combine import CombinedMatcher, combinable
-from apitokens._rules_match import BUDGET_EXCEEDED, BudgetExceededError, RequestView
-from apitokens._rules_syntax import METHODS, parse_rule
+from apitokens.rules._combine import CombinedMatcher, combinable
+from apitokens.rules._match import BUDGET_EXCEEDED, BudgetExceededError, RequestView
+from apitokens.rules._rule import _AT_METHOD, RuleMatch, RuleSet, _failure
+from apitokens.rules._syntax import METHODS, parse_rule
 
 TIMEOUT = 30.0
 

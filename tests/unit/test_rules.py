@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from apitokens import _rules_match
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
-from apitokens._rules import DEFAULT_RULE_TIMEOUT, RestrictionRule, RuleMatch, RuleSet
+from apitokens.rules import _match as _rules_match
+from apitokens.rules._rule import DEFAULT_RULE_TIMEOUT, RestrictionRule, RuleMatch, RuleSet
 
 JSON = [("Content-Type", "application/json")]
 """The header that makes a body JSON to JsonData clauses."""

@@ -8,10 +8,10 @@ import pytest
 import regex
 
 from apitokens._request import AuthRequest
-from apitokens._rules import RuleSet
-from apitokens._rules_bound import STEP_LIMIT_SECONDS, UNBOUNDED, max_unclocked_length
-from apitokens._rules_match import RequestView
-from apitokens._rules_syntax import parse_rule
+from apitokens.rules._bound import STEP_LIMIT_SECONDS, UNBOUNDED, max_unclocked_length
+from apitokens.rules._match import RequestView
+from apitokens.rules._rule import RuleSet
+from apitokens.rules._syntax import parse_rule
 
 RULE = ".*/rest/api/2/issue/[A-Z]+-[0-9]+"
 

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 import regex
 
 from apitokens._request import AuthRequest
-from apitokens._rules_body import JsonNumber, JsonObject, json_media_type_problem, load_json
-from apitokens._rules_bound import STEP_LIMIT_SECONDS
+from apitokens.rules._body import JsonNumber, JsonObject, json_media_type_problem, load_json
+from apitokens.rules._bound import STEP_LIMIT_SECONDS
 
 __all__ = [
     "BUDGET_EXCEEDED",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import regex
 
 from apitokens._errors import RuleSyntaxError
-from apitokens._rules_bound import max_unclocked_length
-from apitokens._rules_regex import CLAUSE_HEAD, KINDS, LocatedError, compile_regex, scan_regex
+from apitokens.rules._bound import max_unclocked_length
+from apitokens.rules._regex import CLAUSE_HEAD, KINDS, LocatedError, compile_regex, scan_regex
 
 __all__ = ["METHODS", "JsonClause", "ParsedRule", "QueryClause", "parse_rule"]
 

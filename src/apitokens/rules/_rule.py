@@ -18,16 +18,16 @@ from typing import Any, Final, final
 
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
-from apitokens._rules_body import json_media_type_problem
-from apitokens._rules_combine import CombinedMatcher, combinable
-from apitokens._rules_match import (
+from apitokens.rules._body import json_media_type_problem
+from apitokens.rules._combine import CombinedMatcher, combinable
+from apitokens.rules._match import (
     BUDGET_EXCEEDED,
     MISSING,
     BudgetExceededError,
     RequestView,
     lookup,
 )
-from apitokens._rules_syntax import ParsedRule, parse_rule
+from apitokens.rules._syntax import ParsedRule, parse_rule
 
 __all__ = ["DEFAULT_RULE_TIMEOUT", "RestrictionRule", "RuleMatch", "RuleSet"]
 

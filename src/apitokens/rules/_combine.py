@@ -32,8 +32,8 @@ from typing import Final, final
 
 import regex
 
-from apitokens._rules_bound import max_unclocked_length
-from apitokens._rules_syntax import METHODS, ParsedRule
+from apitokens.rules._bound import max_unclocked_length
+from apitokens.rules._syntax import METHODS, ParsedRule
 
 __all__ = ["CombinedMatcher", "combinable"]
 

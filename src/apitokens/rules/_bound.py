@@ -43,7 +43,7 @@ import functools
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from apitokens._rules_form import (
+from apitokens.rules._form import (
     NOTHING,
     Atom,
     Chars,
