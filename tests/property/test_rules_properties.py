@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
+from apitokens.rules import RestrictionRule, RuleMatch, RuleSet
 from apitokens.rules._regex import CLAUSE_HEAD, LocatedError, is_clause_head, scan_regex
-from apitokens.rules._rule import RestrictionRule, RuleMatch, RuleSet
 from apitokens.rules._syntax import METHODS
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

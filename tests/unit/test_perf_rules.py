@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from apitokens._request import AuthRequest
+from apitokens.rules import RuleMatch, RuleSet
 from apitokens.rules import _match as _rules_match
-from apitokens.rules._rule import RuleMatch, RuleSet
 
 
 class FakeClock:

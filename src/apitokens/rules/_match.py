@@ -1,38 +1,52 @@
-"""The request as restriction rules see it: decoded path, parsed query and JSON body.
+"""Matching a request: the request as rules see it, the time budget, and one rule's verdict.
 
 Everything here fails closed: input that cannot be read safely yields a reason string
 instead of a value, and the caller denies with that reason. Nothing raises for any
 request content.
 
-Reading the body (``_rules_body``), and formatting a JSON value for a clause, is not
-charged to the regex time budget: the budget bounds regex matching, and the body's size
-(``Policy.max_body_bytes``) bounds reading it.
+Every regex match runs with the ``regex`` module's ``timeout``, against one deadline
+(:class:`Deadline`) that every match call for one request shares. Reading the body
+(``_body``), and formatting a JSON value for a clause, is not charged to it: the budget
+bounds regex matching, and the body's size (``Policy.max_body_bytes``) bounds reading it.
 """
 
 from __future__ import annotations
 
-import json
-import re
+from dataclasses import dataclass
 from time import monotonic
 from typing import Final, final
-from urllib.parse import parse_qsl, unquote, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import regex
 
 from apitokens._request import AuthRequest
-from apitokens.rules._body import JsonNumber, JsonObject, json_media_type_problem, load_json
-from apitokens.rules._bound import STEP_LIMIT_SECONDS
+from apitokens.rules._body import (
+    MISSING,
+    JsonObject,
+    json_media_type_problem,
+    load_json,
+    lookup,
+    value_texts,
+)
+from apitokens.rules._path import decode_path
+from apitokens.rules._syntax import ParsedRule
 
 __all__ = [
+    "AT_PATH",
     "BUDGET_EXCEEDED",
-    "MISSING",
+    "DEFAULT_RULE_TIMEOUT",
+    "MATCHED",
     "BudgetExceededError",
-    "JsonNumber",
+    "Deadline",
     "RequestView",
-    "lookup",
-    "value_texts",
+    "RuleMatch",
+    "failure",
+    "method_failure",
+    "path_reason",
 ]
 
+DEFAULT_RULE_TIMEOUT: Final = 0.05
+"""Seconds of regex matching one request may spend (``Policy.rule_timeout``)."""
 BUDGET_EXCEEDED: Final = "regex time budget exceeded"
 MAX_QUERY_FIELDS: Final = 1000
 # The regex module overflows to an immediate TimeoutError on huge timeouts.
@@ -40,15 +54,57 @@ _MAX_TIMEOUT: Final = 3600.0
 # Seconds a regex call may hold the GIL before it is retried without it.
 GIL_SLICE: Final = 0.002
 
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# How far a rule got before it failed: the furthest failure best explains a denial.
+AT_METHOD, AT_PATH, AT_QUERY, AT_JSON = range(4)
 
-MISSING: Final = object()
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """The outcome of matching a request against rules.
+
+    Attributes:
+        matched: whether the request is allowed.
+        reason: ``""`` when matched; otherwise a short sentence naming what failed,
+            e.g. ``"method POST not in [GET]"``, for the audit log.
+
+    A ``RuleMatch`` is truthy exactly when ``matched`` is, so ``if rules.match(r):``
+    cannot allow a denied request by accident.
+    """
+
+    matched: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.matched
+
+
+MATCHED: Final = RuleMatch(True)
 
 
 class BudgetExceededError(Exception):
-    """The shared regex time budget of one match call ran out."""
+    """The regex time budget of a request ran out."""
+
+
+@final
+class Deadline:
+    """When the regex matching of one request must end: one budget for every match call.
+
+    Pass the same deadline to each ``RuleSet.match`` made for one request (the request
+    as sent and as each method-override header makes it), so all of them together spend
+    at most ``timeout`` seconds.
+
+    Args:
+        timeout: seconds from now; zero, negative or NaN leaves no time at all.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, timeout: float) -> None:
+        at = monotonic()
+        # "not timeout > 0" also catches NaN, which regex would read as "no limit".
+        if timeout > 0:
+            at += timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT
+        self.at = at
 
 
 @final
@@ -67,49 +123,24 @@ class RequestView:
         "path_error",
     )
 
-    def __init__(self, request: AuthRequest, timeout: float) -> None:
-        now = monotonic()
-        # "not timeout > 0" also catches NaN, which regex would read as "no limit".
-        if timeout > 0:
-            now += timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT
-        self._deadline = now
+    def __init__(self, request: AuthRequest, deadline: Deadline) -> None:
+        self._deadline = deadline
         method = request.method
         self.method = method.upper() if isinstance(method, str) and method.isascii() else ""
-        path = request.path
-        # Most paths are printable ASCII with nothing to decode and no segment starting
-        # with a dot: every check decode_path() makes passes and the path is its own
-        # decoding. Telling that with a few string methods saves the call and its regex
-        # scans (every request). A dot segment ("." or "..", maybe with ";params")
-        # begins at the start or right after a "/", so a path with neither a leading "."
-        # nor a "/." has none. A property test compares this with decode_path().
-        if (
-            isinstance(path, str)
-            and path.isascii()
-            and path.isprintable()
-            and "%" not in path
-            and "\\" not in path
-            and ("." not in path or ("/." not in path and path[:1] != "."))
-        ):
-            self.path = path
-            self.path_error = ""
-        else:
-            self.path, self.path_error = decode_path(path)
+        self.path, self.path_error = decode_path(request.path)
         self._raw_query: object = request.query
         self._body: object = request.body
         self._headers: object = request.headers
         self._query: dict[str, list[str]] | str | None = None
         self._json: JsonObject | str | None = None
 
-    def fullmatch(self, pattern: regex.Pattern[str], text: str, unclocked: int) -> bool:
+    def fullmatch(self, pattern: regex.Pattern[str], text: str) -> bool:
         """Fullmatch within the budget left; raise BudgetExceededError when it runs out.
 
-        A text no longer than ``unclocked`` is matched without the regex module's clock
-        when the budget left covers the most that match can take (``_rules_bound``).
-        Otherwise the first try keeps the GIL for at most :data:`GIL_SLICE` seconds; a
-        match that needs longer starts again with the GIL released, in what is left of
-        the budget.
+        The first try keeps the GIL for at most :data:`GIL_SLICE` seconds; a match that
+        needs longer starts again with the GIL released, in what is left of the budget.
         """
-        remaining = self._deadline - monotonic()
+        remaining = self._deadline.at - monotonic()
         if remaining <= 0:
             raise BudgetExceededError
         # Positional: (string, pos, endpos, concurrent, partial, timeout). Keyword
@@ -120,10 +151,6 @@ class RequestView:
         # 20 to 500 µs that way in this machine's tests. Almost every match takes
         # microseconds, so it holds the GIL; only a slow one (a pathological pattern
         # or input) would stall the other threads, so that one gives the GIL up.
-        if len(text) <= unclocked and remaining >= STEP_LIMIT_SECONDS:
-            # Its steps are bounded, and the budget left covers them: the clock's two
-            # system calls would cost more than the match.
-            return pattern.fullmatch(text, None, None, False) is not None
         try:
             return (
                 pattern.fullmatch(text, None, None, False, False, min(remaining, GIL_SLICE))
@@ -132,7 +159,7 @@ class RequestView:
         except TimeoutError:
             if remaining <= GIL_SLICE:
                 raise BudgetExceededError from None
-        remaining = self._deadline - monotonic()
+        remaining = self._deadline.at - monotonic()
         if remaining <= 0:
             raise BudgetExceededError
         try:
@@ -154,11 +181,11 @@ class RequestView:
         if self._json is None:
             started = monotonic()
             self._json = json_media_type_problem(self._headers) or load_json(self._body)
-            self._deadline += monotonic() - started
+            self._deadline.at += monotonic() - started
         return self._json
 
     def texts(self, value: object) -> list[str] | None:
-        """:func:`value_texts` of ``value``; the time it takes is not charged to the budget.
+        """``value_texts`` of ``value``; the time it takes is not charged to the budget.
 
         Raises:
             RecursionError: an object inside the value is nested too deeply to format.
@@ -169,45 +196,7 @@ class RequestView:
         try:
             return value_texts(value)
         finally:
-            self._deadline += monotonic() - started
-
-
-def decode_path(raw: object) -> tuple[str, str]:
-    """Percent-decode a path exactly once: (decoded, "") or ("", reason to deny)."""
-    if not isinstance(raw, str):
-        return "", "path is not a string"
-    decoded = raw
-    try:
-        if "%" in raw:
-            if _BAD_ESCAPE.search(raw):
-                return "", "path has a malformed percent-escape"
-            if _ENCODED_SEPARATOR.search(raw):
-                return "", "path contains an encoded slash or backslash"
-            decoded = unquote_to_bytes(raw).decode("utf-8")
-        elif not raw.isascii():
-            raw.encode("utf-8")  # lone surrogates cannot have come from a real request
-    except UnicodeError:
-        return "", "path is not valid UTF-8"
-    reason = _unsafe(decoded)
-    if reason:
-        return "", reason
-    if "%" in decoded:
-        # A server behind us that decodes again must not find a separator or ".." either.
-        again = unquote(decoded, errors="surrogateescape")
-        if again != decoded and (again.count("/") != decoded.count("/") or _unsafe(again)):
-            return "", "path is encoded twice to hide a slash, dot segment or control character"
-    return decoded, ""
-
-
-def _unsafe(path: str) -> str:
-    if _CONTROL.search(path):
-        return "path contains a NUL or control character"
-    if "\\" in path:
-        return "path contains a backslash"
-    # ";" starts path parameters that some servers drop: "/..;x/" is a ".." for them.
-    if "." in path and any(part.split(";", 1)[0] in (".", "..") for part in path.split("/")):
-        return "path contains a dot segment"
-    return ""
+            self._deadline.at += monotonic() - started
 
 
 def _parse_query(raw: object) -> dict[str, list[str]] | str:
@@ -231,51 +220,62 @@ def _parse_query(raw: object) -> dict[str, list[str]] | str:
     return params
 
 
-def lookup(root: JsonObject, keys: tuple[tuple[str, int | None], ...]) -> object:
-    """The value at a parsed JSON path, or MISSING."""
-    value: object = root
-    for key, index in keys:
-        if isinstance(value, dict):
-            if key not in value:
-                return MISSING
-            value = value[key]
-        elif isinstance(value, list) and index is not None and index < len(value):
-            value = value[index]
-        else:
-            return MISSING
-    return value
+def method_failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
+    """Why ``rule`` does not allow the request's method, or None if it does."""
+    if rule.methods and view.method not in rule.methods:
+        shown = view.method if view.method.isalpha() and len(view.method) <= 16 else "(invalid)"
+        return AT_METHOD, f"method {shown} not in [{','.join(rule.methods)}]"
+    return None
 
 
-def value_texts(value: object) -> list[str] | None:
-    """The texts a JsonData regex must all match; None if an array (at any depth) is empty.
+def path_reason(rule: ParsedRule) -> str:
+    """The reason given when ``rule``'s URL regex does not match the path."""
+    return f"path does not match '{rule.url}'"
+
+
+def failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
+    """Why ``rule`` does not match (how far it got, reason), or None if it matches.
 
     Raises:
-        RecursionError: an object inside the value is nested too deeply to format.
+        BudgetExceededError: the shared time budget ran out.
     """
-    texts: list[str] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            if not item:
-                return None
-            stack.extend(reversed(item))
-        elif isinstance(item, str):
-            texts.append(item)
-        else:
-            texts.append(_compact(item))
-    return texts
-
-
-def _compact(value: object) -> str:
-    """Compact JSON text with sorted keys; numbers keep the text they were written with."""
-    if isinstance(value, JsonNumber):
-        return value.decode()
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        items = (f"{json.dumps(key)}:{_compact(value[key])}" for key in sorted(value))
-        return "{" + ",".join(items) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_compact(item) for item in value) + "]"
-    return "true" if value is True else "false" if value is False else "null"
+    found = method_failure(rule, view)
+    if found is not None:
+        return found
+    if not view.fullmatch(rule.url_pattern, view.path):
+        return AT_PATH, path_reason(rule)
+    if rule.query:
+        params = view.query()
+        if isinstance(params, str):
+            return AT_QUERY, params
+        for clause in rule.query:
+            values = params.get(clause.name)
+            if values is None:
+                return AT_QUERY, f"query parameter '{clause.name}' is missing"
+            for item in values:
+                if not view.fullmatch(clause.pattern, item):
+                    return (
+                        AT_QUERY,
+                        f"query parameter '{clause.name}' does not match '{clause.source}'",
+                    )
+    if rule.json:
+        root = view.json()
+        if isinstance(root, str):
+            return AT_JSON, root
+        for json_clause in rule.json:
+            value = lookup(root, json_clause.keys)
+            if value is MISSING:
+                return AT_JSON, f"JSON value '{json_clause.path}' is missing"
+            try:
+                texts = view.texts(value)
+            except RecursionError:
+                return AT_JSON, "JSON body is nested too deeply"
+            if texts is None:
+                return AT_JSON, f"JSON value '{json_clause.path}' is an empty array"
+            for text in texts:
+                if not view.fullmatch(json_clause.pattern, text):
+                    return (
+                        AT_JSON,
+                        f"JSON value '{json_clause.path}' does not match '{json_clause.source}'",
+                    )
+    return None
