@@ -176,12 +176,20 @@ class Policy:
         backslash, a control character, a malformed escape) is protected whenever
         any path is (fail closed): the app may resolve it to a protected one.
         """
+        prefixes = self._prefixes
+        if "%" not in path:
+            # Without an escape the path is its own decoding, if it has one: under a
+            # prefix it is protected whether decode_path reads it or refuses it. That
+            # settles every protected request without the full reading (every request).
+            plain = _collapse_slashes(path) if "//" in path else path
+            if plain.startswith(prefixes):
+                return True
         decoded, problem = decode_path(path)
         if problem:
-            return bool(self._prefixes)
+            return bool(prefixes)
         if "//" in decoded:
             decoded = _collapse_slashes(decoded)
-        return decoded.startswith(self._prefixes)
+        return decoded.startswith(prefixes)
 
     # Permission checks: `groups` is the acting or owning user's groups.
 

@@ -125,6 +125,26 @@ def test_a_path_the_rules_see_under_a_protected_prefix_is_protected(
         assert policy.protects(path)
 
 
+def _protects_in_full(prefixes: Sequence[str], path: str) -> bool:
+    """``Policy.protects`` without its shortcut: ``decode_path``, then the prefixes."""
+    decoded, problem = _decode(path)
+    if problem:
+        return True  # prefix_lists are never empty
+    return _collapse(decoded).startswith(tuple(_collapse(prefix) for prefix in prefixes))
+
+
+def _collapse(path: str) -> str:
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
+
+
+@PROPERTY
+@given(prefixes=prefix_lists, path=prefixed_paths)
+def test_protects_agrees_with_the_full_checks(prefixes: list[str], path: str) -> None:
+    assert Policy(protected_paths=prefixes).protects(path) == _protects_in_full(prefixes, path)
+
+
 @PROPERTY
 @given(prefixes=prefix_lists, path=prefixed_paths)
 def test_protects_protects_at_least_what_it_did_before(prefixes: list[str], path: str) -> None:
