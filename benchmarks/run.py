@@ -20,7 +20,6 @@ BENCHMARKS = {
     "inprocess": "benchmarks.bench_inprocess",
     "scaling": "benchmarks.bench_scaling",
     "audit": "benchmarks.bench_audit",
-    "regex": "benchmarks.bench_regex",
     "e2e": "benchmarks.bench_e2e",
     "peer": "benchmarks.bench_peer",
 }

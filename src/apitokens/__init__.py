@@ -41,8 +41,8 @@ from ._model import (
 from ._policy import AuthScheme, Policy
 from ._request import AuthRequest
 from ._result import AuthResult
-from ._rules import RestrictionRule, RuleMatch
 from ._tokens import TOKEN_PATTERN
+from .rules import RestrictionRule, RuleMatch
 from .storage import MemoryStore, SQLiteStore, TokenStore
 
 __all__ = [

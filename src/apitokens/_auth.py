@@ -48,6 +48,7 @@ from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, AuthRequest
 from ._result import AuthResult, refusal
 from ._throttle import BUSY, FailureThrottle
+from .rules import Deadline
 from .storage import TokenStore
 
 __all__ = ["Authenticator", "Decision", "WouldBlock"]
@@ -479,8 +480,9 @@ class Authenticator:
                 return Decision(AuthResult(Outcome.PASS_THROUGH, token=token), need_body=True)
             if len(request.body) > policy.max_body_bytes:
                 return 413, f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
+        deadline = Deadline(policy.rule_timeout)  # one budget for all methods checked
         for checked in requests or (request,):
-            match = rules.match(checked, timeout=policy.rule_timeout)
+            match = rules.match(checked, timeout=deadline)
             if not match.matched:
                 if checked is not request:
                     return 403, f"{match.reason} (as method override {_shown(checked.method)})"

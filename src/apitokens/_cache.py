@@ -15,7 +15,7 @@ from ._errors import RuleSyntaxError
 from ._model import StoredToken
 from ._policy import IPNetwork, parse_networks
 from ._result import AuthResult
-from ._rules import RuleSet
+from .rules import RuleSet
 
 __all__ = ["CompiledToken", "HotCredential", "HotCredentials", "TTLCache", "TokenCache"]
 

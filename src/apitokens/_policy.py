@@ -9,9 +9,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from urllib.parse import unquote
 
 from ._tokens import TokenFormat
+from .rules import decode_path
 
 __all__ = ["AuthScheme", "IPNetwork", "Policy", "parse_networks"]
 
@@ -53,6 +53,12 @@ def parse_networks(cidrs: Iterable[str], *, what: str = "allowed_ips") -> tuple[
     return tuple(networks)
 
 
+def _collapse_slashes(path: str) -> str:
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
+
+
 def _groups(value: Iterable[str] | None, name: str) -> frozenset[str] | None:
     if value is None:
         return None
@@ -67,7 +73,8 @@ class Policy:
 
     Attributes:
         protected_paths: path prefixes where tokens are accepted; everything
-            else passes through untouched. Matched against the decoded path.
+            else passes through untouched. Matched against the path decoded as the
+            rules decode it, repeated slashes collapsed (in the prefixes too).
         auth_schemes: which schemes carry tokens (Basic, Bearer or both).
         allow_other_auth: when ``False``, protected paths accept nothing but
             tokens (passwords are off for the API): other credentials get 401.
@@ -126,7 +133,7 @@ class Policy:
             if not path.startswith("/"):
                 raise ValueError(f"protected path {path!r} must start with '/'")
         set_(self, "protected_paths", paths)
-        set_(self, "_prefixes", paths)
+        set_(self, "_prefixes", tuple(_collapse_slashes(path) for path in paths))
         set_(self, "auth_schemes", AuthScheme(self.auth_schemes))
         set_(self, "token_users", _groups(self.token_users, "token_users"))
         set_(self, "token_creators", _groups(self.token_creators, "token_creators"))
@@ -162,27 +169,27 @@ class Policy:
     def protects(self, path: str) -> bool:
         """Return whether tokens are checked on ``path`` (raw, percent-encoded).
 
-        The path is decoded and repeated slashes collapsed first, so
-        ``/%72est/`` or ``//rest/`` cannot dodge a ``/rest/`` prefix; a path
-        with ``.`` or ``..`` segments is always protected (fail closed), since
-        the app may resolve it to a protected one.
+        The path is decoded as the rules decode it (``decode_path``) and repeated
+        slashes collapsed, so ``/%72est/`` or ``//rest/`` cannot dodge a ``/rest/``
+        prefix, and a path the rules see under a protected prefix is protected. A
+        path the rules refuse to read (``.`` or ``..`` segments, an encoded slash, a
+        backslash, a control character, a malformed escape) is protected whenever
+        any path is (fail closed): the app may resolve it to a protected one.
         """
-        decoded = path
-        if "%" in decoded:
-            decoded = unquote(decoded, errors="replace")
-        if "\\" in decoded:
-            decoded = decoded.replace("\\", "/")
-        while "//" in decoded:
-            decoded = decoded.replace("//", "/")
-        # A "." or ".." segment starts the path or follows a "/": split only a path
-        # that may have one ("/v1.0/" is common and has none).
-        if (
-            "." in decoded
-            and ("/." in decoded or decoded[:1] == ".")
-            and any(segment in (".", "..") for segment in decoded.split("/"))
-        ):
-            return True
-        return decoded.startswith(self._prefixes)
+        prefixes = self._prefixes
+        if "%" not in path:
+            # Without an escape the path is its own decoding, if it has one: under a
+            # prefix it is protected whether decode_path reads it or refuses it. That
+            # settles every protected request without the full reading (every request).
+            plain = _collapse_slashes(path) if "//" in path else path
+            if plain.startswith(prefixes):
+                return True
+        decoded, problem = decode_path(path)
+        if problem:
+            return bool(prefixes)
+        if "//" in decoded:
+            decoded = _collapse_slashes(decoded)
+        return decoded.startswith(prefixes)
 
     # Permission checks: `groups` is the acting or owning user's groups.
 

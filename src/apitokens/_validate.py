@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from ._errors import PolicyViolation
 from ._policy import Policy, parse_networks
-from ._rules import RuleSet
+from .rules import RuleSet
 
 __all__ = [
     "MAX_NAME_LENGTH",

@@ -1,7 +1,7 @@
 """The combined rule matcher agrees with matching the rules one by one.
 
 ``RuleSet.match`` joins the URL regexes of clause-free rules into one pattern per
-method (``_rules_combine``). These properties compare it with the plain algorithm:
+method (``rules._combine``). These properties compare it with the plain algorithm:
 every rule in order, the first match allows, otherwise the reason of the rule that got
 furthest. Rules are built from pieces that include every construct the combiner must
 refuse (inline flags, backreferences, named groups, verbs, ``\\K``, fuzzy matching).
@@ -16,10 +16,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from apitokens._request import AuthRequest
-from apitokens._rules import _AT_METHOD, RuleMatch, RuleSet, _failure
-from apitokens._rules_combine import CombinedMatcher, combinable
-from apitokens._rules_match import BUDGET_EXCEEDED, BudgetExceededError, RequestView
-from apitokens._rules_syntax import METHODS, parse_rule
+from apitokens.rules import Deadline, RuleMatch, RuleSet
+from apitokens.rules._combine import CombinedMatcher, combinable
+from apitokens.rules._match import (
+    AT_METHOD,
+    BUDGET_EXCEEDED,
+    BudgetExceededError,
+    RequestView,
+    failure,
+)
+from apitokens.rules._syntax import METHODS, parse_rule
 
 TIMEOUT = 30.0
 
@@ -97,17 +103,17 @@ def one_by_one(rules: RuleSet, request: AuthRequest) -> RuleMatch:
     """The reference: each rule in order, as RuleSet.match did before rules were joined."""
     if not rules.rules:
         return RuleMatch(True)
-    view = RequestView(request, TIMEOUT)
+    view = RequestView(request, Deadline(TIMEOUT))
     if view.path_error:
         return RuleMatch(False, view.path_error)
     best: tuple[int, int, str] | None = None
     try:
         for number, rule in enumerate(rules.rules, 1):
-            failure = _failure(rule._parsed, view)
-            if failure is None:
+            found = failure(rule._parsed, view)
+            if found is None:
                 return RuleMatch(True)
-            if best is None or failure[0] > best[0]:
-                best = (failure[0], number, failure[1])
+            if best is None or found[0] > best[0]:
+                best = (found[0], number, found[1])
     except BudgetExceededError:
         return RuleMatch(False, BUDGET_EXCEEDED)
     assert best is not None
@@ -135,10 +141,10 @@ def test_a_joined_pattern_matches_when_one_of_its_rules_does(
     parsed = [parse_rule(text) for text in valid(texts)]
     joinable = [(index, rule) for index, rule in enumerate(parsed) if combinable(rule)]
     matcher = CombinedMatcher(joinable)
-    view = RequestView(AuthRequest(method, path), TIMEOUT)
+    view = RequestView(AuthRequest(method, path), Deadline(TIMEOUT))
     if view.path_error:
         return
-    joined = any(p.fullmatch(view.path) for p, _ in matcher.patterns(view.method))
+    joined = any(p.fullmatch(view.path) for p in matcher.patterns(view.method))
     alone = any(
         (not rule.methods or view.method in rule.methods) and rule.url_pattern.fullmatch(view.path)
         for _, rule in joinable
@@ -179,11 +185,11 @@ def test_many_rules_are_one_pattern_per_method() -> None:
     rules = RuleSet.parse([f"[get].*/rest/api/2/project{i}/.*" for i in range(100)] + ["/x"])
     assert len(rules._combined.patterns("GET")) == 1
     parsed = rules.rules[-1]._parsed
-    assert rules._combined.patterns("POST") == ((parsed.url_pattern, parsed.url_unclocked),)
+    assert rules._combined.patterns("POST") == (parsed.url_pattern,)
     assert rules.match(AuthRequest("GET", "/a/rest/api/2/project57/b")).matched
     denied = rules.match(AuthRequest("POST", "/a/rest/api/2/project57/b"))
     assert denied == RuleMatch(False, "no rule matched; rule 101: path does not match '/x'")
-    assert _AT_METHOD == 0
+    assert AT_METHOD == 0
 
 
 def test_counted_repeats_split_the_joined_pattern() -> None:
@@ -191,7 +197,7 @@ def test_counted_repeats_split_the_joined_pattern() -> None:
     patterns = rules._combined.patterns("GET")
     assert 1 < len(patterns) < 20
     assert rules.match(AuthRequest("GET", "/7" + "a" * 9000)).matched
-    assert all(isinstance(p, regex.Pattern) for p, _ in patterns)
+    assert all(isinstance(p, regex.Pattern) for p in patterns)
 
 
 def test_query_is_still_read_for_rules_with_clauses() -> None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
-from apitokens._rules import RestrictionRule, RuleMatch, RuleSet
-from apitokens._rules_regex import CLAUSE_HEAD, LocatedError, is_clause_head, scan_regex
-from apitokens._rules_syntax import METHODS
+from apitokens.rules import RestrictionRule, RuleMatch, RuleSet
+from apitokens.rules._regex import CLAUSE_HEAD, LocatedError, is_clause_head, scan_regex
+from apitokens.rules._syntax import METHODS
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # A generous budget: these properties are about the decision, not about time.

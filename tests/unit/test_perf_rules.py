@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from apitokens import _rules_match
 from apitokens._request import AuthRequest
-from apitokens._rules import RuleMatch, RuleSet
+from apitokens.rules import RuleMatch, RuleSet
+from apitokens.rules import _match as _rules_match
 
 
 class FakeClock:

@@ -7,13 +7,17 @@ import json
 import pickle
 import threading
 import time
+from typing import Any
 
 import pytest
+import regex
 
-from apitokens import _rules_match
 from apitokens._errors import RuleSyntaxError
 from apitokens._request import AuthRequest
-from apitokens._rules import DEFAULT_RULE_TIMEOUT, RestrictionRule, RuleMatch, RuleSet
+from apitokens.rules import DEFAULT_RULE_TIMEOUT, Deadline, RestrictionRule, RuleMatch, RuleSet
+from apitokens.rules import _match as _rules_match
+from apitokens.rules._match import BudgetExceededError, RequestView
+from tests.support import bearer, last_event, make_tokens
 
 JSON = [("Content-Type", "application/json")]
 """The header that makes a body JSON to JsonData clauses."""
@@ -734,6 +738,67 @@ def test_budget_is_one_deadline_for_the_whole_call(monkeypatch: pytest.MonkeyPat
     exceeded = RuleMatch(False, "regex time budget exceeded")
     assert rules.match(get("/d", "q=1"), timeout=4.5) == exceeded
     assert rules.match(get("/c", "q=1"), timeout=4.5).matched
+
+
+def test_calls_given_one_deadline_share_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each clock read advances one second: making the deadline reads once, each match
+    # call once. One 1.5 s budget covers one call; two calls on it run out, while two
+    # calls each given 1.5 s of their own would both match.
+    monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
+    rules = RuleSet.parse(["/x"])
+    assert rules.match(get("/x"), timeout=1.5).matched
+    assert rules.match(get("/x"), timeout=1.5).matched
+    deadline = Deadline(1.5)
+    assert rules.match(get("/x"), timeout=deadline).matched
+    exceeded = RuleMatch(False, "regex time budget exceeded")
+    assert rules.match(get("/x"), timeout=deadline) == exceeded
+
+
+def test_a_method_override_header_does_not_double_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The request is matched as sent and as its override header makes it, on the one
+    # budget of Policy.rule_timeout: with a fresh budget per method, both would match.
+    with make_tokens(protected_paths=["/rest/"], rule_timeout=1.5) as tokens:
+        issued = tokens.create(actor="alice", name="ci", restrictions=["/rest/x"])
+        monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
+        plain = AuthRequest("GET", "/rest/x", headers=bearer(issued.secret))
+        assert tokens.authenticate(plain).authenticated
+        headers = [*bearer(issued.secret), ("X-HTTP-Method-Override", "GET")]
+        overridden = tokens.authenticate(AuthRequest("GET", "/rest/x", headers=headers))
+        assert overridden.status_code == 403
+        assert last_event(tokens).reason == ("regex time budget exceeded (as method override GET)")
+
+
+class Recording:
+    """A real compiled pattern that remembers the arguments of each fullmatch."""
+
+    def __init__(self, source: str) -> None:
+        self.pattern = regex.compile(source, regex.VERSION0)
+        self.timeouts: list[object] = []
+
+    def fullmatch(self, *args: Any, **kwargs: Any) -> regex.Match[str] | None:
+        # Positional (string, pos, endpos, concurrent, partial, timeout), or keywords.
+        self.timeouts.append(args[5] if len(args) > 5 else kwargs.get("timeout"))
+        return self.pattern.fullmatch(*args, **kwargs)
+
+
+def test_every_match_runs_on_the_regex_module_clock() -> None:
+    # Every regex call of the matcher goes through RequestView.fullmatch: each passes
+    # the regex module a timeout, a short one first (the GIL slice), never none.
+    view = RequestView(get("/"), Deadline(5.0))
+    for source, text in [("/x/[a-z]+", "/x/abc"), (".*", ""), ("/x/(a|aa)+", "/x/aaa")]:
+        pattern = Recording(source)
+        assert view.fullmatch(pattern, text)  # type: ignore[arg-type]
+        assert pattern.timeouts and all(
+            isinstance(t, float) and 0 < t <= 5.0 for t in pattern.timeouts
+        ), pattern.timeouts
+    slow = Recording("/x/(a|aa)+")
+    view = RequestView(get("/"), Deadline(0.05))
+    with pytest.raises(BudgetExceededError):
+        view.fullmatch(slow, "/x/" + "a" * 60 + "b")  # type: ignore[arg-type]
+    assert len(slow.timeouts) == 2  # the GIL slice, then the rest of the budget
+    assert all(isinstance(t, float) and 0 < t <= 0.05 for t in slow.timeouts)
 
 
 def test_reading_the_body_is_not_charged_to_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:

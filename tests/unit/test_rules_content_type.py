@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apitokens import ApiTokens, AuthRequest, Outcome, Scope
-from apitokens._rules import RestrictionRule, RuleMatch, RuleSet
+from apitokens.rules import RestrictionRule, RuleMatch, RuleSet
 from tests.support import last_event, make_tokens
 
 # Valid JSON whose string value is also a form: x-www-form-urlencoded reads the fields

@@ -1,4 +1,4 @@
-"""The request body as JSON clauses read it: its media type, then the JSON object.
+"""The request body as JSON clauses read it: its media type, the JSON object, its values.
 
 A body is read as JSON only when its ``Content-Type`` says it is JSON. A body can be
 valid JSON and a valid form at once (``{"a":"&project=EVIL&z="}``); sent as a form, an
@@ -12,7 +12,15 @@ import json
 import re
 from typing import Final
 
-__all__ = ["JsonNumber", "JsonObject", "json_media_type_problem", "load_json"]
+__all__ = [
+    "MISSING",
+    "JsonNumber",
+    "JsonObject",
+    "json_media_type_problem",
+    "load_json",
+    "lookup",
+    "value_texts",
+]
 
 JsonObject = dict[str, object]
 
@@ -20,6 +28,9 @@ JsonObject = dict[str, object]
 _MEDIA_TYPE: Final = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
 # A media type shown in a reason: short, and never holding a token string (they have "_").
 _SHOWN_MEDIA_TYPE: Final = re.compile(r"[a-z0-9.+*-]{1,40}/[a-z0-9.+*-]{1,60}")
+
+MISSING: Final = object()
+"""What :func:`lookup` returns for a path the body does not have."""
 
 
 JsonNumber = bytes
@@ -126,3 +137,53 @@ def load_json(body: object) -> JsonObject | str:
     if not isinstance(value, dict):
         return "JSON body is not an object"
     return value
+
+
+def lookup(root: JsonObject, keys: tuple[tuple[str, int | None], ...]) -> object:
+    """The value at a parsed JSON path, or MISSING."""
+    value: object = root
+    for key, index in keys:
+        if isinstance(value, dict):
+            if key not in value:
+                return MISSING
+            value = value[key]
+        elif isinstance(value, list) and index is not None and index < len(value):
+            value = value[index]
+        else:
+            return MISSING
+    return value
+
+
+def value_texts(value: object) -> list[str] | None:
+    """The texts a JsonData regex must all match; None if an array (at any depth) is empty.
+
+    Raises:
+        RecursionError: an object inside the value is nested too deeply to format.
+    """
+    texts: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            if not item:
+                return None
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            texts.append(_compact(item))
+    return texts
+
+
+def _compact(value: object) -> str:
+    """Compact JSON text with sorted keys; numbers keep the text they were written with."""
+    if isinstance(value, JsonNumber):
+        return value.decode()
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        items = (f"{json.dumps(key)}:{_compact(value[key])}" for key in sorted(value))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_compact(item) for item in value) + "]"
+    return "true" if value is True else "false" if value is False else "null"

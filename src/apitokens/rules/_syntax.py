@@ -1,6 +1,6 @@
 """Parse restriction rule text (DESIGN §3) into its parts with compiled regexes.
 
-Where an embedded regex ends is decided by ``_rules_regex``; this module reads the
+Where an embedded regex ends is decided by ``_regex``; this module reads the
 rest of the grammar: the method list, clauses, names and JSON paths.
 """
 
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import regex
 
 from apitokens._errors import RuleSyntaxError
-from apitokens._rules_bound import max_unclocked_length
-from apitokens._rules_regex import CLAUSE_HEAD, KINDS, LocatedError, compile_regex, scan_regex
+from apitokens.rules._regex import CLAUSE_HEAD, KINDS, LocatedError, compile_regex, scan_regex
 
 __all__ = ["METHODS", "JsonClause", "ParsedRule", "QueryClause", "parse_rule"]
 
@@ -28,16 +27,11 @@ _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-# Each pattern comes with the longest text it is matched against without the regex
-# module's clock (-1: always with it); see _rules_bound.
-
-
 @dataclass(frozen=True, slots=True)
 class QueryClause:
     name: str
     source: str
     pattern: regex.Pattern[str]
-    unclocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +40,6 @@ class JsonClause:
     keys: tuple[tuple[str, int | None], ...]  # (object key, array index if decimal)
     source: str
     pattern: regex.Pattern[str]
-    unclocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +47,6 @@ class ParsedRule:
     methods: tuple[str, ...]
     url: str
     url_pattern: regex.Pattern[str]
-    url_unclocked: int
     query: tuple[QueryClause, ...]
     json: tuple[JsonClause, ...]
 
@@ -102,8 +94,7 @@ def _parse(text: str) -> ParsedRule:
             pos += 1
             continue
         pos = _parse_clause(text, pos, end, query, json)
-    unclocked = max_unclocked_length(url)
-    return ParsedRule(methods, url, url_pattern, unclocked, tuple(query), tuple(json))
+    return ParsedRule(methods, url, url_pattern, tuple(query), tuple(json))
 
 
 def _trim_end(text: str, start: int, end: int) -> int:
@@ -169,12 +160,11 @@ def _parse_clause(
         raise LocatedError(start, f"unclosed {kind} clause: missing ']' at its end")
     source = text[source_start:close]
     pattern = compile_regex(source, source_start, f"{kind} regex")
-    unclocked = max_unclocked_length(source)
     if kind == "QueryParam":
-        query.append(QueryClause(name, source, pattern, unclocked))
+        query.append(QueryClause(name, source, pattern))
     else:
         keys = _json_keys(text, name_start, name_end)
-        json.append(JsonClause(name, keys, source, pattern, unclocked))
+        json.append(JsonClause(name, keys, source, pattern))
     return close + 1
 
 
