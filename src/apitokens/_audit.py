@@ -334,7 +334,7 @@ class AuditWriter:
         clock again, then waits until the thread has done whatever is due by now (a
         batch whose ``interval`` is over, usage whose ``usage_interval`` is, a look for
         dead journals) and waits again. Unlike :meth:`flush`, it hurries nothing: usage
-        not yet due stays held.
+        not yet due stays held. With ``timeout=0`` it only wakes them.
 
         Returns:
             ``True`` once the thread waits again; ``False`` when ``timeout`` ran out
