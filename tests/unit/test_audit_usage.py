@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apitokens import MemoryStore
@@ -106,12 +106,15 @@ def test_held_usage_is_written_once_its_interval_is_over_without_a_flush() -> No
         ticks.advance(0.5)
         assert writer.catch_up(timeout=10)
         assert (store.events_written(), store.use_count(token_id)) == (before + 1, 0)
-        ticks.advance(3.5)
+        ticks.advance(2.5)
         assert writer.catch_up(timeout=10)
-        assert store.use_count(token_id) == 0  # held 3.5 s of 4
+        writer.submit([entry(2, "192.0.2.2", token_id)])
+        ticks.advance(1.0)
+        assert writer.catch_up(timeout=10)  # a batch written 3.5 s into the 4: usage stays
+        assert (store.events_written(), store.use_count(token_id)) == (before + 2, 0)
         ticks.advance(0.5)
         assert writer.catch_up(timeout=10)
-        assert store.use_count(token_id) == 1
+        assert store.use_count(token_id) == 2
     finally:
         writer.close()
 
@@ -193,7 +196,13 @@ _USES = st.lists(
 )
 
 
+_TIE = [(0, 0, "192.0.2.1", True, 1.0), (0, 0, "192.0.2.2", True, None)]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Two uses at the same second, folded by the writer: across batches, and in one batch.
+@example(uses=_TIE, batch_size=1, usage_interval=60.0)
+@example(uses=[(*use[:4], 0.0) for use in _TIE], batch_size=4, usage_interval=60.0)
 @given(
     uses=_USES,
     batch_size=st.integers(1, 4),
