@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +46,13 @@ class ApiTokens:
         groups: ``groups(user) -> set[str]``, the user's groups for the policy.
         hasher: a :class:`Hasher`, or several (the first hashes, all verify);
             argon2id by default.
-        clock: ``clock() -> datetime`` (aware, UTC); for tests.
+        clock: ``clock() -> datetime`` (aware, UTC), the wall clock of expiry,
+            rotation grace and audit times; for tests.
+        monotonic: ``monotonic() -> float``, seconds (``time.monotonic`` by default),
+            the clock of durations: the record and groups caches' ``cache_ttl``, the
+            failure throttle's window and the audit writer's intervals and
+            backpressure bound; for tests. Setting the wall clock back or forward
+            moves none of them.
         cache_ttl: seconds a token record read from the store is reused in
             this process; a change made by another process shows within it.
         max_concurrent_verifications: uncached hash verifications at once
@@ -78,16 +85,19 @@ class ApiTokens:
         cache_ttl: float = 1.0,
         max_concurrent_verifications: int | None = None,
         journal: str | os.PathLike[str] | bool | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self.policy = policy if policy is not None else Policy()
         self._clock = clock if clock is not None else _utcnow
+        ticks = monotonic if monotonic is not None else time.monotonic
         self._verifier = verifier = SecretVerifier(hasher)
         directory = _journal_directory(store, journal)
         self._writer = AuditWriter(
             store,
             journal=directory,
             positions=None if directory is None else _positions(store, directory),
+            monotonic=ticks,
         )
         self._authenticator = authenticator = Authenticator(
             store,
@@ -100,6 +110,7 @@ class ApiTokens:
             # default thread pool (CPUs + 4, at most 32), so store reads always find one.
             max_concurrent_verifications=max_concurrent_verifications
             or min(os.cpu_count() or 2, 16),
+            monotonic=ticks,
         )
         self._flow = RequestFlow(authenticator, self._writer, self.policy)
         self._manager = TokenManager(

@@ -21,6 +21,10 @@ is folded per token and held for up to ``usage_interval`` seconds across
 batches: each token's row is then updated once per interval, not once per
 batch, which is most of what a batch costs when many tokens are in use.
 ``flush()`` and ``close()`` write it at once.
+
+Every deadline (``interval``, ``usage_interval``, ``max_wait``, the next look for dead
+journals) is read from the writer's ``monotonic`` clock, which tests inject and move by
+hand; the thread's waits themselves are real waits, woken by ``catch_up()``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +111,8 @@ class AuditWriter:
         journal: the directory of the audit journals (``None``: no journal).
         positions: where the store keeps the journals' positions (needed with
             ``journal``).
+        monotonic: the clock of every deadline above, in seconds; ``time.monotonic``
+            unless a test injects one (then :meth:`catch_up` makes the thread act on it).
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class AuditWriter:
         max_wait: float = 5.0,
         journal: Path | None = None,
         positions: Positions | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if journal is not None and positions is None:
             raise ValueError("a journal needs a store that keeps its positions")
@@ -131,6 +138,7 @@ class AuditWriter:
         self.max_wait = max_wait
         self.journal_directory = journal
         self._positions = positions
+        self._monotonic = monotonic
         self._closing = False
         self._entries = _entry_writer(store)
         self._start(recover_in=0.0)
@@ -171,7 +179,8 @@ class AuditWriter:
         # Dead journals are looked for in recover_in seconds, then every RECOVER_INTERVAL.
         # flush() waits for the first look when it is at once (not in a forked child).
         self._recovering = self.journal_directory is not None and recover_in == 0
-        self._recover_at = time.monotonic() + recover_in
+        self._recover_at = self._monotonic() + recover_in
+        self._idle = 0  # counts the writer thread's waits with nothing due: see catch_up()
         if self.journal_directory is not None and not forked:
             # At once, so that a directory we cannot write is reported at start. A forked
             # child makes its own at its first record: most children of a process
@@ -262,11 +271,11 @@ class AuditWriter:
 
     def _wait_for_room(self, count: int) -> None:
         """Backpressure, bounded: called with the lock held."""
-        deadline = time.monotonic() + self.max_wait
+        deadline = self._monotonic() + self.max_wait
         while len(self._pending) + count > self.max_pending and self._pending:
             if self._closing:
                 return
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._monotonic()
             if remaining <= 0:
                 raise StorageError(
                     f"the audit writer is {len(self._pending)} records behind"
@@ -298,6 +307,26 @@ class AuditWriter:
                 timeout=timeout,
             )
 
+    def catch_up(self, timeout: float | None = None) -> bool:
+        """Act on the clock's current time: for tests that move an injected ``monotonic``.
+
+        Wakes the writer thread, and every :meth:`submit` waiting for room, to read the
+        clock again, then waits until the thread has done whatever is due by now (a
+        batch whose ``interval`` is over, usage whose ``usage_interval`` is, a look for
+        dead journals) and waits again. Unlike :meth:`flush`, it hurries nothing: usage
+        not yet due stays held. With ``timeout=0`` it only wakes them.
+
+        Returns:
+            ``True`` once the thread waits again; ``False`` when ``timeout`` ran out
+            first (it is still writing, say to a store that keeps failing) or the
+            writer is closed.
+        """
+        with self._cond:
+            seen = self._idle
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._idle != seen or self._closing, timeout=timeout)
+            return self._idle != seen and not self._closing
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is buffered and stop the thread. Idempotent.
 
@@ -314,11 +343,11 @@ class AuditWriter:
     def _take(self) -> tuple[list[Record], bool, _Mark | None] | None:
         """The next batch, whether held usage goes with it, and its mark; ``None``: stop."""
         with self._cond:
-            deadline = time.monotonic() + self.interval
+            deadline = self._monotonic() + self.interval
             while not self._closing and not self._flush_requested:
                 if len(self._pending) >= self.batch_size:
                     break
-                now = time.monotonic()
+                now = self._monotonic()
                 remaining = deadline - now if self._pending else self.interval
                 if self._held_since is not None:
                     remaining = min(remaining, self._held_since + self.usage_interval - now)
@@ -326,9 +355,11 @@ class AuditWriter:
                     remaining = min(remaining, self._recover_at - now)
                 if remaining <= 0:
                     break
+                self._idle += 1  # nothing due by the clock now: what catch_up() waits for
+                self._cond.notify_all()
                 self._cond.wait(remaining)
                 if not self._pending:
-                    deadline = time.monotonic() + self.interval
+                    deadline = self._monotonic() + self.interval
             journal = self._journal
             if not self._pending:
                 self._flush_requested = False
@@ -388,7 +419,7 @@ class AuditWriter:
                 self._in_flight = 0
                 self._held_count = len(self._held)
                 self._cond.notify_all()
-            if self.journal_directory is not None and time.monotonic() >= self._recover_at:
+            if self.journal_directory is not None and self._monotonic() >= self._recover_at:
                 self._recover()
         self._finish()
 
@@ -400,9 +431,9 @@ class AuditWriter:
             replay(self.journal_directory, self._positions, own=own)
         except Exception:
             log.exception("apitokens: replaying dead processes' audit journals failed; retrying")
-            self._recover_at = time.monotonic() + RECOVER_RETRY
+            self._recover_at = self._monotonic() + RECOVER_RETRY
         else:
-            self._recover_at = time.monotonic() + RECOVER_INTERVAL
+            self._recover_at = self._monotonic() + RECOVER_INTERVAL
         # flush() waits for the first look, not for a store that may never recover.
         if self._recovering:
             with self._cond:
@@ -455,7 +486,7 @@ class AuditWriter:
                 rehashes.append(record)
         usage: list[Usage] = []
         if uses:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._held_since is None:  # the first uses held since the last write
                 self._held_since = now
             if (

@@ -26,6 +26,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -126,6 +127,7 @@ class Authenticator:
         max_concurrent_verifications: uncached hash verifications running
             at once; two more wait (up to ``verification_wait`` seconds,
             then 503), and more get 503 at once.
+        monotonic: seconds for the caches' TTL and the failure throttle.
     """
 
     def __init__(
@@ -139,14 +141,18 @@ class Authenticator:
         cache_ttl: float = 1.0,
         max_concurrent_verifications: int = 2,
         verification_wait: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.policy = policy
         self.verifier = verifier
         self.clock = clock
+        self.monotonic = monotonic
         self._groups_of = groups
-        self.tokens = TokenCache(cache_ttl)
-        self._groups: TTLCache[str, frozenset[str]] = TTLCache(cache_ttl, 10_000)
+        self.tokens = TokenCache(cache_ttl, monotonic=monotonic)
+        self._groups: TTLCache[str, frozenset[str]] = TTLCache(
+            cache_ttl, 10_000, monotonic=monotonic
+        )
         window = policy.failure_window.total_seconds()
         # Per client address only: a throttle per token id would let anyone who knows an
         # id (ids are public) refuse its owner, and tell by its 429 whether an id exists.
@@ -625,7 +631,7 @@ class Authenticator:
         it. The caller ends it with :meth:`_admitted_done`.
         """
         key = throttle_key(attempt.client_ip)
-        now_ts = attempt.now.timestamp()
+        now_ts = self.monotonic()  # not the wall clock: its jumps must not lock out or free
         wait = self.ip_throttle.reserve(key, now_ts)
         if wait == BUSY:
             reason = "too many verifications in flight for this client address"

@@ -29,12 +29,15 @@ class TTLCache(Generic[K, V]):
     Reads take no lock (a dict read is atomic under the GIL) and do not reorder: when
     full, the entry stored longest ago is evicted first. With a TTL, a live entry is
     one stored within the last ``ttl`` seconds, so that is close to least recently used.
+    Seconds are read from ``monotonic`` (``time.monotonic`` unless a test injects one).
     """
 
-    def __init__(self, ttl: float, maxsize: int, *, timer: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, ttl: float, maxsize: int, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.maxsize = maxsize
-        self._timer = timer
+        self._timer = monotonic
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -87,11 +90,17 @@ class TokenCache:
     """Token records by id for ``ttl`` seconds, compiled once.
 
     Rule sets are also kept by their text, so refreshing a record after its
-    TTL does not re-compile unchanged rules.
+    TTL does not re-compile unchanged rules. The TTL runs on ``monotonic``.
     """
 
-    def __init__(self, ttl: float = 1.0, maxsize: int = 100_000) -> None:
-        self.records: TTLCache[str, CompiledToken] = TTLCache(ttl, maxsize)
+    def __init__(
+        self,
+        ttl: float = 1.0,
+        maxsize: int = 100_000,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.records: TTLCache[str, CompiledToken] = TTLCache(ttl, maxsize, monotonic=monotonic)
         # get(token_id): the cached compiled token, or None if absent or stale. Bound
         # straight to the record cache's get: one call less on every request.
         self.get: Callable[[str], CompiledToken | None] = self.records.get

@@ -19,6 +19,10 @@ class FailureThrottle:
     blocked until the oldest of them leaves the window. It is consulted
     before any hashing, so wrong secrets cannot be used to burn CPU.
 
+    Every ``now`` is a reading of a monotonic clock, in seconds (the
+    authenticator's, injectable for tests), never the wall clock: setting the
+    wall clock back or forward must neither lock an address out nor free it.
+
     Args:
         limit: failures allowed within the window.
         window: the window, in seconds.

@@ -80,11 +80,13 @@ def serve(app: Callable[..., Any]) -> Iterator[int]:
         thread.join(5)
 
 
-def raw_request(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+def raw_request(
+    port: int, target: str, headers: dict[str, str], *, timeout: float = 5
+) -> tuple[int, bytes]:
     """Send ``GET <target> HTTP/1.1`` exactly as written; return status and body."""
     lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         data = b""
         while chunk := sock.recv(65536):
@@ -477,14 +479,14 @@ def test_gunicorn_script_name_never_unprotects_a_route(
     """gunicorn cuts SCRIPT_NAME off with a plain startswith; the app routes /rest/admin."""
     import subprocess
     import sys
-    import time
 
-    from tests.integration.test_durability import ROOT, free_port
+    from tests.integration.test_durability import ROOT, listening
 
     db = tmp_path / "tokens.db"
     SQLiteStore(db).close()
     (tmp_path / "gunicorn_app.py").write_text(GUNICORN_APP.format(db=str(db)))
-    port = free_port()
+    sock = listening()
+    port = sock.getsockname()[1]
     inherited = os.environ.get("PYTHONPATH", "")
     env = {
         **os.environ,
@@ -495,21 +497,18 @@ def test_gunicorn_script_name_never_unprotects_a_route(
     env.pop("SCRIPT_NAME", None)
     if script_name:
         env["SCRIPT_NAME"] = script_name
-    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "gunicorn_app:app"]
+    command = [sys.executable, "-m", "gunicorn", "-b", f"fd://{sock.fileno()}", "gunicorn_app:app"]
     server = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=[sock.fileno()],
     )
+    sock.close()  # only gunicorn holds it now: the request waits in its backlog
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert server.poll() is None, "gunicorn exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "gunicorn did not start within 20 s"
-                time.sleep(0.05)
-        status, body = raw_request(port, target, headers)
+        status, body = raw_request(port, target, headers, timeout=30)  # gunicorn starting
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -665,10 +664,7 @@ def test_parallel_first_requests_with_one_credential_wait_for_one_verification()
         ]
         for thread in threads:
             thread.start()
-        for _ in range(500):  # until the one verification has started
-            if hasher.calls:
-                break
-            threading.Event().wait(0.01)
+        assert hasher.started.acquire(timeout=10)  # the one verification has started
         gate.set()
         for thread in threads:
             thread.join(10)
@@ -801,29 +797,46 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
         issued = tokens.create(actor="alice", name="ci")
         wrong = tokens.policy.token_format.issue(issued.token.id).value
         core = tokens._authenticator
+        looked_up = _CountingLock()  # each caller looks the flight up once under this lock
+        core._flights_lock = looked_up  # type: ignore[assignment]
         statuses: list[int] = []
+        answered = threading.Semaphore(0)
 
         def call(n: int) -> None:
             request = AuthRequest("GET", "/x", headers=bearer(wrong), client_ip=f"192.0.2.{n}")
             statuses.append(core.decide(request, patient=patient).result.status_code)
+            answered.release()
 
         threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
         for thread in threads:
             thread.start()
-        for _ in range(500):  # until the one hash has started
-            if hasher.calls:
-                break
-            threading.Event().wait(0.01)
-        for _ in range(500):  # and, from the pool, everyone beyond the line has had its 503
-            if patient or statuses.count(503) >= 5:
-                break
-            threading.Event().wait(0.01)
+        assert hasher.started.acquire(timeout=10)  # the one hash has started
+        for _ in range(0 if patient else 5):  # from the pool, everyone beyond the line: 503
+            assert answered.acquire(timeout=10)
+        for _ in threads:  # and every caller has found that one in flight
+            assert looked_up.released.acquire(timeout=10)
         gate.set()
         for thread in threads:
             thread.join(10)
     expected = [401] * 8 if patient else [401] * 3 + [503] * 5
     assert sorted(statuses) == expected
     assert hasher.calls == 1
+
+
+class _CountingLock:
+    """A lock that signals ``released`` each time it is let go: a test waits for threads to
+    pass a point instead of polling."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.released = threading.Semaphore(0)
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        self.released.release()
 
 
 # -- a body read past the limit is never handed on cut -------------------------------------------

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from apitokens import AuditEvent, MemoryStore, Outcome, SQLiteStore, StorageError
 from apitokens._audit import AuditWriter
 from apitokens._model import Action
-from tests.support import START, bearer, get, make_tokens
+from tests.support import START, Monotonic, bearer, get, make_tokens
 
 
 def test_events_are_written_at_interpreter_exit_without_close(tmp_path: Path) -> None:
@@ -47,11 +46,16 @@ def test_events_are_written_at_interpreter_exit_without_close(tmp_path: Path) ->
         assert token.use_count == 25
 
 
-class SlowStore(MemoryStore):
-    """A real store whose writes take a while, to fill the writer's buffer."""
+class GatedStore(MemoryStore):
+    """A real store whose writes wait for ``gate`` (``writing`` is set as one begins)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.writing = threading.Event(), threading.Event()
 
     def write(self, *, events=(), usage=()):  # type: ignore[no-untyped-def]
-        time.sleep(0.05)
+        self.writing.set()
+        assert self.gate.wait(10)
         super().write(events=events, usage=usage)
 
 
@@ -60,26 +64,28 @@ def event(i: int) -> AuditEvent:
 
 
 def test_a_full_buffer_applies_backpressure_and_drops_nothing() -> None:
-    store = SlowStore()
-    writer = AuditWriter(store, max_pending=10, batch_size=5, interval=0.01)
+    store = GatedStore()
+    ticks = Monotonic()  # it stays: max_wait never runs out here
+    writer = AuditWriter(store, max_pending=10, batch_size=5, monotonic=ticks)
     try:
-        assert writer.submit([event(i) for i in range(10)])
+        assert writer.submit([event(i) for i in range(5)])  # a batch: the writer takes it
+        assert store.writing.wait(10)  # and holds it, its write gated
+        assert writer.submit([event(i) for i in range(5, 15)])
         # Full: a non-blocking submit says so instead of dropping.
         assert not writer.submit([event(99)], block=False)
-        waited: list[float] = []
-
-        def blocked_submitter() -> None:
-            started = time.monotonic()
-            writer.submit([event(10 + i) for i in range(5)])
-            waited.append(time.monotonic() - started)
-
-        thread = threading.Thread(target=blocked_submitter)
+        returned: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: returned.append(writer.submit([event(15 + i) for i in range(5)]))
+        )
         thread.start()
+        ticks.wait_for_read(thread)  # it took its deadline: it waits for room
+        assert not returned and thread.is_alive()
+        store.gate.set()
         thread.join(10)
-        assert waited, "submit never returned"
+        assert returned == [True]
         assert writer.flush(timeout=10)
         reasons = sorted(int(e.reason) for e in store.events(limit=100))
-        assert reasons == list(range(15))
+        assert reasons == list(range(20))
     finally:
         writer.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,6 +76,7 @@ def serve(tokens: ApiTokens) -> Iterator[tuple[str, dict[str, str]]]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # a request waits in the backlog until uvicorn serves
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         tokens.asgi(make_app(state)),
@@ -89,11 +89,11 @@ def serve(tokens: ApiTokens) -> Iterator[tuple[str, dict[str, str]]]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "uvicorn stopped before it started"
-            assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-            time.sleep(0.01)
+        try:  # served once the lifespan has started; unprotected: no audit row
+            httpx.get(f"http://127.0.0.1:{port}/public/started", timeout=10)
+        except httpx.HTTPError as exc:
+            pytest.fail(f"uvicorn did not start (thread alive: {thread.is_alive()}): {exc!r}")
+        assert server.started
         assert state == {"lifespan": "started"}
         yield f"http://127.0.0.1:{port}", state
     finally:

@@ -1,4 +1,4 @@
-"""Helpers shared by the test suites: a settable clock and ready-made ApiTokens."""
+"""Helpers shared by the test suites: settable clocks and ready-made ApiTokens."""
 
 from __future__ import annotations
 
@@ -38,20 +38,71 @@ class Clock:
         self.now += timedelta(**delta)
 
 
+class Monotonic:
+    """A monotonic clock tests move by hand (``ApiTokens(monotonic=...)``), in seconds.
+
+    It remembers how often each thread read it, and the last value each read: a test
+    waits for a thread to reach a point where it reads the clock (a deadline taken)
+    instead of polling, and tells at which time a thread decided what it did.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._reads: dict[int, tuple[int, float]] = {}  # thread ident: (reads, last value)
+        self._read = threading.Condition()
+
+    def __call__(self) -> float:
+        with self._read:
+            now = self.now
+            count, _ = self._reads.get(threading.get_ident(), (0, now))
+            self._reads[threading.get_ident()] = (count + 1, now)
+            self._read.notify_all()
+        return now
+
+    def advance(self, seconds: float) -> None:
+        with self._read:
+            self.now += seconds
+
+    def reads(self, thread: threading.Thread) -> int:
+        """How many times ``thread`` has read the clock."""
+        with self._read:
+            return self._reads.get(thread.ident or -1, (0, 0.0))[0]
+
+    def last_read(self, thread: threading.Thread) -> float | None:
+        """What ``thread`` read last, or ``None`` if it never read the clock."""
+        with self._read:
+            entry = self._reads.get(thread.ident or -1)
+            return None if entry is None else entry[1]
+
+    def wait_for_read(self, thread: threading.Thread, after: int = 0) -> None:
+        """Wait (up to 10 s, then fail) until ``thread`` has read the clock ``after`` + 1 times."""
+        with self._read:
+            read = self._read.wait_for(
+                lambda: self._reads.get(thread.ident or -1, (0, 0.0))[0] > after, timeout=10
+            )
+        assert read, f"{thread.name} did not read the clock within 10 s"
+
+
 def make_tokens(
     store: TokenStore | None = None,
     *,
     clock: Clock | None = None,
+    monotonic: Monotonic | None = None,
     groups: Callable[[str], Iterable[str]] | None = None,
     **policy: Any,
 ) -> ApiTokens:
-    """An ApiTokens on a MemoryStore (unless given) with the cheap hasher."""
+    """An ApiTokens on a MemoryStore (unless given) with the cheap hasher.
+
+    Durations (cache TTL, throttle window, writer intervals) run on ``monotonic``,
+    the real monotonic clock unless given.
+    """
     return ApiTokens(
         store if store is not None else MemoryStore(),
         policy=Policy(**policy),
         groups=groups,
         hasher=CHEAP_HASHER,
         clock=clock or Clock(),
+        monotonic=monotonic,
     )
 
 

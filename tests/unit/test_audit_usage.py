@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apitokens import MemoryStore
@@ -16,7 +15,7 @@ from apitokens import _audit as audit_module
 from apitokens._audit import AuditWriter, AuthEntry
 from apitokens._model import AuditEvent, Outcome, Usage
 from apitokens.storage._base import fold_usage
-from tests.support import START, make_tokens
+from tests.support import START, Monotonic, make_tokens
 
 
 def entry(seconds: int, ip: str, token_id: str, *, used: bool = True) -> AuthEntry:
@@ -58,23 +57,28 @@ def _tokens(store: MemoryStore, count: int = 1) -> list[str]:
     return ids
 
 
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+def _writer(store: MemoryStore, ticks: Monotonic, **settings: float) -> AuditWriter:
+    """A writer on the clock ``ticks``: a batch is due 1 s after it began, usage after 4 s."""
+    return AuditWriter(
+        store, **{"interval": 1.0, "usage_interval": 4.0, **settings}, monotonic=ticks
+    )
 
 
 def test_usage_is_held_across_batches_then_written_once_by_flush() -> None:
     store = _RecordingStore()
     (token_id,) = _tokens(store)
     before = len(store.writes)
-    writer = AuditWriter(store, batch_size=2, interval=0.01, usage_interval=60)
+    ticks = Monotonic()
+    writer = _writer(store, ticks, batch_size=2)
     try:
         for i in range(6):
             writer.submit([entry(i, f"192.0.2.{i}", token_id)])
-        _until(lambda: store.events_written() >= 6 + before, "the events")
+        ticks.advance(1.0)
+        assert writer.catch_up(timeout=10)
+        ticks.advance(2.5)  # usage held 3.5 s at most (of 4): since a batch was written
+        assert writer.catch_up(timeout=10)
         # Every event is in the store; the uses are not, yet.
+        assert store.events_written() == 6 + before
         assert store.use_count(token_id) == 0
         assert all(not uses for _, uses in store.writes[before:])
         assert writer.flush(timeout=10)
@@ -93,10 +97,26 @@ def test_usage_is_held_across_batches_then_written_once_by_flush() -> None:
 def test_held_usage_is_written_once_its_interval_is_over_without_a_flush() -> None:
     store = _RecordingStore()
     (token_id,) = _tokens(store)
-    writer = AuditWriter(store, interval=0.01, usage_interval=0.05)
+    before = store.events_written()
+    ticks = Monotonic()
+    writer = _writer(store, ticks)
     try:
         writer.submit([entry(1, "192.0.2.1", token_id)])
-        _until(lambda: store.use_count(token_id) == 1, "the held usage")
+        ticks.advance(0.5)
+        assert writer.catch_up(timeout=10)
+        assert store.events_written() == before  # the batch is not due yet
+        ticks.advance(0.5)
+        assert writer.catch_up(timeout=10)
+        assert (store.events_written(), store.use_count(token_id)) == (before + 1, 0)
+        ticks.advance(2.5)
+        assert writer.catch_up(timeout=10)
+        writer.submit([entry(2, "192.0.2.2", token_id)])
+        ticks.advance(1.0)
+        assert writer.catch_up(timeout=10)  # a batch written 3.5 s into the 4: usage stays
+        assert (store.events_written(), store.use_count(token_id)) == (before + 2, 0)
+        ticks.advance(0.5)
+        assert writer.catch_up(timeout=10)
+        assert store.use_count(token_id) == 2
     finally:
         writer.close()
 
@@ -105,9 +125,12 @@ def test_close_writes_held_usage() -> None:
     store = _RecordingStore()
     (token_id,) = _tokens(store)
     before = store.events_written()
-    writer = AuditWriter(store, interval=0.01, usage_interval=60)
+    ticks = Monotonic()
+    writer = _writer(store, ticks)
     writer.submit([entry(1, "192.0.2.1", token_id), entry(2, "192.0.2.2", token_id)])
-    _until(lambda: store.events_written() == before + 2, "the events")
+    ticks.advance(1.0)
+    assert writer.catch_up(timeout=10)
+    assert store.events_written() == before + 2
     assert store.use_count(token_id) == 0
     writer.close()
     assert store.use_count(token_id) == 2
@@ -116,7 +139,7 @@ def test_close_writes_held_usage() -> None:
 def test_a_failed_usage_write_is_retried_not_lost() -> None:
     store = _RecordingStore()
     (token_id,) = _tokens(store)
-    writer = AuditWriter(store, interval=0.01, usage_interval=60)
+    writer = _writer(store, Monotonic())
     try:
         store.fail_next_usage = True
         writer.submit([entry(1, "192.0.2.1", token_id)])
@@ -133,10 +156,17 @@ def test_too_many_held_tokens_are_written_with_the_next_batch(
     monkeypatch.setattr(audit_module, "MAX_HELD_TOKENS", 2)
     store = _RecordingStore()
     ids = _tokens(store, 3)
-    writer = AuditWriter(store, interval=0.01, usage_interval=60)
+    ticks = Monotonic()
+    writer = _writer(store, ticks)
     try:
-        writer.submit([entry(1, "192.0.2.1", token_id) for token_id in ids])
-        _until(lambda: all(store.use_count(t) == 1 for t in ids), "the usage")
+        writer.submit([entry(1, "192.0.2.1", token_id) for token_id in ids[:2]])
+        ticks.advance(1.0)
+        assert writer.catch_up(timeout=10)  # two tokens held: written with their batch
+        assert [store.use_count(t) for t in ids] == [1, 1, 0]
+        writer.submit([entry(2, "192.0.2.1", ids[2])])
+        ticks.advance(1.0)
+        assert writer.catch_up(timeout=10)  # one: held
+        assert [store.use_count(t) for t in ids] == [1, 1, 0]
     finally:
         writer.close()
 
@@ -144,7 +174,7 @@ def test_too_many_held_tokens_are_written_with_the_next_batch(
 def test_an_explicit_usage_record_folds_with_the_held_uses() -> None:
     store = _RecordingStore()
     (token_id,) = _tokens(store)
-    writer = AuditWriter(store, interval=0.01, usage_interval=60)
+    writer = _writer(store, Monotonic())
     try:
         writer.submit([entry(3, "192.0.2.3", token_id)])
         writer.submit([Usage(token_id, START + timedelta(seconds=2), "192.0.2.2", count=4)])
@@ -162,20 +192,26 @@ _USES = st.lists(
         st.integers(0, 5),  # seconds after START: ties happen
         st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.7"]),
         st.booleans(),  # a use (a refusal is not)
-        st.booleans(),  # flush after it
+        st.sampled_from([None, 0.0, 1.0, 2.5]),  # then flush, or move the clock this far
     ),
     max_size=30,
 )
 
 
+_TIE = [(0, 0, "192.0.2.1", True, 1.0), (0, 0, "192.0.2.2", True, None)]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Two uses at the same second, folded by the writer: across batches, and in one batch.
+@example(uses=_TIE, batch_size=1, usage_interval=60.0)
+@example(uses=[(*use[:4], 0.0) for use in _TIE], batch_size=4, usage_interval=60.0)
 @given(
     uses=_USES,
     batch_size=st.integers(1, 4),
-    usage_interval=st.sampled_from([0.0, 0.002, 60.0]),
+    usage_interval=st.sampled_from([0.0, 2.0, 60.0]),
 )
 def test_held_usage_equals_folding_every_use_in_order(
-    uses: list[tuple[int, int, str, bool, bool]], batch_size: int, usage_interval: float
+    uses: list[tuple[int, int, str, bool, float | None]], batch_size: int, usage_interval: float
 ) -> None:
     # However the uses fall into batches, intervals and flushes, the token rows end up
     # as if every use had been folded in submission order: counts add up, the newest
@@ -183,11 +219,10 @@ def test_held_usage_equals_folding_every_use_in_order(
     store = _RecordingStore()
     ids = _tokens(store, 3)
     expected: dict[str, tuple[int, int, str | None]] = dict.fromkeys(ids, (0, -1, None))
-    writer = AuditWriter(
-        store, batch_size=batch_size, interval=0.001, usage_interval=usage_interval
-    )
+    ticks = Monotonic()
+    writer = _writer(store, ticks, batch_size=batch_size, usage_interval=usage_interval)
     try:
-        for which, seconds, ip, used, flush in uses:
+        for which, seconds, ip, used, then in uses:
             token_id = ids[which]
             writer.submit([entry(seconds, ip, token_id, used=used)])
             if used:
@@ -195,8 +230,11 @@ def test_held_usage_equals_folding_every_use_in_order(
                 if seconds >= newest:
                     newest, last_ip = seconds, ip
                 expected[token_id] = (count + 1, newest, last_ip)
-            if flush:
+            if then is None:
                 assert writer.flush(timeout=10)
+            else:
+                ticks.advance(then)
+                assert writer.catch_up(timeout=10)
         assert writer.flush(timeout=10)
     finally:
         writer.close()
@@ -214,18 +252,20 @@ def test_flush_racing_the_writer_still_waits_for_held_usage() -> None:
     # must not return before the held usage is written too.
     store = _RecordingStore()
     (token_id,) = _tokens(store)
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
     original = store.write
 
     def slow_write(*, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        writing.set()
         gate.wait(10)
         original(events=events, usage=usage)
 
     store.write = slow_write  # type: ignore[method-assign]
-    writer = AuditWriter(store, interval=0.01, usage_interval=60)
+    # A batch of one is written at once; usage is never due by this clock, which stays.
+    writer = _writer(store, Monotonic(), batch_size=1)
     try:
         writer.submit([entry(1, "192.0.2.1", token_id)])
-        _until(lambda: writer._in_flight == 1, "the writer to hold the batch")
+        assert writing.wait(10)  # the writer holds the batch
         seen: list[tuple[bool, int]] = []  # what flush() returned, and the count then
 
         def flush() -> None:
@@ -234,7 +274,8 @@ def test_flush_racing_the_writer_still_waits_for_held_usage() -> None:
 
         flusher = threading.Thread(target=flush)
         flusher.start()
-        _until(lambda: writer._usage_requested, "flush() to wait")
+        with writer._cond:  # flush() notifies it once it has asked for the held usage
+            assert writer._cond.wait_for(lambda: writer._usage_requested, timeout=10)
         gate.set()
         flusher.join(15)
         assert seen == [(True, 1)]

@@ -19,7 +19,16 @@ from apitokens import (
     StorageError,
 )
 from apitokens._model import StoredToken
-from tests.support import CHEAP_HASHER, Clock, basic, bearer, get, last_event, make_tokens
+from tests.support import (
+    CHEAP_HASHER,
+    Clock,
+    Monotonic,
+    basic,
+    bearer,
+    get,
+    last_event,
+    make_tokens,
+)
 
 
 @pytest.fixture
@@ -207,7 +216,8 @@ def test_the_core_asks_for_the_body_only_when_a_json_rule_needs_it(tokens: ApiTo
 
 
 def test_failed_attempts_are_throttled_before_hashing(clock: Clock) -> None:
-    with make_tokens(clock=clock, max_failed_attempts=3) as tokens:
+    ticks = Monotonic()
+    with make_tokens(clock=clock, monotonic=ticks, max_failed_attempts=3) as tokens:
         issued = tokens.create(actor="alice", name="ci")
         wrong = tokens.policy.token_format.issue(issued.token.id).value
         for _ in range(3):
@@ -220,10 +230,30 @@ def test_failed_attempts_are_throttled_before_hashing(clock: Clock) -> None:
         assert last_event(tokens).reason == "too many failed attempts for this client address"
         # Per address only: another address is not refused because of this one's guesses.
         assert tokens.authenticate(get("/x", bearer(wrong), ip="203.0.113.1")).status_code == 401
-        clock.advance(seconds=61)
+        ticks.advance(59.5)
+        later = tokens.authenticate(get("/x", bearer(issued.secret), ip="198.51.100.7"))
+        assert later.status_code == 429 and ("Retry-After", "1") in later.headers
+        ticks.advance(0.5)  # the oldest failure leaves the window
         assert tokens.authenticate(
             get("/x", bearer(issued.secret), ip="198.51.100.7")
         ).authenticated
+
+
+def test_a_wall_clock_jump_neither_locks_out_nor_frees_an_address(clock: Clock) -> None:
+    """The failure window is a duration: it runs on the monotonic clock, not the wall's."""
+    ticks = Monotonic()
+    with make_tokens(clock=clock, monotonic=ticks, max_failed_attempts=3) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        good = get("/x", bearer(issued.secret), ip="198.51.100.7")
+        for _ in range(3):
+            refused = tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.7"))
+            assert refused.status_code == 401
+        clock.advance(hours=1)  # the wall clock set forward: the address is not freed
+        assert tokens.authenticate(good).status_code == 429
+        clock.advance(hours=-2)  # set back: the lock does not grow an hour longer
+        ticks.advance(60)
+        assert tokens.authenticate(good).authenticated
 
 
 def test_schemes_can_be_turned_off(clock: Clock) -> None:

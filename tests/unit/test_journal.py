@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from apitokens import _audit as audit_module
 from apitokens._audit import AuditWriter, Rehash
 from apitokens._journal import Journal, decode, encode, replay
 from apitokens._model import Action, AuthEntry, Usage
-from tests.support import CHEAP_HASHER, START, bearer, get
+from tests.support import CHEAP_HASHER, START, Monotonic, bearer, get
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,21 +274,33 @@ class FailingStore(MemoryStore):
 
 
 def test_a_full_buffer_waits_only_max_wait() -> None:
-    writer = AuditWriter(FailingStore(), max_pending=5, interval=0.01, max_wait=0.2)
+    ticks = Monotonic()
+    writer = AuditWriter(FailingStore(), max_pending=5, max_wait=5.0, monotonic=ticks)
     try:
-        # The writer holds one batch it keeps retrying; the next ones fill the buffer.
-        for i in range(100):
-            started = time.monotonic()
+        # The sixth record hurries the writer, which takes the first five and keeps
+        # retrying them; five more fill the buffer again.
+        for i in range(10):
+            assert writer.submit([entry(i)])
+        refused: list[str] = []
+
+        def submit() -> None:
             try:
-                writer.submit([entry(i)])
+                writer.submit([entry(10)])
             except StorageError as exc:
-                refused = str(exc)
-                break
-        else:
-            pytest.fail("submit never refused")
-        assert 0.2 <= time.monotonic() - started < 2
-        assert "behind" in refused
-        assert i <= 5 + 5  # the buffer, and what the writer took before it failed
+                refused.append(str(exc))
+
+        blocked = threading.Thread(target=submit)
+        blocked.start()
+        ticks.wait_for_read(blocked)  # its deadline: 5 s from now
+        ticks.advance(4.5)
+        reads = ticks.reads(blocked)
+        writer.catch_up(timeout=0)  # wake it: it reads the clock again, and waits on
+        ticks.wait_for_read(blocked, after=reads)
+        ticks.advance(0.5)
+        writer.catch_up(timeout=0)
+        blocked.join(10)
+        assert not blocked.is_alive() and "behind" in refused[0]
+        assert ticks.last_read(blocked) == ticks.now  # refused at max_wait, not before
     finally:
         writer.close(timeout=0.1)
 
@@ -298,7 +310,7 @@ def test_a_request_gets_503_when_the_store_stays_unwritable() -> None:
     tokens = ApiTokens(store, hasher=CHEAP_HASHER)
     issued = tokens.create(actor="alice", name="x")
     tokens._writer.max_pending = 3
-    tokens._writer.max_wait = 0.2
+    tokens._writer.max_wait = 0.0  # how long it waits: test_a_full_buffer_waits_only_max_wait
     statuses = []
     while len(statuses) < 20 and 503 not in statuses:
         statuses.append(tokens.authenticate(get("/x", bearer(issued.secret))).status_code)
@@ -422,11 +434,14 @@ def test_a_failing_lifespan_startup_still_fails() -> None:
 
 
 def test_flush_after_an_immediate_close_does_not_wait(tmp_path: Path) -> None:
-    tokens = sqlite_tokens(tmp_path / "t.db")
+    # Closed before its first look for dead journals: the writer thread's clock stays
+    # behind the moment that look is due (taken on this thread's clock), so close() wins.
+    here = threading.get_ident()
+    tokens = sqlite_tokens(
+        tmp_path / "t.db", monotonic=lambda: 1000.0 if threading.get_ident() == here else 0.0
+    )
     tokens.close()
-    started = time.monotonic()
-    assert tokens.flush(timeout=5)
-    assert time.monotonic() - started < 1
+    assert tokens.flush(timeout=0)  # nothing left to wait for
     tokens._store.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from apitokens._audit import AuditWriter, AuthEntry, _auth_event
 from apitokens._model import Action, AuditEvent, Usage
 from apitokens.storage import _schema
 from apitokens.storage._base import normalize_event
-from tests.support import START, make_tokens
+from tests.support import START, Monotonic, make_tokens
 
 
 def entry(at_seconds: float, ip: str, token_id: str, *, used: bool = True) -> AuthEntry:
@@ -177,10 +176,11 @@ class _GatedStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = threading.Event()
+        self.gate, self.writing = threading.Event(), threading.Event()
         self.batches: list[int] = []
 
     def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+        self.writing.set()
         self.gate.wait(10)
         self.batches.append(len(events))
         super().write(events=events, usage=usage)
@@ -188,13 +188,13 @@ class _GatedStore(MemoryStore):
 
 def test_a_writer_that_fell_behind_takes_up_to_four_batches_at_once() -> None:
     store = _GatedStore()
-    writer = AuditWriter(store, batch_size=10, interval=0.01)
+    ticks = Monotonic()
+    writer = AuditWriter(store, batch_size=10, interval=1.0, monotonic=ticks)
     try:
         writer.submit([entry(0, "192.0.2.1", "tok1")])
-        deadline = time.monotonic() + 10
-        while writer._in_flight != 1:  # until the writer holds the first batch, gated
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        ticks.advance(1.0)
+        writer.catch_up(timeout=0)  # wake it: the batch is due
+        assert store.writing.wait(10)  # the writer holds the first batch, gated
         writer.submit([entry(1, "192.0.2.1", "tok1")] * 100)  # ten batches waiting
         store.gate.set()
         assert writer.flush(timeout=10)

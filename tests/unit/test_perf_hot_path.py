@@ -6,7 +6,7 @@ something and checks the next request is decided as the full path decides it.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -15,7 +15,7 @@ import pytest
 from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, Scope
 from apitokens._auth import Authenticator
 from apitokens._cache import HotCredential, TTLCache
-from tests.support import Clock, basic, bearer, get, last_event, make_tokens
+from tests.support import Clock, Monotonic, basic, bearer, get, last_event, make_tokens
 
 
 @pytest.fixture
@@ -74,17 +74,22 @@ def test_revocation_in_this_process_is_at_once(tokens: ApiTokens) -> None:
 
 def test_revocation_in_another_process_within_the_cache_ttl(clock: Clock) -> None:
     store = MemoryStore()
+    ticks = Monotonic()
     with (
         make_tokens(store, clock=clock) as other,
-        ApiTokens(store, hasher=other._verifier.primary, clock=clock, cache_ttl=0.05) as here,
+        make_tokens(store, clock=clock, monotonic=ticks) as here,
     ):
         issued = other.create(actor="alice", name="ci")
         request = get("/x", bearer(issued.secret))
         assert here.authenticate(request).authenticated
         assert here.authenticate(request).authenticated  # hot
         other.revoke(actor="alice", token_id=issued.token.id)
-        time.sleep(0.1)
+        ticks.advance(0.5)
+        # Within cache_ttl (1 s) the record read before stands: docs/token-program.md.
+        assert here.authenticate(request).authenticated
+        ticks.advance(0.5)
         assert here.authenticate(request).status_code == 401
+        assert last_event(here).reason == "token revoked"
 
 
 def test_expiry_by_the_injected_clock(tokens: ApiTokens, clock: Clock) -> None:
@@ -106,7 +111,8 @@ def test_a_throttled_address_never_refuses_a_verified_credential(clock: Clock) -
         assert tokens.authenticate(good).authenticated
         wrong = tokens.policy.token_format.issue().value  # another id: only the address counts
         for _ in range(3):
-            assert tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.7")).status_code
+            refused = tokens.authenticate(get("/x", bearer(wrong), ip="198.51.100.7"))
+            assert refused.status_code == 401
         assert tokens.authenticate(good).authenticated  # hot: verified before
         assert tokens.authenticate(
             get("/y", bearer(issued.secret), ip="198.51.100.7")
@@ -295,7 +301,7 @@ def test_non_blocking_hot_decisions_need_no_thread(tokens: ApiTokens) -> None:
 
 def test_ttl_cache_reads_without_reordering() -> None:
     now = [0.0]
-    cache: TTLCache[str, int] = TTLCache(1.0, 2, timer=lambda: now[0])
+    cache: TTLCache[str, int] = TTLCache(1.0, 2, monotonic=lambda: now[0])
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1
@@ -308,8 +314,6 @@ def test_ttl_cache_reads_without_reordering() -> None:
 def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
     """A flood of guesses never holds every thread of the ASGI adapter's shared pool: beyond
     the line, 503 at once (a WSGI request thread, patient, waits for its place instead)."""
-    import threading
-
     from apitokens import ApiTokens, MemoryStore, Policy
     from tests.support import GatedHasher
 
@@ -328,6 +332,8 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         results: list[int] = []
 
         core = tokens._authenticator
+        line = _SignallingSemaphore(core._in_line._value)  # type: ignore[attr-defined]
+        core._in_line = line
 
         def decided(request: AuthRequest) -> AuthResult:
             # As the ASGI adapter asks from the event loop's shared pool: impatient.
@@ -343,11 +349,9 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         waiting = [threading.Thread(target=guess, args=(n,)) for n in (2, 3)]
         for thread in waiting:
             thread.start()  # two waiting for their place (the line: 1 running + 2)
-        for _ in range(500):  # until both hold their place in line
-            if tokens._authenticator._in_line._value == 0:  # type: ignore[attr-defined]
-                break
-            threading.Event().wait(0.01)
-        assert tokens._authenticator._in_line._value == 0  # type: ignore[attr-defined]
+        for _ in range(3):  # until all three hold their place in line
+            assert line.taken.acquire(timeout=10)
+        assert line._value == 0  # type: ignore[attr-defined]
         wrong = fmt.issue(issued.token.id).value
         refused = decided(get("/x", bearer(wrong), ip="198.51.100.4"))
         assert refused.status_code == 503
@@ -357,3 +361,18 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         for thread in waiting:
             thread.join(10)
         assert sorted(results) == [401, 401, 401]
+
+
+class _SignallingSemaphore(threading.BoundedSemaphore):
+    """A bounded semaphore that signals ``taken`` as each place is taken: a test waits for
+    threads to reach the line instead of polling."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.taken = threading.Semaphore(0)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        got = super().acquire(blocking, timeout)
+        if got:
+            self.taken.release()
+        return got
