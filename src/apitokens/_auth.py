@@ -25,15 +25,15 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import unquote
 
-from ._addresses import client_address, in_networks, throttle_key
+from ._addresses import client_address, in_networks
+from ._admission import Admission, Refusal, Ticket
 from ._audit import Record, Rehash
 from ._cache import CompiledToken, HotCredential, HotCredentials, TokenCache, TTLCache
 from ._credentials import (
@@ -48,7 +48,6 @@ from ._model import AuthEntry, Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, AuthRequest
 from ._result import AuthResult, refusal
-from ._throttle import BUSY, FailureThrottle
 from .rules import Deadline
 from .storage import TokenStore
 
@@ -62,8 +61,6 @@ _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
 _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
-# Verifications that may wait for a place beside those running (see _admit).
-_WAITING = 2
 # Control characters and spaces, which RFC 9112 allows nowhere in a request target.
 _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
@@ -96,14 +93,6 @@ class _Attempt:
     token_id: str | None = None
     user: str | None = None
     patient: bool = True  # may wait for a place to verify (see Authenticator.decide)
-
-
-@dataclass(slots=True)
-class _Flight:
-    """One verification of an ``Authorization`` value, which others with it wait for."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    wrong: bool = False  # the secret was hashed and did not match
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,20 +142,13 @@ class Authenticator:
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(
             cache_ttl, 10_000, monotonic=monotonic
         )
-        window = policy.failure_window.total_seconds()
-        # Per client address only: a throttle per token id would let anyone who knows an
-        # id (ids are public) refuse its owner, and tell by its 429 whether an id exists.
-        self.ip_throttle = FailureThrottle(policy.max_failed_attempts, window)
-        self._hashing = threading.BoundedSemaphore(max_concurrent_verifications)
-        # Verifications running or waiting for a place: beyond this, 503 at once, so
-        # guesses never hold every worker thread while good requests queue behind them.
-        # A few wait, not as many again: the line must stay shorter than the server's
-        # thread pool (asyncio's default has CPUs + 4 threads).
-        self._in_line = threading.BoundedSemaphore(max_concurrent_verifications + _WAITING)
-        # Authorization values being verified now, each by one thread; others wait for it.
-        self._flights: dict[bytes, _Flight] = {}
-        self._flights_lock = threading.Lock()
-        self._verification_wait = verification_wait
+        self._admission = Admission(
+            policy.max_failed_attempts,
+            policy.failure_window.total_seconds(),
+            max_concurrent_verifications,
+            verification_wait,
+            monotonic,
+        )
         self.hot = HotCredentials(verifier.cache.maxsize)
         self._dummy_hash: str | None = None  # for unknown ids: made at the first one
 
@@ -540,29 +522,17 @@ class Authenticator:
             raise WouldBlock
         if fingerprint is None:
             return self._hash(value, stored, hashes, attempt)
-        with self._flights_lock:
-            flight = self._flights.get(fingerprint)
-            if flight is None:
-                self._flights[fingerprint] = leading = _Flight()
-        if flight is None:
+        flight, leading = self._admission.board(fingerprint)
+        if leading:
+            wrong = False
             try:
                 outcome = self._hash(value, stored, hashes, attempt)
-                leading.wrong = isinstance(outcome, Decision) and outcome.result.status_code == 401
+                wrong = isinstance(outcome, Decision) and outcome.result.status_code == 401
                 return outcome
             finally:
-                with self._flights_lock:
-                    del self._flights[fingerprint]
-                leading.done.set()
-        # The same value is being verified: wait for its outcome. An impatient caller
-        # holds a place in line meanwhile (never outside the bound on waiting threads).
-        if attempt.patient:
-            flight.done.wait(self._verification_wait)
-        elif self._in_line.acquire(blocking=False):
-            try:
-                flight.done.wait(self._verification_wait)
-            finally:
-                self._in_line.release()
-        else:
+                self._admission.land(fingerprint, flight, wrong=wrong)
+        # The same value is being verified: wait for its outcome.
+        if not self._admission.follow(flight, patient=attempt.patient):
             reason = "too many hash verifications waiting"
             return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
         verified = self._cached(value, hashes)
@@ -599,7 +569,7 @@ class Authenticator:
                         return _Verified(Rehash(stored.token.id, hashed, result.rehash), until)
                     return _Verified(None, until)
         finally:
-            self._admitted_done(admitted, failed=failed)
+            self._admission.done(admitted, failed=failed)
         return self._refuse(attempt, refusal(self.policy, 401, "wrong secret"))
 
     def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
@@ -614,51 +584,18 @@ class Authenticator:
                 self._dummy_hash = self.verifier.hash(secrets.token_urlsafe(32))
             self.verifier.verify(value, self._dummy_hash)
         finally:
-            self._admitted_done(admitted, failed=True)
+            self._admission.done(admitted, failed=True)
         return self._refuse(attempt, refusal(self.policy, 401, "unknown token id"))
 
-    def _admit(self, attempt: _Attempt) -> tuple[str, float, bool] | Decision:
-        """Let one uncached verification start, or refuse it; hold ``_hashing`` when let.
-
-        First the client address's throttle: 429 when it has had
-        ``max_failed_attempts`` failures within the window (the hashing work of
-        guesses is bounded per address), 503 when its attempts still in flight make
-        up the rest (so a burst cannot overshoot, and a burst of good secrets is not
-        called failures). Then a place to hash: a patient caller waits for one (up to
-        ``verification_wait``); an impatient one (a shared pool's thread) takes a
-        place in line, where a few wait, and beyond it gets 503 at once, so a flood of
-        guesses never holds every thread of the pool while good requests queue behind
-        it. The caller ends it with :meth:`_admitted_done`.
-        """
-        key = throttle_key(attempt.client_ip)
-        now_ts = self.monotonic()  # not the wall clock: its jumps must not lock out or free
-        wait = self.ip_throttle.reserve(key, now_ts)
-        if wait == BUSY:
-            reason = "too many verifications in flight for this client address"
-            return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
-        if wait:
-            reason = "too many failed attempts for this client address"
-            return self._refuse(attempt, refusal(self.policy, 429, reason, retry_after=wait))
-        reason = ""
-        in_line = not attempt.patient
-        if in_line and not self._in_line.acquire(blocking=False):
-            reason = "too many hash verifications waiting"
-        elif not self._hashing.acquire(timeout=self._verification_wait):
-            if in_line:
-                self._in_line.release()
-            reason = "too many hash verifications in progress"
-        if reason:
-            self.ip_throttle.settle(key, now_ts, failed=False)  # not tried: not counted
-            return self._refuse(attempt, refusal(self.policy, 503, reason, retry_after=1))
-        return key, now_ts, in_line
-
-    def _admitted_done(self, admitted: tuple[str, float, bool], *, failed: bool) -> None:
-        """End what :meth:`_admit` let start; a failed attempt counts for its address."""
-        key, now_ts, in_line = admitted
-        self.ip_throttle.settle(key, now_ts, failed=failed)
-        self._hashing.release()
-        if in_line:
-            self._in_line.release()
+    def _admit(self, attempt: _Attempt) -> Ticket | Decision:
+        """Let one uncached verification start (see ``_admission.py``), or refuse it."""
+        admitted = self._admission.admit(attempt.client_ip, patient=attempt.patient)
+        if isinstance(admitted, Refusal):
+            status, reason, retry_after = admitted
+            return self._refuse(
+                attempt, refusal(self.policy, status, reason, retry_after=retry_after)
+            )
+        return admitted
 
     def _groups_for(self, user: str, block: bool) -> frozenset[str]:
         groups = self._groups.get(user)

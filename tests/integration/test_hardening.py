@@ -798,7 +798,7 @@ def test_waiting_for_a_verification_in_flight(patient: bool) -> None:
         wrong = tokens.policy.token_format.issue(issued.token.id).value
         core = tokens._authenticator
         looked_up = _CountingLock()  # each caller looks the flight up once under this lock
-        core._flights_lock = looked_up  # type: ignore[assignment]
+        core._admission._flights_lock = looked_up  # type: ignore[assignment]
         statuses: list[int] = []
         answered = threading.Semaphore(0)
 

@@ -332,8 +332,8 @@ def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
         results: list[int] = []
 
         core = tokens._authenticator
-        line = _SignallingSemaphore(core._in_line._value)  # type: ignore[attr-defined]
-        core._in_line = line
+        line = _SignallingSemaphore(core._admission._in_line._value)  # type: ignore[attr-defined]
+        core._admission._in_line = line
 
         def decided(request: AuthRequest) -> AuthResult:
             # As the ASGI adapter asks from the event loop's shared pool: impatient.
