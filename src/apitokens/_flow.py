@@ -93,11 +93,11 @@ class RequestFlow:
                 decision = auth.safe_decide(replace(request, body=body), protected=protected)
         if require is not Requirement.NONE:
             decision = self._required(request, decision, require)
-        return self.record(decision)
+        return self._record(decision)
 
     def run_whole(self, request: AuthRequest) -> AuthResult:
         """Decide ``request`` whose body, if any, is given whole (``ApiTokens.authenticate``)."""
-        return self.record(self._auth.safe_decide(request))
+        return self._record(self._auth.safe_decide(request))
 
     async def run_async(
         self,
@@ -132,7 +132,7 @@ class RequestFlow:
             decision = self._required(request, decision, require)
         result = self._queue(decision, block=False)
         if result is None:  # the writer's buffer is full: wait for room off the loop
-            result = await asyncio.to_thread(self.record, decision)
+            result = await asyncio.to_thread(self._record, decision)
         return result
 
     async def require_async(
@@ -148,7 +148,7 @@ class RequestFlow:
             return result
         recorded = self._queue(decision, block=False)
         if recorded is None:
-            recorded = await asyncio.to_thread(self.record, decision)
+            recorded = await asyncio.to_thread(self._record, decision)
         return recorded
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -196,7 +196,7 @@ class RequestFlow:
             )
         return decision
 
-    def record(self, decision: Decision) -> AuthResult:
+    def _record(self, decision: Decision) -> AuthResult:
         """Queue a decision's records for the writer (and its journal); return its result.
 
         Waits for room in the writer's buffer (at most its ``max_wait``). Fails

@@ -266,7 +266,7 @@ def test_a_full_audit_buffer_waits_off_the_loop(
     monkeypatch.setattr(writer, "submit", full)
     scope, _ = call(tokens, scope_for(issued.secret))
     assert blocking == [False, True]
-    assert to_thread_calls == [tokens.flow.record]
+    assert to_thread_calls == [tokens.flow._record]
     assert_authenticated(scope, issued)
     tokens.flush()
     assert tokens.get(issued.token.id).use_count == 2  # type: ignore[union-attr]
