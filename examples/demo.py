@@ -117,7 +117,13 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
         Try("outside /rest/: untouched", "GET", "/", 200),
     ]  # fmt: skip
 
-    config = uvicorn.Config(example.app, host="127.0.0.1", port=args.port, log_level="warning")
+    config = uvicorn.Config(
+        example.app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        proxy_headers=False,  # never believe a client's X-Forwarded-For (docs/security.md)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,7 +2,10 @@ r"""A FastAPI service whose /rest/ API takes personal access tokens.
 
 Run it from the repository root (``make demo`` does all of this for you):
 
-    uvicorn examples.fastapi_app:app --host 127.0.0.1 --port 8000
+    uvicorn examples.fastapi_app:app --host 127.0.0.1 --port 8000 --no-proxy-headers
+
+(``--no-proxy-headers``: uvicorn would otherwise believe any client's
+``X-Forwarded-For``, and a token's allowed IPs with it; see docs/security.md.)
 
 In another shell, in the same directory, create a token that may read and
 comment (the default, read-only, reads and gets 403 on the comment route):
@@ -17,10 +20,10 @@ and try it, with the token it printed in $TOKEN:
         --data '{"body": "hi"}' http://127.0.0.1:8000/rest/api/2/issue/DEMO-1/comment
 
 Both use ``$APITOKENS_DB``, else ``./apitokens.db``. A route that needs a
-token uses ``RequireToken``: without one it answers 401 with FastAPI's error
-body, ``{"detail": "..."}``; refusals by ``tokens.asgi()`` itself (a bad
-token, a forbidden request) have the ``{"error": ..., "error_description":
-...}`` body of docs/middleware.md.
+token uses ``RequireToken``; with ``render_refusal`` registered for its
+``RouteRefused``, every refusal (no token there, a bad token, a forbidden
+request) has the ``{"error": ..., "error_description": ...}`` body of
+docs/middleware.md.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 
 from apitokens import ApiTokens, AuthResult, Policy, SQLiteStore
-from apitokens.starlette import RequireToken
+from apitokens.starlette import RequireToken, RouteRefused, render_refusal
 
 tokens = ApiTokens(
     SQLiteStore(os.environ.get("APITOKENS_DB", "apitokens.db")),
     policy=Policy(protected_paths=["/rest/"]),
 )
 
-api = FastAPI(title="Issue tracker (apitokens example)")
+api = FastAPI(
+    title="Issue tracker (apitokens example)",
+    exception_handlers={RouteRefused: render_refusal},
+)
 Authenticated = Annotated[AuthResult, Depends(RequireToken(tokens))]
 CanWrite = Annotated[AuthResult, Depends(RequireToken(tokens, write=True))]
 

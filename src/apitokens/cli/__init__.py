@@ -5,7 +5,7 @@
     apitokens rule check '[GET].*/rest/.*' POST /rest/api/2/issue
 
 The command acts as the admin who runs it: it opens ``--db`` (default
-``$APITOKENS_DB``, else ``./apitokens.db``; created if missing) with a policy
+``$APITOKENS_DB``, else ``./apitokens.db``; only ``create`` makes a missing one) with a policy
 that makes the acting user (``--actor``, default the login name) a token admin.
 Exit status: 0 success, 1 ``rule check`` found no match, 2 a user error (one
 line on stderr, ``apitokens: error: ...``, never a traceback).

@@ -76,7 +76,7 @@ def _global_options(parser: argparse._ActionsContainer, *, repeated: bool) -> No
         metavar="PATH",
         default=default,
         help=f"the SQLite database (default: $APITOKENS_DB, else ./{DEFAULT_DB}); "
-        "created if missing",
+        "only `create` makes a missing one",
     )
     parser.add_argument(
         "--actor",
