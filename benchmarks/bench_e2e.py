@@ -178,7 +178,10 @@ def serve_and_load(
     report: Path | None = None,
 ) -> Load:
     port = free_port()
-    env = dict(os.environ, BENCH_E2E_MODE=mode, BENCH_E2E_DB=str(db), PYTHONPATH=str(ROOT))
+    # Keep the caller's PYTHONPATH after ROOT: it may point at the tree to measure
+    # (an editable install elsewhere would otherwise win in the server).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, BENCH_E2E_MODE=mode, BENCH_E2E_DB=str(db), PYTHONPATH=path)
     if report is not None:
         env["BENCH_E2E_REPORT"] = str(report)
     server = subprocess.Popen(

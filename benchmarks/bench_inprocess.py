@@ -120,7 +120,7 @@ def main() -> None:
             ApiTokens(store, policy=POLICY, journal=False) as plain,
             ApiTokens(store, policy=POLICY) as tokens,
         ):
-            assert plain.writer.journal is None and tokens._writer.journal is not None
+            assert plain._writer.journal is None and tokens._writer.journal is not None
             issued = tokens.create(
                 actor="alice",
                 name="bench",
