@@ -1,0 +1,195 @@
+"""Attacks on the issue-14 refactor (one request flow, thin adapters), through real servers.
+
+Each test names what it attacks. A test that fails is a finding the lead fixes in
+``src``; one that passes pins a property the attack could not break.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from apitokens import AuthRequest, Outcome, Scope
+from tests.support import Clock, make_tokens
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def serve_uvicorn(app: Callable[..., Any]) -> Iterator[int]:
+    """Run ``app`` under a real uvicorn (h11) in a thread; yield its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # requests wait in the backlog until uvicorn serves
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, http="h11", log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert not thread.is_alive(), "uvicorn did not stop within 10 s"
+
+
+def send(port: int, head: str, body: bytes = b"", *, timeout: float = 10) -> socket.socket:
+    """Open a connection and send ``head`` (request line and headers, CRLF-joined) and ``body``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Read a ``Connection: close`` response to its end; return status and body."""
+    data = b""
+    with sock:
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> str:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    return "\r\n".join(lines + [f"{name}: {value}" for name, value in headers])
+
+
+# -- 1. a catastrophic rule holds the ASGI event loop for the whole regex budget ------------
+
+CATASTROPHIC = "/rest/(?:a|a)*b"  # exponential in the number of "a"s, in the regex module too
+
+
+async def _public(request: Request) -> Response:
+    return JSONResponse({"public": True})
+
+
+async def _rest(request: Request) -> Response:
+    return JSONResponse({"reached": request.url.path})
+
+
+def test_a_catastrophic_rule_never_holds_the_event_loop() -> None:
+    """DESIGN §7: "nothing that blocks the event loop in the ASGI adapter".
+
+    A token whose record and secret are cached is decided on the event loop
+    (``RequestFlow.run_async`` -> ``_decide_async``, ``block=False``), rules and all.
+    The regex module's ``concurrent=True`` retry gives up the GIL, not the loop: for
+    the whole ``rule_timeout`` no other client of the server is served. Any user who
+    may create a token writes its rules, so any user can stall the server for
+    ``rule_timeout`` per request (50 ms by default: 20 requests a second hold it).
+    Here the budget is 1 s to make the window plain: a public request sent while the
+    slow one is being decided must be answered before it.
+    """
+    with make_tokens(protected_paths=["/rest/"], rule_timeout=1.0) as tokens:
+        secret = tokens.create(actor="mallory", name="slow", restrictions=[CATASTROPHIC]).secret
+        auth = [("Authorization", f"Bearer {secret}")]
+        app = tokens.asgi(
+            Starlette(routes=[Route("/public", _public), Route("/rest/{p:path}", _rest)])
+        )
+        for port in serve_uvicorn(app):
+            # Warm: the record, the verification and the hot credential are cached.
+            assert answer(send(port, request_head("GET", "/rest/ab", auth)))[0] == 200
+            slow = send(port, request_head("GET", "/rest/" + "a" * 40, auth))
+            status, _ = answer(send(port, request_head("GET", "/public", [])))
+            assert status == 200
+            # The slow request is still within its 1-s budget: it must not have been
+            # answered yet. If the loop was held, it was answered before /public.
+            readable, _, _ = select.select([slow], [], [], 0)
+            finished_first = bool(readable)
+            status, _ = answer(slow)
+            assert status == 403
+            assert not finished_first, "the public request waited for the rule's regex budget"
+        event = tokens.audit(limit=1)[0]
+        assert (event.outcome, event.reason) == (Outcome.FORBIDDEN, "regex time budget exceeded")
+
+
+# -- 2. method-override headers multiply the JSON parse the budget does not charge ----------
+
+
+def test_override_headers_do_not_multiply_the_json_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request is checked once per method-override header (DESIGN §4), each with its own
+    ``RequestView``, which parses the body again; parsing is not charged to the regex
+    budget (``RequestView.json`` moves the shared deadline on by the time it took).
+
+    So one request of ``max_body_bytes`` (1 MiB) with N copies of
+    ``X-HTTP-Method-Override: POST`` costs N + 1 full JSON parses: about 10 ms each on
+    this machine, 0.58 s of CPU (holding the GIL) for N = 100, and waitress accepts
+    ~12,000 such headers (262 KiB of header), uvicorn's h11 ~700. The same override
+    repeated, or any set of overrides, needs the body parsed once.
+    """
+    import apitokens.rules._match as match_module
+
+    parses: list[int] = []
+    real = match_module.load_json
+
+    def counting(body: object) -> Any:  # calls through: a spy, no stub
+        parses.append(1)
+        return real(body)
+
+    monkeypatch.setattr(match_module, "load_json", counting)
+    with make_tokens(protected_paths=["/rest/"]) as tokens:
+        secret = tokens.create(
+            actor="erin",
+            name="json",
+            scope=Scope.READ_WRITE,
+            restrictions=["[post].*/rest/echo[JsonData::project==ABC]"],
+        ).secret
+        headers = [("Authorization", f"Bearer {secret}"), ("Content-Type", "application/json")]
+        headers += [("X-HTTP-Method-Override", "POST")] * 20
+        body = json.dumps({"project": "ABC", "pad": list(range(1000))}).encode()
+        result = tokens.authenticate(
+            AuthRequest("POST", "/rest/echo", headers=headers, client_ip="127.0.0.1", body=body)
+        )
+        assert result.status_code == 200
+        assert len(parses) == 1, f"the body was parsed {len(parses)} times for one request"
+
+
+# -- 3. secrets in reprs and results ---------------------------------------------------------
+
+
+def test_the_repr_never_shows_a_percent_encoded_token() -> None:
+    """An ``AuthRequest`` repr cuts a token in the path or query to its id (it is often
+    logged), but only a token written plainly: ``apt%5F...`` (or any one character of it
+    percent-encoded, as any client or proxy may send it) shows the whole secret. The
+    audit path decodes before cutting (``_audit_path``); the repr does not.
+    """
+    secret = make_tokens().policy.token_format.issue().value
+    encoded = secret.replace("_", "%5F")
+    request = AuthRequest("GET", f"/rest/{encoded}", query=f"t={quote(secret)}%2A&u={encoded}")
+    shown = repr(request)
+    assert secret[16:] not in shown, shown
+
+
+def test_a_refusal_never_carries_a_token_sent_as_the_forwarded_address() -> None:
+    """The audit event of an allowed-IPs refusal has the client address cut to its id;
+    the ``AuthResult`` the flow returns keeps it whole in ``reason`` (and so in its repr,
+    in ``RouteRefused.result`` and whatever an app logs of it). Behind a trusted proxy the
+    address is ``X-Forwarded-For`` text, which a client chooses.
+    """
+    with make_tokens(
+        clock=Clock(), protected_paths=["/rest/"], trusted_proxies=["127.0.0.1/32"]
+    ) as tokens:
+        issued = tokens.create(actor="dave", name="ip", allowed_ips=["203.0.113.0/24"])
+        hidden = tokens.create(actor="victim", name="other").secret
+        headers = [("Authorization", f"Bearer {issued.secret}"), ("X-Forwarded-For", hidden)]
+        result = tokens.authenticate(
+            AuthRequest("GET", "/rest/x", headers=headers, client_ip="127.0.0.1")
+        )
+        assert result.status_code == 403
+        assert hidden[16:] not in tokens.audit(limit=1)[0].client_ip  # the audit row is cut
+        assert hidden[16:] not in result.reason
+        assert hidden[16:] not in repr(result)
