@@ -193,3 +193,102 @@ def test_a_refusal_never_carries_a_token_sent_as_the_forwarded_address() -> None
         assert hidden[16:] not in tokens.audit(limit=1)[0].client_ip  # the audit row is cut
         assert hidden[16:] not in result.reason
         assert hidden[16:] not in repr(result)
+
+
+# -- 4. what held (these pass: they pin properties the attacks could not break) -------------
+
+
+def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+JSON_RULE = "[post].*/rest/echo[JsonData::project==ABC]"
+GOOD = b'{"project":"ABC"}'
+
+
+async def _echo(request: Request) -> Response:
+    return Response(await request.body())
+
+
+def test_bodies_the_rule_did_not_see_never_reach_the_app() -> None:
+    """Chunked bodies, a chunked body past ``max_body_bytes`` whose first bytes satisfy the
+    rule, Content-Length with Transfer-Encoding, a body shorter than its Content-Length:
+    under werkzeug (WSGI, Flask) and uvicorn (ASGI, Starlette) the app echoes exactly the
+    bytes the rule saw, or never runs.
+    """
+    from flask import Flask
+    from flask import request as flask_request
+
+    with make_tokens(protected_paths=["/rest/"], max_body_bytes=64) as tokens:
+        secret = tokens.create(
+            actor="erin", name="json", scope=Scope.READ_WRITE, restrictions=[JSON_RULE]
+        ).secret
+        flask = Flask(__name__)
+        flask.add_url_rule("/rest/echo", "echo", lambda: flask_request.get_data(), methods=["POST"])
+        starlette = Starlette(routes=[Route("/rest/echo", _echo, methods=["POST"])])
+        auth = [("Authorization", f"Bearer {secret}"), ("Content-Type", "application/json")]
+        cases = [
+            ([("Transfer-Encoding", "chunked")], chunked(GOOD[:5], GOOD[5:]), 200),
+            ([("Transfer-Encoding", "chunked")], chunked(GOOD, b" " * 47, b'"EVIL"'), 413),
+            ([("Content-Length", "17"), ("Transfer-Encoding", "chunked")], chunked(GOOD), None),
+        ]
+        servers = (
+            serve_werkzeug(tokens.wsgi(flask.wsgi_app)),
+            serve_uvicorn(tokens.asgi(starlette)),
+        )
+        for server in servers:
+            for port in server:
+                for headers, body, expected in cases:
+                    status, echoed = answer(
+                        send(port, request_head("POST", "/rest/echo", auth + headers), body)
+                    )
+                    if status == 200:
+                        assert echoed == GOOD
+                    if expected is not None:
+                        assert status == expected, (headers, body, status, echoed)
+
+
+def test_a_required_token_holds_on_a_mounted_app_whatever_the_path() -> None:
+    """``tokens.wsgi(app, require=Requirement.TOKEN)`` mounted with ``DispatcherMiddleware``
+    under a real werkzeug server, with nothing protected by the policy: every spelling of a
+    path into the mount needs a token, and a password never reaches the app.
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from apitokens import Requirement
+
+    def inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"reached " + str(environ.get("REMOTE_USER")).encode()]
+
+    def outer(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"outer"]
+
+    with make_tokens(protected_paths=[]) as tokens:
+        secret = tokens.create(actor="alice", name="ci").secret
+        mounted = DispatcherMiddleware(
+            outer, {"/api": tokens.wsgi(inner, require=Requirement.TOKEN)}
+        )
+        password = [("Authorization", "Basic YWxpY2U6cHc=")]
+        for port in serve_werkzeug(mounted):
+            for target in ["/api/x", "//api/x", "/api//x", "/%61pi/x", "/api/%2e%2e/api/x"]:
+                status, body = answer(send(port, request_head("GET", target, password)))
+                assert status == 401 and b"reached" not in body, target
+            token = [("Authorization", f"Bearer {secret}")]
+            status, body = answer(send(port, request_head("GET", "/api/x", token)))
+            assert status == 200 and b"reached alice" in body
