@@ -195,7 +195,49 @@ def test_a_refusal_never_carries_a_token_sent_as_the_forwarded_address() -> None
         assert hidden[16:] not in repr(result)
 
 
-# -- 4. what held (these pass: they pin properties the attacks could not break) -------------
+# -- 4. a rule reads "//admin/users" while the app routes "/admin/users" ----------------------
+
+
+def test_a_rule_matches_the_path_the_app_routes_not_its_leading_slashes() -> None:
+    """``Policy.protects`` collapses repeated slashes; the rule matcher does not (both use
+    ``decode_path``, but only ``protects`` collapses). waitress gives ``REQUEST_URI`` as
+    sent (``//admin/users``), which ``wsgi._raw_path`` prefers, and ``PATH_INFO`` with
+    the leading slashes collapsed (``/admin/users``); werkzeug's ``Request.path`` (Flask's
+    routing) is ``"/" + PATH_INFO.lstrip("/")`` anyway, so under gunicorn too (RAW_URI and
+    PATH_INFO both ``//admin/users``) Flask serves ``/admin/users``. A rule written as
+    "everything but the admin API", ``[get]/(?!admin/).*``, fullmatches ``//admin/users``:
+    the token reaches the admin API it was refused on ``/admin/users`` (403).
+
+    Reproduced on waitress and gunicorn (sync) with Flask, and on werkzeug's server with
+    an absolute-form target ``http://h//admin/users``. uvicorn + Starlette routes
+    ``//admin/users`` as written (404), so the ASGI side does not show it.
+    """
+    import waitress.server
+    from flask import Flask
+    from flask import request as flask_request
+
+    flask = Flask(__name__)
+    flask.add_url_rule("/admin/users", "admin", lambda: "ADMIN " + flask_request.path)
+    with make_tokens() as tokens:  # protected_paths=("/",), the default
+        secret = tokens.create(actor="carol", name="no-admin", restrictions=["[get]/(?!admin/).*"])
+        auth = [("Authorization", f"Bearer {secret.secret}")]
+        server = waitress.server.create_server(
+            tokens.wsgi(flask.wsgi_app), host="127.0.0.1", port=0, threads=2
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            port = server.effective_port  # type: ignore[union-attr]
+            assert answer(send(port, request_head("GET", "/admin/users", auth)))[0] == 403
+            status, body = answer(send(port, request_head("GET", "//admin/users", auth)))
+        finally:
+            server.close()
+            thread.join(5)
+        assert b"ADMIN" not in body, "the rule saw //admin/users, the app served /admin/users"
+        assert status == 403
+
+
+# -- 5. what held (these pass: they pin properties the attacks could not break) -------------
 
 
 def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
