@@ -237,7 +237,42 @@ def test_a_rule_matches_the_path_the_app_routes_not_its_leading_slashes() -> Non
         assert status == 403
 
 
-# -- 5. what held (these pass: they pin properties the attacks could not break) -------------
+# -- 5. a request its route refuses is audited as a success too --------------------------
+
+
+def test_a_request_its_route_refuses_has_no_success_row() -> None:
+    """``tokens.asgi()`` records SUCCESS (and counts a use) before the app runs; a
+    ``RequireToken(tokens, write=True)`` route then refuses the READ_ONLY token and
+    records FORBIDDEN: one request, answered 403, leaves two rows, one of them a success
+    on the very path it was refused, and ``use_count`` says the token was used there.
+    ``audit(outcome=Outcome.SUCCESS)`` (what an auditor asks "where was this token used?")
+    lists a request that never ran. Through real uvicorn + FastAPI.
+    """
+    from fastapi import Depends, FastAPI
+
+    from apitokens.starlette import RequireToken, RouteRefused, render_refusal
+
+    with make_tokens(protected_paths=["/rest/"]) as tokens:
+        issued = tokens.create(actor="alice", name="read-only")
+        app = FastAPI(exception_handlers={RouteRefused: render_refusal})
+
+        @app.get("/rest/export", dependencies=[Depends(RequireToken(tokens, write=True))])
+        def export() -> dict[str, bool]:
+            return {"exported": True}
+
+        auth = [("Authorization", f"Bearer {issued.secret}")]
+        for port in serve_uvicorn(tokens.asgi(app)):
+            status, body = answer(send(port, request_head("GET", "/rest/export", auth)))
+            assert status == 403 and b"exported" not in body
+        rows = tokens.audit(token_id=issued.token.id, action="authenticate")
+        assert [row.outcome for row in rows] == [Outcome.FORBIDDEN], [
+            (row.outcome, row.reason) for row in rows
+        ]
+        token = tokens.get(issued.token.id)
+        assert token is not None and token.use_count == 0
+
+
+# -- 6. what held (these pass: they pin properties the attacks could not break) -------------
 
 
 def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
