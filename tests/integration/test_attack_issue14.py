@@ -272,7 +272,44 @@ def test_a_request_its_route_refuses_has_no_success_row() -> None:
         assert token is not None and token.use_count == 0
 
 
-# -- 6. what held (these pass: they pin properties the attacks could not break) -------------
+# -- 6. RequireToken reuses any AuthResult in the scope, whichever ApiTokens made it ------
+
+
+def test_require_token_never_takes_another_instances_decision() -> None:
+    """``RequireToken`` (and ``TokenBackend``) reuse ``scope["apitokens.auth"]`` whenever it
+    is an ``AuthResult``, without asking which ``ApiTokens`` decided it. An app with two
+    token systems, staff tokens (``stf_``) checked by ``staff.asgi(app)`` and customer
+    tokens (``cus_``) required on a route by ``RequireToken(customers)``: a staff token
+    authenticates in the staff middleware (its default ``protected_paths=("/",)``), and the
+    customer route takes that decision as its own. A customer token is foreign to the
+    staff middleware (another prefix), passes through, and is decided by ``customers``.
+    Through real uvicorn + FastAPI.
+    """
+    from fastapi import Depends, FastAPI
+
+    from apitokens.starlette import RequireToken, RouteRefused, render_refusal
+
+    with make_tokens(token_prefix="stf") as staff, make_tokens(token_prefix="cus") as customers:
+        staff_token = staff.create(actor="sam", name="staff").secret
+        customer_token = customers.create(actor="carl", name="orders").secret
+        app = FastAPI(exception_handlers={RouteRefused: render_refusal})
+
+        @app.get("/orders", dependencies=[Depends(RequireToken(customers))])
+        def orders() -> dict[str, bool]:
+            return {"orders": True}
+
+        for port in serve_uvicorn(staff.asgi(app)):
+            own = [("Authorization", f"Bearer {customer_token}")]
+            assert answer(send(port, request_head("GET", "/orders", own))) == (
+                200,
+                b'{"orders":true}',
+            )
+            other = [("Authorization", f"Bearer {staff_token}")]
+            status, body = answer(send(port, request_head("GET", "/orders", other)))
+            assert status == 401 and b"orders" not in body, (status, body)
+
+
+# -- 7. what held (these pass: they pin properties the attacks could not break) -------------
 
 
 def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
