@@ -10,6 +10,7 @@ import json
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -156,6 +157,39 @@ def test_override_headers_do_not_multiply_the_json_parse(monkeypatch: pytest.Mon
         )
         assert result.status_code == 200
         assert len(parses) == 1, f"the body was parsed {len(parses)} times for one request"
+
+
+def test_many_json_rules_never_spend_more_than_the_budget_formatting_one_value() -> None:
+    """``RequestView.texts`` formats an object or array value (compact JSON, sorted keys)
+    for every JsonData clause of every rule, again each time, and the time is not charged
+    to the budget. A token may have 1000 rules (``MAX_RULES``), all written by the user who
+    creates it: one request with a 1 MB object under the clauses' path then costs one
+    formatting per rule, ~50 ms each here (2.6 s of CPU, holding the GIL, for 50 rules;
+    the budget is 0.05 s), times the method-override headers (each a new RequestView).
+
+    Measured as this thread's CPU time, against the same request under one rule.
+    """
+    body = json.dumps({"data": {f"k{i}": [i, i + 1] for i in range(8000)}}).encode()
+
+    def cpu_for(rules: int) -> float:
+        with make_tokens(protected_paths=["/rest/"], max_body_bytes=1_048_576) as tokens:
+            restrictions = [f"[post]/rest/echo[JsonData::data==no{i}]" for i in range(rules)]
+            secret = tokens.create(
+                actor="mallory", name="many", scope=Scope.READ_WRITE, restrictions=restrictions
+            ).secret
+            headers = [("Authorization", f"Bearer {secret}"), ("Content-Type", "application/json")]
+            request = AuthRequest("POST", "/rest/echo", headers=headers, body=body)
+            assert tokens.authenticate(request).status_code == 403  # warm: verified, cached
+            started = time.thread_time()
+            result = tokens.authenticate(request)
+            spent = time.thread_time() - started
+            assert result.status_code == 403
+            return spent
+
+    one = cpu_for(1)
+    many = cpu_for(100)
+    budget = 0.05
+    assert many <= 4 * one + budget, f"1 rule: {one:.3f} s of CPU; 100 rules: {many:.3f} s"
 
 
 # -- 3. secrets in reprs and results ---------------------------------------------------------
