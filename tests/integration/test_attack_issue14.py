@@ -343,7 +343,51 @@ def test_require_token_never_takes_another_instances_decision() -> None:
             assert status == 401 and b"orders" not in body, (status, body)
 
 
-# -- 7. what held (these pass: they pin properties the attacks could not break) -------------
+# -- 7. docs/security.md puts a mount inside the middleware, where nothing protects it ------
+
+
+def test_a_mount_inside_the_middleware_is_protected_as_the_docs_say() -> None:
+    """docs/security.md, "Middleware order": "what changes a request goes inside (is
+    wrapped by) the apitokens middleware", and its "Mounted apps" item promises that
+    ``protected_paths=["/rest/"]`` "also protects an app mounted at ``/api`` (Starlette
+    ``Mount``, werkzeug ``DispatcherMiddleware``)". Followed as written,
+    ``tokens.asgi(Starlette(routes=[Mount("/api", app=api)]))`` (FastAPI's
+    ``app.mount("/api", api)`` then ``app = tokens.asgi(app)`` is the same) and
+    ``tokens.wsgi(DispatcherMiddleware(site, {"/api": api}))``: the middleware sees
+    ``/api/rest/admin`` with no ``root_path``/``SCRIPT_NAME`` yet, not under ``/rest/``,
+    and passes it; the mounted app routes ``/rest/admin``. With ``allow_other_auth=False``
+    a request without any credentials reaches it. (Only the middleware *inside* the
+    mount, as the hardening tests build it, protects the app.)
+    """
+    from starlette.routing import Mount
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    async def admin(request: Request) -> Response:
+        return JSONResponse({"reached": True})
+
+    def site(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"site"]
+
+    def wsgi_admin(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"reached " + environ.get("PATH_INFO", "").encode()]
+
+    with make_tokens(protected_paths=["/rest/"], allow_other_auth=False) as tokens:
+        api = Starlette(routes=[Route("/rest/admin", admin)])
+        asgi_app = tokens.asgi(Starlette(routes=[Mount("/api", app=api)]))
+        wsgi_app = tokens.wsgi(DispatcherMiddleware(site, {"/api": wsgi_admin}))
+        reached = []
+        for server in (serve_uvicorn(asgi_app), serve_werkzeug(wsgi_app)):
+            for port in server:
+                assert answer(send(port, request_head("GET", "/rest/admin", [])))[0] == 401
+                status, body = answer(send(port, request_head("GET", "/api/rest/admin", [])))
+                if b"reached" in body:
+                    reached.append((status, body))
+        assert not reached, reached
+
+
+# -- 8. what held (these pass: they pin properties the attacks could not break) -------------
 
 
 def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
