@@ -169,8 +169,8 @@ class Policy:
     def protects(self, path: str) -> bool:
         """Return whether tokens are checked on ``path`` (raw, percent-encoded).
 
-        The path is decoded as the rules decode it (``decode_path``) and repeated
-        slashes collapsed, so ``/%72est/`` or ``//rest/`` cannot dodge a ``/rest/``
+        The path is decoded as the rules decode it (``decode_path``, repeated
+        slashes collapsed), so ``/%72est/`` or ``//rest/`` cannot dodge a ``/rest/``
         prefix, and a path the rules see under a protected prefix is protected. A
         path the rules refuse to read (``.`` or ``..`` segments, an encoded slash, a
         backslash, a control character, a malformed escape) is protected whenever
@@ -184,11 +184,9 @@ class Policy:
             plain = _collapse_slashes(path) if "//" in path else path
             if plain.startswith(prefixes):
                 return True
-        decoded, problem = decode_path(path)
+        decoded, problem = decode_path(path)  # repeated slashes collapsed, as the rules see it
         if problem:
             return bool(prefixes)
-        if "//" in decoded:
-            decoded = _collapse_slashes(decoded)
         return decoded.startswith(prefixes)
 
     # Permission checks: `groups` is the acting or owning user's groups.

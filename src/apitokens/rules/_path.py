@@ -26,6 +26,10 @@ def decode_path(raw: object) -> tuple[str, str]:
     Args:
         raw: ``AuthRequest.path``, still percent-encoded.
 
+    Repeated slashes are collapsed (``//admin`` is ``/admin``), as most servers and
+    frameworks route it (werkzeug, waitress), so the rules match the path the app
+    acts on.
+
     Returns:
         ``(decoded, "")``, or ``("", reason)`` when the path cannot be read safely: not a
         string, a malformed escape or invalid UTF-8, an encoded slash or backslash, a
@@ -47,8 +51,14 @@ def decode_path(raw: object) -> tuple[str, str]:
         and "\\" not in raw
         and ("." not in raw or ("/." not in raw and raw[:1] != "."))
     ):
-        return raw, ""
+        return (_collapsed(raw) if "//" in raw else raw), ""
     return _decode(raw)
+
+
+def _collapsed(path: str) -> str:
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
 
 
 def _decode(raw: object) -> tuple[str, str]:
@@ -75,7 +85,7 @@ def _decode(raw: object) -> tuple[str, str]:
         again = unquote(decoded, errors="surrogateescape")
         if again != decoded and (again.count("/") != decoded.count("/") or _unsafe(again)):
             return "", "path is encoded twice to hide a slash, dot segment or control character"
-    return decoded, ""
+    return _collapsed(decoded), ""
 
 
 def _unsafe(path: str) -> str:
