@@ -32,6 +32,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+DECIDED_BY = "apitokens.flow"
+"""The scope key naming the flow that decided ``scope["apitokens.auth"]``: a route reuses
+a decision only from its own ``ApiTokens`` (another's tokens are not its tokens)."""
+
+
+def decided_here(scope: Scope, flow: RequestFlow) -> AuthResult | None:
+    """The result ``flow`` already put in ``scope``, or ``None`` (none, or another's)."""
+    result = scope.get("apitokens.auth")
+    if isinstance(result, AuthResult) and scope.get(DECIDED_BY) is flow:
+        return result
+    return None
+
 
 # The headers the core reads, by the name an ASGI server passes (lower case).
 _WANTED = {name.encode(): name for name in READ_HEADERS}
@@ -151,6 +163,7 @@ class ASGIMiddleware:
         scope = dict(scope)  # a copy: the ASGI spec asks middleware not to change the server's
         if result.authenticated:
             scope["apitokens.auth"] = result
+            scope[DECIDED_BY] = self.flow
             scope["user"] = TokenUser(result)
             scope["auth"] = TokenAuth(result)
         elif result.status_code != 200:

@@ -31,7 +31,7 @@ from . import asgi
 from ._flow import Requirement
 from ._model import Outcome
 from ._result import AuthResult
-from .asgi import request_from_scope
+from .asgi import DECIDED_BY, decided_here, request_from_scope
 
 if TYPE_CHECKING:
     from ._api import ApiTokens
@@ -138,8 +138,8 @@ class TokenBackend(AuthenticationBackend):
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         """Return credentials and user, ``None`` to pass, or raise :class:`TokenRefused`."""
-        result = conn.scope.get("apitokens.auth")
-        if not isinstance(result, AuthResult):
+        result = decided_here(conn.scope, self.flow)
+        if result is None:
             result = await self.flow.run_async(request_from_scope(conn.scope), None)
         if result.outcome is Outcome.PASS_THROUGH:
             return None
@@ -147,6 +147,7 @@ class TokenBackend(AuthenticationBackend):
             raise TokenRefused(result)
         # As the middleware gives it, and so a RequireToken route reuses this decision.
         conn.scope["apitokens.auth"] = result
+        conn.scope[DECIDED_BY] = self.flow
         return AuthCredentials(result.scopes), TokenUser(result)
 
     @staticmethod
@@ -171,8 +172,8 @@ class RequireToken:
         """Return the result for ``request`` or raise :class:`RouteRefused`."""
         flow = self.flow
         auth_request = request_from_scope(request.scope)
-        result = request.scope.get("apitokens.auth")
-        if isinstance(result, AuthResult):  # decided before (middleware, backend): held to it
+        result = decided_here(request.scope, flow)
+        if result is not None:  # decided before (middleware, backend): held to the route
             result = await flow.require_async(auth_request, result, self.require)
         else:
             result = await flow.run_async(auth_request, _Body(request), require=self.require)
