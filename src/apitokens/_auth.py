@@ -27,7 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -48,7 +48,7 @@ from ._model import AuthEntry, Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, AuthRequest
 from ._result import AuthResult, refusal
-from .rules import Deadline
+from .rules import Deadline, NeedsThreadError
 from .storage import TokenStore
 
 __all__ = ["Authenticator", "Decision", "WouldBlock"]
@@ -60,6 +60,8 @@ _AUTHENTICATED = "authenticated"
 _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
 _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
+# More method-override values than there are such headers is no request a client means.
+_MAX_OVERRIDES = len(METHOD_OVERRIDES)
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
 # Control characters and spaces, which RFC 9112 allows nowhere in a request target.
 _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
@@ -239,7 +241,15 @@ class Authenticator:
             hot = self.hot.get(fingerprint)
             if hot is not None and self._stands(hot, now):
                 return self._granted(
-                    request, now, client_ip, hot.compiled, hot.user, hot.result, body_read, None
+                    request,
+                    now,
+                    client_ip,
+                    hot.compiled,
+                    hot.user,
+                    hot.result,
+                    body_read,
+                    block,
+                    None,
                 )
         attempt = _Attempt(request, now, client_ip, patient=patient)
         try:
@@ -380,6 +390,7 @@ class Authenticator:
             user,
             result,
             body_read,
+            block,
             verified.rehash,
             token,
         )
@@ -406,16 +417,21 @@ class Authenticator:
         user: str,
         result: AuthResult,
         body_read: bool,
+        block: bool,
         rehash: Rehash | None,
         token: Token | None = None,
     ) -> Decision:
         """The one gate both paths end in: the checks about the request itself, then success.
 
         ``token`` is the record as of ``now`` (the cached one when not given).
+
+        Raises:
+            WouldBlock: not ``block``, and a rule's match needs more than a slice of
+                time (it runs on a worker thread then, never on an event loop).
         """
         if token is None:
             token = compiled.stored.token
-        problem = self._problem(request, client_ip, compiled, token, body_read)
+        problem = self._problem(request, client_ip, compiled, token, body_read, block)
         if problem is not None:
             if isinstance(problem, Decision):
                 return problem
@@ -432,6 +448,7 @@ class Authenticator:
         compiled: CompiledToken,
         token: Token,
         body_read: bool,
+        block: bool,
     ) -> tuple[int, str] | Decision | None:
         """What the token does not allow about this request: (status, reason), or ``None``.
 
@@ -442,17 +459,15 @@ class Authenticator:
         if compiled.networks and not in_networks(client_ip, compiled.networks):
             if not client_ip:  # AuthRequest(client_ip=...) not given: say so, not ''
                 return 403, "no client address given, and the token has allowed IPs"
-            return 403, f"client address {client_ip!r} not in the token's allowed IPs"
+            # The address may be text from X-Forwarded-For: a token in it is cut to its id.
+            shown = self.policy.token_format.redact(client_ip)
+            return 403, f"client address {shown!r} not in the token's allowed IPs"
         # A method-override header makes many apps act as another method: the request
         # must be allowed as sent and as overridden (a plain loop: every request).
-        requests = None
-        for name, value in request.headers:
-            if name in _METHOD_OVERRIDES:
-                if requests is None:
-                    requests = [request]
-                requests.append(replace(request, method=value.strip()))
-        for checked in requests or (request,):
-            method = checked.method
+        overrides = [value.strip() for name, value in request.headers if name in _METHOD_OVERRIDES]
+        if len(overrides) > _MAX_OVERRIDES:
+            return 400, "too many method-override headers"
+        for method in (request.method, *overrides):
             if not token.scope.allows(method):
                 return 403, f"method {_shown(method)} outside the token's {token.scope} scope"
         rules = compiled.rules
@@ -468,14 +483,14 @@ class Authenticator:
                 return Decision(AuthResult(Outcome.PASS_THROUGH, token=token), need_body=True)
             if len(request.body) > policy.max_body_bytes:
                 return 413, f"body larger than {policy.max_body_bytes} bytes for a JSON rule"
-        deadline = Deadline(policy.rule_timeout)  # one budget for all methods checked
-        for checked in requests or (request,):
-            match = rules.match(checked, timeout=deadline)
-            if not match.matched:
-                if checked is not request:
-                    return 403, f"{match.reason} (as method override {_shown(checked.method)})"
-                return 403, match.reason
-        return None
+        # One budget for every method checked. On the event loop (not block) a match
+        # needing more than a slice moves the decision to a worker thread.
+        deadline = Deadline(policy.rule_timeout, on_loop=not block)
+        try:
+            match = rules.match(request, timeout=deadline, overrides=overrides)
+        except NeedsThreadError:
+            raise WouldBlock from None
+        return None if match.matched else (403, match.reason)
 
     # -- steps that may block ----------------------------------------------
 

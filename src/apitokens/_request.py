@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 __all__ = ["METHOD_OVERRIDES", "READ_HEADERS", "AuthRequest", "Headers", "quote_path"]
 
@@ -117,5 +117,17 @@ _TOKENISH = re.compile(r"([a-zA-Z0-9]{2,10}_[0-9A-Za-z]{12})[0-9A-Za-z]{38}")
 
 
 def _cut(text: str) -> str:
-    """``text`` with anything shaped like a token cut to its id: a repr is often logged."""
+    """``text`` with anything shaped like a token cut to its id: a repr is often logged.
+
+    A percent-encoded text is shown decoded (until nothing changes, at most 16 times),
+    so no encoding of a token hides it from the cut.
+    """
+    if "%" in text:
+        for _ in range(16):
+            decoded = unquote(text, errors="replace")
+            if decoded == text:
+                break
+            text = decoded
+        else:
+            return "(percent-encoded more than 16 times)"
     return _TOKENISH.sub(r"\1…", text) if "_" in text else text

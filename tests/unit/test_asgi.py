@@ -236,9 +236,7 @@ def test_warm_requests_are_decided_on_the_loop_and_the_server_scope_is_copied(
     assert warm is not None
     assert warm is not server_scope and server_scope == original  # never changed in place
     added = ("apitokens.auth", "apitokens.flow", "user", "auth")
-    assert {k: v for k, v in warm.items() if k not in added} == (
-        original
-    )
+    assert {k: v for k, v in warm.items() if k not in added} == (original)
     assert sent[0]["status"] == 200
     # A fresh user and scopes list per request: an app changing one cannot reach another.
     again, _ = call(tokens, scope_for(issued.secret))

@@ -13,13 +13,14 @@ rules at once, ``_body`` reads a JSON body, ``_path`` decodes the path.
 from __future__ import annotations
 
 from apitokens.rules._combine import RuleSet
-from apitokens.rules._match import DEFAULT_RULE_TIMEOUT, Deadline, RuleMatch
+from apitokens.rules._match import DEFAULT_RULE_TIMEOUT, Deadline, NeedsThreadError, RuleMatch
 from apitokens.rules._path import decode_path
 from apitokens.rules._rule import RestrictionRule
 
 __all__ = [
     "DEFAULT_RULE_TIMEOUT",
     "Deadline",
+    "NeedsThreadError",
     "RestrictionRule",
     "RuleMatch",
     "RuleSet",

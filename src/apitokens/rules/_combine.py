@@ -149,24 +149,35 @@ class RuleSet:
         return self.needs_body and not json_media_type_problem(request.headers)
 
     def match(
-        self, request: AuthRequest, *, timeout: float | Deadline = DEFAULT_RULE_TIMEOUT
+        self,
+        request: AuthRequest,
+        *,
+        timeout: float | Deadline = DEFAULT_RULE_TIMEOUT,
+        overrides: Sequence[str] = (),
     ) -> RuleMatch:
         """Decide whether any rule allows ``request``; never raises for any request.
 
-        The request is decoded once for all rules, and every regex match runs with the
+        The request is decoded once for all rules (its query and body parsed, each
+        JSON value formatted, at most once), and every regex match runs with the
         ``regex`` module's timeout, within one budget.
 
         Args:
             request: the request; ``path`` still percent-encoded, ``body`` read if
                 :attr:`needs_body`.
             timeout: seconds all regex matching of this call may take together, or a
-                :class:`Deadline` shared with the other calls made for the same
-                request (its method overrides); running out denies.
+                :class:`Deadline` shared with other calls; running out denies.
+            overrides: methods the request must be allowed as too (its method-override
+                headers), each matched on the same reading, within the same budget.
 
         Returns:
-            ``RuleMatch(True, "")`` if a rule matches (or there are none); otherwise
-            the reason of the rule that got furthest, e.g.
-            ``"no rule matched; rule 2: query parameter 'x' is missing"``.
+            ``RuleMatch(True, "")`` if a rule matches (or there are none) for the
+            method and every override; otherwise the reason of the rule that got
+            furthest, e.g. ``"no rule matched; rule 2: query parameter 'x' is missing"``
+            (with ``" (as method override DELETE)"`` when an override failed).
+
+        Raises:
+            NeedsThreadError: a match needs more than a slice of time and the
+                deadline is ``on_loop``: decide again on a worker thread.
         """
         if not self.rules:
             return MATCHED
@@ -174,6 +185,20 @@ class RuleSet:
         view = RequestView(request, deadline)
         if view.path_error:
             return RuleMatch(False, view.path_error)
+        found = self._match(view)
+        for method in overrides:
+            if not found:
+                break
+            view.method = method.upper() if method.isascii() else ""
+            found = self._match(view)
+            if not found:
+                shown = view.method if view.method.isalpha() and len(method) <= 16 else ""
+                return RuleMatch(
+                    False, f"{found.reason} (as method override {shown or '(not a method name)'})"
+                )
+        return found
+
+    def _match(self, view: RequestView) -> RuleMatch:
         try:
             for pattern in self._combined.patterns(view.method):
                 if view.fullmatch(pattern, view.path):

@@ -38,6 +38,7 @@ __all__ = [
     "MATCHED",
     "BudgetExceededError",
     "Deadline",
+    "NeedsThreadError",
     "RequestView",
     "RuleMatch",
     "failure",
@@ -85,6 +86,15 @@ class BudgetExceededError(Exception):
     """The regex time budget of a request ran out."""
 
 
+class NeedsThreadError(Exception):
+    """A match needs more than a slice of time, on a thread that must not wait for it.
+
+    Raised with a :class:`Deadline` made ``on_loop``: the caller decides again on a
+    worker thread (where the match may take the rest of the budget), so a slow rule
+    never holds an event loop for more than :data:`GIL_SLICE`.
+    """
+
+
 @final
 class Deadline:
     """When the regex matching of one request must end: one budget for every match call.
@@ -95,11 +105,14 @@ class Deadline:
 
     Args:
         timeout: seconds from now; zero, negative or NaN leaves no time at all.
+        on_loop: the matching runs on an event loop: a match that needs more than
+            :data:`GIL_SLICE` raises :class:`NeedsThreadError` instead of going on.
     """
 
-    __slots__ = ("at",)
+    __slots__ = ("at", "on_loop")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, *, on_loop: bool = False) -> None:
+        self.on_loop = on_loop
         at = monotonic()
         # "not timeout > 0" also catches NaN, which regex would read as "no limit".
         if timeout > 0:
@@ -118,6 +131,7 @@ class RequestView:
         "_json",
         "_query",
         "_raw_query",
+        "_texts",
         "method",
         "path",
         "path_error",
@@ -133,6 +147,7 @@ class RequestView:
         self._headers: object = request.headers
         self._query: dict[str, list[str]] | str | None = None
         self._json: JsonObject | str | None = None
+        self._texts: dict[int, list[str] | None] = {}  # by id() of a value of _json
 
     def fullmatch(self, pattern: regex.Pattern[str], text: str) -> bool:
         """Fullmatch within the budget left; raise BudgetExceededError when it runs out.
@@ -159,6 +174,8 @@ class RequestView:
         except TimeoutError:
             if remaining <= GIL_SLICE:
                 raise BudgetExceededError from None
+            if self._deadline.on_loop:
+                raise NeedsThreadError from None
         remaining = self._deadline.at - monotonic()
         if remaining <= 0:
             raise BudgetExceededError
@@ -187,16 +204,23 @@ class RequestView:
     def texts(self, value: object) -> list[str] | None:
         """``value_texts`` of ``value``; the time it takes is not charged to the budget.
 
+        Each value of the body is formatted once per request, however many clauses
+        (rules, method overrides) look at it: the body's size bounds the work.
+
         Raises:
             RecursionError: an object inside the value is nested too deeply to format.
         """
         if isinstance(value, str):  # most values: nothing to format, no clock to read
             return [value]
+        key = id(value)  # the value lives in self._json, so its id is not reused
+        if key in self._texts:
+            return self._texts[key]
         started = monotonic()
         try:
-            return value_texts(value)
+            texts = self._texts[key] = value_texts(value)
         finally:
             self._deadline.at += monotonic() - started
+        return texts
 
 
 def _parse_query(raw: object) -> dict[str, list[str]] | str:
