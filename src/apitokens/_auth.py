@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
-from urllib.parse import unquote
 
 from ._addresses import client_address, in_networks
 from ._admission import Admission, Refusal, Ticket
@@ -46,7 +45,7 @@ from ._errors import StorageError
 from ._hashing import SecretVerifier
 from ._model import AuthEntry, Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
-from ._request import METHOD_OVERRIDES, AuthRequest
+from ._request import METHOD_OVERRIDES, AuthRequest, shown_method, unquoted_fully
 from ._result import AuthResult, refusal
 from .rules import Deadline, NeedsThreadError
 from .storage import TokenStore
@@ -62,7 +61,6 @@ _ACTIVE = TokenStatus.ACTIVE
 _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
 # More method-override values than there are such headers is no request a client means.
 _MAX_OVERRIDES = len(METHOD_OVERRIDES)
-_METHOD = re.compile(r"[A-Za-z]{1,16}")
 # Control characters and spaces, which RFC 9112 allows nowhere in a request target.
 _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
@@ -469,7 +467,7 @@ class Authenticator:
             return 400, "too many method-override headers"
         for method in (request.method, *overrides):
             if not token.scope.allows(method):
-                return 403, f"method {_shown(method)} outside the token's {token.scope} scope"
+                return 403, f"method {shown_method(method)} outside the token's {token.scope} scope"
         rules = compiled.rules
         if rules is None:
             return None
@@ -696,15 +694,10 @@ class Authenticator:
         fmt = self.policy.token_format
         path = request.path
         if "%" in path:
-            # Decoded until nothing changes (bounded): every encoding of a token, at
-            # every depth, shows in the last form, and that form is written, cut.
-            decoded = path
-            for _ in range(16):
-                again = unquote(decoded, errors="replace")
-                if again == decoded:
-                    break
-                decoded = again
-            else:
+            # Every encoding of a token, at every depth, shows in the fully decoded
+            # form, and that form is written, cut.
+            decoded = unquoted_fully(path)
+            if decoded is None:
                 return "(a path percent-encoded more than 16 times)"
             if fmt.contains(decoded):
                 path = decoded
@@ -713,8 +706,3 @@ class Authenticator:
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
         self.tokens.discard(token_id)
-
-
-def _shown(method: str) -> str:
-    """A method for a reason in the audit log: a client's override header is any text."""
-    return method.upper() if _METHOD.fullmatch(method) else "(not a method name)"

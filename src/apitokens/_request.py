@@ -7,7 +7,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-__all__ = ["METHOD_OVERRIDES", "READ_HEADERS", "AuthRequest", "Headers", "quote_path"]
+__all__ = [
+    "METHOD_OVERRIDES",
+    "READ_HEADERS",
+    "AuthRequest",
+    "Headers",
+    "quote_path",
+    "shown_method",
+    "unquoted_fully",
+]
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -116,18 +124,36 @@ class AuthRequest:
 _TOKENISH = re.compile(r"([a-zA-Z0-9]{2,10}_[0-9A-Za-z]{12})[0-9A-Za-z]{38}")
 
 
+_METHOD_NAME = re.compile(r"[A-Za-z]{1,16}")
+
+
+def shown_method(method: str) -> str:
+    """A method as a reason may show it: a client's override header is any text."""
+    return method.upper() if _METHOD_NAME.fullmatch(method) else "(not a method name)"
+
+
+def unquoted_fully(text: str) -> str | None:
+    """``text`` percent-decoded until nothing changes; ``None`` past 16 rounds.
+
+    Every encoding of a token, at every depth, shows in the result, so a cut made
+    on it misses none (a repr, the audit log's path).
+    """
+    for _ in range(16):
+        decoded = unquote(text, errors="replace")
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
 def _cut(text: str) -> str:
     """``text`` with anything shaped like a token cut to its id: a repr is often logged.
 
-    A percent-encoded text is shown decoded (until nothing changes, at most 16 times),
-    so no encoding of a token hides it from the cut.
+    A percent-encoded text is shown decoded, so no encoding hides a token from the cut.
     """
     if "%" in text:
-        for _ in range(16):
-            decoded = unquote(text, errors="replace")
-            if decoded == text:
-                break
-            text = decoded
-        else:
+        decoded = unquoted_fully(text)
+        if decoded is None:
             return "(percent-encoded more than 16 times)"
+        text = decoded
     return _TOKENISH.sub(r"\1…", text) if "_" in text else text

@@ -453,7 +453,7 @@ def test_methods() -> None:
     )
     assert (
         RestrictionRule.parse("[GET].*").explain(AuthRequest("G\u00c9T", "/")).reason
-        == "method (invalid) not in [GET]"
+        == "method (not a method name) not in [GET]"
     )
 
 

@@ -34,7 +34,7 @@ from typing import Final, final
 import regex
 
 from apitokens._errors import RuleSyntaxError
-from apitokens._request import AuthRequest
+from apitokens._request import AuthRequest, shown_method
 from apitokens.rules._body import json_media_type_problem
 from apitokens.rules._match import (
     AT_PATH,
@@ -192,10 +192,8 @@ class RuleSet:
             view.method = method.upper() if method.isascii() else ""
             found = self._match(view)
             if not found:
-                shown = view.method if view.method.isalpha() and len(method) <= 16 else ""
-                return RuleMatch(
-                    False, f"{found.reason} (as method override {shown or '(not a method name)'})"
-                )
+                shown = shown_method(method)
+                return RuleMatch(False, f"{found.reason} (as method override {shown})")
         return found
 
     def _match(self, view: RequestView) -> RuleMatch:

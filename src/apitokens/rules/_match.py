@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 import regex
 
-from apitokens._request import AuthRequest
+from apitokens._request import AuthRequest, shown_method
 from apitokens.rules._body import (
     MISSING,
     JsonObject,
@@ -247,8 +247,7 @@ def _parse_query(raw: object) -> dict[str, list[str]] | str:
 def method_failure(rule: ParsedRule, view: RequestView) -> tuple[int, str] | None:
     """Why ``rule`` does not allow the request's method, or None if it does."""
     if rule.methods and view.method not in rule.methods:
-        shown = view.method if view.method.isalpha() and len(view.method) <= 16 else "(invalid)"
-        return AT_METHOD, f"method {shown} not in [{','.join(rule.methods)}]"
+        return AT_METHOD, f"method {shown_method(view.method)} not in [{','.join(rule.methods)}]"
     return None
 
 
