@@ -107,7 +107,10 @@ class Cli:
         err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
         given = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
         streams = (sys.stdin, sys.stdout, sys.stderr)
-        with _process_state({**self.env, **(env or {})}, self.cwd):
+        # The installed command's stdout is a pipe, so argparse wraps --help at 80 columns;
+        # here fd 1 may be a terminal (pytest -s), so say 80 unless the test's env says.
+        environ = {"COLUMNS": "80", **self.env, **(env or {})}
+        with _process_state(environ, self.cwd):
             sys.stdin, sys.stdout, sys.stderr = given, out, err
             try:
                 code = main(self._argv(args, db=db, actor=actor))
