@@ -19,7 +19,8 @@ HEADER = ["ID", "NAME", "USER", "SCOPE", "STATUS", "EXPIRES", "LAST USED", "USES
 
 
 def test_create_prints_the_token_once_with_a_snippet_and_it_authenticates(cli: Cli) -> None:
-    result = cli.ok("create", "--name", "CI report", "--expires-in", "30d")
+    result = cli.installed("create", "--name", "CI report", "--expires-in", "30d")
+    assert (result.code, result.err) == (0, ""), result
 
     assert result.lines[0].startswith("Created token ")
     assert "('CI report', user admin): read_only, expires 20" in result.lines[0]

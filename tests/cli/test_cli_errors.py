@@ -85,7 +85,7 @@ def test_secure_and_revoked_tokens_refuse_what_they_cannot_do(cli: Cli) -> None:
 
 
 def test_unknown_subcommand(cli: Cli) -> None:
-    result = cli("frob")
+    result = cli.installed("frob")
     assert result.code == 2
     assert result.err.startswith("apitokens: error: argument COMMAND: invalid choice: 'frob'")
     assert len(result.err.splitlines()) == 1
@@ -124,7 +124,7 @@ def test_the_database_defaults_to_the_environment_then_the_working_directory(cli
     assert (cli.cwd / "apitokens.db").is_file()
     assert [t["name"] for t in cli.json("list")] == []  # cli.db is another file
 
-    listed = cli("list", "--json", db=False, env={"APITOKENS_DB": str(cli.db)})
+    listed = cli.installed("list", "--json", db=False, env={"APITOKENS_DB": str(cli.db)})
     assert (listed.code, listed.out, listed.err) == (0, "[]\n", "")
     assert "here" in cli.ok("list", db=False).out
 

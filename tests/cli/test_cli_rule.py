@@ -60,8 +60,8 @@ def test_the_body_can_come_from_a_file_or_stdin(cli: Cli) -> None:
     (cli.cwd / "body.json").write_text('{"editable": false}')
     by_file = cli("rule", "check", RULE, "PUT", "/rest/api/2/filter?expand=viewers",
                   "--json", "@body.json")  # fmt: skip
-    by_stdin = cli("rule", "check", RULE, "PUT", "/rest/api/2/filter?expand=viewers",
-                   "--json", "@-", stdin='{"editable": false}')  # fmt: skip
+    by_stdin = cli.installed("rule", "check", RULE, "PUT", "/rest/api/2/filter?expand=viewers",
+                             "--json", "@-", stdin='{"editable": false}')  # fmt: skip
     assert by_file.code == by_stdin.code == 0
     assert by_file.out == by_stdin.out
     assert by_file.lines[-1] == "result:   match (the rule allows this request)"
