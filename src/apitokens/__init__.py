@@ -43,7 +43,7 @@ from ._request import AuthRequest
 from ._result import AuthResult
 from ._tokens import TOKEN_PATTERN
 from .rules import RestrictionRule, RuleMatch
-from .storage import MemoryStore, SQLiteStore, TokenStore
+from .storage import MemoryStore, SQLiteStore, TokenStore, open_store
 
 __all__ = [
     "TOKEN_PATTERN",
@@ -79,6 +79,7 @@ __all__ = [
     "TokenStatus",
     "TokenStore",
     "Usage",
+    "open_store",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -41,6 +41,7 @@ PUBLIC = {
     "TokenStatus",
     "TokenStore",
     "Usage",
+    "open_store",
 }
 
 
@@ -100,6 +101,8 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
         "StoredToken",
         "TokenStore",
         "Usage",
+        "open_store",
+        "redact_dsn",
     }
     assert apitokens.storage.StoredToken is apitokens.StoredToken
     assert apitokens.storage.Usage is apitokens.Usage

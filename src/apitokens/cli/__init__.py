@@ -4,8 +4,9 @@
     apitokens list --status active
     apitokens rule check '[GET].*/rest/.*' POST /rest/api/2/issue
 
-The command acts as the admin who runs it: it opens ``--db`` (default
-``$APITOKENS_DB``, else ``./apitokens.db``; only ``create`` makes a missing one) with a policy
+The command acts as the admin who runs it: it opens ``--db`` (a SQLite path or any
+URL :func:`apitokens.open_store` takes but an in-memory one; default ``$APITOKENS_DB``,
+else ``./apitokens.db``; only ``create`` makes a missing SQLite file) with a policy
 that makes the acting user (``--actor``, default the login name) a token admin.
 Exit status: 0 success, 1 ``rule check`` found no match, 2 a user error (one
 line on stderr, ``apitokens: error: ...``, never a traceback).
@@ -30,9 +31,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from apitokens import ApiTokens, ApiTokensError, Policy, RuleSyntaxError, SQLiteStore
+from apitokens import ApiTokens, ApiTokensError, Policy, RuleSyntaxError, TokenStore
 from apitokens._journal import SUPPORTED as JOURNALS_SUPPORTED
-from apitokens._journal import distrust, replay
+from apitokens._journal import FilePositions, Positions, distrust, replay
+from apitokens.storage._open import Location, locate, open_location
 
 from ._commands import (
     EXIT_FAILURE,
@@ -66,13 +68,43 @@ def _actor(args: argparse.Namespace) -> str:
     return actor
 
 
-def _database(args: argparse.Namespace) -> Path:
-    path = Path(args.db or os.environ.get("APITOKENS_DB") or DEFAULT_DB)
-    if path.is_dir():
-        raise CommandError(f"database {str(path)!r} is a directory, not a file")
-    if not path.parent.is_dir():
-        raise CommandError(f"database {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    return path
+def _location(args: argparse.Namespace) -> Location:
+    location = locate(args.db or os.environ.get("APITOKENS_DB") or DEFAULT_DB)
+    if location.in_memory:
+        # Every command would work on a store that is gone when it exits: `create` would
+        # print a token no service can ever check.
+        raise CommandError(
+            f"database {location.shown!r} is in memory and keeps nothing after the command"
+            " exits; give a SQLite path or a postgresql:// URL"
+        )
+    if location.kind == "sqlite":
+        path = Path(location.target)
+        if path.is_dir():
+            raise CommandError(f"database {location.shown!r} is a directory, not a file")
+        if not path.parent.is_dir():
+            raise CommandError(
+                f"database {location.shown!r}: directory {str(path.parent)!r} does not exist"
+            )
+    return location
+
+
+def _open(location: Location, command: Command) -> TokenStore:
+    """Open the store; a SQLite file only if it exists, unless the command is ``create``."""
+    if location.kind == "sqlite" and not Path(location.target).exists():
+        if command is not create:
+            # Only `create` makes a database: `list` or `audit` on a mistyped path (or with
+            # APITOKENS_DB unset in this shell) would print "nothing" from an empty new file.
+            raise CommandError(
+                f"no database at {location.shown!r} (give --db DB or set APITOKENS_DB;"
+                " `apitokens create` makes a new one)"
+            )
+        store = open_location(location)
+        warn(f"created a new database {location.shown!r}")
+        return store
+    try:
+        return open_location(location)
+    except ImportError as exc:  # the postgres extra is not installed: the message says so
+        raise CommandError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -85,19 +117,8 @@ def _run(args: argparse.Namespace) -> int:
         token_admins=frozenset({ADMIN_GROUP}), allow_unbound_tokens=True, token_prefix=prefix
     )
     actor = _actor(args)
-    path = _database(args)
-    created = not path.exists()
-    if created and command is not create:
-        # Only `create` makes a database: `list` or `audit` on a mistyped path (or with
-        # APITOKENS_DB unset in this shell) would print "nothing" from an empty new file.
-        raise CommandError(
-            f"no database at {str(path)!r} (give --db PATH or set APITOKENS_DB;"
-            " `apitokens create` makes a new one)"
-        )
-    store = SQLiteStore(path)
+    store = _open(_location(args), command)
     try:
-        if created:
-            warn(f"created a new database {str(path)!r}")
         # No journal: the command writes its few records before it exits, and a journal
         # directory made by an admin's shell (root, say) could be one the service's own
         # user cannot write, which would refuse every token request with 503.
@@ -111,13 +132,14 @@ def _run(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _replay_dead_journals(store: SQLiteStore) -> None:
+def _replay_dead_journals(store: TokenStore) -> None:
     """Write what dead service processes journaled, so `audit` and `show` see every use.
 
-    Only journals whose process is gone (their lock is free) and that this user can
-    open; a live service's own are left to it.
+    Only for a store with a journal directory (a SQLite file), only journals whose
+    process is gone (their lock is free) and that this user can open; a live
+    service's own are left to it.
     """
-    directory = store.journal_directory
+    directory: Path | None = getattr(store, "journal_directory", None)
     if not JOURNALS_SUPPORTED or directory is None or not directory.is_dir():
         return
     try:
@@ -126,7 +148,9 @@ def _replay_dead_journals(store: SQLiteStore) -> None:
         if refused is not None:
             warn(f"not replaying the audit journals in {str(directory)!r}: {refused}")
             return
-        replayed = replay(directory, store)
+        # Where the positions are, as ApiTokens keeps them for this store.
+        positions = store if isinstance(store, Positions) else FilePositions(store, directory)
+        replayed = replay(directory, positions)
     except Exception as exc:  # the command's own work goes on; the service replays later
         warn(f"could not replay the audit journals in {str(directory)!r}: {one_line(str(exc))}")
         return

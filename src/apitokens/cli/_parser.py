@@ -73,10 +73,11 @@ def _global_options(parser: argparse._ActionsContainer, *, repeated: bool) -> No
     default = argparse.SUPPRESS if repeated else None
     parser.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="DB",
         default=default,
-        help=f"the SQLite database (default: $APITOKENS_DB, else ./{DEFAULT_DB}); "
-        "only `create` makes a missing one",
+        help="the store: a SQLite file path, sqlite:///PATH or postgresql://... "
+        f"(default: $APITOKENS_DB, else ./{DEFAULT_DB}); only `create` makes a missing "
+        "SQLite file; memory: is refused (it keeps nothing)",
     )
     parser.add_argument(
         "--actor",

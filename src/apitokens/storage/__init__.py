@@ -6,12 +6,14 @@ implementing :class:`TokenStore` (it stores and returns :class:`StoredToken`,
 folds :class:`Usage` and keeps :class:`~apitokens.AuditEvent`) and subclassing
 ``apitokens.testing.StoreContract`` in its tests; :class:`EntryWriter` is an
 optional faster way in for the audit writer's batches of :class:`AuthEntry`
-(see ``docs/storage.md``).
+(see ``docs/storage.md``). :func:`open_store` opens a store named by a string
+(a path or a URL), and :func:`redact_dsn` names one without its password.
 """
 
 from __future__ import annotations
 
 from apitokens._model import AuthEntry, StoredToken, Usage
+from apitokens.storage._open import open_store, redact_dsn
 from apitokens.storage._protocol import EntryWriter, TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
@@ -24,4 +26,6 @@ __all__ = [
     "StoredToken",
     "TokenStore",
     "Usage",
+    "open_store",
+    "redact_dsn",
 ]
