@@ -38,9 +38,14 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 # Also without "//": "mysql:user:secret@host" is no URL, and still loses its password.
 _URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:(?://)?")
 # libpq's keyword form: "key = value" pairs apart by whitespace; a value is quoted '...'
-# (backslash escapes; unterminated: to the end) or bare up to whitespace (backslash
-# escapes too). See libpq's "Connection Strings".
-_VALUE = r"(?:'(?:[^'\\]|\\.)*(?:'|\\?\Z)|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*\\?|\\?)"
+# (backslash escapes; unterminated: to the end; what is glued after the closing quote,
+# as in 'it's', counts too) or bare up to whitespace (backslash escapes too). See
+# libpq's "Connection Strings".
+_VALUE = (
+    r"(?:'(?:[^'\\]|\\.)*(?:'(?:[^\s\\]|\\.)*|\\?\Z)"  # quoted
+    r"|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*\\?"  # bare
+    r"|\\?)"  # empty
+)
 _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
