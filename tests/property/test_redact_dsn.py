@@ -23,9 +23,16 @@ HOSTS = st.lists(
 ).map(",".join)
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 VALUES = st.text("abcdefghijklmnopqrstuvwxyz0123456789%._-/:", max_size=12)
-KEYS = NAMES.filter(lambda key: key.lower() != "password")
-# Any text at all: "@", ":", "/", "?", "#", "&", "=", quotes, spaces, non-ASCII, controls.
-PASSWORDS = st.text(min_size=1, max_size=24)
+# Keys that only look like a secret's keep their values ("sslpassword" is one: hidden).
+KEYS = st.one_of(
+    NAMES, st.sampled_from(["passfile", "password_file", "passwords", "pass", "user"])
+).filter(lambda key: not key.lower().endswith("password"))
+SECRET_KEYS = st.sampled_from(["password", "sslpassword", "PASSWORD"])
+# Any text at all, the URL's and libpq's special characters often: "@", ":", "/", "?",
+# "#", "&", "=", "%", quotes, backslashes, spaces, non-ASCII, controls.
+PASSWORDS = st.text(
+    st.one_of(st.sampled_from("@:/?#&=%'\\\" \t\n"), st.characters()), min_size=1, max_size=24
+)
 
 
 def _query(pairs: list[tuple[str, str]]) -> str:
@@ -58,7 +65,7 @@ def test_a_urls_password_becomes_stars_and_the_rest_stays(
 
 @given(
     PASSWORDS,
-    st.sampled_from(["password", "Password", "pass%77ord"]),
+    st.sampled_from(["password", "Password", "pass%77ord", "sslpassword"]),
     st.lists(st.tuples(KEYS, VALUES), max_size=3),
     st.lists(st.tuples(KEYS, VALUES), max_size=3),
 )
@@ -87,6 +94,7 @@ def _libpq_bare(value: str) -> str:
 
 @given(
     PASSWORDS,
+    SECRET_KEYS,
     st.booleans(),
     st.lists(st.tuples(KEYS, VALUES.filter(bool)), max_size=3),
     st.lists(st.tuples(KEYS, VALUES.filter(bool)), max_size=3),
@@ -95,6 +103,7 @@ def _libpq_bare(value: str) -> str:
 )
 def test_a_keyword_dsns_password_becomes_stars_and_the_rest_stays(
     password: str,
+    key: str,
     quoted: bool,
     before: list[tuple[str, str]],
     after: list[tuple[str, str]],
@@ -104,8 +113,8 @@ def test_a_keyword_dsns_password_becomes_stars_and_the_rest_stays(
     value = _libpq_quoted(password) if quoted else _libpq_bare(password)
     pairs = [f"{key}={v}" for key, v in before]
     tail = [f"{key}={v}" for key, v in after]
-    dsn = space.join([*pairs, f"password{equals}{value}", *tail])
-    expected = space.join([*pairs, f"password{equals}***", *tail])
+    dsn = space.join([*pairs, f"{key}{equals}{value}", *tail])
+    expected = space.join([*pairs, f"{key}{equals}***", *tail])
     assert redact_dsn(dsn) == expected
 
 

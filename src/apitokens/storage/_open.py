@@ -49,7 +49,10 @@ _VALUE = (
 _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
-_KEYWORD_PASSWORD = re.compile(rf"(?<![A-Za-z0-9_])(password\s*=\s*){_VALUE}", re.S | re.I)
+# "password", and "sslpassword" (the client key's): any key that ends so is hidden.
+_KEYWORD_PASSWORD = re.compile(
+    rf"(?<![A-Za-z0-9_])([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I
+)
 _QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
@@ -79,7 +82,8 @@ def redact_dsn(dsn: str) -> str:
     ``postgresql://user:***@host/db``) loses the password of its user
     information, percent-encoded or not, and the value of a ``password=`` query
     parameter; a libpq keyword string (``host=h password='s e c'``) loses the
-    value of its ``password`` keyword. Where a URL is ambiguous (an ``@`` after
+    value of its ``password`` keyword. ``sslpassword`` (any key that ends in
+    ``password``) is hidden too. Where a URL is ambiguous (an ``@`` after
     the host) more is hidden, never less. Anything else (a SQLite path) is
     returned as it is.
     """
@@ -100,7 +104,7 @@ def redact_dsn(dsn: str) -> str:
 
 def _redact_query_pair(match: re.Match[str]) -> str:
     separator, key, _value = match.groups()
-    if unquote(key).strip().lower() != "password":
+    if not unquote(key).strip().lower().endswith("password"):
         return match.group()
     return f"{separator}{key}={_MASK}"
 
