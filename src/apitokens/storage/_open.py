@@ -50,9 +50,7 @@ _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
 # "password", and "sslpassword" (the client key's): any key that ends so is hidden.
-_KEYWORD_PASSWORD = re.compile(
-    rf"(?<![A-Za-z0-9_])([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I
-)
+_KEYWORD_PASSWORD = re.compile(rf"([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I)
 _QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
