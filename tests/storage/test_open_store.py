@@ -101,6 +101,7 @@ def test_sqlite_without_a_path_is_a_private_in_memory_database(
         ("redis://cache:6379/0", "unknown scheme 'redis'"),
         (f"mysql://app:{SECRET}@db/app", "unknown scheme 'mysql'"),
         (f"mysql:app:{SECRET}@db", "unknown scheme 'mysql'"),
+        (f"mysql:host=db password={SECRET}", "unknown scheme 'mysql'"),
         (f"postgresql+psycopg://app:{SECRET}@db/app", "SQLAlchemy driver name"),
         ("sqlite:tokens.db", "sqlite:///relative/path"),
         ("sqlite://host/tokens.db", "sqlite:///relative/path"),

@@ -96,8 +96,10 @@ def redact_dsn(dsn: str) -> str:
         colon = rest.find(":", 0, at)
         if colon != -1:
             rest = rest[: colon + 1] + _MASK + rest[at:]
-    rest = _QUERY_PAIR.sub(_redact_query_pair, rest)
-    return head.group() + rest
+    # Keywords before any "?" too: "mysql:host=db password=x" is no URL, and still hides x.
+    before, mark, query = rest.partition("?")
+    before = _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + _MASK, before)
+    return head.group() + before + _QUERY_PAIR.sub(_redact_query_pair, mark + query)
 
 
 def _redact_query_pair(match: re.Match[str]) -> str:
