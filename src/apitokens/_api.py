@@ -22,7 +22,7 @@ from ._request import AuthRequest
 from ._result import AuthResult
 from ._validate import UNSET, Unset
 from .asgi import ASGIApp, ASGIMiddleware
-from .storage import MemoryStore, TokenStore
+from .storage import ChangeFeed, MemoryStore, TokenStore
 from .storage._protocol import offers
 from .wsgi import WSGIApplication, WSGIMiddleware
 
@@ -113,6 +113,11 @@ class ApiTokens:
             monotonic=ticks,
         )
         self._flow = RequestFlow(authenticator, self._writer, self.policy)
+        # A store that tells of tokens changed elsewhere (ChangeFeed) makes a revocation
+        # there show here at once; otherwise within cache_ttl.
+        self._unsubscribe = (
+            store.subscribe(authenticator.forget) if isinstance(store, ChangeFeed) else None
+        )
         self._manager = TokenManager(
             store,
             self.policy,
@@ -400,6 +405,9 @@ class ApiTokens:
 
     def close(self) -> None:
         """Flush and stop the writer. The store stays open (it is yours)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self._writer.close()
 
 

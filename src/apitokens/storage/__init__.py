@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from apitokens._model import AuthEntry, StoredToken, Usage
 from apitokens.storage._open import open_store, redact_dsn
-from apitokens.storage._protocol import EntryWriter, TokenStore
+from apitokens.storage._protocol import ChangeFeed, EntryWriter, TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 
 __all__ = [
     "AuthEntry",
+    "ChangeFeed",
     "EntryWriter",
     "MemoryStore",
     "SQLiteStore",

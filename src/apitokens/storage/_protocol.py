@@ -9,7 +9,7 @@ audit writer's batches.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -24,7 +24,7 @@ from apitokens._model import (
     Usage,
 )
 
-__all__ = ["EntryWriter", "TokenStore", "offers"]
+__all__ = ["ChangeFeed", "EntryWriter", "TokenStore", "offers"]
 
 
 @runtime_checkable
@@ -240,6 +240,28 @@ class EntryWriter(Protocol):
             ValueError: a datetime is naive or a count negative (nothing written).
             StorageError: the backend failed (nothing written).
         """
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """Optional: a store that tells when a token changed through another handle on it.
+
+    ``ApiTokens`` caches token records for ``cache_ttl``; a change made by another
+    process (a revocation from the command, another worker, another host) shows
+    within that TTL. A store that can say so sooner (``MemoryStore`` to every
+    ``ApiTokens`` sharing it; a database with a notification channel to every
+    process) offers ``subscribe``, and the record is forgotten at once.
+    """
+
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(token_id)`` after a change to that token; return the unsubscriber.
+
+        A change is an ``update``, a ``replace_hash`` or a ``revoke``, made through
+        any handle on the store (this process's own changes included: forgetting a
+        record twice is harmless). The subscription is live before this returns. The
+        callback must be cheap and must not raise; it may be called on any thread.
+        """
+        ...
 
 
 def offers(store: object, name: str) -> bool:

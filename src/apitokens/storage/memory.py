@@ -6,7 +6,7 @@ import builtins
 import dataclasses
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -31,7 +31,9 @@ class MemoryStore:
     happens entirely under the lock, which makes it atomic (a :meth:`write`
     batch is validated before anything changes, so it is all or nothing);
     queries copy a snapshot under the lock and filter it outside, so a long
-    listing does not stall authentication.
+    listing does not stall authentication. It tells every subscriber
+    (:class:`~apitokens.storage.ChangeFeed`: each ``ApiTokens`` sharing it) of a
+    changed token at once.
     """
 
     def __init__(self) -> None:
@@ -42,6 +44,26 @@ class MemoryStore:
         self._events: builtins.list[tuple[int, AuditEvent]] = []
         self._sequence = itertools.count()
         self._closed = False
+        self._subscribers: builtins.list[Callable[[str], None]] = []
+
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(token_id)`` after each change to a token; return the unsubscriber."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _changed(self, token_id: str) -> None:
+        """Tell the subscribers (outside the lock: a callback may read the store)."""
+        with self._lock:
+            subscribers = tuple(self._subscribers)
+        for callback in subscribers:
+            callback(token_id)
 
     def __repr__(self) -> str:
         return f"MemoryStore(tokens={len(self._tokens)}, events={len(self._events)})"
@@ -109,6 +131,7 @@ class MemoryStore:
                 secure=new.token.secure,
             )
             self._tokens[token.id] = dataclasses.replace(new, token=token)
+        self._changed(token.id)
 
     def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
         """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).
@@ -125,7 +148,8 @@ class MemoryStore:
             if stored is None or stored.secret_hash != old:
                 return False
             self._tokens[token_id] = dataclasses.replace(stored, secret_hash=new)
-            return True
+        self._changed(token_id)
+        return True
 
     def revoke(self, token_id: str, at: datetime) -> bool:
         """Revoke a token unless it already is (see :meth:`TokenStore.revoke`).
@@ -148,7 +172,8 @@ class MemoryStore:
                 return False
             token = dataclasses.replace(old.token, revoked_at=at, status=TokenStatus.REVOKED)
             self._tokens[token_id] = dataclasses.replace(old, token=token)
-            return True
+        self._changed(token_id)
+        return True
 
     def list(
         self,
