@@ -1,4 +1,4 @@
-"""A store that tells of changed tokens (ChangeFeed): every ApiTokens on it sees a change at once."""
+"""A store that tells of changed tokens (ChangeFeed): each ApiTokens on it sees a change at once."""
 
 from __future__ import annotations
 

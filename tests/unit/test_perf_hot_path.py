@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, Scope
+from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, Scope, SQLiteStore
 from apitokens._auth import Authenticator
 from apitokens._cache import HotCredential, TTLCache
 from tests.support import Clock, Monotonic, basic, bearer, get, last_event, make_tokens
@@ -72,12 +73,12 @@ def test_revocation_in_this_process_is_at_once(tokens: ApiTokens) -> None:
     assert last_event(tokens).reason == "token revoked"
 
 
-def test_revocation_in_another_process_within_the_cache_ttl(clock: Clock) -> None:
-    store = MemoryStore()
+def test_revocation_in_another_process_within_the_cache_ttl(clock: Clock, tmp_path: Path) -> None:
+    # Two handles on one SQLite file, as two processes have: no change feed, the TTL rules.
     ticks = Monotonic()
     with (
-        make_tokens(store, clock=clock) as other,
-        make_tokens(store, clock=clock, monotonic=ticks) as here,
+        make_tokens(SQLiteStore(str(tmp_path / "t.db")), clock=clock) as other,
+        make_tokens(SQLiteStore(str(tmp_path / "t.db")), clock=clock, monotonic=ticks) as here,
     ):
         issued = other.create(actor="alice", name="ci")
         request = get("/x", bearer(issued.secret))
@@ -314,7 +315,7 @@ def test_ttl_cache_reads_without_reordering() -> None:
 def test_verifications_beyond_the_line_get_503_at_once(clock: Clock) -> None:
     """A flood of guesses never holds every thread of the ASGI adapter's shared pool: beyond
     the line, 503 at once (a WSGI request thread, patient, waits for its place instead)."""
-    from apitokens import ApiTokens, MemoryStore, Policy
+    from apitokens import ApiTokens, Policy
     from tests.support import GatedHasher
 
     gate = threading.Event()

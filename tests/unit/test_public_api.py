@@ -95,6 +95,7 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
     assert apitokens.storage.__all__ == sorted(apitokens.storage.__all__)
     assert set(apitokens.storage.__all__) == {
         "AuthEntry",
+        "ChangeFeed",
         "EntryWriter",
         "MemoryStore",
         "SQLiteStore",
