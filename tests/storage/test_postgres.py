@@ -21,7 +21,7 @@ from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import AuthEntry, Outcome, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import ADMIN, TEST_DATABASE, PostgresServer
 
 
 class TestPostgresStore(StoreContract):
@@ -71,7 +71,7 @@ def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
     PostgresStore(postgres_database).close()
     newer = LATEST_VERSION + 1
     _rows(postgres_database, "INSERT INTO apitokens_schema VALUES (%s) RETURNING 1", newer)
-    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+    tables = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
     before = _rows(postgres_database, tables)
     with pytest.raises(SchemaVersionError) as info:
         PostgresStore(postgres_database)
@@ -212,7 +212,7 @@ def test_password_never_in_repr_error_or_log(
     # Trust authentication ignores the password: the store opens.
     with PostgresStore(f"{postgres_database} password={secret}") as store:
         assert secret not in repr(store)
-        assert "dbname=test_" in repr(store)
+        assert f"dbname={TEST_DATABASE} user=postgres" in repr(store)
         store.add(stored("t"))
         with pytest.raises(StorageError) as info:
             store.add(stored("t"))
@@ -259,6 +259,8 @@ def test_a_dropped_connection_is_a_storage_error_then_recovers(postgres_database
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name <> %s",
+                (ADMIN,),
             )
         outcomes: list[bool | str] = []
         for _ in range(10):
