@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -218,24 +221,50 @@ class PostgresStore:
         if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._shown, self._password = _described(dsn)
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
-        connect_timeout = max(1, round(timeout))
         with self._failures("open"):
+            connect_timeout = max(1, round(timeout))
             with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
                 _migrate(conn, f"PostgreSQL database {self._shown!r}")
-            self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
-                psycopg_pool.ConnectionPool(
-                    dsn,
-                    min_size=1,
-                    max_size=pool_size,
-                    kwargs={"autocommit": True, "connect_timeout": connect_timeout},
-                    configure=_configure,
-                    timeout=timeout,
-                    name="apitokens",
-                    open=True,
-                )
-            )
+            self._pool = self._open_pool()
+        _STORES.add(self)
+
+    def _open_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
+        return psycopg_pool.ConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(self._timeout))},
+            configure=_configure,
+            timeout=self._timeout,
+            name="apitokens",
+            open=True,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: leave the parent's connections alone, open new ones.
+
+        A connection's socket is shared with the parent after a fork: using it would
+        mix two processes' messages, and closing it (even by the garbage collector, at
+        exit) would send the server a Terminate that ends the parent's session. So
+        the inherited pool is never touched again, nor ever freed (its worker
+        threads did not survive the fork either), and the child gets a pool of its
+        own (threads start here: nothing else runs in the child yet).
+        """
+        self._lock = threading.Lock()
+        if self._closed:
+            return
+        _leak(self._pool)
+        try:
+            with self._failures("reopen after fork"):
+                self._pool = self._open_pool()
+        except BaseException:
+            self._closed = True  # never the parent's connections: closed, fail closed
+            raise
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._shown!r})"
@@ -534,6 +563,31 @@ class PostgresStore:
 
 
 # -- connections and errors ----------------------------------------------------------------
+
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+_INHERITED: builtins.list[object] = []
+
+
+def _leak(pool: object) -> None:
+    """Keep ``pool`` alive until the process ends, past interpreter shutdown.
+
+    A module-level list is cleared when the interpreter shuts down, which would free
+    the parent's connections (and send their Terminate); one more reference that is
+    never released keeps them until the process exits and the kernel closes the
+    sockets, silently.
+    """
+    _INHERITED.append(pool)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool))
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        with contextlib.suppress(StorageError):
+            store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

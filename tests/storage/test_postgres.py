@@ -274,6 +274,40 @@ def test_a_dropped_connection_is_a_storage_error_then_recovers(postgres_database
         assert store.revoke("t", NOW) is True
 
 
+_FORK = """
+import os, sys
+from apitokens.postgres import PostgresStore
+from apitokens.testing import NOW, stored
+
+store = PostgresStore(sys.argv[1], pool_size=2)
+store.add(stored("parent"))
+store.list(now=NOW)  # the pool holds an idle connection when the child is forked
+pid = os.fork()
+if pid == 0:
+    store.add(stored("child"))
+    assert store.get("parent") is not None
+    sys.exit(0)  # a normal exit: the interpreter frees what it can
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+# The child neither used nor closed the parent's connections: no call fails here.
+for _ in range(5):
+    assert store.get("child") is not None
+store.close()
+print("ok")
+"""
+
+
+def test_a_forked_child_gets_its_own_connections(postgres_database: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK, postgres_database],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout == "ok\n", result.stderr
+
+
 def test_an_unreachable_server_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="open failed"):
         PostgresStore("host=/nonexistent-apitokens dbname=x", timeout=1)
