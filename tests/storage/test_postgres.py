@@ -331,3 +331,16 @@ def test_importing_without_psycopg_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'apitokens[postgres]'" in result.stdout
+
+
+def test_a_missing_postgresql_fails_and_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server fixture's own check: a machine without PostgreSQL fails, never skips.
+    from tests.support import postgres as support
+
+    monkeypatch.setattr(support, "_bin_directory", lambda: None)
+    with pytest.raises(pytest.fail.Exception) as info, support.running_server():
+        pass
+    assert "apt-get install -y --no-install-recommends postgresql" in str(info.value)
+    assert support.OPT_OUT in str(info.value)
