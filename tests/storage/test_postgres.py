@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from apitokens._errors import SchemaVersionError, StorageError
-from apitokens._model import AuthEntry, Outcome, Usage
+from apitokens._model import AuthEntry, Outcome, TokenStatus, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 from tests.support.postgres import ADMIN, TEST_DATABASE, PostgresServer
@@ -56,6 +56,24 @@ def test_many_stores_opening_at_once_migrate_once(postgres_database: str) -> Non
     versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY version")
     assert versions == [(v,) for v in range(1, LATEST_VERSION + 1)]
     assert _rows(postgres_database, "SELECT count(*) FROM apitokens_tokens") == [(starters,)]
+
+
+def test_usage_updates_can_be_hot(postgres_database: str) -> None:
+    # Every audit batch updates the usage columns of its tokens: no index may hold them
+    # (else every update writes every index), and pages keep room for the new version.
+    PostgresStore(postgres_database).close()
+    indexed = _rows(
+        postgres_database,
+        "SELECT DISTINCT a.attname FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+        " WHERE i.indrelid = 'apitokens_tokens'::regclass ORDER BY 1",
+    )
+    assert {name for (name,) in indexed} == {"id", "user", "created_at", "revoked_at", "expires_at"}
+    [(options,)] = _rows(
+        postgres_database,
+        "SELECT reloptions FROM pg_class WHERE oid = 'apitokens_tokens'::regclass",
+    )
+    assert options == ["fillfactor=70"]
 
 
 def test_reopening_keeps_data_and_takes_no_migration(postgres_database: str) -> None:
@@ -106,8 +124,10 @@ def _plan(dsn: str, sql: str, *params: object) -> str:
         ),
         ("apitokens_tokens_by_status", "SELECT * FROM apitokens_tokens WHERE revoked_at IS NULL"),
         (
-            "apitokens_tokens_by_last_used",
-            "SELECT * FROM apitokens_tokens WHERE last_used_at < now()",
+            "apitokens_tokens_by_created",  # stale tokens: no index on the usage columns
+            "SELECT * FROM apitokens_tokens WHERE created_at <= now()"
+            " AND (last_used_at IS NULL OR last_used_at < now())"
+            " ORDER BY created_at DESC, id LIMIT 10",
         ),
         (
             "apitokens_audit_by_token",
@@ -150,6 +170,9 @@ def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> 
         (_select_events(EventQuery(since=NOW)), "apitokens_audit_by_at"),
         (_select_tokens(TokenQuery(now=NOW, user="u")), "apitokens_tokens_by_user"),
         (_select_tokens(TokenQuery(now=NOW, limit=5)), "apitokens_tokens_by_created"),
+        (_select_tokens(TokenQuery(now=NOW, unused_since=NOW)), "apitokens_tokens_by_created"),
+        # By status, or in order (then filtered): the planner's choice, an index either way.
+        (_select_tokens(TokenQuery(now=NOW, status=TokenStatus.REVOKED)), "apitokens_tokens_by_"),
     ]
     for (sql, params), index in cases:
         plan = _plan(postgres_database, sql, *params)
