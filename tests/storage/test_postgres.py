@@ -17,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from apitokens import ApiTokens, AuthRequest
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import AuthEntry, Outcome, TokenStatus, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
+from tests.support import CHEAP_HASHER, bearer
 from tests.support.postgres import ADMIN, TEST_DATABASE, PostgresServer
 
 
@@ -202,6 +204,25 @@ def test_write_entries_stores_the_events_they_stand_for(postgres_database: str) 
     )
     assert got is not None
     assert got.token.use_count == 1
+
+
+def test_apitokens_on_postgres_authenticates_audits_and_revokes(postgres_database: str) -> None:
+
+    store = PostgresStore(postgres_database)
+    try:
+        with ApiTokens(store, hasher=CHEAP_HASHER) as tokens:
+            issued = tokens.create(actor="alice", name="ci")
+            request = AuthRequest("GET", "/rest/x", headers=bearer(issued.secret))
+            assert [tokens.authenticate(request).status_code for _ in range(3)] == [200] * 3
+            assert tokens.flush(timeout=10)
+            used = store.get(issued.token.id)
+            assert used is not None
+            assert used.token.use_count == 3
+            assert len(store.events(token_id=issued.token.id, action="authenticate")) == 3
+            tokens.revoke(actor="alice", token_id=issued.token.id)
+            assert tokens.authenticate(request).status_code == 401
+    finally:
+        store.close()
 
 
 def test_a_failing_batch_leaves_nothing_behind(postgres_database: str) -> None:
