@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import threading
@@ -218,7 +219,8 @@ class PostgresStore:
                 (``postgresql://user@host/db``). Its password is never shown in a
                 repr, an error or a log line.
             pool_size: the most connections this store holds open at once.
-            timeout: seconds a call waits for a connection (and for connecting).
+            timeout: seconds a call waits for a connection, for connecting, and
+                for a lock another session holds.
 
         Raises:
             ValueError: ``pool_size`` is not a positive int, or ``timeout`` not positive.
@@ -249,7 +251,7 @@ class PostgresStore:
             min_size=1,
             max_size=self._pool_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(self._timeout))},
-            configure=_configure,
+            configure=functools.partial(_configure, lock_timeout=self._timeout),
             timeout=self._timeout,
             name="apitokens",
             open=True,
@@ -602,9 +604,16 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Set up each new connection of the pool: datetimes come back in UTC."""
+def _configure(conn: psycopg.Connection[Any], *, lock_timeout: float) -> None:
+    """Set up each new connection of the pool.
+
+    Datetimes come back in UTC. A call waits at most ``lock_timeout`` for a row or
+    table lock another session holds (a long transaction, a migration elsewhere),
+    then fails (closed) instead of holding the request that made it.
+    """
     conn.execute("SET TIME ZONE 'UTC'")
+    # SET takes no parameters; the value is an int we computed.
+    conn.execute(f"SET lock_timeout = {max(1, round(lock_timeout * 1000)):d}")
 
 
 _SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")

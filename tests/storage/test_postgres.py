@@ -352,6 +352,19 @@ def test_a_forked_child_gets_its_own_connections(postgres_database: str) -> None
     assert result.stdout == "ok\n", result.stderr
 
 
+def test_a_call_waits_for_another_sessions_lock_only_for_the_timeout(
+    postgres_database: str,
+) -> None:
+    with PostgresStore(postgres_database, timeout=0.2) as store:
+        store.add(stored("t"))
+        with psycopg.connect(postgres_database) as other:  # holds the row until rollback
+            other.execute("SELECT 1 FROM apitokens_tokens WHERE id = 't' FOR UPDATE")
+            with pytest.raises(StorageError, match=r"revoke failed: .*lock timeout"):
+                store.revoke("t", NOW)
+            assert store.get("t") is not None  # reads never wait for it
+        assert store.revoke("t", NOW) is True
+
+
 def test_an_unreachable_server_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="open failed"):
         PostgresStore("host=/nonexistent-apitokens dbname=x", timeout=1)
