@@ -359,6 +359,10 @@ class PostgresStore:
             StorageError: the database failed or holds unreadable values.
         """
         query = f"SELECT {_STORED_COLUMNS} FROM apitokens_tokens WHERE id = %s"  # noqa: S608
+        if "\x00" in token_id:  # text cannot hold one, so no stored id has one
+            if self._closed:
+                raise StorageError("the PostgreSQL store is closed")
+            return None
         with self._connection("get") as conn:
             row = conn.execute(query, (token_id,), prepare=True).fetchone()
         return None if row is None else _stored_from_row(row)
@@ -498,11 +502,27 @@ class PostgresStore:
             if self._closed:
                 raise StorageError("the PostgreSQL store is closed")
             return
+        try:
+            self._write_rows(rows, totals)
+        except _NulInText:
+            # PostgreSQL's text cannot hold NUL, and an audit field can carry one from a
+            # request (a Basic username, say). Refusing the batch would stall the writer
+            # on it for good, so the NULs become U+FFFD and the batch goes in.
+            self._write_rows([_without_nul(row) for row in rows], totals)
+
+    def _write_rows(
+        self, rows: builtins.list[tuple[object, ...]], totals: builtins.list[tuple[str, Any]]
+    ) -> None:
         with self._transaction("write") as conn:
             if rows:
-                with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                try:
+                    with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                except psycopg.DataError:
+                    if any(_has_nul(row) for row in rows):
+                        raise _NulInText from None
+                    raise
             if totals:
                 ids = [token_id for token_id, _ in totals]
                 conn.execute(_LOCK_USED, (ids,))
@@ -790,6 +810,20 @@ def _event_rows(events: Sequence[AuditEvent | AuthEntry]) -> builtins.list[tuple
                  e.actor, e.client_ip, e.method, e.path, e.reason)
             )  # fmt: skip
     return rows
+
+
+class _NulInText(Exception):
+    """An audit row holds a NUL character, which PostgreSQL's text type refuses."""
+
+
+def _has_nul(row: tuple[object, ...]) -> bool:
+    return any(isinstance(value, str) and "\x00" in value for value in row)
+
+
+def _without_nul(row: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(
+        value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in row
+    )
 
 
 def _event_from_row(row: Sequence[Any]) -> AuditEvent:

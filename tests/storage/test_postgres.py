@@ -228,16 +228,35 @@ def test_apitokens_on_postgres_authenticates_audits_and_revokes(postgres_databas
 def test_a_failing_batch_leaves_nothing_behind(postgres_database: str) -> None:
     with PostgresStore(postgres_database) as store:
         store.add(stored("t"))
-        # A NUL byte is refused by PostgreSQL's text type, after the first rows went in.
-        with pytest.raises(StorageError):
-            store.write(
-                events=[event(NOW), event(NOW, reason="bad\x00byte")],
-                usage=[Usage("t", NOW)],
-            )
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE apitokens_tokens ADD CHECK (use_count < 5)")
+        # The usage fails after the events went in by COPY: the whole batch goes.
+        with pytest.raises(StorageError, match="write failed"):
+            store.write(events=[event(NOW), event(NOW)], usage=[Usage("t", NOW, count=5)])
         assert store.events() == []
         got = store.get("t")
         assert got is not None
         assert got.token.use_count == 0
+
+
+def test_a_nul_in_an_audit_field_does_not_lose_the_batch(postgres_database: str) -> None:
+    # PostgreSQL's text refuses NUL; a refused batch would stall the audit writer for good.
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        entry = AuthEntry(
+            NOW, Outcome.FAILED, None, "ali\x00ce", "10.0.0.1", "GET", "/x", "", False
+        )
+        store.write_entries(
+            events=[event(NOW - SECOND), entry, event(NOW - SECOND, path="/a\x00b")],
+            usage=[Usage("t", NOW)],
+        )
+        found = store.events()
+        got = store.get("t")
+        assert store.get("t\x00") is None  # no id can hold one: no such token, no error
+    assert [e.user for e in found] == ["ali\ufffdce", "alice", "alice"]
+    assert found[1].path == "/a\ufffdb"
+    assert got is not None
+    assert got.token.use_count == 1
 
 
 # --- secrets -------------------------------------------------------------------------------
