@@ -364,7 +364,7 @@ class PostgresStore:
                 raise StorageError("the PostgreSQL store is closed")
             return None
         with self._connection("get") as conn:
-            row = conn.execute(query, (token_id,), prepare=True).fetchone()
+            row = conn.execute(query, (token_id,)).fetchone()
         return None if row is None else _stored_from_row(row)
 
     def update(self, stored: StoredToken) -> None:
