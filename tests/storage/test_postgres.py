@@ -13,6 +13,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -206,11 +207,15 @@ def test_write_entries_stores_the_events_they_stand_for(postgres_database: str) 
     assert got.token.use_count == 1
 
 
-def test_apitokens_on_postgres_authenticates_audits_and_revokes(postgres_database: str) -> None:
-
+@pytest.mark.parametrize("journaled", [False, True], ids=["no journal", "journal"])
+def test_apitokens_on_postgres_authenticates_audits_and_revokes(
+    postgres_database: str, tmp_path: Path, journaled: bool
+) -> None:
+    # With a journal, its positions are kept in files beside it (FilePositions).
     store = PostgresStore(postgres_database)
+    journal = tmp_path / "journal" if journaled else None
     try:
-        with ApiTokens(store, hasher=CHEAP_HASHER) as tokens:
+        with ApiTokens(store, hasher=CHEAP_HASHER, journal=journal) as tokens:
             issued = tokens.create(actor="alice", name="ci")
             request = AuthRequest("GET", "/rest/x", headers=bearer(issued.secret))
             assert [tokens.authenticate(request).status_code for _ in range(3)] == [200] * 3
@@ -221,6 +226,8 @@ def test_apitokens_on_postgres_authenticates_audits_and_revokes(postgres_databas
             assert len(store.events(token_id=issued.token.id, action="authenticate")) == 3
             tokens.revoke(actor="alice", token_id=issued.token.id)
             assert tokens.authenticate(request).status_code == 401
+            if journal is not None:
+                assert any(p.name.endswith(".pos") for p in journal.iterdir())
     finally:
         store.close()
 
