@@ -611,7 +611,9 @@ def _leak(pool: object) -> None:
     sockets, silently.
     """
     _INHERITED.append(pool)
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool))
+    api = getattr(ctypes, "pythonapi", None)  # CPython's; elsewhere the list must do
+    if api is not None:
+        api.Py_IncRef(ctypes.py_object(pool))
 
 
 def _after_fork_in_child() -> None:
