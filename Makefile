@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := src tests examples $(wildcard benchmarks)
 
-.PHONY: help install lint types test demo bench clean
+.PHONY: help install lint types postgres test demo bench clean
 
 help:
-	@echo "make test   create $(VENV), install, run lint (ruff), types (mypy --strict) and tests (pytest)"
+	@echo "make test   create $(VENV), install (PostgreSQL too, for its tests), run lint (ruff), types (mypy --strict) and tests (pytest)"
 	@echo "make demo   run a small service protected by apitokens on 127.0.0.1:8000"
 	@echo "make bench  run the benchmarks and update docs/performance.md"
 
@@ -27,7 +27,19 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy src
 
-test: lint types
+# The tests start their own PostgreSQL server (tests/support/postgres.py): install it when it
+# is missing and we may (root with apt-get), else stop and name the package.
+PG_INSTALL := apt-get install -y -qq --no-install-recommends postgresql
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+		|| [ "$$APITOKENS_TEST_NO_POSTGRES" = 1 ] \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		     && { $(PG_INSTALL) >/dev/null 2>&1 \
+		          || { apt-get update -qq >/dev/null 2>&1 && $(PG_INSTALL) >/dev/null 2>&1; }; }; } \
+		|| { echo "The tests need PostgreSQL: apt-get install -y --no-install-recommends postgresql" \
+		          "(or APITOKENS_TEST_NO_POSTGRES=1 to skip its tests)"; exit 1; }
+
+test: lint types postgres
 	$(BIN)/pytest
 
 demo: $(STAMP)

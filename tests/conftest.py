@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# A real PostgreSQL server for the tests that ask for one (tests/support/postgres.py).
+from tests.support.postgres import postgres_database, postgres_server  # noqa: F401
+
 # The shipped storage contract suite: pytest's assertion messages in its tests too.
 pytest.register_assert_rewrite("apitokens.testing")
 

@@ -1,0 +1,429 @@
+"""PostgresStore against the storage contract on a real server, and what only PostgreSQL risks.
+
+Every test gets a fresh database on the session's throwaway server
+(``tests/support/postgres.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from apitokens import ApiTokens, AuthRequest
+from apitokens._errors import SchemaVersionError, StorageError
+from apitokens._model import AuthEntry, Outcome, TokenStatus, Usage
+from apitokens.postgres import LATEST_VERSION, PostgresStore
+from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
+from tests.support import CHEAP_HASHER, bearer
+from tests.support.postgres import ADMIN, TEST_DATABASE, PostgresServer
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def store(self, postgres_database: str) -> Iterator[PostgresStore]:
+        with PostgresStore(postgres_database) as store:
+            yield store
+
+
+def _rows(dsn: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# --- schema and migrations -----------------------------------------------------------------
+
+
+def test_many_stores_opening_at_once_migrate_once(postgres_database: str) -> None:
+    starters = 6
+    start = threading.Barrier(starters, timeout=30)
+
+    def open_store() -> str:
+        start.wait()
+        with PostgresStore(postgres_database, pool_size=1) as store:
+            store.add(stored(f"t{threading.get_ident()}"))
+            return repr(store)
+
+    with ThreadPoolExecutor(max_workers=starters) as pool:
+        opened = list(pool.map(lambda _: open_store(), range(starters)))
+    assert len(opened) == starters
+    # One row per applied migration: each ran once (a second CREATE TABLE would fail).
+    versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY version")
+    assert versions == [(v,) for v in range(1, LATEST_VERSION + 1)]
+    assert _rows(postgres_database, "SELECT count(*) FROM apitokens_tokens") == [(starters,)]
+
+
+def test_usage_updates_can_be_hot(postgres_database: str) -> None:
+    # Every audit batch updates the usage columns of its tokens: no index may hold them
+    # (else every update writes every index), and pages keep room for the new version.
+    PostgresStore(postgres_database).close()
+    indexed = _rows(
+        postgres_database,
+        "SELECT DISTINCT a.attname FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+        " WHERE i.indrelid = 'apitokens_tokens'::regclass ORDER BY 1",
+    )
+    assert {name for (name,) in indexed} == {"id", "user", "created_at", "revoked_at", "expires_at"}
+    [(options,)] = _rows(
+        postgres_database,
+        "SELECT reloptions FROM pg_class WHERE oid = 'apitokens_tokens'::regclass",
+    )
+    assert options == ["fillfactor=70"]
+
+
+def test_reopening_keeps_data_and_takes_no_migration(postgres_database: str) -> None:
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("kept"))
+    with PostgresStore(postgres_database) as store:
+        got = store.get("kept")
+    assert got == stored("kept")
+    assert len(_rows(postgres_database, "SELECT version FROM apitokens_schema")) == LATEST_VERSION
+
+
+def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
+    PostgresStore(postgres_database).close()
+    newer = LATEST_VERSION + 1
+    _rows(postgres_database, "INSERT INTO apitokens_schema VALUES (%s) RETURNING 1", newer)
+    tables = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+    before = _rows(postgres_database, tables)
+    with pytest.raises(SchemaVersionError) as info:
+        PostgresStore(postgres_database)
+    message = str(info.value)
+    assert f"schema version {newer}" in message
+    assert f"up to {LATEST_VERSION}" in message
+    assert isinstance(info.value, StorageError)
+    assert _rows(postgres_database, tables) == before
+
+
+def _plan(dsn: str, sql: str, *params: object) -> str:
+    """The plan of ``sql`` when the planner may not scan a table: does an index serve it?"""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_sort = off")
+        rows = conn.execute(f"EXPLAIN {sql}", params).fetchall()
+    return "\n".join(str(row[0]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("index", "sql"),
+    [
+        ("apitokens_tokens_pkey", "SELECT * FROM apitokens_tokens WHERE id = 'x'"),
+        (
+            "apitokens_tokens_by_user",
+            """SELECT * FROM apitokens_tokens WHERE "user" = 'u'"""
+            " ORDER BY created_at DESC, id LIMIT 10",
+        ),
+        (
+            "apitokens_tokens_by_created",
+            "SELECT * FROM apitokens_tokens ORDER BY created_at DESC, id ASC LIMIT 10 OFFSET 5",
+        ),
+        ("apitokens_tokens_by_status", "SELECT * FROM apitokens_tokens WHERE revoked_at IS NULL"),
+        (
+            "apitokens_tokens_by_created",  # stale tokens: no index on the usage columns
+            "SELECT * FROM apitokens_tokens WHERE created_at <= now()"
+            " AND (last_used_at IS NULL OR last_used_at < now())"
+            " ORDER BY created_at DESC, id LIMIT 10",
+        ),
+        (
+            "apitokens_audit_by_token",
+            "SELECT * FROM apitokens_audit WHERE token_id = 't' ORDER BY at DESC, seq DESC LIMIT 5",
+        ),
+        (
+            "apitokens_audit_by_user",
+            """SELECT * FROM apitokens_audit WHERE "user" = 'u' ORDER BY at DESC, seq DESC"""
+            " LIMIT 5",
+        ),
+        (
+            "apitokens_audit_by_outcome",
+            "SELECT * FROM apitokens_audit WHERE outcome = 'failed' AND outcome <> 'success'"
+            " ORDER BY at DESC, seq DESC LIMIT 5",
+        ),
+        (
+            "apitokens_audit_by_at",
+            "SELECT * FROM apitokens_audit ORDER BY at DESC, seq DESC LIMIT 100 OFFSET 10",
+        ),
+        ("apitokens_audit_by_at", "DELETE FROM apitokens_audit WHERE at < now()"),
+    ],
+)
+def test_an_index_serves_each_query(postgres_database: str, index: str, sql: str) -> None:
+    PostgresStore(postgres_database).close()
+    plan = _plan(postgres_database, sql)
+    assert index in plan, plan
+    assert "Sort" not in plan, plan  # the order comes off the index
+
+
+def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> None:
+    # The store's own SQL, as it builds it (the partial index needs its condition stated).
+    from apitokens.postgres import _select_events, _select_tokens
+    from apitokens.storage._filters import EventQuery, TokenQuery
+
+    PostgresStore(postgres_database).close()
+    cases = [
+        (_select_events(EventQuery(token_id="t")), "apitokens_audit_by_token"),
+        (_select_events(EventQuery(user="u", limit=5)), "apitokens_audit_by_user"),
+        (_select_events(EventQuery(outcome=Outcome.FAILED)), "apitokens_audit_by_outcome"),
+        (_select_events(EventQuery(since=NOW)), "apitokens_audit_by_at"),
+        (_select_tokens(TokenQuery(now=NOW, user="u")), "apitokens_tokens_by_user"),
+        (_select_tokens(TokenQuery(now=NOW, limit=5)), "apitokens_tokens_by_created"),
+        (_select_tokens(TokenQuery(now=NOW, unused_since=NOW)), "apitokens_tokens_by_created"),
+        # By status, or in order (then filtered): the planner's choice, an index either way.
+        (_select_tokens(TokenQuery(now=NOW, status=TokenStatus.REVOKED)), "apitokens_tokens_by_"),
+    ]
+    for (sql, params), index in cases:
+        plan = _plan(postgres_database, sql, *params)
+        assert index in plan, plan
+
+
+# --- writing in batches --------------------------------------------------------------------
+
+
+def test_write_entries_stores_the_events_they_stand_for(postgres_database: str) -> None:
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        entry = AuthEntry(NOW, Outcome.FAILED, "t", "alice", "10.0.0.1", "GET", "/x", "bad", True)
+        store.write_entries(
+            events=[event(NOW - SECOND), entry, event(NOW)],
+            usage=[Usage("t", NOW, "10.0.0.1")],
+        )
+        found = store.events()
+        got = store.get("t")
+    assert [e.at for e in found] == [NOW, NOW, NOW - SECOND]
+    assert found[1].outcome is Outcome.FAILED  # the entry, inserted before the later event
+    assert (found[1].client_ip, found[1].method, found[1].path, found[1].reason) == (
+        "10.0.0.1",
+        "GET",
+        "/x",
+        "bad",
+    )
+    assert got is not None
+    assert got.token.use_count == 1
+
+
+@pytest.mark.parametrize("journaled", [False, True], ids=["no journal", "journal"])
+def test_apitokens_on_postgres_authenticates_audits_and_revokes(
+    postgres_database: str, tmp_path: Path, journaled: bool
+) -> None:
+    # With a journal, its positions are kept in files beside it (FilePositions).
+    store = PostgresStore(postgres_database)
+    journal = tmp_path / "journal" if journaled else None
+    try:
+        with ApiTokens(store, hasher=CHEAP_HASHER, journal=journal) as tokens:
+            issued = tokens.create(actor="alice", name="ci")
+            request = AuthRequest("GET", "/rest/x", headers=bearer(issued.secret))
+            assert [tokens.authenticate(request).status_code for _ in range(3)] == [200] * 3
+            assert tokens.flush(timeout=10)
+            used = store.get(issued.token.id)
+            assert used is not None
+            assert used.token.use_count == 3
+            assert len(store.events(token_id=issued.token.id, action="authenticate")) == 3
+            tokens.revoke(actor="alice", token_id=issued.token.id)
+            assert tokens.authenticate(request).status_code == 401
+            if journal is not None:
+                assert any(p.name.endswith(".pos") for p in journal.iterdir())
+    finally:
+        store.close()
+
+
+def test_a_failing_batch_leaves_nothing_behind(postgres_database: str) -> None:
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE apitokens_tokens ADD CHECK (use_count < 5)")
+        # The usage fails after the events went in by COPY: the whole batch goes.
+        with pytest.raises(StorageError, match="write failed"):
+            store.write(events=[event(NOW), event(NOW)], usage=[Usage("t", NOW, count=5)])
+        assert store.events() == []
+        got = store.get("t")
+        assert got is not None
+        assert got.token.use_count == 0
+
+
+def test_a_nul_in_an_audit_field_does_not_lose_the_batch(postgres_database: str) -> None:
+    # PostgreSQL's text refuses NUL; a refused batch would stall the audit writer for good.
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        entry = AuthEntry(
+            NOW, Outcome.FAILED, None, "ali\x00ce", "10.0.0.1", "GET", "/x", "", False
+        )
+        store.write_entries(
+            events=[event(NOW - SECOND), entry, event(NOW - SECOND, path="/a\x00b")],
+            usage=[Usage("t", NOW)],
+        )
+        found = store.events()
+        got = store.get("t")
+        assert store.get("t\x00") is None  # no id can hold one: no such token, no error
+    assert [e.user for e in found] == ["ali\ufffdce", "alice", "alice"]
+    assert found[1].path == "/a\ufffdb"
+    assert got is not None
+    assert got.token.use_count == 1
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def _shown(error: BaseException) -> str:
+    """All that a traceback or a logger shows of ``error``, its causes and contexts included."""
+    return "".join(traceback.format_exception(error)) + repr(error.args)
+
+
+def test_password_never_in_repr_error_or_log(
+    postgres_server: PostgresServer, postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "hunter2-Sekret"
+    caplog.set_level(logging.DEBUG)
+    # Trust authentication ignores the password: the store opens.
+    with PostgresStore(f"{postgres_database} password={secret}") as store:
+        assert secret not in repr(store)
+        assert f"dbname={TEST_DATABASE} user=postgres" in repr(store)
+        store.add(stored("t"))
+        with pytest.raises(StorageError) as info:
+            store.add(stored("t"))
+        assert secret not in _shown(info.value)
+    # A server that is not there, a database that is not there, a DSN libpq refuses.
+    url = f"postgresql://postgres:{secret}@/nowhere?host={postgres_server.directory}"
+    broken = [
+        url,
+        f"host=/nonexistent dbname=x password={secret}",
+        f"host={postgres_server.directory} dbname=x password='{secret} with space' port=x",
+        f"host=x password={secret} junk",
+        f"{secret}",
+    ]
+    for dsn in broken:
+        with pytest.raises(StorageError) as info:
+            PostgresStore(dsn, timeout=1)
+        assert secret not in _shown(info.value)
+    assert secret not in caplog.text
+
+
+def test_storage_errors_hold_no_row_values(postgres_database: str) -> None:
+    # PostgreSQL's DETAIL quotes the offending row; the hash must not reach the message.
+    with PostgresStore(postgres_database) as store:
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE apitokens_tokens ADD CONSTRAINT no_x CHECK (name <> 'x')")
+        with pytest.raises(StorageError) as info:
+            store.add(stored("t", name="x"))
+    assert secret_hash("secret-of-t") not in str(info.value)
+    assert "no_x" in str(info.value)
+    assert "secret_hash" not in _shown(info.value)
+    assert secret_hash("secret-of-t") not in _shown(info.value)
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+def test_a_dropped_connection_is_a_storage_error_then_recovers(postgres_database: str) -> None:
+    with PostgresStore(postgres_database, pool_size=4) as store:
+        store.add(stored("t"))
+        # Several idle connections in the pool, all about to be killed.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda _: store.list(now=NOW), range(40)))
+        with psycopg.connect(postgres_database, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name <> %s",
+                (ADMIN,),
+            )
+        outcomes: list[bool | str] = []
+        for _ in range(10):
+            try:
+                outcomes.append(store.get("t") is not None)
+            except StorageError as error:
+                outcomes.append(str(error))
+        # The first call may fail (closed); the pool then drops every dead connection.
+        assert outcomes[1:] == [True] * 9, outcomes
+        assert outcomes[0] is True or "PostgreSQL store get failed" in str(outcomes[0])
+        assert store.revoke("t", NOW) is True
+
+
+_FORK = """
+import os, sys
+from apitokens.postgres import PostgresStore
+from apitokens.testing import NOW, stored
+
+store = PostgresStore(sys.argv[1], pool_size=2)
+store.add(stored("parent"))
+store.list(now=NOW)  # the pool holds an idle connection when the child is forked
+pid = os.fork()
+if pid == 0:
+    store.add(stored("child"))
+    assert store.get("parent") is not None
+    sys.exit(0)  # a normal exit: the interpreter frees what it can
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+# The child neither used nor closed the parent's connections: no call fails here.
+for _ in range(5):
+    assert store.get("child") is not None
+store.close()
+print("ok")
+"""
+
+
+def test_a_forked_child_gets_its_own_connections(postgres_database: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK, postgres_database],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout == "ok\n", result.stderr
+
+
+def test_a_call_waits_for_another_sessions_lock_only_for_the_timeout(
+    postgres_database: str,
+) -> None:
+    with PostgresStore(postgres_database, timeout=0.2) as store:
+        store.add(stored("t"))
+        with psycopg.connect(postgres_database) as other:  # holds the row until rollback
+            other.execute("SELECT 1 FROM apitokens_tokens WHERE id = 't' FOR UPDATE")
+            with pytest.raises(StorageError, match=r"revoke failed: .*lock timeout"):
+                store.revoke("t", NOW)
+            assert store.get("t") is not None  # reads never wait for it
+        assert store.revoke("t", NOW) is True
+
+
+def test_an_unreachable_server_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match="open failed"):
+        PostgresStore("host=/nonexistent-apitokens dbname=x", timeout=1)
+
+
+@pytest.mark.parametrize("bad", [{"pool_size": 0}, {"pool_size": True}, {"timeout": 0}])
+def test_bad_arguments_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=r"pool_size|timeout"):
+        PostgresStore("host=/nowhere", **bad)
+
+
+def test_importing_without_psycopg_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "try:\n"
+        "    import apitokens.postgres\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'apitokens[postgres]'" in result.stdout
+
+
+def test_a_missing_postgresql_fails_and_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server fixture's own check: a machine without PostgreSQL fails, never skips.
+    from tests.support import postgres as support
+
+    monkeypatch.setattr(support, "_bin_directory", lambda: None)
+    with pytest.raises(pytest.fail.Exception) as info, support.running_server():
+        pass
+    assert "apt-get install -y --no-install-recommends postgresql" in str(info.value)
+    assert support.OPT_OUT in str(info.value)
