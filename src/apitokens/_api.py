@@ -115,9 +115,13 @@ class ApiTokens:
         self._flow = RequestFlow(authenticator, self._writer, self.policy)
         # A store that tells of tokens changed elsewhere (ChangeFeed) makes a revocation
         # there show here at once; otherwise within cache_ttl.
-        self._unsubscribe = (
-            store.subscribe(authenticator.forget) if isinstance(store, ChangeFeed) else None
-        )
+        try:
+            self._unsubscribe = (
+                store.subscribe(authenticator.changed) if isinstance(store, ChangeFeed) else None
+            )
+        except BaseException:
+            self._writer.close()  # its thread is running already
+            raise
         self._manager = TokenManager(
             store,
             self.policy,

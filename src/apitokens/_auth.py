@@ -706,3 +706,10 @@ class Authenticator:
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
         self.tokens.discard(token_id)
+
+    def changed(self, token_id: str | None) -> None:
+        """A store's change feed: drop ``token_id``, or every record if ``None``."""
+        if token_id is None:
+            self.tokens.clear()
+        else:
+            self.tokens.discard(token_id)

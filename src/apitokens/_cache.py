@@ -111,7 +111,7 @@ class TokenCache:
 
     @property
     def generation(self) -> int:
-        """Counts :meth:`discard` calls; read it before reading the store."""
+        """Counts :meth:`discard` and :meth:`clear` calls; read it before reading the store."""
         return self._generation
 
     def put(self, stored: StoredToken, generation: int | None = None) -> CompiledToken:
@@ -134,6 +134,12 @@ class TokenCache:
         with self._lock:
             self._generation += 1
             self.records.discard(token_id)
+
+    def clear(self) -> None:
+        """Drop every record (a store may have missed changes) as :meth:`discard` does."""
+        with self._lock:
+            self._generation += 1
+            self.records.clear()
 
     def compile(self, stored: StoredToken) -> CompiledToken:
         """Compile a stored token's rules and allowed addresses, fail closed."""

@@ -253,13 +253,16 @@ class ChangeFeed(Protocol):
     process) offers ``subscribe``, and the record is forgotten at once.
     """
 
-    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """Call ``callback(token_id)`` after a change to that token; return the unsubscriber.
 
         A change is an ``update``, a ``replace_hash`` or a ``revoke``, made through
         any handle on the store (this process's own changes included: forgetting a
-        record twice is harmless). The subscription is live before this returns. The
-        callback must be cheap and must not raise; it may be called on any thread.
+        record twice is harmless). ``callback(None)`` means "anything may have
+        changed": the store may have missed changes (a dropped connection), so every
+        cached record is to be forgotten. The subscription is live before this
+        returns. The callback must be cheap and must not raise; it may be called on
+        any thread.
         """
         ...
 
