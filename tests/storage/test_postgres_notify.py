@@ -11,6 +11,8 @@ the ``ApiTokens`` has forgotten the record by then). Nothing sleeps or polls.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -262,3 +264,45 @@ def test_closing_the_store_or_the_apitokens_stops_the_thread(dsn: str) -> None:
     assert threading.active_count() == threads
     with pytest.raises(Exception, match="closed"):
         store.subscribe(Heard())
+
+
+_FORK = """
+import os, queue, sys
+from apitokens.postgres import PostgresStore
+from apitokens.testing import NOW, stored
+
+store = PostgresStore(sys.argv[1], pool_size=2)
+store.add(stored("t"))
+store.add(stored("u"))
+heard = queue.Queue()
+store.subscribe(heard.put)  # the parent's listener runs when the child is forked
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    # The child's own listener; it starts with "anything may have changed".
+    assert heard.get(timeout=10) is None
+    os.write(ready_w, b"x")
+    assert heard.get(timeout=10) == "t"
+    sys.exit(0)  # a normal exit: the parent's listener connection is not closed
+assert os.read(ready_r, 1) == b"x"
+store.revoke("t", NOW)
+assert heard.get(timeout=10) == "t"
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+store.revoke("u", NOW)  # the parent still listens on its own connection
+assert heard.get(timeout=10) == "u"
+assert heard.empty()
+store.close()
+print("ok")
+"""
+
+
+def test_a_forked_child_listens_on_its_own_connection(postgres_database: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK, postgres_database],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout == "ok\n", result.stderr
