@@ -10,7 +10,9 @@ Needs the ``postgres`` extra (psycopg 3 and psycopg-pool)::
 The tables are prefixed ``apitokens_`` (they usually live beside the application's
 own). The schema is versioned as SQLite's is (``apitokens_schema`` lists the applied
 versions) and migrated when a store opens, under a transaction-scoped advisory lock,
-so many workers starting at once migrate once. See ``docs/storage.md``.
+so many workers starting at once migrate once. Every change to a token is announced
+(NOTIFY) to every process listening on the store's channel, so that each forgets its
+cached record at once (``subscribe``). See ``docs/storage.md``.
 """
 
 from __future__ import annotations
