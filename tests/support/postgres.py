@@ -34,6 +34,9 @@ INSTALL = "apt-get install -y --no-install-recommends postgresql"
 _RUN_AS = "postgres"
 TEST_DATABASE = "apitokens_test"
 """The database whose schemas the tests get (``postgres_database``)."""
+PASSWORD_USER = "apitokens_password"
+"""A role that must log in with a password (``PASSWORD``); every other role is trusted."""
+PASSWORD = "the-right-password"
 ADMIN = "apitokens-tests-admin"
 """The ``application_name`` of the fixtures' own connections (a test that kills
 connections spares them)."""
@@ -117,6 +120,10 @@ def running_server() -> Iterator[PostgresServer]:
              "--no-sync", "-E", "UTF8", "--locale=C"],
             as_user=as_user,
         )  # fmt: skip
+        # The first matching line wins: one role checks its password, for the tests of
+        # what a wrong password shows.
+        hba = data / "pg_hba.conf"
+        hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
         # Socket only; no durability (the server lives for one session); room for the
         # pools of the concurrency tests.
         options = (
@@ -149,6 +156,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(f"{OPT_OUT}=1: the PostgreSQL tests are skipped on purpose")
     with running_server() as server:
         server.execute(f"CREATE DATABASE {TEST_DATABASE} TEMPLATE template0")
+        server.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'")
         yield server
 
 
