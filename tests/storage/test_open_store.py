@@ -24,7 +24,13 @@ from apitokens.postgres import PostgresStore
 from apitokens.storage._open import locate
 from apitokens.testing import NOW, stored
 from tests.support import CHEAP_HASHER
-from tests.support.postgres import PASSWORD, PASSWORD_USER, TEST_DATABASE, PostgresServer
+from tests.support.postgres import (
+    PASSWORD,
+    PASSWORD_USER,
+    TEST_DATABASE,
+    PostgresServer,
+    refused_dsns,
+)
 
 SECRET = "hunter2-s3cret"
 INSTALL = "pip install 'apitokens[postgres]'"
@@ -210,21 +216,6 @@ def _shown(error: BaseException) -> str:
 WRONG = "Wr0ng-pa55word-7c1e"
 
 
-def _password_dsns(server: PostgresServer) -> list[str]:
-    """A wrong password for a role the server checks, and servers that are not there."""
-    socket = quote(str(server.directory), safe="")
-    return [
-        f"postgresql://{PASSWORD_USER}:{WRONG}@/{TEST_DATABASE}?host={socket}",
-        f"postgresql://{PASSWORD_USER}@/{TEST_DATABASE}?host={socket}&password={WRONG}",
-        f"host={server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER} password={WRONG}",
-        f"host={server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER} password='{WRONG} x'",
-        f"postgresql://app:{WRONG}@127.0.0.1:1/app?connect_timeout=2",  # nothing listens
-        f"host=127.0.0.1 port=1 dbname=app user=app password={WRONG} connect_timeout=2",
-        f"postgres://app:{WRONG}@/app?host=/nonexistent-apitokens",
-        f"host=/nonexistent-apitokens dbname=app password={WRONG}",
-    ]
-
-
 def test_the_password_server_checks_passwords(postgres_server: PostgresServer) -> None:
     # What the next test relies on: this role is refused with a wrong password.
     dsn = f"host={postgres_server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER}"
@@ -239,7 +230,7 @@ def test_a_wrong_password_or_no_server_is_a_storage_error_without_the_password(
 ) -> None:
     caplog.set_level("DEBUG")
     said = []
-    for dsn in _password_dsns(postgres_server):
+    for dsn in refused_dsns(postgres_server, WRONG):
         with pytest.raises(StorageError) as caught:
             open_store(dsn)
         assert WRONG not in _shown(caught.value), dsn

@@ -24,10 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-__all__ = ["PostgresServer", "postgres_database", "postgres_server"]
+__all__ = ["PostgresServer", "postgres_database", "postgres_server", "refused_dsns"]
 
 OPT_OUT = "APITOKENS_TEST_NO_POSTGRES"
 INSTALL = "apt-get install -y --no-install-recommends postgresql"
@@ -179,3 +180,24 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
         yield f"{dsn} options='-c search_path={name}'"
     finally:
         postgres_server.execute(f"DROP SCHEMA {name} CASCADE", TEST_DATABASE)
+
+
+def refused_dsns(server: PostgresServer, password: str) -> list[str]:
+    """DSNs with ``password`` that no connection is made with, as URLs and as keywords.
+
+    Four give it for ``PASSWORD_USER``, whom the server refuses with "password
+    authentication failed"; two name a TCP port nothing listens on ("Connection
+    refused"); two a socket directory that does not exist.
+    """
+    socket = quote(str(server.directory), safe="")
+    user = f"host={server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER}"
+    return [
+        f"postgresql://{PASSWORD_USER}:{password}@/{TEST_DATABASE}?host={socket}",
+        f"postgresql://{PASSWORD_USER}@/{TEST_DATABASE}?host={socket}&password={password}",
+        f"{user} password={password}",
+        f"{user} password='{password} x'",
+        f"postgresql://app:{password}@127.0.0.1:1/app?connect_timeout=2",
+        f"host=127.0.0.1 port=1 dbname=app user=app password={password} connect_timeout=2",
+        f"postgres://app:{password}@/app?host=/nonexistent-apitokens",
+        f"host=/nonexistent-apitokens dbname=app password={password}",
+    ]
