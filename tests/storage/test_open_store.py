@@ -240,6 +240,21 @@ def test_a_wrong_password_or_no_server_is_a_storage_error_without_the_password(
     assert sum("Connection refused" in message for message in said) == 2, said
 
 
+@pytest.mark.parametrize(
+    ("url", "given"),
+    [
+        ("postgresql://app:pw@db/app", "postgresql://app:pw@db/app"),
+        ("postgres://app@db/app", "postgres://app@db/app"),
+        ("PostgreSQL://db/app", "postgresql://db/app"),  # libpq wants the prefix in lower case
+        ("host=/run/postgresql dbname=app", "host=/run/postgresql dbname=app"),
+        ("  dbname = app  user=me", "  dbname = app  user=me"),
+    ],
+)
+def test_postgres_urls_and_keyword_dsns_go_to_postgres_store_whole(url: str, given: str) -> None:
+    location = locate(url)
+    assert (location.kind, location.target) == ("postgres", given)
+
+
 def test_a_location_never_shows_the_password() -> None:
     location = locate(f"postgresql://app:{SECRET}@db/app")
     assert location.kind == "postgres"
