@@ -90,7 +90,7 @@ def _location(args: argparse.Namespace) -> Location:
 
 
 def _open(location: Location, command: Command) -> TokenStore:
-    """Open the store; a new SQLite file or PostgreSQL schema only for ``create``.
+    """Open the store; a new SQLite file or apitokens' PostgreSQL tables only for ``create``.
 
     Only ``create`` makes a database: ``list`` or ``audit`` on a mistyped path or
     database (or with APITOKENS_DB unset in this shell) would print "nothing" from an
