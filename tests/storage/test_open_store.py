@@ -1,23 +1,36 @@
 """open_store(url): which store each string opens, and the strings it refuses.
 
-PostgreSQL is not on this branch yet: ``apitokens.postgres`` is made missing (as
-without the extra) or replaced by a stand-in that records its DSN, to test the
-dispatch only. The tests against a real server come with ``PostgresStore``.
+PostgreSQL strings open a real ``PostgresStore`` on the session's server
+(``tests/support/postgres.py``); without the extra is a subprocess that cannot
+import psycopg.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
-import types
+import traceback
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
+import psycopg.conninfo
 import pytest
 
 import apitokens
-from apitokens import MemoryStore, SQLiteStore, TokenStore, open_store
+from apitokens import ApiTokens, MemoryStore, SQLiteStore, StorageError, TokenStore, open_store
+from apitokens.postgres import PostgresStore
 from apitokens.storage._open import locate
 from apitokens.testing import NOW, stored
+from tests.support import CHEAP_HASHER
+from tests.support.postgres import (
+    PASSWORD,
+    PASSWORD_USER,
+    TEST_DATABASE,
+    PostgresServer,
+    refused_dsns,
+)
 
 SECRET = "hunter2-s3cret"
 INSTALL = "pip install 'apitokens[postgres]'"
@@ -128,49 +141,103 @@ def test_a_url_is_a_str_or_a_path(url: object) -> None:
         open_store(url)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def no_postgres_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``import apitokens.postgres`` fail, as it does without the extra."""
-    monkeypatch.setitem(sys.modules, "apitokens.postgres", None)
+_WITHOUT_PSYCOPG = """
+import sys
+sys.modules["psycopg"] = None  # as without the postgres extra: importing it fails
+from apitokens import open_store
+try:
+    open_store(sys.argv[1])
+except ImportError as error:
+    print(error)
+    print("".join(__import__("traceback").format_exception(error)), file=sys.stderr)
+"""
 
 
-@pytest.mark.usefixtures("no_postgres_extra")
-@pytest.mark.parametrize(
-    "url",
-    [
+def test_postgres_without_the_extra_names_the_extra_and_hides_the_password() -> None:
+    urls = [
         f"postgresql://app:{SECRET}@db.example/app",
         f"postgres://app:{SECRET}@db.example:5433/app?sslmode=require",
         f"postgresql://db.example/app?password={SECRET}",
         f"host=db.example dbname=app password={SECRET}",
         f"dbname=app password='{SECRET} x'",
-    ],
-)
-def test_postgres_without_the_extra_names_the_extra_and_hides_the_password(url: str) -> None:
-    with pytest.raises(ImportError) as caught:
-        open_store(url)
-    message = str(caught.value)
-    assert INSTALL in message
-    assert SECRET not in message
-    assert "***" in message
+    ]
+    for url in urls:
+        result = subprocess.run(
+            [sys.executable, "-c", _WITHOUT_PSYCOPG, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert INSTALL in result.stdout, (url, result.stderr)
+        assert "***" in result.stdout
+        assert SECRET not in result.stdout + result.stderr  # the traceback included
 
 
-class _Recorded(MemoryStore):
-    """Stands in for PostgresStore until the branches meet: records the DSN it got."""
-
-    dsns: list[str] = []  # noqa: RUF012 - one list for the test that reads it
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__()
-        self.dsns.append(dsn)
+def _url(dsn: str, scheme: str = "postgresql") -> str:
+    """The fixture's keyword DSN as a URL: the socket directory and options as parameters."""
+    parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    query = "&".join(f"{key}={quote(str(parts[key]), safe='')}" for key in ("host", "options"))
+    return f"{scheme}://{parts['user']}@/{parts['dbname']}?{query}"
 
 
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    module = types.ModuleType("apitokens.postgres")
-    module.PostgresStore = _Recorded  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "apitokens.postgres", module)
-    _Recorded.dsns = []
-    return _Recorded.dsns
+def test_postgres_urls_and_keyword_dsns_open_one_working_postgres_store(
+    postgres_database: str,
+) -> None:
+    url = _url(postgres_database)
+    forms = [
+        postgres_database,
+        url,
+        _url(postgres_database, "postgres"),
+        _url(postgres_database, "PostgreSQL"),  # libpq wants the prefix in lower case
+    ]
+    names = []
+    for number, form in enumerate(forms):
+        store = open_store(form)
+        try:
+            assert type(store) is PostgresStore, form
+            with ApiTokens(store, hasher=CHEAP_HASHER, journal=False) as tokens:
+                issued = tokens.create(actor="alice", name=f"made through form {number}")
+                got = store.get(issued.token.id)
+                assert got is not None
+                assert got.token.name == f"made through form {number}"
+                names = sorted(token.name for token in tokens.list(actor="alice"))
+        finally:
+            store.close()
+    # One database (the fixture's schema) behind every form: each sees what the others made.
+    assert names == [f"made through form {number}" for number in range(len(forms))]
+
+
+def _shown(error: BaseException) -> str:
+    """All that a traceback or a logger shows of ``error``, its causes and contexts included."""
+    return "".join(traceback.format_exception(error)) + repr(error.args)
+
+
+WRONG = "Wr0ng-pa55word-7c1e"
+
+
+def test_the_password_server_checks_passwords(postgres_server: PostgresServer) -> None:
+    # What the next test relies on: this role is refused with a wrong password.
+    dsn = f"host={postgres_server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER}"
+    with psycopg.connect(f"{dsn} password={PASSWORD}") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (PASSWORD_USER,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(f"{dsn} password={WRONG}")
+
+
+def test_a_wrong_password_or_no_server_is_a_storage_error_without_the_password(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    said = []
+    for dsn in refused_dsns(postgres_server, WRONG):
+        with pytest.raises(StorageError) as caught:
+            open_store(dsn)
+        assert WRONG not in _shown(caught.value), dsn
+        said.append(str(caught.value))
+    assert WRONG not in caplog.text
+    assert sum("password authentication failed" in message for message in said) == 4, said
+    assert sum("Connection refused" in message for message in said) == 2, said
 
 
 @pytest.mark.parametrize(
@@ -183,12 +250,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ("  dbname = app  user=me", "  dbname = app  user=me"),
     ],
 )
-def test_postgres_urls_and_keyword_dsns_go_to_postgres_store_whole(
-    url: str, given: str, recorded: list[str]
-) -> None:
-    store = open_store(url)
-    assert type(store) is _Recorded
-    assert recorded == [given]
+def test_postgres_urls_and_keyword_dsns_go_to_postgres_store_whole(url: str, given: str) -> None:
+    location = locate(url)
+    assert (location.kind, location.target) == ("postgres", given)
 
 
 def test_a_location_never_shows_the_password() -> None:

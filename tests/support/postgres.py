@@ -24,16 +24,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-__all__ = ["PostgresServer", "postgres_database", "postgres_server"]
+__all__ = ["PostgresServer", "postgres_database", "postgres_server", "refused_dsns"]
 
 OPT_OUT = "APITOKENS_TEST_NO_POSTGRES"
 INSTALL = "apt-get install -y --no-install-recommends postgresql"
 _RUN_AS = "postgres"
 TEST_DATABASE = "apitokens_test"
 """The database whose schemas the tests get (``postgres_database``)."""
+PASSWORD_USER = "apitokens_password"
+"""A role that must log in with a password (``PASSWORD``); every other role is trusted."""
+PASSWORD = "the-right-password"
 ADMIN = "apitokens-tests-admin"
 """The ``application_name`` of the fixtures' own connections (a test that kills
 connections spares them)."""
@@ -117,6 +121,10 @@ def running_server() -> Iterator[PostgresServer]:
              "--no-sync", "-E", "UTF8", "--locale=C"],
             as_user=as_user,
         )  # fmt: skip
+        # The first matching line wins: one role checks its password, for the tests of
+        # what a wrong password shows.
+        hba = data / "pg_hba.conf"
+        hba.write_text(f"local all {PASSWORD_USER} scram-sha-256\n" + hba.read_text())
         # Socket only; no durability (the server lives for one session); room for the
         # pools of the concurrency tests.
         options = (
@@ -149,6 +157,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(f"{OPT_OUT}=1: the PostgreSQL tests are skipped on purpose")
     with running_server() as server:
         server.execute(f"CREATE DATABASE {TEST_DATABASE} TEMPLATE template0")
+        server.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'")
         yield server
 
 
@@ -171,3 +180,24 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
         yield f"{dsn} options='-c search_path={name}'"
     finally:
         postgres_server.execute(f"DROP SCHEMA {name} CASCADE", TEST_DATABASE)
+
+
+def refused_dsns(server: PostgresServer, password: str) -> list[str]:
+    """DSNs with ``password`` that no connection is made with, as URLs and as keywords.
+
+    Four give it for ``PASSWORD_USER``, whom the server refuses with "password
+    authentication failed"; two name a TCP port nothing listens on ("Connection
+    refused"); two a socket directory that does not exist.
+    """
+    socket = quote(str(server.directory), safe="")
+    user = f"host={server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER}"
+    return [
+        f"postgresql://{PASSWORD_USER}:{password}@/{TEST_DATABASE}?host={socket}",
+        f"postgresql://{PASSWORD_USER}@/{TEST_DATABASE}?host={socket}&password={password}",
+        f"{user} password={password}",
+        f"{user} password='{password} x'",
+        f"postgresql://app:{password}@127.0.0.1:1/app?connect_timeout=2",
+        f"host=127.0.0.1 port=1 dbname=app user=app password={password} connect_timeout=2",
+        f"postgres://app:{password}@/app?host=/nonexistent-apitokens",
+        f"host=/nonexistent-apitokens dbname=app password={password}",
+    ]

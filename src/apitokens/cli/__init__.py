@@ -6,8 +6,9 @@
 
 The command acts as the admin who runs it: it opens ``--db`` (a SQLite path or any
 URL :func:`apitokens.open_store` takes but an in-memory one; default ``$APITOKENS_DB``,
-else ``./apitokens.db``; only ``create`` makes a missing SQLite file) with a policy
-that makes the acting user (``--actor``, default the login name) a token admin.
+else ``./apitokens.db``; only ``create`` makes a missing SQLite file or apitokens'
+tables in a PostgreSQL database) with a policy that makes the acting user
+(``--actor``, default the login name) a token admin.
 Exit status: 0 success, 1 ``rule check`` found no match, 2 a user error (one
 line on stderr, ``apitokens: error: ...``, never a traceback).
 See ``docs/cli.md`` for the reference.
@@ -34,7 +35,7 @@ from pathlib import Path
 from apitokens import ApiTokens, ApiTokensError, Policy, RuleSyntaxError, TokenStore
 from apitokens._journal import SUPPORTED as JOURNALS_SUPPORTED
 from apitokens._journal import FilePositions, Positions, distrust, replay
-from apitokens.storage._open import Location, locate, open_location
+from apitokens.storage._open import Location, locate, open_location, postgres_schema_version
 
 from ._commands import (
     EXIT_FAILURE,
@@ -89,19 +90,34 @@ def _location(args: argparse.Namespace) -> Location:
 
 
 def _open(location: Location, command: Command) -> TokenStore:
-    """Open the store; a SQLite file only if it exists, unless the command is ``create``."""
-    if location.kind == "sqlite" and not Path(location.target).exists():
-        if command is not create:
-            # Only `create` makes a database: `list` or `audit` on a mistyped path (or with
-            # APITOKENS_DB unset in this shell) would print "nothing" from an empty new file.
-            raise CommandError(
-                f"no database at {location.shown!r} (give --db DB or set APITOKENS_DB;"
-                " `apitokens create` makes a new one)"
-            )
-        store = open_location(location)
-        warn(f"created a new database {location.shown!r}")
-        return store
+    """Open the store; a new SQLite file or apitokens' PostgreSQL tables only for ``create``.
+
+    Only ``create`` makes a database: ``list`` or ``audit`` on a mistyped path or
+    database (or with APITOKENS_DB unset in this shell) would print "nothing" from an
+    empty new one, and on PostgreSQL would leave apitokens' tables in a database that
+    was never meant for them.
+    """
     try:
+        if location.kind == "sqlite" and not Path(location.target).exists():
+            if command is not create:
+                raise CommandError(
+                    f"no database at {location.shown!r} (give --db DB or set APITOKENS_DB;"
+                    " `apitokens create` makes a new one)"
+                )
+            store = open_location(location)
+            warn(f"created a new database {location.shown!r}")
+            return store
+        # PostgresStore creates its tables on opening: look first, over a connection of
+        # our own, whether they are there.
+        if location.kind == "postgres" and postgres_schema_version(location) == 0:
+            if command is not create:
+                raise CommandError(
+                    f"no apitokens tables in PostgreSQL database {location.shown!r} (give"
+                    " --db DB or set APITOKENS_DB; `apitokens create` makes them)"
+                )
+            store = open_location(location)
+            warn(f"created the apitokens tables in PostgreSQL database {location.shown!r}")
+            return store
         return open_location(location)
     except ImportError as exc:  # the postgres extra is not installed: the message says so
         raise CommandError(str(exc)) from None

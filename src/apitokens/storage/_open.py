@@ -16,18 +16,25 @@ store: a DSN's password never leaves this process in text.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
 
+from apitokens._errors import StorageError
 from apitokens.storage._protocol import TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 
-__all__ = ["Location", "locate", "open_location", "open_store", "redact_dsn"]
+__all__ = [
+    "Location",
+    "locate",
+    "open_location",
+    "open_store",
+    "postgres_schema_version",
+    "redact_dsn",
+]
 
 POSTGRES_EXTRA = "pip install 'apitokens[postgres]'"
 _FORMS = "a SQLite path, sqlite:///path, postgresql://... or memory:"
@@ -208,15 +215,44 @@ def open_location(location: Location) -> TokenStore:
         return SQLiteStore(location.target)
     try:
         # Imported here: psycopg is an optional extra, and SQLite users never load it.
-        module = importlib.import_module("apitokens.postgres")
+        from apitokens.postgres import PostgresStore
     except ImportError as exc:
-        raise ImportError(
-            f"cannot open {location.shown!r}: PostgreSQL needs the postgres extra "
-            f"({POSTGRES_EXTRA})",
-            name=exc.name,
-        ) from exc
-    store: TokenStore = module.PostgresStore(location.target)
-    return store
+        raise _without_extra(location, exc) from exc
+    return PostgresStore(location.target)
+
+
+def postgres_schema_version(location: Location) -> int:
+    """The apitokens schema version of the PostgreSQL database ``location`` names; 0: none.
+
+    Reads it over one connection of its own and changes nothing, where opening a
+    ``PostgresStore`` creates or upgrades the schema.
+
+    Raises:
+        ImportError: the ``postgres`` extra is not installed.
+        StorageError: the server cannot be reached or refuses the connection (the
+            message holds no password).
+    """
+    try:
+        import psycopg
+
+        from apitokens.postgres import _described, _safe_message, _version
+    except ImportError as exc:
+        raise _without_extra(location, exc) from exc
+    _shown, password = _described(location.target)
+    try:
+        with psycopg.connect(location.target, autocommit=True, connect_timeout=5) as conn:
+            return _version(conn)
+    except psycopg.Error as exc:
+        message = _safe_message(exc, password)
+    # Raised here, not in the except block: no __context__ holds psycopg's own text.
+    raise StorageError(f"cannot read PostgreSQL database {location.shown!r}: {message}")
+
+
+def _without_extra(location: Location, exc: ImportError) -> ImportError:
+    return ImportError(
+        f"cannot open {location.shown!r}: PostgreSQL needs the postgres extra ({POSTGRES_EXTRA})",
+        name=exc.name,
+    )
 
 
 def open_store(url: str | os.PathLike[str]) -> TokenStore:
