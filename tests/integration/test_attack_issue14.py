@@ -150,16 +150,20 @@ def test_override_headers_do_not_multiply_the_json_parse() -> None:
             headers += [("X-HTTP-Method-Override", "POST")] * overrides
             request = AuthRequest("POST", "/rest/echo", headers=headers, body=body)
             tokens.authenticate(request)  # warm: verified, cached
-            started = time.thread_time()
-            result = tokens.authenticate(request)
-            spent = time.thread_time() - started
-            if not overrides:
-                assert result.status_code == 200
-            return spent
+            spent = []
+            for _ in range(3):  # the least of three: a shared machine's noise only adds
+                started = time.thread_time()
+                result = tokens.authenticate(request)
+                spent.append(time.thread_time() - started)
+                # More override values than the three header names: refused, unread (400).
+                assert result.status_code == (200 if overrides <= 3 else 400)
+            return min(spent)
 
     one = cpu_for(0)
+    three = cpu_for(3)  # one parse shared by the method and its three overrides, not four
     many = cpu_for(40)
-    assert many <= 4 * one + 0.05, f"no override: {one:.3f} s of CPU; 40 overrides: {many:.3f} s"
+    assert three <= 2 * one + 0.01, f"no override: {one:.4f} s of CPU; 3 overrides: {three:.4f} s"
+    assert many <= one + 0.01, f"no override: {one:.4f} s of CPU; 40 overrides: {many:.4f} s"
 
 
 def test_many_json_rules_never_spend_more_than_the_budget_formatting_one_value() -> None:
@@ -183,16 +187,18 @@ def test_many_json_rules_never_spend_more_than_the_budget_formatting_one_value()
             headers = [("Authorization", f"Bearer {secret}"), ("Content-Type", "application/json")]
             request = AuthRequest("POST", "/rest/echo", headers=headers, body=body)
             assert tokens.authenticate(request).status_code == 403  # warm: verified, cached
-            started = time.thread_time()
-            result = tokens.authenticate(request)
-            spent = time.thread_time() - started
-            assert result.status_code == 403
-            return spent
+            spent = []
+            for _ in range(3):  # the least of three: a shared machine's noise only adds
+                started = time.thread_time()
+                result = tokens.authenticate(request)
+                spent.append(time.thread_time() - started)
+                assert result.status_code == 403
+            return min(spent)
 
     one = cpu_for(1)
     many = cpu_for(100)
-    budget = 0.05
-    assert many <= 4 * one + budget, f"1 rule: {one:.3f} s of CPU; 100 rules: {many:.3f} s"
+    # Formatting the value once per rule would be about 100 times one rule's cost.
+    assert many <= 10 * one + 0.1, f"1 rule: {one:.3f} s of CPU; 100 rules: {many:.3f} s"
 
 
 # -- 3. secrets in reprs and results ---------------------------------------------------------
