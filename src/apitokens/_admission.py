@@ -6,6 +6,9 @@ can make us pay for. Three bounds hold it, in this order:
 - the client address's failure throttle: ``max_failed_attempts`` failures within
   the window, and the address is refused (429) until the oldest leaves it; its
   attempts still in flight count, so a burst cannot overshoot (503 meanwhile);
+  on a store that shares failures (``_ledger.py``), the failures every process
+  sharing it has made count too, checked after this process's own count lets
+  the attempt start (so an address refused here costs no read of the store);
 - the places to hash: ``max_concurrent_verifications`` run at once; a patient
   caller (a WSGI server's own request thread) waits for a place up to ``wait``
   seconds;
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ._addresses import throttle_key
+from ._ledger import SharedFailures
 from ._throttle import BUSY, FailureThrottle
 
 __all__ = ["Admission", "Flight", "Refusal", "Ticket"]
@@ -69,6 +73,7 @@ class Admission:
         places: verifications running at once.
         wait: seconds a caller waits for a place (or for a flight it follows).
         monotonic: the clock of the throttle's window.
+        shared: the failures of every process on the store (``None``: count alone).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class Admission:
         places: int,
         wait: float,
         monotonic: Callable[[], float],
+        shared: SharedFailures | None = None,
     ) -> None:
         # Per client address only: a throttle per token id would let anyone who knows an
         # id (ids are public) refuse its owner, and tell by its 429 whether an id exists.
@@ -90,6 +96,7 @@ class Admission:
         self._flights_lock = threading.Lock()
         self._wait = wait
         self._monotonic = monotonic
+        self.shared = shared
 
     def admit(self, client_ip: str, *, patient: bool) -> Ticket | Refusal:
         """Let one verification start (holding a place to hash), or refuse it."""
@@ -100,6 +107,16 @@ class Admission:
             return Refusal(503, "too many verifications in flight for this client address", 1)
         if wait:
             return Refusal(429, "too many failed attempts for this client address", wait)
+        if self.shared is not None:
+            # Unknown (the store failed): this process's own count above is the bound.
+            failures = self.shared.count(key)
+            wait = 0 if failures is None else self.throttle.check_shared(key, failures)
+            if wait:
+                self.throttle.settle(key, started, failed=False)  # not tried: not counted
+                if wait == BUSY:
+                    reason = "too many verifications in flight for this client address"
+                    return Refusal(503, reason, 1)
+                return Refusal(429, "too many failed attempts for this client address", wait)
         reason = ""
         in_line = not patient
         if in_line and not self._in_line.acquire(blocking=False):
@@ -116,6 +133,8 @@ class Admission:
     def done(self, ticket: Ticket, *, failed: bool) -> None:
         """End an admitted verification; a failed one counts for its address."""
         self.throttle.settle(ticket.key, ticket.started, failed=failed)
+        if failed and self.shared is not None:
+            self.shared.add(ticket.key)
         self._hashing.release()
         if ticket.in_line:
             self._in_line.release()

@@ -404,7 +404,13 @@ class ApiTokens:
     # -- lifecycle ----------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write buffered audit events and usage; ``False`` if ``timeout`` ran out."""
+        """Write buffered audit events and usage; ``False`` if ``timeout`` ran out.
+
+        Failed attempts not yet in a store's failure ledger are sent too.
+        """
+        shared = self._authenticator.shared_failures
+        if shared is not None:
+            shared.flush()
         return self._writer.flush(timeout)
 
     def close(self) -> None:
@@ -412,6 +418,7 @@ class ApiTokens:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._authenticator.close()
         self._writer.close()
 
 

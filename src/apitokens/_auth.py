@@ -43,12 +43,13 @@ from ._credentials import (
 )
 from ._errors import StorageError
 from ._hashing import SecretVerifier
+from ._ledger import SharedFailures
 from ._model import AuthEntry, Outcome, StoredToken, Token, TokenStatus
 from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, AuthRequest, shown_method, unquoted_fully
 from ._result import AuthResult, refusal
 from .rules import Deadline, NeedsThreadError
-from .storage import TokenStore
+from .storage import FailureLedger, TokenStore
 
 __all__ = ["Authenticator", "Decision", "WouldBlock"]
 
@@ -142,12 +143,20 @@ class Authenticator:
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(
             cache_ttl, 10_000, monotonic=monotonic
         )
+        window = policy.failure_window.total_seconds()
+        # A store shared by many processes may count their failures together (DESIGN §8).
+        self.shared_failures = (
+            SharedFailures(store, window, clock, monotonic)
+            if isinstance(store, FailureLedger)
+            else None
+        )
         self._admission = Admission(
             policy.max_failed_attempts,
-            policy.failure_window.total_seconds(),
+            window,
             max_concurrent_verifications,
             verification_wait,
             monotonic,
+            self.shared_failures,
         )
         self.hot = HotCredentials(verifier.cache.maxsize)
         self._dummy_hash: str | None = None  # for unknown ids: made at the first one
@@ -706,6 +715,11 @@ class Authenticator:
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
         self.tokens.discard(token_id)
+
+    def close(self) -> None:
+        """Send the failures not yet in the store's ledger, and stop sending them."""
+        if self.shared_failures is not None:
+            self.shared_failures.close()
 
     def changed(self, token_id: str | None) -> None:
         """A store's change feed: drop ``token_id``, or every record if ``None``."""

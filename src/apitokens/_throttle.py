@@ -70,6 +70,27 @@ class FailureThrottle:
             self._in_flight[key] = in_flight + 1
             return 0
 
+    def check_shared(self, key: str, failures: int) -> int:
+        """Whether an attempt :meth:`reserve` let start may go on, given ``failures``.
+
+        ``failures`` are ``key``'s failures within the window as every process that
+        shares the store counts them (``_ledger.py``), this one's included. Checked as
+        :meth:`reserve` checks this process's own: the greater of the two counts, and
+        the attempts in flight here (this one among them).
+
+        Returns:
+            0: go on. 1: ``failures`` reach the limit (seconds to wait: the store
+            counts by seconds and does not say when its oldest leaves the window).
+            :data:`BUSY`: with the attempts in flight the limit is reached.
+        """
+        if failures >= self.limit:
+            return 1
+        with self._lock:
+            in_flight = self._in_flight.get(key, 0)
+        if failures + in_flight > self.limit:
+            return BUSY
+        return 0
+
     def settle(self, key: str, now: float, *, failed: bool) -> None:
         """End an attempt :meth:`reserve` let start; a failed one is recorded at ``now``."""
         with self._lock:

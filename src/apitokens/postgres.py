@@ -27,8 +27,8 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -56,7 +56,14 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage._base import fold_usage, normalize_event, normalize_stored, require_utc
+from apitokens.storage._base import (
+    failure_rows,
+    fold_usage,
+    normalize_event,
+    normalize_stored,
+    require_utc,
+    since_second,
+)
 from apitokens.storage._filters import EventQuery, TokenQuery
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore"]
@@ -124,13 +131,38 @@ _V1 = (
     "CREATE INDEX apitokens_audit_by_at ON apitokens_audit (at, seq)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1,)
+_V2 = (
+    # The failure ledger (FailureLedger): failed attempts per throttle key per second of
+    # the wall clock, shared by every process on the database. The primary key serves
+    # failures_since and the upsert; the index on second serves the pruning.
+    """
+    CREATE TABLE apitokens_failures (
+        key     text NOT NULL,
+        second  bigint NOT NULL,
+        count   bigint NOT NULL,
+        PRIMARY KEY (key, second)
+    )
+    """,
+    "CREATE INDEX apitokens_failures_by_second ON apitokens_failures (second)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
 
 A released migration is never edited: changes are new entries appended.
 """
 
 LATEST_VERSION = len(MIGRATIONS)
+
+_ADD_FAILURES = (
+    "INSERT INTO apitokens_failures (key, second, count)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+    " ON CONFLICT (key, second) DO UPDATE"
+    " SET count = apitokens_failures.count + excluded.count"
+)
+_COUNT_FAILURES = (
+    "SELECT coalesce(sum(count), 0) FROM apitokens_failures WHERE key = %s AND second >= %s"
+)
 
 _SCHEMA_TABLE = """
     CREATE TABLE IF NOT EXISTS apitokens_schema (
@@ -557,6 +589,41 @@ class PostgresStore:
                         [t.last_ip for _, t in totals],
                     ),
                 )
+
+    # -- the failure ledger (FailureLedger) -------------------------------------------
+
+    def record_failures(self, counts: Mapping[str, int], at: datetime, *, keep: timedelta) -> None:
+        """Add failed attempts per throttle key (see :class:`~apitokens.storage.FailureLedger`).
+
+        One transaction: one upsert of every key (in key order, so two processes adding
+        to the same keys at once queue rather than deadlock), then the old seconds go.
+
+        Raises:
+            ValueError: ``at`` is naive or a count is negative (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        rows, oldest = failure_rows(counts, at, keep)
+        # text cannot hold NUL; a key is an address, but never let one stall the flusher.
+        rows = sorted((key.replace("\x00", "\ufffd"), second, n) for key, second, n in rows)
+        with self._transaction("record_failures") as conn:
+            if rows:
+                conn.execute(
+                    _ADD_FAILURES,
+                    ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                )
+            conn.execute("DELETE FROM apitokens_failures WHERE second < %s", (oldest,))
+
+    def failures_since(self, key: str, since: datetime) -> int:
+        """Failed attempts for ``key`` at or after ``since`` (by whole seconds, rounded down).
+
+        Raises:
+            ValueError: ``since`` is naive.
+            StorageError: the database failed.
+        """
+        first = since_second(since)
+        with self._connection("failures_since") as conn:
+            row = conn.execute(_COUNT_FAILURES, (key.replace("\x00", "\ufffd"), first)).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def events(
         self,

@@ -97,6 +97,7 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
         "AuthEntry",
         "ChangeFeed",
         "EntryWriter",
+        "FailureLedger",
         "MemoryStore",
         "SQLiteStore",
         "StoredToken",

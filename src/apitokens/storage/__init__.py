@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from apitokens._model import AuthEntry, StoredToken, Usage
 from apitokens.storage._open import open_store, redact_dsn
-from apitokens.storage._protocol import ChangeFeed, EntryWriter, TokenStore
+from apitokens.storage._protocol import ChangeFeed, EntryWriter, FailureLedger, TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 
@@ -22,6 +22,7 @@ __all__ = [
     "AuthEntry",
     "ChangeFeed",
     "EntryWriter",
+    "FailureLedger",
     "MemoryStore",
     "SQLiteStore",
     "StoredToken",

@@ -9,9 +9,10 @@ the same behaviour.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from apitokens._model import (
@@ -186,3 +187,33 @@ def fold_usage(usage: Sequence[Usage]) -> dict[str, UsageTotal]:
         else:
             totals[use.token_id] = dataclasses.replace(seen, count=seen.count + use.count)
     return totals
+
+
+# --- the failure ledger (FailureLedger) --------------------------------------------
+
+
+def failure_rows(
+    counts: Mapping[str, int], at: datetime, keep: timedelta
+) -> tuple[list[tuple[str, int, int]], int]:
+    """``(key, second, count)`` rows for ``record_failures``, and the oldest second to keep.
+
+    Failures are counted by whole seconds of the wall clock (``at`` rounded down), so
+    a key under attack is one row per second, however many processes add to it.
+
+    Raises:
+        ValueError: ``at`` is naive or a count is negative.
+    """
+    second = math.floor(require_utc(at, "at").timestamp())
+    rows = []
+    for key, count in counts.items():
+        if count < 0:
+            raise ValueError(f"a failure count must be >= 0, not {count}")
+        if count:
+            rows.append((key, second, count))
+    # One second more than asked: failures_since rounds ``since`` down, and must find them.
+    return rows, second - math.ceil(keep.total_seconds()) - 1
+
+
+def since_second(since: datetime) -> int:
+    """The first second ``failures_since`` counts: rounded down, erring towards counting."""
+    return math.floor(require_utc(since, "since").timestamp())

@@ -98,7 +98,22 @@ _V4 = (
     """,
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4)
+_V5 = (
+    # The failure ledger (FailureLedger): failed attempts per throttle key per second of
+    # the wall clock, shared by every process on the file. The primary key serves
+    # failures_since and the upsert; the index on second serves the pruning.
+    """
+    CREATE TABLE failures (
+        key     TEXT NOT NULL,
+        second  INTEGER NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (key, second)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX failures_by_second ON failures (second)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

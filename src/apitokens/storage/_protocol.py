@@ -3,14 +3,15 @@
 Write your own backend (Postgres, Redis...) by implementing :class:`TokenStore`
 and subclassing ``apitokens.testing.StoreContract`` in its tests
 (``docs/storage.md``). :class:`EntryWriter` is an optional, faster way in for the
-audit writer's batches.
+audit writer's batches; :class:`ChangeFeed` and :class:`FailureLedger` share what one
+process knows with the others on the store.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from apitokens._model import (
@@ -24,7 +25,7 @@ from apitokens._model import (
     Usage,
 )
 
-__all__ = ["ChangeFeed", "EntryWriter", "TokenStore", "offers"]
+__all__ = ["ChangeFeed", "EntryWriter", "FailureLedger", "TokenStore", "offers"]
 
 
 @runtime_checkable
@@ -263,6 +264,46 @@ class ChangeFeed(Protocol):
         cached record is to be forgotten. The subscription is live before this
         returns. The callback must be cheap and must not raise; it may be called on
         any thread.
+        """
+        ...
+
+
+@runtime_checkable
+class FailureLedger(Protocol):
+    """Optional: a store that counts failed attempts for every process that shares it.
+
+    Each ``ApiTokens`` throttles failed attempts per client address (DESIGN §4). Alone,
+    each process counts its own, so N workers would give a guesser N times the
+    attempts. A store that offers these two methods (found by attribute) holds the
+    counts of all of them: a process sends its failures in batches and reads the
+    others' before it hashes a secret it has not verified before (never on a cached
+    good token's path). ``docs/security.md`` gives the error bound the batching leaves.
+
+    Keys are opaque strings (apitokens' throttle keys for client addresses). Times are
+    the wall clock (processes share no monotonic clock); a store may count by whole
+    seconds, as long as it errs towards counting: ``failures_since`` may include
+    failures up to one second older than ``since``, never leave out newer ones.
+    """
+
+    def record_failures(self, counts: Mapping[str, int], at: datetime, *, keep: timedelta) -> None:
+        """Add ``counts[key]`` failures for each key at ``at``, in one transaction.
+
+        Failures older than ``at - keep`` may be forgotten (``keep`` is the longest
+        window anyone asks about), so the ledger stays as small as the attacks of
+        the last window.
+
+        Raises:
+            ValueError: ``at`` is naive or a count is negative (nothing written).
+            StorageError: the backend failed (nothing written).
+        """
+        ...
+
+    def failures_since(self, key: str, since: datetime) -> int:
+        """How many failures were recorded for ``key`` at or after ``since``.
+
+        Raises:
+            ValueError: ``since`` is naive.
+            StorageError: the backend failed.
         """
         ...
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import builtins
 import math
 import os
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -29,15 +29,23 @@ from apitokens._model import (
 )
 from apitokens.storage import _migrations, _queries, _schema
 from apitokens.storage._base import (
+    failure_rows,
     fold_usage,
     normalize_stored,
     require_utc,
+    since_second,
 )
 from apitokens.storage._database import Database
 from apitokens.storage._filters import EventQuery, TokenQuery
 from apitokens.storage._schema import to_micros
 
 __all__ = ["SQLiteStore"]
+
+_ADD_FAILURES = (
+    "INSERT INTO failures (key, second, count) VALUES (?, ?, ?)"
+    " ON CONFLICT (key, second) DO UPDATE SET count = count + excluded.count"
+)
+_COUNT_FAILURES = "SELECT coalesce(sum(count), 0) FROM failures WHERE key = ? AND second >= ?"
 
 # A mark's usage position is None when the transaction wrote no usage: keep the old one.
 _MARK_JOURNAL = (
@@ -302,6 +310,32 @@ class SQLiteStore:
             StorageError: the database failed (nothing written).
         """
         self._write(events, usage, marks)
+
+    # -- the failure ledger (FailureLedger) -------------------------------------------
+
+    def record_failures(self, counts: Mapping[str, int], at: datetime, *, keep: timedelta) -> None:
+        """Add failed attempts per throttle key (see :class:`~apitokens.storage.FailureLedger`).
+
+        Raises:
+            ValueError: ``at`` is naive or a count is negative (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        rows, oldest = failure_rows(counts, at, keep)
+        with self._db.write("record_failures", durable=False) as conn:
+            conn.executemany(_ADD_FAILURES, rows)
+            conn.execute("DELETE FROM failures WHERE second < ?", (oldest,))
+
+    def failures_since(self, key: str, since: datetime) -> int:
+        """Failed attempts for ``key`` at or after ``since`` (by whole seconds, rounded down).
+
+        Raises:
+            ValueError: ``since`` is naive.
+            StorageError: the database failed.
+        """
+        first = since_second(since)
+        with self._db.read("failures_since") as conn:
+            row = conn.execute(_COUNT_FAILURES, (key, first)).fetchone()
+        return int(row[0])
 
     def events(
         self,
