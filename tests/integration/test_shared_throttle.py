@@ -1,0 +1,140 @@
+"""Failed-attempt throttling across processes (DESIGN §8): the store's FailureLedger.
+
+Two ``ApiTokens`` on two handles of one store (a SQLite file, a PostgreSQL schema)
+stand for two processes. Their monotonic clock is frozen unless a test moves it, so a
+count read from the store is reused until the test lets ``CACHE_INTERVAL`` pass;
+``flush()`` sends a process's failures as its flusher would within ``FLUSH_INTERVAL``.
+Nothing sleeps or polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apitokens import ApiTokens, MemoryStore, SQLiteStore, TokenStore
+from apitokens._ledger import CACHE_INTERVAL
+from apitokens.postgres import PostgresStore
+from tests.support import Clock, Monotonic, bearer, get, make_tokens
+
+LIMIT = 4
+ADDRESS = "198.51.100.7"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TokenStore, ...]]:
+    """Two handles on one store, as two processes have."""
+    if request.param == "sqlite":
+        path = tmp_path / "tokens.db"
+        with SQLiteStore(path) as one, SQLiteStore(path) as other:
+            yield one, other
+    else:
+        dsn = request.getfixturevalue("postgres_database")
+        with PostgresStore(dsn, pool_size=3) as one, PostgresStore(dsn, pool_size=3) as other:
+            yield one, other
+
+
+def _pair(
+    stores: tuple[TokenStore, ...], clock: Clock, ticks: Monotonic
+) -> tuple[ApiTokens, ApiTokens]:
+    one, other = stores
+    return (
+        make_tokens(one, clock=clock, monotonic=ticks, max_failed_attempts=LIMIT),
+        make_tokens(other, clock=clock, monotonic=ticks, max_failed_attempts=LIMIT),
+    )
+
+
+def _status(tokens: ApiTokens, value: str, ip: str = ADDRESS) -> int:
+    return tokens.authenticate(get("/x", bearer(value), ip=ip)).status_code
+
+
+def test_two_processes_share_one_limit_and_a_cached_good_token_still_passes(
+    stores: tuple[TokenStore, ...],
+) -> None:
+    clock, ticks = Clock(), Monotonic()
+    first, second = _pair(stores, clock, ticks)
+    with first, second:
+        issued = first.create(actor="alice", name="ci")
+        wrong = first.policy.token_format.issue(issued.token.id).value
+        assert _status(first, issued.secret) == 200  # verified, so cached, in the first
+        assert [_status(first, wrong) for _ in range(2)] == [401, 401]
+        first.flush()
+        # The second has half the limit left, not all of it: it knows of the first's two.
+        assert [_status(second, wrong) for _ in range(3)] == [401, 401, 429]
+        refused = second.authenticate(get("/x", bearer(wrong), ip=ADDRESS))
+        assert refused.status_code == 429 and ("Retry-After", "1") in refused.headers
+        second.flush()
+        ticks.advance(CACHE_INTERVAL)
+        assert _status(first, wrong) == 429  # two of its own, two of the other's
+        # A secret this process verified before never pays for others' guesses.
+        assert _status(first, issued.secret) == 200
+        # Per address only: another address has its whole limit.
+        assert _status(second, wrong, ip="203.0.113.1") == 401
+        # A minute later the failures have left the window, in both processes.
+        clock.advance(seconds=61)
+        ticks.advance(61)
+        assert _status(second, issued.secret) == 200
+        assert _status(first, wrong) == 401
+
+
+def test_attempts_through_both_processes_in_turn_stop_at_the_limit(
+    stores: tuple[TokenStore, ...],
+) -> None:
+    clock, ticks = Clock(), Monotonic()
+    first, second = _pair(stores, clock, ticks)
+    with first, second:
+        issued = first.create(actor="alice", name="ci")
+        wrong = first.policy.token_format.issue(issued.token.id).value
+        statuses = []
+        for turn in range(3 * LIMIT):
+            process = (first, second)[turn % 2]
+            statuses.append(_status(process, wrong))
+            process.flush()  # its flusher's interval passed
+            ticks.advance(CACHE_INTERVAL)  # and every cached count is stale
+        # LIMIT attempts from the address in all, not LIMIT per process.
+        assert statuses == [401] * LIMIT + [429] * (2 * LIMIT)
+
+
+def test_without_a_ledger_each_process_counts_alone() -> None:
+    store = MemoryStore()  # no FailureLedger: one process's store
+    clock, ticks = Clock(), Monotonic()
+    first, second = _pair((store, store), clock, ticks)
+    with first, second:
+        issued = first.create(actor="alice", name="ci")
+        wrong = first.policy.token_format.issue(issued.token.id).value
+        assert [_status(first, wrong) for _ in range(LIMIT + 1)] == [401] * LIMIT + [429]
+        first.flush()
+        ticks.advance(CACHE_INTERVAL)
+        assert [_status(second, wrong) for _ in range(LIMIT + 1)] == [401] * LIMIT + [429]
+
+
+def test_an_unreadable_ledger_leaves_each_process_its_own_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail closed: a ledger that fails never lets more through than the local throttle."""
+    path = tmp_path / "tokens.db"
+    clock, ticks = Clock(), Monotonic()
+    with SQLiteStore(path) as one, SQLiteStore(path) as other:
+        first, second = _pair((one, other), clock, ticks)
+        with first, second:
+            issued = first.create(actor="alice", name="ci")
+            wrong = first.policy.token_format.issue(issued.token.id).value
+            with sqlite3.connect(path) as conn:
+                conn.execute("DROP TABLE failures")  # every read and write of it fails
+            caplog.set_level(logging.WARNING, logger="apitokens")
+            statuses = []
+            for _ in range(LIMIT + 2):
+                statuses.append(_status(first, wrong))
+                ticks.advance(CACHE_INTERVAL)
+            assert statuses == [401] * LIMIT + [429, 429]
+            first.flush()
+            unreadable = [r for r in caplog.records if "could not be read" in r.getMessage()]
+            unwritten = [r for r in caplog.records if "could not be written" in r.getMessage()]
+            assert len(unreadable) == 1 and len(unwritten) == 1  # once, not per request
+            # The other process counts alone too: its own limit, no more.
+            assert [_status(second, wrong) for _ in range(LIMIT + 1)] == [401] * LIMIT + [429]
+            assert _status(first, issued.secret) == 429  # never verified here: throttled
