@@ -7,8 +7,9 @@ can make us pay for. Three bounds hold it, in this order:
   the window, and the address is refused (429) until the oldest leaves it; its
   attempts still in flight count, so a burst cannot overshoot (503 meanwhile);
   on a store that shares failures (``_ledger.py``), the failures every process
-  sharing it has made count too, checked after this process's own count lets
-  the attempt start (so an address refused here costs no read of the store);
+  sharing it has made count too, checked once the attempt has a place to hash
+  (so the store is read at most once per hash, and an address refused by this
+  process's own count costs no read);
 - the places to hash: ``max_concurrent_verifications`` run at once; a patient
   caller (a WSGI server's own request thread) waits for a place up to ``wait``
   seconds;
@@ -107,16 +108,6 @@ class Admission:
             return Refusal(503, "too many verifications in flight for this client address", 1)
         if wait:
             return Refusal(429, "too many failed attempts for this client address", wait)
-        if self.shared is not None:
-            # Unknown (the store failed): this process's own count above is the bound.
-            failures = self.shared.count(key)
-            wait = 0 if failures is None else self.throttle.check_shared(key, failures)
-            if wait:
-                self.throttle.settle(key, started, failed=False)  # not tried: not counted
-                if wait == BUSY:
-                    reason = "too many verifications in flight for this client address"
-                    return Refusal(503, reason, 1)
-                return Refusal(429, "too many failed attempts for this client address", wait)
         reason = ""
         in_line = not patient
         if in_line and not self._in_line.acquire(blocking=False):
@@ -128,7 +119,28 @@ class Admission:
         if reason:
             self.throttle.settle(key, started, failed=False)  # not tried: not counted
             return Refusal(503, reason, 1)
+        if self.shared is not None:
+            # Asked with a place to hash in hand: the reads are bounded as the hashes are
+            # (one costs about 1% of a hash), and come as late as can be: the freshest count.
+            refused = self._check_shared(self.shared, key, started)
+            if refused is not None:
+                self._hashing.release()
+                if in_line:
+                    self._in_line.release()
+                return refused
         return Ticket(key, started, in_line)
+
+    def _check_shared(self, shared: SharedFailures, key: str, started: float) -> Refusal | None:
+        """The failures of every process on the store: ``None`` when they let this one go."""
+        # Unknown (the store failed): this process's own count, checked already, is the bound.
+        failures = shared.count(key)
+        wait = 0 if failures is None else self.throttle.check_shared(key, failures)
+        if not wait:
+            return None
+        self.throttle.settle(key, started, failed=False)  # not tried: not counted
+        if wait == BUSY:
+            return Refusal(503, "too many verifications in flight for this client address", 1)
+        return Refusal(429, "too many failed attempts for this client address", wait)
 
     def done(self, ticket: Ticket, *, failed: bool) -> None:
         """End an admitted verification; a failed one counts for its address."""
