@@ -138,3 +138,24 @@ def test_an_unreadable_ledger_leaves_each_process_its_own_limit(
             # The other process counts alone too: its own limit, no more.
             assert [_status(second, wrong) for _ in range(LIMIT + 1)] == [401] * LIMIT + [429]
             assert _status(first, issued.secret) == 429  # never verified here: throttled
+
+
+def test_a_cached_good_token_never_reads_the_ledger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hot path pays nothing: with the ledger gone, a verified token never notices."""
+    path = tmp_path / "tokens.db"
+    clock, ticks = Clock(), Monotonic()
+    with SQLiteStore(path) as store, make_tokens(store, clock=clock, monotonic=ticks) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        assert _status(tokens, issued.secret) == 200  # verified once (the ledger read)
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE failures")  # any read of it now fails, and logs
+        caplog.set_level(logging.WARNING, logger="apitokens")
+        for _ in range(20):
+            ticks.advance(CACHE_INTERVAL)  # no cached count would spare a read
+            assert _status(tokens, issued.secret) == 200
+        assert not [r for r in caplog.records if "ledger" in r.getMessage()]
+        # A guess does read it (and, unreadable, falls back to the local count).
+        assert _status(tokens, tokens.policy.token_format.issue(issued.token.id).value) == 401
+        assert [r for r in caplog.records if "could not be read" in r.getMessage()]
