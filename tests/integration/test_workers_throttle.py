@@ -1,4 +1,6 @@
-"""Failed attempts across ``uvicorn --workers 4`` on one SQLite file share one limit.
+"""Failed attempts across ``uvicorn --workers 4`` on one store share one limit.
+
+The store is a SQLite file, then a PostgreSQL schema.
 
 Wrong secrets from one address go through fresh connections, so any of the four
 worker processes may take each. Without the store's failure ledger each worker would
@@ -22,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apitokens import ApiTokens, Argon2Hasher, Policy, SQLiteStore
+from apitokens import ApiTokens, Argon2Hasher, Policy, open_store
 from apitokens._ledger import CACHE_INTERVAL, FLUSH_INTERVAL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +38,16 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from apitokens import ApiTokens, Policy, SQLiteStore
+from apitokens import ApiTokens, Policy, open_store
 
 
 async def whoami(request):
     return PlainTextResponse(str(os.getpid()))
 
 
-tokens = ApiTokens(SQLiteStore({db!r}), policy=Policy(protected_paths=["/rest/"]))
+tokens = ApiTokens(
+    open_store(os.environ["APITOKENS_DB"]), policy=Policy(protected_paths=["/rest/"])
+)
 inner = tokens.asgi(Starlette(routes=[Route("/rest/pid", whoami)]))
 PID = str(os.getpid()).encode()
 
@@ -51,24 +55,28 @@ PID = str(os.getpid()).encode()
 async def app(scope, receive, send):
     async def named(message):
         if message["type"] == "http.response.start":
-            message = {{**message, "headers": [*message.get("headers", []), (b"x-pid", PID)]}}
+            message = {**message, "headers": [*message.get("headers", []), (b"x-pid", PID)]}
         await send(message)
 
     await inner(scope, receive, named)
 """
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    db = tmp_path / "tokens.db"
-    SQLiteStore(str(db)).close()
-    (tmp_path / "throttle_app.py").write_text(APP.format(db=str(db)))
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    if request.param == "sqlite":
+        db = str(tmp_path / "tokens.db")
+    else:
+        db = request.getfixturevalue("postgres_database")
+    open_store(db).close()  # the schema, before the workers start
+    (tmp_path / "throttle_app.py").write_text(APP)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
     env = {
         **os.environ,
+        "APITOKENS_DB": db,
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
         ),
@@ -106,12 +114,16 @@ def _hash_seconds() -> float:
 
 
 def test_four_workers_let_one_address_guess_about_the_limit_not_four_times_it(
-    served: tuple[int, Path],
+    served: tuple[int, str],
 ) -> None:
     port, db = served
-    with ApiTokens(SQLiteStore(str(db)), policy=Policy()) as tokens:
-        issued = tokens.create(actor="alice", name="ci")
-        wrong = tokens.policy.token_format.issue(issued.token.id).value
+    store = open_store(db)
+    try:
+        with ApiTokens(store, policy=Policy()) as tokens:
+            issued = tokens.create(actor="alice", name="ci")
+            wrong = tokens.policy.token_format.issue(issued.token.id).value
+    finally:
+        store.close()
     headers = {"Connection": "close", "Authorization": f"Bearer {wrong}"}
     statuses: list[int] = []
     pids: set[str] = set()
