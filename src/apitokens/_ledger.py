@@ -205,11 +205,13 @@ class SharedFailures:
                     return
                 taken = self._take()
             self._send(taken)
-            if not self._write_failed:
-                # Spaced: what comes meanwhile gathers into the next transaction.
-                time.sleep(self.flush_interval)
-            else:
-                time.sleep(max(self.flush_interval, 1.0))  # a failing store: retry slowly
+            # Spaced: what comes meanwhile gathers into the next transaction (a failing
+            # store is retried slowly). Real time, not the injected clock; close() wakes it.
+            pause = self.flush_interval if not self._write_failed else max(self.flush_interval, 1.0)
+            deadline = time.monotonic() + pause
+            with self._lock:
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():

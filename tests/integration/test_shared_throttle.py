@@ -10,8 +10,10 @@ Nothing sleeps or polls.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,39 @@ def test_a_cached_good_token_never_reads_the_ledger(
         # A guess does read it (and, unreadable, falls back to the local count).
         assert _status(tokens, tokens.policy.token_format.issue(issued.token.id).value) == 401
         assert [r for r in caplog.records if "could not be read" in r.getMessage()]
+
+
+def test_a_forked_child_sends_its_own_failures_and_not_its_parents(tmp_path: Path) -> None:
+    """gunicorn --preload: the ApiTokens is made before the fork; each process shares."""
+    path = tmp_path / "tokens.db"
+    clock, ticks = Clock(), Monotonic()
+    with SQLiteStore(path) as store:
+        tokens = make_tokens(store, clock=clock, monotonic=ticks, max_failed_attempts=LIMIT)
+        issued = tokens.create(actor="alice", name="ci")
+        wrong = tokens.policy.token_format.issue(issued.token.id).value
+        shared = tokens._authenticator.shared_failures
+        assert shared is not None
+        shared.flush_interval = 60.0  # after its first write, the parent's thread waits
+        assert _status(tokens, wrong) == 401  # the parent's flusher thread runs now
+        shared.flush()  # that one is in the store, whatever the thread did
+        # And one the parent has not sent at the fork (as if it came during a pause).
+        with shared._lock:
+            shared._pending[ADDRESS] = 1
+        pid = os.fork()
+        if pid == 0:  # the child: a flusher of its own, none of the parent's failures
+            code = 1
+            try:
+                statuses = [_status(tokens, wrong) for _ in range(2)]
+                tokens.flush()
+                code = 0 if statuses == [401, 401] else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        window_start = clock() - timedelta(minutes=1)
+        assert store.failures_since(ADDRESS, window_start) == 3  # the child sent its two only
+        tokens.flush()
+        assert store.failures_since(ADDRESS, window_start) == 4  # the parent sent its own
+        ticks.advance(CACHE_INTERVAL)
+        assert _status(tokens, wrong) == 429
+        tokens.close()
