@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from apitokens import ApiTokens, MemoryStore, SQLiteStore, TokenStore
+from apitokens import ApiTokens, MemoryStore, Policy, SQLiteStore, TokenStore
 from apitokens._ledger import CACHE_INTERVAL
 from apitokens.postgres import PostgresStore
-from tests.support import Clock, Monotonic, bearer, get, make_tokens
+from tests.support import Clock, GatedHasher, Monotonic, bearer, get, make_tokens
 
 LIMIT = 4
 ADDRESS = "198.51.100.7"
@@ -197,3 +198,41 @@ def test_a_forked_child_sends_its_own_failures_and_not_its_parents(tmp_path: Pat
         ticks.advance(CACHE_INTERVAL)
         assert _status(tokens, wrong) == 429
         tokens.close()
+
+
+def test_attempts_in_flight_here_count_with_the_failures_elsewhere(
+    stores: tuple[TokenStore, ...],
+) -> None:
+    """Limit 4, three failures elsewhere: one guess may hash here; a second meanwhile, 503."""
+    clock, ticks = Clock(), Monotonic()
+    gate = threading.Event()
+    hasher = GatedHasher(gate)
+    one, other = stores
+    first = make_tokens(one, clock=clock, monotonic=ticks, max_failed_attempts=LIMIT)
+    second = ApiTokens(
+        other,
+        policy=Policy(max_failed_attempts=LIMIT),
+        hasher=hasher,
+        clock=clock,
+        monotonic=ticks,
+        max_concurrent_verifications=4,
+    )
+    with first, second:
+        issued = first.create(actor="alice", name="ci")
+        wrong = first.policy.token_format.issue(issued.token.id).value
+        assert [_status(first, wrong) for _ in range(LIMIT - 1)] == [401] * (LIMIT - 1)
+        first.flush()
+        statuses: list[int] = []
+        guess = threading.Thread(target=lambda: statuses.append(_status(second, wrong)))
+        guess.start()
+        try:
+            assert hasher.started.acquire(timeout=10)  # the first guess is hashing
+            other_guess = first.policy.token_format.issue(issued.token.id).value  # not in flight
+            busy = second.authenticate(get("/x", bearer(other_guess), ip=ADDRESS))
+            assert busy.status_code == 503 and ("Retry-After", "1") in busy.headers
+            assert hasher.calls == 1
+        finally:
+            gate.set()
+            guess.join(10)
+        assert statuses == [401]
+        assert _status(second, wrong) == 429  # its own failure and the other's three
