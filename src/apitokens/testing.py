@@ -54,7 +54,7 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage import TokenStore
+from apitokens.storage import FailureLedger, TokenStore
 
 try:
     import pytest
@@ -724,6 +724,50 @@ class StoreContract:
         assert sum(added for added, _ in results) == len(ids)
         assert sum(revoked for _, revoked in results) == len(ids)
         assert len(store.list(now=NOW, status="revoked")) == len(ids)
+
+    # --- the optional failure ledger (FailureLedger) ----------------------------------------
+
+    def test_failure_ledger_counts_per_key_within_the_window(self, store: TokenStore) -> None:
+        if not isinstance(store, FailureLedger):
+            pytest.skip("the store does not offer the optional FailureLedger")
+        minute = timedelta(minutes=1)
+        store.record_failures({"198.51.100.7": 2, "2001:db8::/64": 1}, NOW, keep=minute)
+        store.record_failures({"198.51.100.7": 1, "none": 0}, NOW + 30 * SECOND, keep=minute)
+        assert store.failures_since("198.51.100.7", NOW - minute) == 3
+        assert store.failures_since("2001:db8::/64", NOW - minute) == 1
+        assert store.failures_since("none", NOW - minute) == 0
+        assert store.failures_since("198.51.100.7", NOW + 2 * SECOND) == 1
+        # Whole seconds may be counted, towards counting: never less than what is newer.
+        assert store.failures_since("198.51.100.7", NOW + 29 * SECOND) >= 1
+        assert store.failures_since("198.51.100.7", NOW + 32 * SECOND) == 0
+        with pytest.raises(ValueError, match="timezone"):
+            store.failures_since("198.51.100.7", NOW.replace(tzinfo=None))
+        with pytest.raises(ValueError, match="count"):
+            store.record_failures({"k": -1}, NOW, keep=minute)
+        with pytest.raises(ValueError, match="timezone"):
+            store.record_failures({"k": 1}, NOW.replace(tzinfo=None), keep=minute)
+        assert store.failures_since("k", NOW - minute) == 0
+
+    def test_failure_ledger_concurrent_batches_all_count(self, store: TokenStore) -> None:
+        if not isinstance(store, FailureLedger):
+            pytest.skip("the store does not offer the optional FailureLedger")
+        ledger = store
+        workers, batches = 4, 25
+        start = threading.Barrier(workers, timeout=60)
+
+        def add(worker: int) -> None:
+            start.wait()
+            for i in range(batches):
+                # The same keys from every worker at once, in different orders.
+                keys = ["a", "b", f"w{worker}"]
+                random.Random(worker * 1000 + i).shuffle(keys)
+                ledger.record_failures(dict.fromkeys(keys, 1), NOW, keep=DAY)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(add, range(workers)))
+        assert ledger.failures_since("a", NOW - SECOND) == workers * batches
+        assert ledger.failures_since("b", NOW - SECOND) == workers * batches
+        assert ledger.failures_since("w2", NOW - SECOND) == batches
 
     # --- the filters against a reference model ----------------------------------------------
 
