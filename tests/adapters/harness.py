@@ -27,6 +27,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client
 
 from apitokens import AuthResult
+from tests.support import drive_asgi
 
 CLIENT_IP = "192.0.2.10"
 """The client address of every request that does not name one."""
@@ -277,25 +278,6 @@ class WSGIContractClient:
 # -- ASGI -------------------------------------------------------------------------------------
 
 
-async def _drive(app: ASGIApp, scope: Message, inbox: Sequence[Message]) -> list[Message]:
-    """Call ``app`` with ``scope``; ``receive`` yields ``inbox``, then waits forever."""
-    pending = list(inbox)
-    sent: list[Message] = []
-    never = asyncio.Event()
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        await never.wait()
-        raise AssertionError("unreachable")
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), timeout=10)
-    return sent
-
-
 def _scope(kind: str, raw_path: bytes, path: str, headers: Headers, client_ip: str) -> Message:
     scope: Message = {
         "type": kind,
@@ -400,7 +382,7 @@ class ASGIContractClient:
         scope["method"] = method
         scope["query_string"] = query.encode("latin-1")
         whole = body if isinstance(body, bytes) else b"".join(body)
-        sent = await _drive(self.app, scope, [{"type": "http.request", "body": whole}])
+        sent = await drive_asgi(self.app, scope, [{"type": "http.request", "body": whole}])
         start = sent[0]
         return Reply(
             status=start["status"],
@@ -415,10 +397,10 @@ class ASGIContractClient:
         """A websocket handshake; what the app sent (accept, text, close, ...)."""
         self.recorder.reset()
         scope = _scope("websocket", path.encode(), path, headers, client_ip)
-        return asyncio.run(_drive(self.app, scope, [{"type": "websocket.connect"}]))
+        return asyncio.run(drive_asgi(self.app, scope, [{"type": "websocket.connect"}]))
 
     def lifespan(self) -> list[Message]:
         """A lifespan: startup, then shutdown; what the app sent."""
         scope: Message = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
         inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        return asyncio.run(_drive(self.app, scope, inbox))
+        return asyncio.run(drive_asgi(self.app, scope, inbox))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from apitokens import ApiTokens, IssuedToken, MemoryStore, Scope
-from tests.support import Clock, make_tokens
+from tests.support import Clock, drive_asgi, make_tokens
 
 MAX_BODY = 64
 """``Policy.max_body_bytes`` of the ``tokens`` fixture."""
@@ -98,25 +98,6 @@ def asgi_client() -> Callable[..., httpx.AsyncClient]:
     return make
 
 
-async def _drive(app: ASGIApp, scope: Message, inbox: Sequence[Message]) -> list[Message]:
-    """Call ``app`` with ``scope``; ``receive`` yields ``inbox`` then waits forever."""
-    pending = list(inbox)
-    sent: list[Message] = []
-    never = asyncio.Event()
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        await never.wait()
-        raise AssertionError("unreachable")
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), timeout=10)
-    return sent
-
-
 def http_scope(
     path: str,
     *,
@@ -158,7 +139,7 @@ def raw_asgi() -> Callable[..., list[Message]]:
     """
 
     def run(app: ASGIApp, scope: Message, inbox: Sequence[Message] = ()) -> list[Message]:
-        return asyncio.run(_drive(app, scope, inbox))
+        return asyncio.run(drive_asgi(app, scope, inbox))
 
     return run
 

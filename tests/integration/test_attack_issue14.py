@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from apitokens import AuthRequest, Outcome, Scope
-from tests.support import Clock, make_tokens
+from tests.support import Clock, make_tokens, serve_wsgi
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -383,9 +383,9 @@ def test_a_mounted_app_is_protected_on_either_side_of_the_mount_as_the_docs_say(
     ):
         apps = [
             (serve_uvicorn, outer.asgi(Starlette(routes=[Mount("/api", app=api)]))),
-            (serve_werkzeug, outer.wsgi(DispatcherMiddleware(site, {"/api": wsgi_admin}))),
+            (serve_wsgi, outer.wsgi(DispatcherMiddleware(site, {"/api": wsgi_admin}))),
             (serve_uvicorn, Starlette(routes=[Mount("/api", app=inner.asgi(api))])),
-            (serve_werkzeug, DispatcherMiddleware(site, {"/api": inner.wsgi(wsgi_admin)})),
+            (serve_wsgi, DispatcherMiddleware(site, {"/api": inner.wsgi(wsgi_admin)})),
         ]
         reached = []
         for serve, app in apps:
@@ -398,20 +398,6 @@ def test_a_mounted_app_is_protected_on_either_side_of_the_mount_as_the_docs_say(
 
 
 # -- 8. what held (these pass: they pin properties the attacks could not break) -------------
-
-
-def serve_werkzeug(app: Callable[..., Any]) -> Iterator[int]:
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def chunked(*parts: bytes) -> bytes:
@@ -448,7 +434,7 @@ def test_bodies_the_rule_did_not_see_never_reach_the_app() -> None:
             ([("Content-Length", "17"), ("Transfer-Encoding", "chunked")], chunked(GOOD), None),
         ]
         servers = (
-            serve_werkzeug(tokens.wsgi(flask.wsgi_app)),
+            serve_wsgi(tokens.wsgi(flask.wsgi_app)),
             serve_uvicorn(tokens.asgi(starlette)),
         )
         for server in servers:
@@ -486,7 +472,7 @@ def test_a_required_token_holds_on_a_mounted_app_whatever_the_path() -> None:
             outer, {"/api": tokens.wsgi(inner, require=Requirement.TOKEN)}
         )
         password = [("Authorization", "Basic YWxpY2U6cHc=")]
-        for port in serve_werkzeug(mounted):
+        for port in serve_wsgi(mounted):
             for target in ["/api/x", "//api/x", "/api//x", "/%61pi/x", "/api/%2e%2e/api/x"]:
                 status, body = answer(send(port, request_head("GET", target, password)))
                 assert status == 401 and b"reached" not in body, target

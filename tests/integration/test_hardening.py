@@ -26,10 +26,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
 
 from apitokens import ApiTokens, AuthRequest, IssuedToken, Outcome, Policy, Scope, SQLiteStore
-from tests.support import CHEAP_HASHER, Clock, GatedHasher, bearer, make_tokens
+from tests.support import CHEAP_HASHER, Clock, GatedHasher, bearer, make_tokens, serve_wsgi
 
 Environ = dict[str, Any]
 pytestmark = pytest.mark.anyio
@@ -68,18 +67,6 @@ def password_app() -> Flask:
     return app
 
 
-def serve(app: Callable[..., Any]) -> Iterator[int]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def raw_request(
     port: int, target: str, headers: dict[str, str], *, timeout: float = 5
 ) -> tuple[int, bytes]:
@@ -97,7 +84,7 @@ def raw_request(
 
 @pytest.fixture
 def werkzeug_port(strict: ApiTokens) -> Iterator[int]:
-    yield from serve(strict.wsgi(password_app().wsgi_app))
+    yield from serve_wsgi(strict.wsgi(password_app().wsgi_app))
 
 
 @pytest.mark.parametrize("target", ["rest/admin", "http:rest/admin", "rest/%61dmin"])
@@ -220,7 +207,7 @@ def echo_user_wsgi(environ: Environ, start_response: Callable[..., Any]) -> list
 def test_a_wsgi_app_mounted_under_a_prefix_is_protected(strict: ApiTokens) -> None:
     app = DispatcherMiddleware(echo_user_wsgi, {"/api": strict.wsgi(echo_user_wsgi)})
     issued = strict.create(actor="alice", name="ci")
-    for port in serve(app):
+    for port in serve_wsgi(app):
         base = f"http://127.0.0.1:{port}"
         password = httpx.get(f"{base}/api/rest/admin", auth=("alice", "pw"))
         assert password.status_code == 401

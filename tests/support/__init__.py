@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -148,3 +149,42 @@ class GatedHasher(Argon2Hasher):
         self.started.release()
         self.gate.wait(10)
         return super().verify(hashed, token)
+
+
+async def drive_asgi(
+    app: Callable[..., Any], scope: dict[str, Any], inbox: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Call an ASGI ``app`` with ``scope``; ``receive`` yields ``inbox``, then waits forever.
+
+    Returns what the app sent. Bounded at 10 s, so an app that loses a message fails.
+    """
+    pending = list(inbox)
+    sent: list[dict[str, Any]] = []
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    return sent
+
+
+def serve_wsgi(app: Callable[..., Any]) -> Iterator[int]:
+    """Serve a WSGI ``app`` with werkzeug's threaded server on 127.0.0.1; yield its port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
