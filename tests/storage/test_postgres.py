@@ -420,9 +420,10 @@ def test_a_missing_postgresql_fails_and_names_the_package(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The server fixture's own check: a machine without PostgreSQL fails, never skips.
+    from tests.support import pgserver
     from tests.support import postgres as support
 
-    monkeypatch.setattr(support, "_bin_directory", lambda: None)
+    monkeypatch.setattr(pgserver, "_bin_directory", lambda: None)
     with pytest.raises(pytest.fail.Exception) as info, support.running_server():
         pass
     assert "apt-get install -y --no-install-recommends postgresql" in str(info.value)
