@@ -9,8 +9,8 @@ Needs the ``postgres`` extra (psycopg 3 and psycopg-pool)::
 
 The tables are prefixed ``apitokens_`` (they usually live beside the application's
 own). The schema is versioned as SQLite's is (``apitokens_schema`` lists the applied
-versions) and migrated when a store opens, under a transaction-scoped advisory lock,
-so many workers starting at once migrate once. Every change to a token is announced
+versions) and migrated when a store opens, under a session advisory lock, so many
+workers starting at once migrate once. Every change to a token is announced
 (NOTIFY) to every process listening on the store's channel, so that each forgets its
 cached record at once (``subscribe``). See ``docs/storage.md``.
 """
@@ -64,9 +64,10 @@ from apitokens.storage._base import (
     require_utc,
     since_second,
 )
+from apitokens.storage._dsn import redact_dsn
 from apitokens.storage._filters import EventQuery, TokenQuery
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore"]
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "PostgresStore", "schema_version"]
 
 log = logging.getLogger("apitokens")
 
@@ -170,7 +171,7 @@ _SCHEMA_TABLE = """
         applied_at  timestamptz NOT NULL DEFAULT now()
     )
 """
-# pg_advisory_xact_lock's key: "apitoken" in ASCII, as a bigint.
+# pg_advisory_lock's key: "apitoken" in ASCII, as a bigint.
 _MIGRATION_LOCK = int.from_bytes(b"apitoken", "big")
 
 # -- the statements -----------------------------------------------------------------------
@@ -1009,6 +1010,27 @@ def _version(conn: psycopg.Connection[Any]) -> int:
         return 0
     row = conn.execute("SELECT coalesce(max(version), 0) FROM apitokens_schema").fetchone()
     return 0 if row is None else int(row[0])
+
+
+def schema_version(dsn: str, *, connect_timeout: int = 5) -> int:
+    """The apitokens schema version of the database ``dsn`` names; 0 when it has none.
+
+    Reads it over one connection of its own and changes nothing, where opening a
+    ``PostgresStore`` creates or upgrades the schema (the CLI's read commands use it
+    to refuse a database without apitokens' tables).
+
+    Raises:
+        StorageError: the server cannot be reached or refuses the connection (the
+            message holds no password).
+    """
+    _, password = _described(dsn)
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            return _version(conn)
+    except psycopg.Error as exc:
+        message = _safe_message(exc, password)
+    # Raised here, not in the except block: no __context__ holds psycopg's own text.
+    raise StorageError(f"cannot read PostgreSQL database {redact_dsn(dsn)!r}: {message}")
 
 
 def _check_version(conn: psycopg.Connection[Any], where: str) -> int:

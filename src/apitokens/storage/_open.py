@@ -20,9 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote
 
-from apitokens._errors import StorageError
+from apitokens.storage._dsn import _VALUE, redact_dsn
 from apitokens.storage._protocol import TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
@@ -38,27 +37,12 @@ __all__ = [
 
 POSTGRES_EXTRA = "pip install 'apitokens[postgres]'"
 _FORMS = "a SQLite path, sqlite:///path, postgresql://... or memory:"
-_MASK = "***"
 
 # Two or more characters: "C:\tokens.db" is a Windows path, not a URL with scheme "c".
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
-# Also without "//": "mysql:user:secret@host" is no URL, and still loses its password.
-_URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:(?://)?")
-# libpq's keyword form: "key = value" pairs apart by whitespace; a value is quoted '...'
-# (backslash escapes; unterminated: to the end; what is glued after the closing quote,
-# as in 'it's', counts too) or bare up to whitespace (backslash escapes too). See
-# libpq's "Connection Strings".
-_VALUE = (
-    r"(?:'(?:[^'\\]|\\.)*(?:'(?:[^\s\\]|\\.)*|\\?\Z)"  # quoted
-    r"|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*\\?"  # bare
-    r"|\\?)"  # empty
-)
 _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
-# "password", and "sslpassword" (the client key's): any key that ends so is hidden.
-_KEYWORD_PASSWORD = re.compile(rf"([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I)
-_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
 _LIBPQ_KEYWORDS = frozenset(
@@ -78,42 +62,6 @@ _LIBPQ_KEYWORDS = frozenset(
         "user",
     }
 )
-
-
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` with its password replaced by ``***``, safe for messages, logs and reprs.
-
-    A URL (``postgresql://user:secret@host/db`` becomes
-    ``postgresql://user:***@host/db``) loses the password of its user
-    information, percent-encoded or not, and the value of a ``password=`` query
-    parameter; a libpq keyword string (``host=h password='s e c'``) loses the
-    value of its ``password`` keyword. ``sslpassword`` (any key that ends in
-    ``password``) is hidden too. Where a URL is ambiguous (an ``@`` after
-    the host) more is hidden, never less. Anything else (a SQLite path) is
-    returned as it is.
-    """
-    head = _URL_HEAD.match(dsn)
-    if head is None:
-        return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + _MASK, dsn)
-    rest = dsn[head.end() :]
-    # The last "@", not the first: a password with a raw "@", "/" or "?" in it is still
-    # all before the last one (it may hide the host of an odd URL, never show a secret).
-    at = rest.rfind("@")
-    if at != -1:
-        colon = rest.find(":", 0, at)
-        if colon != -1:
-            rest = rest[: colon + 1] + _MASK + rest[at:]
-    # Keywords before any "?" too: "mysql:host=db password=x" is no URL, and still hides x.
-    before, mark, query = rest.partition("?")
-    before = _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + _MASK, before)
-    return head.group() + before + _QUERY_PAIR.sub(_redact_query_pair, mark + query)
-
-
-def _redact_query_pair(match: re.Match[str]) -> str:
-    separator, key, _value = match.groups()
-    if not unquote(key).strip().lower().endswith("password"):
-        return match.group()
-    return f"{separator}{key}={_MASK}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,19 +181,10 @@ def postgres_schema_version(location: Location) -> int:
             message holds no password).
     """
     try:
-        import psycopg
-
-        from apitokens.postgres import _described, _safe_message, _version
+        from apitokens.postgres import schema_version
     except ImportError as exc:
         raise _without_extra(location, exc) from exc
-    _shown, password = _described(location.target)
-    try:
-        with psycopg.connect(location.target, autocommit=True, connect_timeout=5) as conn:
-            return _version(conn)
-    except psycopg.Error as exc:
-        message = _safe_message(exc, password)
-    # Raised here, not in the except block: no __context__ holds psycopg's own text.
-    raise StorageError(f"cannot read PostgreSQL database {location.shown!r}: {message}")
+    return schema_version(location.target)
 
 
 def _without_extra(location: Location, exc: ImportError) -> ImportError:
