@@ -162,7 +162,7 @@ def test_an_index_serves_each_query(postgres_database: str, index: str, sql: str
 
 def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> None:
     # The store's own SQL, as it builds it (the partial index needs its condition stated).
-    from apitokens.postgres import _select_events, _select_tokens
+    from apitokens.postgres._rows import _select_events, _select_tokens
     from apitokens.storage._filters import EventQuery, TokenQuery
 
     PostgresStore(postgres_database).close()
