@@ -143,6 +143,19 @@ class ApiTokens:
 
     # -- deciding requests ------------------------------------------------
 
+    def check_users(self, is_active: Callable[[str], bool]) -> None:
+        """From now on, a token authenticates only while ``is_active(owner)`` is true.
+
+        For an application whose users can be deleted or deactivated without
+        their tokens being revoked (the Django integration adds one: the owner
+        must be an active Django user). A token of a user it says no to gets
+        401, audited; an exception in it gets 503 (fail closed). The answer is
+        cached per user for ``cache_ttl`` seconds, as the groups are; adding
+        the same check twice adds it once, and every check added must pass.
+        """
+        self._authenticator.check_users(is_active)
+
+
     @property
     def flow(self) -> RequestFlow:
         """The one request flow every adapter drives (for writing an adapter of your own).

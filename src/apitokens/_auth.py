@@ -143,6 +143,9 @@ class Authenticator:
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(
             cache_ttl, 10_000, monotonic=monotonic
         )
+        # check_users(): every check must say the owner is an active user (DESIGN §9).
+        self._user_checks: tuple[Callable[[str], bool], ...] = ()
+        self._active: TTLCache[str, bool] = TTLCache(cache_ttl, 10_000, monotonic=monotonic)
         window = policy.failure_window.total_seconds()
         # A store shared by many processes may count their failures together (DESIGN §8).
         self.shared_failures = (
@@ -331,7 +334,7 @@ class Authenticator:
             groups = self._groups.get(hot.user)
             if groups is None or not policy.may_use_tokens(groups):
                 return False
-        return True
+        return not self._user_checks or self._active.get(hot.user) is True
 
     # -- the token path --------------------------------------------------
 
@@ -389,6 +392,15 @@ class Authenticator:
                 return self._refuse(attempt, refusal(policy, 503, f"groups lookup failed: {exc}"))
             if not policy.may_use_tokens(groups):
                 return self._fail(attempt, 401, f"user {user!r} may not use tokens")
+        if self._user_checks:
+            try:
+                active = self._active_for(user, block)
+            except WouldBlock:
+                raise
+            except Exception as exc:  # the app's user directory failed: fail closed
+                return self._refuse(attempt, refusal(policy, 503, f"user check failed: {exc}"))
+            if not active:
+                return self._fail(attempt, 401, f"user {user!r} is unknown or inactive")
         return self._granted(
             attempt.request,
             attempt.now,
@@ -628,6 +640,22 @@ class Authenticator:
         groups = frozenset(self._groups_of(user)) if self._groups_of is not None else frozenset()
         self._groups.put(user, groups)
         return groups
+
+    def check_users(self, check: Callable[[str], bool]) -> None:
+        """Add ``check(user)``: a token authenticates only while every check is true."""
+        if check not in self._user_checks:
+            self._user_checks = (*self._user_checks, check)
+            self._active.clear()
+
+    def _active_for(self, user: str, block: bool) -> bool:
+        active = self._active.get(user)
+        if active is not None:
+            return active
+        if not block:
+            raise WouldBlock
+        active = all(check(user) for check in self._user_checks)
+        self._active.put(user, active)
+        return active
 
     # -- refusals and records ----------------------------------------------------
 
