@@ -155,7 +155,6 @@ class ApiTokens:
         """
         self._authenticator.check_users(is_active)
 
-
     @property
     def flow(self) -> RequestFlow:
         """The one request flow every adapter drives (for writing an adapter of your own).

@@ -135,6 +135,17 @@ class RequestFlow:
             result = await asyncio.to_thread(self._record, decision)
         return result
 
+    def require(self, request: AuthRequest, result: AuthResult, require: Requirement) -> AuthResult:
+        """Hold an earlier result (already recorded) to a route's requirement, on this thread.
+
+        For a route behind the middleware, whose decision it reuses (a Django REST
+        framework permission): an unmet requirement is a refusal of its own, audited.
+        """
+        decision = self._required(request, Decision(result), require)
+        if decision.result is result:
+            return result
+        return self._record(decision)
+
     async def require_async(
         self, request: AuthRequest, result: AuthResult, require: Requirement
     ) -> AuthResult:

@@ -296,11 +296,11 @@ class SecretVerifier:
         if not any(isinstance(h, Argon2Hasher) for h in chain):
             chain.append(Argon2Hasher())
         self.primary: Hasher = chain[0]
-        self._hashers = tuple(chain)
+        self.hashers: tuple[Hasher, ...] = tuple(chain)
         self.cache = cache if cache is not None else VerificationCache()
 
     def __repr__(self) -> str:
-        return f"SecretVerifier(hashers={list(self._hashers)!r})"
+        return f"SecretVerifier(hashers={list(self.hashers)!r})"
 
     def hash(self, token: str) -> str:
         """Return a hash of ``token`` made by the primary hasher."""
@@ -319,7 +319,7 @@ class SecretVerifier:
         """
         if self.cache.contains(token, hashed):
             return Verification(ok=True)
-        hasher = next((h for h in self._hashers if h.identifies(hashed)), None)
+        hasher = next((h for h in self.hashers if h.identifies(hashed)), None)
         if hasher is None or not hasher.verify(hashed, token):
             return Verification(ok=False)
         rehash = None

@@ -89,8 +89,8 @@ EXTRAS = {
     "apitokens.testing": frozenset({"pytest", "hypothesis"}),
     # DESIGN §8 and §9: the extras these modules are planned with.
     "apitokens.postgres": frozenset({"psycopg", "psycopg_pool"}),
-    "apitokens.django": frozenset({"django"}),
-    "apitokens.drf": frozenset({"django", "rest_framework"}),
+    "apitokens.django": frozenset({"django", "asgiref"}),  # asgiref: installed by Django
+    "apitokens.drf": frozenset({"django", "asgiref", "rest_framework"}),
 }
 """Modules (or packages) that may import more than the dependencies, and what."""
 

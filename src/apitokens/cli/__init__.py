@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from apitokens import ApiTokens, ApiTokensError, Policy, RuleSyntaxError, TokenStore
@@ -50,7 +51,7 @@ from ._commands import (
 from ._output import one_line, warn
 from ._parser import DEFAULT_DB, build_parser
 
-__all__ = ["ADMIN_GROUP", "build_parser", "main"]
+__all__ = ["ADMIN_GROUP", "build_parser", "main", "run_on"]
 
 ADMIN_GROUP = "apitokens-cli"
 """The group the command puts every user in, and makes the token admins."""
@@ -191,6 +192,42 @@ def _tolerant_streams() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    return _main(argv, _run)
+
+
+def run_on(tokens: ApiTokens, argv: Sequence[str]) -> int:
+    """Run the command's subcommands on an application's own ``ApiTokens``; the exit status.
+
+    What ``python manage.py apitokens ...`` runs: the same subcommands, options and
+    output as the ``apitokens`` command, on ``tokens``' store, hasher and policy, with
+    the acting user (``--actor``, default the login name) a token admin, as the
+    command makes them. ``--db`` and ``--prefix`` are refused: ``tokens`` names both.
+    """
+    return _main(argv, lambda args: _run_on(tokens, args))
+
+
+def _run_on(tokens: ApiTokens, args: argparse.Namespace) -> int:
+    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
+    if offline is not None:
+        return offline(args)
+    if args.db or args.prefix:
+        raise CommandError("--db and --prefix are the application's here (its ApiTokens)")
+    policy = replace(tokens.policy, token_admins=tokens.policy.token_admins | {ADMIN_GROUP})
+    admin = ApiTokens(
+        tokens._store,
+        policy=policy,
+        groups=lambda _user: {ADMIN_GROUP},
+        hasher=tokens._verifier.hashers,
+        journal=False,  # as the command: its few records are written before it returns
+    )
+    command: Command = args.command
+    try:
+        return command(Session(admin, _actor(args)), args)
+    finally:
+        admin.close()
+
+
+def _main(argv: Sequence[str] | None, run: Callable[[argparse.Namespace], int]) -> int:
     _tolerant_streams()
     # The command reports what it did itself; the library's log records (audit
     # events, the prune notice) are for applications' log pipelines, not stderr.
@@ -202,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code or EXIT_OK
         return EXIT_USAGE
     try:
-        return _run(args)
+        return run(args)
     except (ApiTokensError, CommandError, ValueError) as exc:
         print(f"apitokens: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE

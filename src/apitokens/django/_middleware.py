@@ -1,0 +1,125 @@
+"""``TokenMiddleware``: Django's request for the request flow, the result for Django."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.utils.functional import SimpleLazyObject
+
+from apitokens._flow import RequestFlow
+from apitokens._request import AuthRequest
+from apitokens._result import AuthResult
+from apitokens.asgi import request_from_scope
+from apitokens.django._project import django_user, get_tokens
+from apitokens.wsgi import request_from_environ
+
+__all__ = ["TokenMiddleware", "auth_request", "decide", "read_body", "refusal_response"]
+
+
+def auth_request(request: HttpRequest) -> AuthRequest:
+    """The :class:`AuthRequest` of a Django request, under WSGI or ASGI.
+
+    Under ASGI it is read from the server's scope, never from ``request.META``:
+    Django's ASGI handler turns a client's ``X_Forwarded_For`` or ``Remote_User``
+    header into the same ``META`` key as ``X-Forwarded-For`` or ``Remote-User``.
+    """
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict):
+        return request_from_scope(scope)
+    return request_from_environ(request.META)
+
+
+def read_body(request: HttpRequest) -> Callable[[int], bytes]:
+    """The flow's body reader: ``request.body``, which the view can read again."""
+
+    def read(limit: int) -> bytes:
+        try:
+            return request.body[: limit + 1]
+        except RequestDataTooBig:
+            # Past DATA_UPLOAD_MAX_MEMORY_SIZE Django keeps none of it: the flow only
+            # needs to know it is past its own limit (413); these bytes are never read.
+            return bytes(limit + 1)
+
+    return read
+
+
+def refusal_response(result: AuthResult) -> HttpResponse:
+    """The DESIGN §4 response of a refusal."""
+    response = HttpResponse(result.body, status=result.status_code)
+    for name, value in result.headers:
+        response[name] = value
+    return response
+
+
+def authenticated(request: HttpRequest, result: AuthResult) -> None:
+    """Make ``request`` the token owner's: ``request.user``, ``request.auth``, no CSRF check."""
+    username = result.user or ""
+
+    def user() -> Any:
+        # Imported here: this package is an installed app, imported before the models load.
+        from django.contrib.auth.models import AnonymousUser
+
+        found = django_user(username)
+        return found if found is not None else AnonymousUser()
+
+    async def auser() -> Any:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(user)()
+
+    request.user = SimpleLazyObject(user)  # type: ignore[assignment]
+    request.auser = auser
+    request.auth = result  # type: ignore[attr-defined]
+    # A token is no ambient credential of the browser's (no cookie): like DRF's token
+    # authentication, its requests need no CSRF token. Session requests keep the check.
+    request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+
+
+def decide(request: HttpRequest, flow: RequestFlow) -> AuthResult:
+    """The flow's result for ``request``: decided once per request (the middleware's, reused).
+
+    On success the request becomes the owner's (:func:`authenticated`); otherwise
+    ``request.auth`` is ``None``.
+    """
+    decided = getattr(request, "_apitokens", None)
+    if decided is not None and decided[0] is flow:
+        result: AuthResult = decided[1]
+        return result
+    result = flow.run(auth_request(request), read_body(request))
+    request._apitokens = (flow, result)  # type: ignore[attr-defined]
+    if result.authenticated:
+        authenticated(request, result)
+    else:
+        request.auth = None  # type: ignore[attr-defined]
+    return result
+
+
+class TokenMiddleware:
+    """Checks tokens on the policy's protected paths (DESIGN §9).
+
+    Put it in ``MIDDLEWARE`` after ``AuthenticationMiddleware``. On success
+    ``request.user`` is the Django user whose ``USERNAME_FIELD`` is the token's
+    owner and ``request.auth`` the :class:`~apitokens.AuthResult` (the token, its
+    scope); the request is exempt from the CSRF check. A refusal is answered
+    here (401, 403, 413, 429, 503 with the body of DESIGN §4), audited. Other
+    requests (no token, a password, an unprotected path) go on untouched, with
+    ``request.auth`` set to ``None``.
+
+    A synchronous middleware: under ASGI Django runs it in its thread for
+    synchronous code, where the ORM (the owner's lookup) belongs.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        result = decide(request, get_tokens().flow)
+        if not result.authenticated and result.status_code != 200:
+            return refusal_response(result)
+        return self.get_response(request)
