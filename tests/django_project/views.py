@@ -43,7 +43,7 @@ def session(request: HttpRequest) -> JsonResponse:
 class WhoAmI(APIView):
     """A DRF view for any authenticated user (token or session)."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = (IsAuthenticated,)
 
     def get(self, request: Request) -> Response:
         return Response(_who(request.user, request.auth))
@@ -55,21 +55,21 @@ class WhoAmI(APIView):
 class Echo(APIView):
     """Echoes ``request.data``: what DRF parsed from the body a JSON rule read."""
 
-    permission_classes = [HasToken]
+    permission_classes = (HasToken,)
 
     def post(self, request: Request) -> Response:
         return Response({"data": request.data, "raw": json.loads(request.body or b"null")})
 
 
 class NeedsToken(APIView):
-    permission_classes = [HasToken]
+    permission_classes = (HasToken,)
 
     def get(self, request: Request) -> Response:
         return Response(_who(request.user, request.auth))
 
 
 class NeedsWrite(APIView):
-    permission_classes = [HasReadWriteToken]
+    permission_classes = (HasReadWriteToken,)
 
     def get(self, request: Request) -> Response:
         return Response(_who(request.user, request.auth))
