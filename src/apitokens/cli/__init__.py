@@ -192,18 +192,29 @@ def _tolerant_streams() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    return _main(argv, _run)
+    return _main(argv, _run, build_parser())
 
 
-def run_on(tokens: ApiTokens, argv: Sequence[str]) -> int:
+def run_on(tokens: ApiTokens, argv: Sequence[str], *, prog: str = "apitokens") -> int:
     """Run the command's subcommands on an application's own ``ApiTokens``; the exit status.
 
     What ``python manage.py apitokens ...`` runs: the same subcommands, options and
     output as the ``apitokens`` command, on ``tokens``' store, hasher and policy, with
     the acting user (``--actor``, default the login name) a token admin, as the
-    command makes them. ``--db`` and ``--prefix`` are refused: ``tokens`` names both.
+    command makes them, and every other user in the groups ``tokens`` gives them.
+    ``--db`` and ``--prefix`` are refused: ``tokens`` names both. What the command
+    changed shows at once in ``tokens`` (its cached records are dropped).
+
+    Args:
+        tokens: the application's instance.
+        argv: the arguments, without the program's name.
+        prog: the program's name in usage lines and errors (``manage.py apitokens``).
     """
-    return _main(argv, lambda args: _run_on(tokens, args))
+    return _main(
+        argv,
+        lambda args: _run_on(tokens, args),
+        build_parser(prog, store_options=False),
+    )
 
 
 def _run_on(tokens: ApiTokens, args: argparse.Namespace) -> int:
@@ -212,28 +223,49 @@ def _run_on(tokens: ApiTokens, args: argparse.Namespace) -> int:
         return offline(args)
     if args.db or args.prefix:
         raise CommandError("--db and --prefix are the application's here (its ApiTokens)")
+    actor = _actor(args)
+    their_groups = tokens._manager.groups
+
+    def groups(user: str) -> set[str]:
+        # The actor is a token admin; owners keep the application's groups, so its
+        # token_users still decides who may hold a token.
+        if user != actor:
+            return set(their_groups(user))
+        found = {ADMIN_GROUP}
+        # The login name running the command is seldom one of the application's users.
+        with contextlib.suppress(Exception):
+            found |= their_groups(user)
+        return found
+
     policy = replace(tokens.policy, token_admins=tokens.policy.token_admins | {ADMIN_GROUP})
     admin = ApiTokens(
         tokens._store,
         policy=policy,
-        groups=lambda _user: {ADMIN_GROUP},
+        groups=groups,
         hasher=tokens._verifier.hashers,
         journal=False,  # as the command: its few records are written before it returns
     )
     command: Command = args.command
     try:
-        return command(Session(admin, _actor(args)), args)
+        return command(Session(admin, actor), args)
     finally:
         admin.close()
+        # A store without a change feed (SQLite) tells no other instance of a revocation:
+        # in this process (call_command, a shell) the application's sees it at once.
+        tokens._authenticator.changed(None)
 
 
-def _main(argv: Sequence[str] | None, run: Callable[[argparse.Namespace], int]) -> int:
+def _main(
+    argv: Sequence[str] | None,
+    run: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+) -> int:
     _tolerant_streams()
     # The command reports what it did itself; the library's log records (audit
     # events, the prune notice) are for applications' log pipelines, not stderr.
     logging.getLogger("apitokens").addHandler(_QUIET)  # once: adding it again is a no-op
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or EXIT_OK

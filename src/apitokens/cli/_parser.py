@@ -259,10 +259,16 @@ def _add_rule_check(commands: argparse._SubParsersAction[_Parser]) -> None:
     check.set_defaults(offline=rule_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, subcommands included."""
+def build_parser(prog: str = "apitokens", *, store_options: bool = True) -> argparse.ArgumentParser:
+    """The whole command line, subcommands included.
+
+    Args:
+        prog: the program's name in usage lines and errors.
+        store_options: offer ``--db`` and ``--prefix`` in the help; without them
+            (an application's own store, ``run_on``) they are still parsed, and refused.
+    """
     parser = _Parser(
-        prog="apitokens",
+        prog=prog,
         description="Manage personal access tokens and read their audit log.",
         epilog="Exit status: 0 ok, 1 'rule check' found no match, 2 error. See docs/cli.md.",
     )
@@ -356,4 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_rule_check(commands)
+    if not store_options:
+        _hide(parser, {"--db", "--prefix"})
     return parser
+
+
+def _hide(parser: argparse.ArgumentParser, options: set[str]) -> None:
+    """Leave ``options`` out of the help of ``parser`` and of its subcommands."""
+    for action in parser._actions:
+        if options.intersection(action.option_strings):
+            action.help = argparse.SUPPRESS
+        elif isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _hide(command, options)
