@@ -114,3 +114,29 @@ def test_db_and_prefix_are_the_applications_and_not_in_the_help(
     code, out, err = run(members, capsys, "lst", prog="manage.py apitokens")
     assert (code, out) == (2, "")
     assert err.endswith("(see: manage.py apitokens --help)\n") and err.count("\n") == 1
+
+
+def test_a_function_gives_the_instance_only_when_a_subcommand_needs_it(
+    members: ApiTokens, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[str] = []
+
+    def resolve() -> ApiTokens:
+        calls.append("resolve")
+        return members
+
+    assert run_on(resolve, ["--help"]) == 0
+    assert run_on(resolve, ["rule", "check", "[get].*", "GET", "/x"]) == 0
+    assert calls == []
+    assert run_on(resolve, ["--actor", "root", "list"]) == 0
+    assert calls == ["resolve"]
+
+    def broken() -> ApiTokens:
+        raise ValueError("set APITOKENS to the dotted path of your ApiTokens")
+
+    capsys.readouterr()
+    assert run_on(broken, ["--actor", "root", "list"]) == 2
+    assert capsys.readouterr() == (
+        "",
+        "apitokens: error: set APITOKENS to the dotted path of your ApiTokens\n",
+    )

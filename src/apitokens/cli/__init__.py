@@ -195,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _main(argv, _run, build_parser())
 
 
-def run_on(tokens: ApiTokens, argv: Sequence[str], *, prog: str = "apitokens") -> int:
+def run_on(
+    tokens: ApiTokens | Callable[[], ApiTokens], argv: Sequence[str], *, prog: str = "apitokens"
+) -> int:
     """Run the command's subcommands on an application's own ``ApiTokens``; the exit status.
 
     What ``python manage.py apitokens ...`` runs: the same subcommands, options and
@@ -206,7 +208,9 @@ def run_on(tokens: ApiTokens, argv: Sequence[str], *, prog: str = "apitokens") -
     changed shows at once in ``tokens`` (its cached records are dropped).
 
     Args:
-        tokens: the application's instance.
+        tokens: the application's instance, or a function that returns it, called
+            only when a subcommand needs it (not for ``--help`` or ``rule check``);
+            a ``ValueError`` it raises is a user error (one line, exit status 2).
         argv: the arguments, without the program's name.
         prog: the program's name in usage lines and errors (``manage.py apitokens``).
     """
@@ -217,13 +221,14 @@ def run_on(tokens: ApiTokens, argv: Sequence[str], *, prog: str = "apitokens") -
     )
 
 
-def _run_on(tokens: ApiTokens, args: argparse.Namespace) -> int:
+def _run_on(given: ApiTokens | Callable[[], ApiTokens], args: argparse.Namespace) -> int:
     offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
     if offline is not None:
         return offline(args)
     if args.db or args.prefix:
         raise CommandError("--db and --prefix are the application's here (its ApiTokens)")
     actor = _actor(args)
+    tokens = given if isinstance(given, ApiTokens) else given()
     their_groups = tokens._manager.groups
 
     def groups(user: str) -> set[str]:
