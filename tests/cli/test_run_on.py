@@ -140,3 +140,21 @@ def test_a_function_gives_the_instance_only_when_a_subcommand_needs_it(
         "",
         "apitokens: error: set APITOKENS to the dotted path of your ApiTokens\n",
     )
+
+
+def test_the_command_sees_what_the_applications_instance_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The clock never moves: the application's writer holds its events until a flush.
+    store = SQLiteStore(tmp_path / "tokens.db")
+    try:
+        with ApiTokens(store, hasher=CHEAP_HASHER, monotonic=Monotonic(), journal=False) as app:
+            secret = created(app, capsys, "--user", "alice")
+            assert app.authenticate(request(secret)).outcome is Outcome.SUCCESS
+            code, out, _ = run(app, capsys, "audit", "--json")
+            assert code == 0
+            assert [e["action"] for e in json.loads(out)] == ["authenticate", "create"]
+            code, out, _ = run(app, capsys, "list", "--json")
+            assert [t["use_count"] for t in json.loads(out)] == [1]
+    finally:
+        store.close()

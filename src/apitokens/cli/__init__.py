@@ -204,7 +204,8 @@ def run_on(
     output as the ``apitokens`` command, on ``tokens``' store, hasher and policy, with
     the acting user (``--actor``, default the login name) a token admin, as the
     command makes them, and every other user in the groups ``tokens`` gives them.
-    ``--db`` and ``--prefix`` are refused: ``tokens`` names both. What the command
+    ``--db`` and ``--prefix`` are refused: ``tokens`` names both. The command sees
+    what ``tokens`` has recorded (it is flushed first), and what the command
     changed shows at once in ``tokens`` (its cached records are dropped).
 
     Args:
@@ -229,6 +230,9 @@ def _run_on(given: ApiTokens | Callable[[], ApiTokens], args: argparse.Namespace
         raise CommandError("--db and --prefix are the application's here (its ApiTokens)")
     actor = _actor(args)
     tokens = given if isinstance(given, ApiTokens) else given()
+    # What the application's instance answered in this process (call_command, a shell)
+    # is in the store before the command reads it: `audit`, the usage `list` shows.
+    tokens.flush()
     their_groups = tokens._manager.groups
 
     def groups(user: str) -> set[str]:
