@@ -1,0 +1,1 @@
+"""Notes: each user's own short notes, behind the API."""

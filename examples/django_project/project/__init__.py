@@ -1,0 +1,1 @@
+"""The example project's settings, URLs, server entry points and its ApiTokens."""
