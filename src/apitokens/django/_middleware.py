@@ -49,8 +49,13 @@ def read_body(request: HttpRequest) -> Callable[[int], bytes]:
 def refusal_response(result: AuthResult) -> HttpResponse:
     """The DESIGN §4 response of a refusal."""
     response = HttpResponse(result.body, status=result.status_code)
+    given: set[str] = set()
     for name, value in result.headers:
-        response[name] = value
+        # Django keeps one value per header name: a 401's Bearer and Basic challenges
+        # go in one WWW-Authenticate, as the field's list syntax allows.
+        key = name.lower()
+        response[name] = f"{response[name]}, {value}" if key in given else value
+        given.add(key)
     return response
 
 
