@@ -28,6 +28,10 @@ def auth_request(request: HttpRequest) -> AuthRequest:
     """
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):
+        query = scope.get("query_string", b"")
+        if isinstance(query, str):
+            # Django's AsyncClient puts a str where servers put bytes; Django reads both.
+            scope = {**scope, "query_string": query.encode()}
         return request_from_scope(scope)
     return request_from_environ(request.META)
 
