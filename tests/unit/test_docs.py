@@ -6,7 +6,10 @@ imports and builds what the later ones use, and every later block imports the
 names it adds. Each page runs in a fresh, empty working directory (so
 ``SQLiteStore("tokens.db")`` lands there) with no network: a block that binds
 or connects a socket fails, so no block starts a server or calls out. Every
-fence names its language, so Python cannot hide in an untagged block.
+fence names its language, so Python cannot hide in an untagged block; Python
+that needs a package apitokens does not install (a peer's, in a migration
+guide) is fenced ```py and not run. docs/django.md runs with the tests' Django
+project set up (Django REST framework's views read Django's settings).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import uvicorn
 
 from apitokens import TOKEN_PATTERN, ApiTokens, MemoryStore, Policy
 from apitokens._tokens import TokenFormat
+from tests.support.django import setup as django_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -154,6 +158,8 @@ def test_every_python_block_of_the_page_runs(
     monkeypatch.chdir(tmp_path)
     # docs/deployment.md reads the store's URL from APITOKENS_DB: never the caller's.
     monkeypatch.delenv("APITOKENS_DB", raising=False)
+    if page.name == "django.md":
+        django_setup()
     with run_page(page):
         pass
 
