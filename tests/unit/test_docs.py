@@ -121,6 +121,7 @@ def _ids(page: Path) -> str:
 def run_page(page: Path) -> Iterator[dict[str, Any]]:
     """Run the page's python blocks in order in one namespace; yield the namespace."""
     namespace: dict[str, Any] = {"__name__": "__docs__"}
+    made: list[ApiTokens] = []  # every ApiTokens a block bound, a later block's rebinding too
     try:
         for block in blocks(page):
             if block.lang != "python":
@@ -136,10 +137,15 @@ def run_page(page: Path) -> Iterator[dict[str, Any]]:
                     f"{_ids(page)}: the python block at line {block.line} raised "
                     f"{type(error).__name__}: {error}"
                 ) from error
+            finally:
+                made += [
+                    value
+                    for value in namespace.values()
+                    if isinstance(value, ApiTokens) and all(value is not m for m in made)
+                ]
         yield namespace
     finally:
         # What the page opened: the writers first (they flush), then the stores.
-        made = [value for value in namespace.values() if isinstance(value, ApiTokens)]
         for tokens in made:
             tokens.close()
         for tokens in made:
