@@ -49,8 +49,16 @@ def read_body(request: HttpRequest) -> Callable[[int], bytes]:
 def refusal_response(result: AuthResult) -> HttpResponse:
     """The DESIGN §4 response of a refusal."""
     response = HttpResponse(result.body, status=result.status_code)
+    challenges = []
     for name, value in result.headers:
-        response[name] = value
+        if name.lower() == "www-authenticate":
+            challenges.append(value)
+        else:
+            response[name] = value
+    if challenges:
+        # Django keeps one value per header name (a second one replaces the first): both
+        # challenges of a 401 go in one header, as RFC 9110 §11.6.1 allows.
+        response["WWW-Authenticate"] = ", ".join(challenges)
     return response
 
 
