@@ -73,6 +73,7 @@ class RequestFlow:
         read_body: BodyReader | None = None,
         *,
         require: Requirement = Requirement.NONE,
+        protected: bool = False,
     ) -> AuthResult:
         """Decide ``request`` on this thread (which may block: a WSGI request thread).
 
@@ -81,9 +82,13 @@ class RequestFlow:
             read_body: reads the body when a JSON rule needs it; ``None`` when the
                 adapter cannot (a token with JSON-body rules is then refused, 403).
             require: the route's requirement.
+            protected: check a token whatever the path, not only on the policy's
+                protected paths (a route that accepts tokens: DRF's authentication
+                class); implied by a ``require``.
         """
         auth = self._auth
-        protected = require is not Requirement.NONE  # a route asking for a token checks it
+        # A route asking for a token, or accepting one, checks it.
+        protected = protected or require is not Requirement.NONE
         decision = auth.safe_decide(request, body_read=False, protected=protected)
         if decision.need_body:
             if read_body is None:

@@ -12,8 +12,10 @@ Needs Django REST framework (the ``drf`` extra)::
     }
 
 ``TokenAuthentication`` works with or without ``apitokens.django.TokenMiddleware``
-(with it, it reuses the middleware's decision). The project's ``ApiTokens`` is
-``settings.APITOKENS``, as for the middleware. See ``docs/django.md``.
+(with it, it reuses the middleware's decision). A view that lists it (or
+``HasToken``) has tokens checked whatever its path, not only on the policy's
+``protected_paths``. The project's ``ApiTokens`` is ``settings.APITOKENS``, as
+for the middleware. See ``docs/django.md``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class TokenAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Any, AuthResult] | None:
         """See DRF's ``BaseAuthentication.authenticate``."""
         django_request = request._request
-        result = decide(django_request, get_tokens().flow)
+        result = decide(django_request, get_tokens().flow, protected=True)
         if result.authenticated:
             return django_request.user, result
         if result.status_code == 200:
@@ -103,7 +105,7 @@ class HasToken(BasePermission):
         flow = get_tokens().flow
         django_request = request._request
         # The decision of the middleware or of TokenAuthentication, else made here.
-        auth = decide(django_request, flow)
+        auth = decide(django_request, flow, protected=True)
         checked = flow.require(auth_request(django_request), auth, self.requirement)
         if checked.authenticated:
             return True

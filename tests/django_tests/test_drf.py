@@ -17,8 +17,10 @@ from django.conf import settings
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from apitokens import ApiTokens, AuditEvent, Outcome
+from apitokens import ApiTokens, AuditEvent, MemoryStore, Outcome, Policy, Scope
 from tests.django_project.tokens import tokens
+from tests.support import CHEAP_HASHER
+from tests.support.django import make_user
 
 _addresses = itertools.count(1)
 JSON_RULE = "[post].*/api/echo[JsonData::project==ABC]"
@@ -28,6 +30,11 @@ def fresh_ip() -> str:
     """An address no other test sends from (TEST-NET-2 and TEST-NET-3)."""
     n = next(_addresses)
     return f"198.51.{100 + n // 250}.{n % 250 + 1}"
+
+
+def guess() -> str:
+    """A well-formed token nobody issued (its check costs a hash, as a guesser's does)."""
+    return tokens.policy.token_format.issue().value
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -75,6 +82,118 @@ def ip() -> str:
 def client(ip: str) -> APIClient:
     """A client from an address of its own that sends CSRF checks as a browser's would."""
     return APIClient(REMOTE_ADDR=ip, enforce_csrf_checks=True)
+
+
+# -- authentication: the project's default classes and per view -------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/whoami",  # DEFAULT_AUTHENTICATION_CLASSES, IsAuthenticated
+        "/api/drf/token-only",  # authentication_classes = (TokenAuthentication,)
+        "/api/needs-token",  # HasToken
+        "/drf/token-only",  # outside the policy's protected paths: the view asks for tokens
+        "/drf/needs-token",
+    ],
+)
+def test_a_token_authenticates_with_one_audit_event(
+    middleware: bool, client: APIClient, ip: str, path: str
+) -> None:
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="ci")
+    answer = client.get(path, **bearer(issued.secret))
+    assert answer.status_code == 200, answer.content
+    seen = answer.json()
+    assert (seen["user"], seen["user_class"]) == (user.username, "User")
+    assert (seen["token"], seen["scope"]) == (issued.token.id, str(Scope.READ_ONLY))
+    # Decided once, whatever asked (the middleware, the authentication, the permission).
+    assert outcomes(ip) == [Outcome.SUCCESS]
+
+
+def test_no_credentials_is_401_with_the_challenge(middleware: bool, client: APIClient) -> None:
+    for path in ("/api/whoami", "/api/drf/token-only", "/drf/token-only"):
+        answer = client.get(path)
+        assert answer.status_code == 401, (path, answer.content)
+        assert (
+            answer["WWW-Authenticate"] == 'Bearer realm="api", Basic realm="api", charset="UTF-8"'
+        )
+
+
+def test_a_password_passes_through_to_the_next_class(middleware: bool, ip: str) -> None:
+    # Basic credentials that are not a token: TokenAuthentication leaves them to the next
+    # class (here SessionAuthentication, which finds no session: 401 from DRF).
+    client = APIClient(REMOTE_ADDR=ip)
+    answer = client.get("/api/whoami", HTTP_AUTHORIZATION="Basic dXNlcjpwYXNzd29yZA==")
+    assert answer.status_code == 401
+    assert "error" not in answer.json()
+    assert outcomes(ip) == []
+
+
+# -- refusals: apitokens' status, body and headers, one audit event ------------------------
+
+
+def test_an_unknown_token_is_401_with_apitokens_body(
+    middleware: bool, client: APIClient, ip: str
+) -> None:
+    wrong = guess()
+    for path in ("/api/whoami", "/drf/token-only"):
+        answer = client.get(path, **bearer(wrong))
+        refusal_body(answer, 401, "invalid_token")
+        assert answer["WWW-Authenticate"].startswith('Bearer realm="api", error="invalid_token"')
+    assert outcomes(ip) == [Outcome.FAILED, Outcome.FAILED]
+
+
+def test_rule_ip_and_scope_refusals_are_403(middleware: bool, client: APIClient, ip: str) -> None:
+    user = make_user("drf")
+    ruled = tokens.create(actor=user.username, name="r", restrictions=["[get].*/api/elsewhere"])
+    refusal_body(client.get("/api/whoami", **bearer(ruled.secret)), 403, "insufficient_scope")
+    fenced = tokens.create(actor=user.username, name="ip", allowed_ips=["203.0.113.0/24"])
+    refusal_body(client.get("/api/whoami", **bearer(fenced.secret)), 403, "insufficient_scope")
+    read_only = tokens.create(actor=user.username, name="ro")
+    answer = client.post("/api/whoami", {"a": 1}, format="json", **bearer(read_only.secret))
+    refusal_body(answer, 403, "insufficient_scope")
+    assert outcomes(ip) == [Outcome.FORBIDDEN] * 3
+
+
+def test_too_many_failures_is_429_with_retry_after(
+    middleware: bool, client: APIClient, ip: str
+) -> None:
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="ci")
+    limit = tokens.policy.max_failed_attempts
+    for _ in range(limit):
+        refusal_body(client.get("/drf/token-only", **bearer(guess())), 401, "invalid_token")
+    answer = client.get("/drf/token-only", **bearer(issued.secret))  # unverified yet: waits
+    refusal_body(answer, 429, "too_many_requests")
+    assert int(answer["Retry-After"]) > 0
+    assert len(events(ip)) == limit + 1
+
+
+class BrokenStore(MemoryStore):
+    """Creates tokens, then cannot read them: a database gone away."""
+
+    def get(self, token_id: str) -> Any:
+        raise OSError("database is gone")
+
+
+broken: ApiTokens | None = None  # settings.APITOKENS in the 503 test
+
+
+def test_a_store_that_fails_is_503(middleware: bool, client: APIClient) -> None:
+    global broken
+    broken = ApiTokens(BrokenStore(), policy=Policy(protected_paths=["/api/"]), hasher=CHEAP_HASHER)
+    try:
+        user = make_user("drf")
+        issued = broken.create(actor=user.username, name="ci")
+        with override_settings(APITOKENS=f"{__name__}.broken"):
+            for path in ("/api/whoami", "/drf/token-only"):
+                refusal_body(
+                    client.get(path, **bearer(issued.secret)), 503, "temporarily_unavailable"
+                )
+    finally:
+        broken.close()
+        broken = None
 
 
 def test_the_middlewares_401_sends_both_challenges(client: APIClient) -> None:

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
 from apitokens._flow import RequestFlow
+from apitokens._model import Outcome
 from apitokens._request import AuthRequest
 from apitokens._result import AuthResult
 from apitokens.asgi import request_from_scope
@@ -86,18 +87,23 @@ def authenticated(request: HttpRequest, result: AuthResult) -> None:
     request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
 
 
-def decide(request: HttpRequest, flow: RequestFlow) -> AuthResult:
+def decide(request: HttpRequest, flow: RequestFlow, *, protected: bool = False) -> AuthResult:
     """The flow's result for ``request``: decided once per request (the middleware's, reused).
 
-    On success the request becomes the owner's (:func:`authenticated`); otherwise
+    ``protected``: check a token whatever the path (DRF's classes, which a view
+    lists to accept tokens), not only on the policy's protected paths. On
+    success the request becomes the owner's (:func:`authenticated`); otherwise
     ``request.auth`` is ``None``.
     """
     decided = getattr(request, "_apitokens", None)
     if decided is not None and decided[0] is flow:
         result: AuthResult = decided[1]
-        return result
-    result = flow.run(auth_request(request), read_body(request))
-    request._apitokens = (flow, result)  # type: ignore[attr-defined]
+        # A pass-through where tokens were not checked (outside the protected paths) says
+        # nothing about the token; it has no audit event, so deciding again adds none.
+        if not protected or decided[2] or result.outcome is not Outcome.PASS_THROUGH:
+            return result
+    result = flow.run(auth_request(request), read_body(request), protected=protected)
+    request._apitokens = (flow, result, protected)  # type: ignore[attr-defined]
     if result.authenticated:
         authenticated(request, result)
     else:
