@@ -34,6 +34,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from apitokens._flow import Requirement
@@ -63,6 +64,18 @@ class TokenRefused(exceptions.APIException):
         if retry:
             self.wait = int(retry[0])
 
+    @classmethod
+    def on(cls, request: Request, result: AuthResult) -> TokenRefused:
+        """The refusal of ``result``, answered in JSON whatever ``request`` accepts.
+
+        DRF renders an exception with the renderer it negotiated (the browsable
+        API's HTML for ``Accept: text/html``); a refusal is apitokens' JSON body
+        with ``Content-Type: application/json``, as the middleware sends it.
+        """
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
+        return cls(result)
+
 
 class TokenAuthentication(BaseAuthentication):
     """DRF authentication by apitokens: ``request.user`` the owner's Django user.
@@ -82,7 +95,7 @@ class TokenAuthentication(BaseAuthentication):
             return django_request.user, result
         if result.status_code == 200:
             return None
-        raise TokenRefused(result)
+        raise TokenRefused.on(request, result)
 
     def authenticate_header(self, request: Request) -> str:
         """The challenge of a 401 (so DRF answers 401, not 403, without credentials)."""
@@ -109,7 +122,7 @@ class HasToken(BasePermission):
         checked = flow.require(auth_request(django_request), auth, self.requirement)
         if checked.authenticated:
             return True
-        raise TokenRefused(checked)
+        raise TokenRefused.on(request, checked)
 
 
 class HasReadWriteToken(HasToken):

@@ -7,6 +7,7 @@ event), never made again by the authentication or the permission class.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.middleware.csrf import _get_new_csrf_string  # type: ignore[attr-defined]
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -144,6 +146,12 @@ def test_an_unknown_token_is_401_with_apitokens_body(
     assert outcomes(ip) == [Outcome.FAILED, Outcome.FAILED]
 
 
+def test_a_refusal_is_json_whatever_the_client_accepts(middleware: bool, client: APIClient) -> None:
+    wrong = guess()
+    answer = client.get("/drf/token-only", HTTP_ACCEPT="text/html", **bearer(wrong))
+    refusal_body(answer, 401, "invalid_token")
+
+
 def test_rule_ip_and_scope_refusals_are_403(middleware: bool, client: APIClient, ip: str) -> None:
     user = make_user("drf")
     ruled = tokens.create(actor=user.username, name="r", restrictions=["[get].*/api/elsewhere"])
@@ -203,3 +211,151 @@ def test_the_middlewares_401_sends_both_challenges(client: APIClient) -> None:
     challenge = answer["WWW-Authenticate"]
     assert challenge.startswith('Bearer realm="api", error="invalid_token"'), challenge
     assert challenge.endswith(', Basic realm="api", charset="UTF-8"'), challenge
+
+
+# -- HasToken, HasReadWriteToken ----------------------------------------------------------
+
+
+def test_has_token_refuses_a_session_user_401_audited(middleware: bool, ip: str) -> None:
+    user = make_user("drf")
+    client = APIClient(REMOTE_ADDR=ip)
+    client.force_login(user)
+    assert client.get("/api/whoami").json()["user"] == user.username  # the session works
+    for path in ("/api/needs-token", "/drf/needs-token"):
+        answer = client.get(path)
+        refusal_body(answer, 401, "invalid_token")
+        assert (
+            answer["WWW-Authenticate"] == 'Bearer realm="api", Basic realm="api", charset="UTF-8"'
+        )
+    assert [(e.outcome, e.reason) for e in events(ip)] == [
+        (Outcome.FAILED, "route requires a token")
+    ] * 2
+
+
+def test_has_token_refuses_no_credentials_and_a_password(middleware: bool, ip: str) -> None:
+    client = APIClient(REMOTE_ADDR=ip)
+    refusal_body(client.get("/drf/needs-token"), 401, "invalid_token")
+    password = client.get("/drf/needs-token", HTTP_AUTHORIZATION="Basic dXNlcjpwYXNzd29yZA==")
+    refusal_body(password, 401, "invalid_token")
+    assert outcomes(ip) == [Outcome.FAILED] * 2
+
+
+def test_has_read_write_token(middleware: bool, client: APIClient, ip: str) -> None:
+    user = make_user("drf")
+    read_only = tokens.create(actor=user.username, name="ro")
+    read_write = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)
+    answer = client.get("/api/needs-write", **bearer(read_write.secret))
+    assert (answer.status_code, answer.json()["token"]) == (200, read_write.token.id)
+    assert outcomes(ip) == [Outcome.SUCCESS]
+    refused = client.get("/api/needs-write", **bearer(read_only.secret))
+    refusal_body(refused, 403, "insufficient_scope")
+    # The token authenticated (its event), then the view's requirement refused it (its own).
+    assert [(e.outcome, e.token_id, e.reason) for e in events(ip)[1:]] == [
+        (Outcome.SUCCESS, read_only.token.id, "authenticated"),
+        (Outcome.FORBIDDEN, read_only.token.id, "route requires a READ_WRITE token"),
+    ]
+
+
+# -- JSON rules see the body DRF parses ---------------------------------------------------
+
+
+def test_a_json_rule_sees_the_body_drf_parses(middleware: bool, client: APIClient, ip: str) -> None:
+    user = make_user("drf")
+    issued = tokens.create(
+        actor=user.username, name="j", scope=Scope.READ_WRITE, restrictions=[JSON_RULE]
+    )
+    sent = {"project": "ABC", "items": [1, 2.5, None], "nested": {"ü": "✓"}}
+    answer = client.post("/api/echo", sent, format="json", **bearer(issued.secret))
+    assert answer.status_code == 200, answer.content
+    # request.data is what was sent, and request.body is intact after the rule read it.
+    assert answer.json() == {"data": sent, "raw": sent}
+    refused = client.post("/api/echo", {"project": "XYZ"}, format="json", **bearer(issued.secret))
+    refusal_body(refused, 403, "insufficient_scope")
+    big = {"project": "ABC", "pad": "x" * tokens.policy.max_body_bytes}
+    refusal_body(
+        client.post("/api/echo", big, format="json", **bearer(issued.secret)),
+        413,
+        "request_too_large",
+    )
+    assert outcomes(ip) == [Outcome.SUCCESS, Outcome.FORBIDDEN, Outcome.FORBIDDEN]
+
+
+def test_a_json_rule_refuses_a_body_that_is_not_json(middleware: bool, client: APIClient) -> None:
+    user = make_user("drf")
+    issued = tokens.create(
+        actor=user.username, name="j", scope=Scope.READ_WRITE, restrictions=[JSON_RULE]
+    )
+    answer = client.post("/api/echo", {"project": "ABC"}, **bearer(issued.secret))  # multipart
+    refusal_body(answer, 403, "insufficient_scope")
+
+
+@pytest.mark.parametrize("path", ["/api/drf/upload", "/drf/upload"])
+def test_form_and_multipart_bodies_reach_drf(
+    middleware: bool, client: APIClient, ip: str, path: str
+) -> None:
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)
+    form = client.post(
+        path,
+        "a=1&b=two+words",
+        content_type="application/x-www-form-urlencoded",
+        **bearer(issued.secret),
+    )
+    assert form.status_code == 200, form.content
+    assert (form.json()["fields"], form.json()["user"]) == (
+        {"a": "1", "b": "two words"},
+        user.username,
+    )
+    upload = io.BytesIO(b"file contents\n")
+    upload.name = "notes.txt"
+    multipart = client.post(
+        path, {"a": "1", "doc": upload}, format="multipart", **bearer(issued.secret)
+    )
+    assert multipart.status_code == 200, multipart.content
+    assert multipart.json()["fields"] == {"a": "1"}
+    assert multipart.json()["files"] == {"doc": "file contents\n"}
+    assert outcomes(ip) == [Outcome.SUCCESS] * 2
+
+
+# -- the browsable API ---------------------------------------------------------------------
+
+
+def test_the_browsable_api_works_for_token_and_session_users(middleware: bool, ip: str) -> None:
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="ci")
+    client = APIClient(REMOTE_ADDR=ip)
+    for path in ("/api/whoami", "/api/needs-token", "/drf/token-only"):
+        page = client.get(path, HTTP_ACCEPT="text/html", **bearer(issued.secret))
+        assert page.status_code == 200, (path, page.content[:300])
+        assert page["Content-Type"].startswith("text/html")
+        assert user.username.encode() in page.content and b"<form" in page.content
+    assert outcomes(ip) == [Outcome.SUCCESS] * 3
+    client.force_login(user)
+    page = client.get("/api/whoami", HTTP_ACCEPT="text/html")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    assert user.username.encode() in page.content, page.content.decode()
+    assert b'"csrfToken": "' in page.content  # for its forms
+
+
+# -- CSRF ----------------------------------------------------------------------------------
+
+
+def test_a_token_request_needs_no_csrf_token_a_session_one_does(
+    middleware: bool, client: APIClient
+) -> None:
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)
+    for path in ("/api/whoami", "/api/drf/token-only", "/drf/token-only"):
+        answer = client.post(path, {"a": 1}, format="json", **bearer(issued.secret))
+        assert answer.status_code == 200, (path, answer.content)
+        assert (answer.json()["user"], answer.json()["data"]) == (user.username, {"a": 1})
+    client.force_login(user)
+    for path in ("/api/whoami", "/api/drf/session-only", "/drf/session-only"):
+        refused = client.post(path, {"a": 1}, format="json")
+        assert refused.status_code == 403, (path, refused.content)
+        assert refused.json()["detail"].startswith("CSRF Failed"), path
+        secret = _get_new_csrf_string()
+        client.cookies[settings.CSRF_COOKIE_NAME] = secret
+        allowed = client.post(path, {"a": 1}, format="json", HTTP_X_CSRFTOKEN=secret)
+        assert (allowed.status_code, allowed.json()["user"]) == (200, user.username), path
+        del client.cookies[settings.CSRF_COOKIE_NAME]
