@@ -109,7 +109,14 @@ class TokenAuthentication(BaseAuthentication):
 
 
 class HasToken(BasePermission):
-    """The request must be authenticated by a token (any scope). Refusals are audited."""
+    """The request must be authenticated by a token (any scope). Refusals are audited.
+
+    A refusal is raised (apitokens' status and body: 401 for a request without a
+    token, a session user's too), never answered ``False``. So in a composition
+    put it last: ``HasAPIKey | HasToken`` asks drf-api-key first and refuses
+    with apitokens' 401 when neither is there; ``HasToken | HasAPIKey`` never
+    asks the other.
+    """
 
     requirement = Requirement.TOKEN
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.middleware.csrf import _get_new_csrf_string  # type: ignore[attr-defined]
-from django.test import override_settings
+from django.test import modify_settings, override_settings
 from rest_framework.test import APIClient
 
 from apitokens import ApiTokens, AuditEvent, MemoryStore, Outcome, Policy, Scope
@@ -359,3 +360,106 @@ def test_a_token_request_needs_no_csrf_token_a_session_one_does(
         allowed = client.post(path, {"a": 1}, format="json", HTTP_X_CSRFTOKEN=secret)
         assert (allowed.status_code, allowed.json()["user"]) == (200, user.username), path
         del client.cookies[settings.CSRF_COOKIE_NAME]
+
+
+# -- coming from the peers: django-rest-knox and djangorestframework-api-key beside us ------
+
+PEER_APPS = ["knox", "rest_framework_api_key"]
+IS_AUTHENTICATED = ["rest_framework.permissions.IsAuthenticated"]
+
+
+@pytest.fixture
+def peers() -> Iterator[None]:
+    """The test project with the peers installed, its URLconf ``tests/django_project/peers.py``."""
+    with (
+        modify_settings(INSTALLED_APPS={"append": PEER_APPS}),
+        override_settings(ROOT_URLCONF="tests.django_project.peers"),
+    ):
+        call_command("migrate", verbosity=0)  # their tables, once per process
+        yield
+
+
+def knox_token(user: Any) -> str:
+    from knox.models import AuthToken  # only while knox is installed (the peers fixture)
+
+    return str(AuthToken.objects.create(user=user)[1])
+
+
+@pytest.mark.parametrize("first", ["apitokens", "knox"])
+def test_knox_tokens_pass_through_to_knox(
+    peers: None, middleware: bool, client: APIClient, ip: str, first: str
+) -> None:
+    classes = ["apitokens.drf.TokenAuthentication", "knox.auth.TokenAuthentication"]
+    if first == "knox":
+        classes.reverse()
+    rest = {
+        "DEFAULT_AUTHENTICATION_CLASSES": classes,
+        "DEFAULT_PERMISSION_CLASSES": IS_AUTHENTICATED,
+    }
+    user = make_user("knox")
+    old = knox_token(user)
+    new = tokens.create(actor=user.username, name="new")
+    with override_settings(REST_FRAMEWORK=rest):
+        by_knox = client.get("/api/switching", HTTP_AUTHORIZATION=f"Token {old}")
+        assert by_knox.status_code == 200, by_knox.content
+        assert (by_knox.json()["user"], by_knox.json()["by"]) == (user.username, "knox.auth")
+        by_us = client.get("/api/switching", **bearer(new.secret))
+        assert by_us.status_code == 200, by_us.content
+        seen = by_us.json()
+        assert (seen["user"], seen["token"], seen["by"]) == (
+            user.username,
+            new.token.id,
+            "apitokens.drf",
+        )
+        # A bad knox token is knox's to refuse; the challenge is the first class's.
+        bad = client.get("/api/switching", HTTP_AUTHORIZATION=f"Token {'0' * 64}")
+        assert (bad.status_code, bad.json()) == (401, {"detail": "Invalid token."})
+        challenge = (
+            "Token" if first == "knox" else 'Bearer realm="api", Basic realm="api", charset="UTF-8"'
+        )
+        assert bad["WWW-Authenticate"] == challenge
+        assert client.get("/api/switching")["WWW-Authenticate"] == challenge
+        # Our token under knox's scheme is ours to refuse (never a pass), when we see it
+        # first: behind the middleware, or first in the list.
+        misfiled = client.get("/api/switching", HTTP_AUTHORIZATION=f"Token {new.secret}")
+        if middleware or first == "apitokens":
+            refusal_body(misfiled, 400, "invalid_request")
+        else:
+            assert (misfiled.status_code, misfiled.json()) == (401, {"detail": "Invalid token."})
+    # Only our own token's requests are in our audit log: a foreign credential is not ours.
+    ours = (
+        [Outcome.SUCCESS, Outcome.FAILED]
+        if middleware or first == "apitokens"
+        else [Outcome.SUCCESS]
+    )
+    assert outcomes(ip) == ours
+
+
+def test_knox_per_view(peers: None, middleware: bool, client: APIClient, ip: str) -> None:
+    user = make_user("knox")
+    old = knox_token(user)
+    new = tokens.create(actor=user.username, name="new")
+    by_knox = client.get("/api/knox-or-token", HTTP_AUTHORIZATION=f"Token {old}")
+    assert (by_knox.status_code, by_knox.json()["by"]) == (200, "knox.auth")
+    by_us = client.get("/api/knox-or-token", **bearer(new.secret))
+    assert (by_us.status_code, by_us.json()["by"]) == (200, "apitokens.drf")
+    assert outcomes(ip) == [Outcome.SUCCESS]
+
+
+def test_api_keys_pass_through_to_has_api_key(
+    peers: None, middleware: bool, client: APIClient, ip: str
+) -> None:
+    from rest_framework_api_key.models import APIKey  # only while the app is installed
+
+    _, key = APIKey.objects.create_key(name="old")
+    user = make_user("apikey")
+    new = tokens.create(actor=user.username, name="new")
+    path = "/api/api-key-or-token"
+    by_key = client.get(path, HTTP_AUTHORIZATION=f"Api-Key {key}")
+    assert (by_key.status_code, by_key.json()["user"]) == (200, None)  # a key has no user
+    by_us = client.get(path, **bearer(new.secret))
+    assert (by_us.status_code, by_us.json()["user"]) == (200, user.username)
+    # Neither: HasToken's refusal (it is last in HasAPIKey | HasToken), audited.
+    refusal_body(client.get(path, HTTP_AUTHORIZATION="Api-Key not.a-key"), 401, "invalid_token")
+    refusal_body(client.get(path), 401, "invalid_token")
+    assert outcomes(ip) == [Outcome.SUCCESS, Outcome.FAILED, Outcome.FAILED]
