@@ -127,9 +127,14 @@ class HasToken(BasePermission):
         # The decision of the middleware or of TokenAuthentication, else made here.
         auth = decide(django_request, flow, protected=True)
         checked = flow.require(auth_request(django_request), auth, self.requirement)
-        if checked.authenticated:
-            return True
-        raise TokenRefused.on(request, checked)
+        if not checked.authenticated:
+            raise TokenRefused.on(request, checked)
+        if request.auth is not checked:
+            # Another class authenticated the request (a session, or no one): the token
+            # this view requires is what it acts on, so the view sees its owner and it.
+            request.user = django_request.user
+            request.auth = checked
+        return True
 
 
 class HasReadWriteToken(HasToken):

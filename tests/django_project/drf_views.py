@@ -97,3 +97,15 @@ def _views(prefix: str) -> list[Any]:
 
 
 urlpatterns = _views("api/drf/") + _views("drf/")
+
+
+class TokenRequiredSessionAuth(TokenRequired):
+    """``HasToken`` on a view whose only authentication class is the session's."""
+
+    authentication_classes = (SessionAuthentication,)
+
+
+urlpatterns += [
+    path("api/drf/needs-token-session-auth", TokenRequiredSessionAuth.as_view()),
+    path("drf/needs-token-session-auth", TokenRequiredSessionAuth.as_view()),
+]

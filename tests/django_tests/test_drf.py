@@ -463,3 +463,22 @@ def test_api_keys_pass_through_to_has_api_key(
     refusal_body(client.get(path, HTTP_AUTHORIZATION="Api-Key not.a-key"), 401, "invalid_token")
     refusal_body(client.get(path), 401, "invalid_token")
     assert outcomes(ip) == [Outcome.SUCCESS, Outcome.FAILED, Outcome.FAILED]
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/drf/needs-token-session-auth", "/drf/needs-token-session-auth"]
+)
+def test_has_token_makes_the_token_owner_the_views_user(
+    middleware: bool, client: APIClient, ip: str, path: str
+) -> None:
+    # HasToken without TokenAuthentication on the view: the token decides who the view acts
+    # for, also when the browser sending it has a session of another user's.
+    owner, other = make_user("drf"), make_user("drf")
+    issued = tokens.create(actor=owner.username, name="rw", scope=Scope.READ_WRITE)
+    answer = client.get(path, **bearer(issued.secret))
+    assert answer.status_code == 200, answer.content
+    assert (answer.json()["user"], answer.json()["token"]) == (owner.username, issued.token.id)
+    client.force_login(other)
+    answer = client.get(path, **bearer(issued.secret))
+    assert (answer.json()["user"], answer.json()["token"]) == (owner.username, issued.token.id)
+    assert outcomes(ip) == [Outcome.SUCCESS] * 2
