@@ -7,6 +7,7 @@ event), never made again by the authentication or the permission class.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -17,7 +18,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.middleware.csrf import _get_new_csrf_string  # type: ignore[attr-defined]
-from django.test import modify_settings, override_settings
+from django.test import AsyncClient, modify_settings, override_settings
 from rest_framework.test import APIClient
 
 from apitokens import ApiTokens, AuditEvent, MemoryStore, Outcome, Policy, Scope
@@ -482,3 +483,43 @@ def test_has_token_makes_the_token_owner_the_views_user(
     answer = client.get(path, **bearer(issued.secret))
     assert (answer.json()["user"], answer.json()["token"]) == (owner.username, issued.token.id)
     assert outcomes(ip) == [Outcome.SUCCESS] * 2
+
+
+def test_under_asgi(middleware: bool, ip: str) -> None:
+    # Django's ASGI handler: the request is read from the server's scope (DESIGN §9), and
+    # the DRF view runs in Django's thread for synchronous code. Django's AsyncClient
+    # sends the query string as a str (Django's ASGIRequest takes either).
+    user = make_user("drf")
+    issued = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)
+    token = {"Authorization": f"Bearer {issued.secret}"}
+    rule = "[get].*/drf/token-only[QueryParam::a==1]"
+    queried = tokens.create(actor=user.username, name="q", restrictions=[rule])
+    ruled = {"Authorization": f"Bearer {queried.secret}"}
+
+    class FromAddress(AsyncClient):
+        def _base_scope(self, **request: Any) -> dict[str, Any]:
+            return {**super()._base_scope(**request), "client": [ip, 0]}
+
+    async def send() -> list[Any]:
+        client = FromAddress()
+        return [
+            await client.get("/drf/token-only?a=1", headers=token),
+            await client.post(
+                "/api/whoami", {"a": 1}, content_type="application/json", headers=token
+            ),
+            await client.get("/drf/needs-token"),
+            await client.get("/drf/token-only?a=1", headers=ruled),
+            await client.get("/drf/token-only?a=2", headers=ruled),
+        ]
+
+    read, written, refused, query_ok, query_refused = asyncio.run(send())
+    assert (read.status_code, read.json()["user"]) == (200, user.username)
+    assert (written.status_code, written.json()["data"]) == (200, {"a": 1})
+    refusal_body(refused, 401, "invalid_token")
+    assert query_ok.status_code == 200
+    refusal_body(query_refused, 403, "insufficient_scope")
+    assert outcomes(ip) == [Outcome.SUCCESS] * 2 + [
+        Outcome.FAILED,
+        Outcome.SUCCESS,
+        Outcome.FORBIDDEN,
+    ]

@@ -29,6 +29,11 @@ def auth_request(request: HttpRequest) -> AuthRequest:
     """
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):
+        query = scope.get("query_string")
+        if isinstance(query, str):
+            # Django's own AsyncClient sends a str (the ASGI spec says bytes), which
+            # Django's ASGIRequest takes: so does this, rather than fail every request.
+            scope = {**scope, "query_string": query.encode()}
         return request_from_scope(scope)
     return request_from_environ(request.META)
 
