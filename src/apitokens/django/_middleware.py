@@ -48,10 +48,12 @@ def read_body(request: HttpRequest) -> Callable[[int], bytes]:
 
 def refusal_response(result: AuthResult) -> HttpResponse:
     """The DESIGN §4 response of a refusal."""
-    response = HttpResponse(result.body, status=result.status_code)
+    headers: dict[str, str] = {}
     for name, value in result.headers:
-        response[name] = value
-    return response
+        # Django keeps one value per header name: a 401's challenges (Bearer and Basic)
+        # are folded into one WWW-Authenticate, as RFC 9110 §11.6.1 allows.
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return HttpResponse(result.body, status=result.status_code, headers=headers)
 
 
 def authenticated(request: HttpRequest, result: AuthResult) -> None:
