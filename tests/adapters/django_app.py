@@ -99,7 +99,18 @@ class NeedsWrite(NeedsToken):
     permission_classes = (HasReadWriteToken,)
 
 
+class Data(APIView):
+    """A DRF view that answers what DRF parsed into ``request.data``."""
+
+    permission_classes = (HasToken,)
+
+    def post(self, request: Request) -> Response:
+        _record(request._request)
+        return Response({"data": request.data})
+
+
 urlpatterns = [
+    path("rest/data", Data.as_view()),
     path("rest/needs-token", NeedsToken.as_view()),
     path("rest/needs-write", NeedsWrite.as_view()),
     path("rest/<path:rest>", record),

@@ -18,9 +18,9 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
 
-from apitokens import ApiTokens, AuthResult
+from apitokens import ApiTokens, AuthResult, Scope
 from tests.adapters import django_app
-from tests.adapters.contract import AdapterContract, Build
+from tests.adapters.contract import JSON, AdapterContract, Build, bearer
 from tests.adapters.harness import (
     CLIENT_IP,
     ASGIContractClient,
@@ -213,3 +213,22 @@ class TestDjangoASGI(DjangoContract):
 
     def client_of(self, recorder: Recorder, mount: str) -> ASGIContractClient:
         return ASGIContractClient(ContractASGIHandler(recorder), recorder, mount=mount)
+
+    def test_drf_parses_the_chunked_body_a_json_rule_read(
+        self, client: DjangoClient, tokens: ApiTokens
+    ) -> None:
+        """DRF parses by CONTENT_LENGTH, which a chunked body lacks: ``request.data`` must
+        still be the body the rule matched, not an empty one the rule never saw."""
+        issued = tokens.create(
+            actor="erin",
+            name="data",
+            scope=Scope.READ_WRITE,
+            restrictions=["[post].*/rest/data[JsonData::project==ABC]"],
+        )
+        body = b'{"project": "ABC", "n": [1, 2]}'
+        headers = [*bearer(issued.secret), ("Content-Type", JSON)]
+        reply = client.send("POST", "/rest/data", headers=headers, body=[body[:7], body[7:]])
+        assert reply.status == 200, reply.body
+        assert reply.json() == {"data": {"project": "ABC", "n": [1, 2]}}
+        assert reply.seen is not None and reply.seen.body == body
+        assert client.recorder.messages >= 2  # it came in pieces, without Content-Length

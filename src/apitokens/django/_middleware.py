@@ -37,11 +37,16 @@ def read_body(request: HttpRequest) -> Callable[[int], bytes]:
 
     def read(limit: int) -> bytes:
         try:
-            return request.body[: limit + 1]
+            body = request.body
         except RequestDataTooBig:
             # Past DATA_UPLOAD_MAX_MEMORY_SIZE Django keeps none of it: the flow only
             # needs to know it is past its own limit (413); these bytes are never read.
             return bytes(limit + 1)
+        if not request.META.get("CONTENT_LENGTH"):
+            # A chunked body under ASGI: DRF goes by CONTENT_LENGTH and would parse none
+            # of it, and the view would act on an empty request.data the rules never saw.
+            request.META["CONTENT_LENGTH"] = str(len(body))
+        return body[: limit + 1]
 
     return read
 
