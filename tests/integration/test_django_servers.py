@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
+from django.test import Client
 
 from apitokens import AuditEvent, Outcome, Scope
 from tests.django_project.tokens import tokens
@@ -194,3 +195,31 @@ def test_a_json_rule_and_the_view_read_the_same_body(served: tuple[str, httpx.Cl
         Outcome.SUCCESS,
         Outcome.SUCCESS,
     ]
+
+
+def test_the_session_login_and_its_csrf_check_are_untouched(
+    served: tuple[str, httpx.Client],
+) -> None:
+    """A browser's session works on protected paths without a token, CSRF check included;
+    a token request needs no CSRF token (DESIGN §9)."""
+    _, client = served
+    user = make_user("frank")
+    browser = Client()
+    browser.force_login(user)  # a session in the project's database, which the server reads
+    cookie = {"Cookie": f"sessionid={browser.cookies['sessionid'].value}"}
+    for path in ("/session/whoami", "/plain/whoami", "/api/whoami"):
+        seen = client.get(path, headers=cookie)
+        assert (seen.status_code, seen.json()["user"], seen.json()["token"]) == (
+            200,
+            user.username,
+            None,
+        ), path
+    refused = client.post("/plain/whoami", headers=cookie, json={})
+    assert refused.status_code == 403
+    assert b"CSRF" in refused.content
+    write = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)
+    # With the session cookie too: the token says who it is, and no CSRF token is needed.
+    token_post = client.post(
+        "/plain/whoami", headers={**cookie, **bearer(write.secret)}, json={"a": 1}
+    )
+    assert (token_post.status_code, token_post.json()["token"]) == (200, write.token.id)
