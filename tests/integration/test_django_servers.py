@@ -43,8 +43,8 @@ def serve_asgi(app: Any) -> Iterator[int]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # a request waits in the backlog until uvicorn serves
-    # No proxy in front: uvicorn's default believes X-Forwarded-For from 127.0.0.1,
-    # where the tests' client is, and would make it the client address itself.
+    # No proxy in front, so --no-proxy-headers (docs/security.md): uvicorn's default
+    # believes X-Forwarded-For from 127.0.0.1, where the tests' client is.
     config = uvicorn.Config(
         app, host="127.0.0.1", log_level="warning", lifespan="off", proxy_headers=False
     )
