@@ -55,6 +55,7 @@ urlpatterns = [
     path("plain/item", plain),
     path("api/bare", drf()),
     path("api/tokens/item", drf(TokenAuthentication, permission=HasToken)),
+    path("api/tokens/any", drf(TokenAuthentication)),  # AllowAny: the policy protects it
     path("api/tokens/user", drf(TokenAuthentication, permission=IsAuthenticated)),
     path("api/apikey", drf(permission=HasAPIKey)),
     path("api/knox", drf(KnoxAuthentication, permission=IsAuthenticated)),
