@@ -101,7 +101,7 @@ class Case:
 
     label: str
     baseline: str  # the label of the bare case it is compared with
-    call: Callable[[], None]
+    call: Callable[[], object]
     driver: WSGIDriver | None  # None: not a request through Django
     ours: bool  # apitokens: flush its audit writer inside the timing
     wall: list[float]
