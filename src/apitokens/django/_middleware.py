@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
@@ -26,9 +27,8 @@ def auth_request(request: HttpRequest) -> AuthRequest:
     Django's ASGI handler turns a client's ``X_Forwarded_For`` or ``Remote_User``
     header into the same ``META`` key as ``X-Forwarded-For`` or ``Remote-User``.
     """
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, dict):
-        return request_from_scope(scope)
+    if isinstance(request, ASGIRequest):
+        return request_from_scope(request.scope)
     return request_from_environ(request.META)
 
 
@@ -61,24 +61,33 @@ def refusal_response(result: AuthResult) -> HttpResponse:
     return HttpResponse(result.body, status=result.status_code, headers=headers)
 
 
-def authenticated(request: HttpRequest, result: AuthResult) -> None:
-    """Make ``request`` the token owner's: ``request.user``, ``request.auth``, no CSRF check."""
-    username = result.user or ""
+class _Owner:
+    """Loads the token owner's Django user when ``request.user`` is first read (once)."""
 
-    def user() -> Any:
+    __slots__ = ("username",)
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+    def __call__(self) -> Any:
         # Imported here: this package is an installed app, imported before the models load.
         from django.contrib.auth.models import AnonymousUser
 
-        found = django_user(username)
+        found = django_user(self.username)
         return found if found is not None else AnonymousUser()
 
-    async def auser() -> Any:
+    async def auser(self) -> Any:
+        """``request.auser()``, as Django's AuthenticationMiddleware gives it."""
         from asgiref.sync import sync_to_async
 
-        return await sync_to_async(user)()
+        return await sync_to_async(self)()
 
-    request.user = SimpleLazyObject(user)  # type: ignore[assignment]
-    request.auser = auser
+
+def authenticated(request: HttpRequest, result: AuthResult) -> None:
+    """Make ``request`` the token owner's: ``request.user``, ``request.auth``, no CSRF check."""
+    owner = _Owner(result.user or "")
+    request.user = SimpleLazyObject(owner)  # type: ignore[assignment]
+    request.auser = owner.auser
     request.auth = result  # type: ignore[attr-defined]
     # A token is no ambient credential of the browser's (no cookie): like DRF's token
     # authentication, its requests need no CSRF token. Session requests keep the check.
