@@ -126,7 +126,9 @@ class HasToken(BasePermission):
         django_request = request._request
         # The decision of the middleware or of TokenAuthentication, else made here.
         auth = decide(django_request, flow, protected=True)
-        checked = flow.require(auth_request(django_request), auth, self.requirement)
+        checked = auth
+        if flow.refuses(auth, self.requirement):  # the request is built only to refuse it
+            checked = flow.require(auth_request(django_request), auth, self.requirement)
         if not checked.authenticated:
             raise TokenRefused.on(request, checked)
         if request.auth is not checked:
