@@ -73,6 +73,7 @@ class RequestFlow:
         read_body: BodyReader | None = None,
         *,
         require: Requirement = Requirement.NONE,
+        protected: bool = False,
     ) -> AuthResult:
         """Decide ``request`` on this thread (which may block: a WSGI request thread).
 
@@ -81,9 +82,13 @@ class RequestFlow:
             read_body: reads the body when a JSON rule needs it; ``None`` when the
                 adapter cannot (a token with JSON-body rules is then refused, 403).
             require: the route's requirement.
+            protected: check a token whatever the path, not only on the policy's
+                protected paths (a route that accepts tokens: DRF's authentication
+                class); implied by a ``require``.
         """
         auth = self._auth
-        protected = require is not Requirement.NONE  # a route asking for a token checks it
+        # A route asking for a token, or accepting one, checks it.
+        protected = protected or require is not Requirement.NONE
         decision = auth.safe_decide(request, body_read=False, protected=protected)
         if decision.need_body:
             if read_body is None:
@@ -183,9 +188,30 @@ class RequestFlow:
         token = decision.result.token
         return self._auth.refuse(request, refusal(self.policy, 403, _UNREADABLE, token=token))
 
+    def refuses(self, result: AuthResult, require: Requirement) -> bool:
+        """Whether a route's ``require`` refuses a request decided as ``result``.
+
+        No token (a pass-through) for ``TOKEN`` or ``READ_WRITE``; a read-only
+        token for ``READ_WRITE``. A refusal already is one: nothing to add. For a
+        driver that builds the request for :meth:`require` only when it refuses.
+        """
+        if require is Requirement.NONE:
+            return False
+        if result.outcome is _PASS:
+            return True
+        token = result.token
+        return (
+            require is Requirement.READ_WRITE
+            and result.authenticated
+            and token is not None
+            and token.scope is not Scope.READ_WRITE
+        )
+
     def _required(self, request: AuthRequest, decision: Decision, require: Requirement) -> Decision:
         """``decision``, or the refusal the route's requirement makes of it."""
         result = decision.result
+        if not self.refuses(result, require):
+            return decision
         if result.outcome is _PASS:
             # Credentials that are not a token (a password) were invalid here: the Bearer
             # challenge names the error; without any, it names none (RFC 6750 §3.1).
@@ -194,18 +220,10 @@ class RequestFlow:
             return self._auth.refuse(
                 request, refusal(self.policy, 401, reason, challenge_error=sent)
             )
-        token = result.token
-        if (
-            require is Requirement.READ_WRITE
-            and result.authenticated
-            and token is not None
-            and token.scope is not Scope.READ_WRITE
-        ):
-            reason = "route requires a READ_WRITE token"
-            return self._auth.refuse(
-                request, refusal(self.policy, 403, reason, token=token), user=result.user
-            )
-        return decision
+        reason = "route requires a READ_WRITE token"
+        return self._auth.refuse(
+            request, refusal(self.policy, 403, reason, token=result.token), user=result.user
+        )
 
     def _record(self, decision: Decision) -> AuthResult:
         """Queue a decision's records for the writer (and its journal); return its result.

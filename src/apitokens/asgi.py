@@ -7,7 +7,7 @@ writer first: ``_lifespan.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from ._flow import RequestFlow, Requirement
@@ -54,7 +54,7 @@ _WANTED = {name.encode(): name for name in READ_HEADERS}
 _OVERRIDES = {name.encode(): name for name in METHOD_OVERRIDES}
 
 
-def _raw_path(scope: Scope) -> str:
+def _raw_path(scope: Mapping[str, Any]) -> str:
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else quote_path(scope.get("path", "/"), "utf-8")
     root = scope.get("root_path", "")
@@ -64,7 +64,7 @@ def _raw_path(scope: Scope) -> str:
     return path.split("?", 1)[0]
 
 
-def _app_path(scope: Scope) -> str:
+def _app_path(scope: Mapping[str, Any]) -> str:
     """The path a mounted app routes (``root_path`` stripped, as Starlette does), quoted."""
     path: str = scope.get("path", "/")
     root: str = scope["root_path"]
@@ -73,7 +73,7 @@ def _app_path(scope: Scope) -> str:
     return quote_path(path, "utf-8") or "/"
 
 
-def request_from_scope(scope: Scope, body: bytes = b"") -> AuthRequest:
+def request_from_scope(scope: Mapping[str, Any], body: bytes = b"") -> AuthRequest:
     """Build the :class:`AuthRequest` for an HTTP or websocket scope."""
     # Every header the core reads is kept, in order, so a repeated Authorization
     # header still reaches the core (which refuses it).

@@ -12,8 +12,10 @@ Needs Django REST framework (the ``drf`` extra)::
     }
 
 ``TokenAuthentication`` works with or without ``apitokens.django.TokenMiddleware``
-(with it, it reuses the middleware's decision). The project's ``ApiTokens`` is
-``settings.APITOKENS``, as for the middleware. See ``docs/django.md``.
+(with it, it reuses the middleware's decision). A view that lists it (or
+``HasToken``) has tokens checked whatever its path, not only on the policy's
+``protected_paths``. The project's ``ApiTokens`` is ``settings.APITOKENS``, as
+for the middleware. See ``docs/django.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from apitokens._flow import Requirement
@@ -61,6 +64,18 @@ class TokenRefused(exceptions.APIException):
         if retry:
             self.wait = int(retry[0])
 
+    @classmethod
+    def on(cls, request: Request, result: AuthResult) -> TokenRefused:
+        """The refusal of ``result``, answered in JSON whatever ``request`` accepts.
+
+        DRF renders an exception with the renderer it negotiated (the browsable
+        API's HTML for ``Accept: text/html``); a refusal is apitokens' JSON body
+        with ``Content-Type: application/json``, as the middleware sends it.
+        """
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
+        return cls(result)
+
 
 class TokenAuthentication(BaseAuthentication):
     """DRF authentication by apitokens: ``request.user`` the owner's Django user.
@@ -75,12 +90,12 @@ class TokenAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Any, AuthResult] | None:
         """See DRF's ``BaseAuthentication.authenticate``."""
         django_request = request._request
-        result = decide(django_request, get_tokens().flow)
+        result = decide(django_request, get_tokens().flow, protected=True)
         if result.authenticated:
             return django_request.user, result
         if result.status_code == 200:
             return None
-        raise TokenRefused(result)
+        raise TokenRefused.on(request, result)
 
     def authenticate_header(self, request: Request) -> str:
         """The challenge of a 401 (so DRF answers 401, not 403, without credentials)."""
@@ -94,7 +109,14 @@ class TokenAuthentication(BaseAuthentication):
 
 
 class HasToken(BasePermission):
-    """The request must be authenticated by a token (any scope). Refusals are audited."""
+    """The request must be authenticated by a token (any scope). Refusals are audited.
+
+    A refusal is raised (apitokens' status and body: 401 for a request without a
+    token, a session user's too), never answered ``False``. So in a composition
+    put it last: ``HasAPIKey | HasToken`` asks drf-api-key first and refuses
+    with apitokens' 401 when neither is there; ``HasToken | HasAPIKey`` never
+    asks the other.
+    """
 
     requirement = Requirement.TOKEN
 
@@ -103,11 +125,18 @@ class HasToken(BasePermission):
         flow = get_tokens().flow
         django_request = request._request
         # The decision of the middleware or of TokenAuthentication, else made here.
-        auth = decide(django_request, flow)
-        checked = flow.require(auth_request(django_request), auth, self.requirement)
-        if checked.authenticated:
-            return True
-        raise TokenRefused(checked)
+        auth = decide(django_request, flow, protected=True)
+        checked = auth
+        if flow.refuses(auth, self.requirement):  # the request is built only to refuse it
+            checked = flow.require(auth_request(django_request), auth, self.requirement)
+        if not checked.authenticated:
+            raise TokenRefused.on(request, checked)
+        if request.auth is not checked:
+            # Another class authenticated the request (a session, or no one): the token
+            # this view requires is what it acts on, so the view sees its owner and it.
+            request.user = django_request.user
+            request.auth = checked
+        return True
 
 
 class HasReadWriteToken(HasToken):

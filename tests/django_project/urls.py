@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from tests.django_project import views
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/echo", views.Echo.as_view()),
     path("api/needs-token", views.NeedsToken.as_view()),
     path("api/needs-write", views.NeedsWrite.as_view()),
+    path("", include("tests.django_project.drf_views")),
 ]

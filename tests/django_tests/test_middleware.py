@@ -104,3 +104,14 @@ def test_a_password_on_a_protected_path_passes_through_to_django(client: Client)
     answer = client.get("/plain/whoami", HTTP_AUTHORIZATION="Basic dXNlcjpwYXNzd29yZA==")
     assert answer.status_code == 200
     assert json.loads(answer.content)["user"] is None
+
+
+def test_a_401_names_both_schemes_in_its_challenge(client: Client) -> None:
+    """Django keeps one value per header: the two challenges are folded into one."""
+    unknown = tokens.policy.token_format.issue().value
+    answer = client.get("/plain/whoami", **bearer(unknown))
+    assert answer.status_code == 401
+    assert answer["WWW-Authenticate"] == (
+        'Bearer realm="api", error="invalid_token", error_description="The access token is'
+        ' missing, invalid, expired or revoked.", Basic realm="api", charset="UTF-8"'
+    )

@@ -206,3 +206,34 @@ def test_the_middleware_take_a_requirement_for_the_whole_app(tokens: ApiTokens) 
         Outcome.FORBIDDEN,
         Outcome.FAILED,
     ] * 2
+
+
+def test_refuses_says_which_requirement_refuses_which_result() -> None:
+    from apitokens import Outcome, Requirement, Scope
+
+    with make_tokens() as tokens:
+        flow = tokens.flow
+        read = tokens.create(actor="alice", name="r")
+        write = tokens.create(actor="alice", name="w", scope=Scope.READ_WRITE)
+        results = {
+            "none": tokens.authenticate(get("/x")),
+            "read": tokens.authenticate(get("/x", bearer(read.secret))),
+            "write": tokens.authenticate(get("/x", bearer(write.secret))),
+            "refused": tokens.authenticate(get("/x", bearer(read.secret[:-1] + "x"))),
+        }
+        assert results["none"].outcome is Outcome.PASS_THROUGH
+        assert results["refused"].status_code == 401
+        table = {
+            (name, require): flow.refuses(result, require)
+            for name, result in results.items()
+            for require in Requirement
+        }
+        assert [key for key, refused in table.items() if refused] == [
+            ("none", Requirement.TOKEN),
+            ("none", Requirement.READ_WRITE),
+            ("read", Requirement.READ_WRITE),
+        ]
+        # And require() refuses exactly those, recording a refusal of its own.
+        for (name, require), refused in table.items():
+            checked = flow.require(get("/x"), results[name], require)
+            assert (checked is not results[name]) is refused

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
 from apitokens._flow import RequestFlow
+from apitokens._model import Outcome
 from apitokens._request import AuthRequest
 from apitokens._result import AuthResult
 from apitokens.asgi import request_from_scope
@@ -26,11 +28,12 @@ def auth_request(request: HttpRequest) -> AuthRequest:
     Django's ASGI handler turns a client's ``X_Forwarded_For`` or ``Remote_User``
     header into the same ``META`` key as ``X-Forwarded-For`` or ``Remote-User``.
     """
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, dict):
-        query = scope.get("query_string", b"")
+    if isinstance(request, ASGIRequest):
+        scope = request.scope
+        query = scope.get("query_string")
         if isinstance(query, str):
-            # Django's AsyncClient puts a str where servers put bytes; Django reads both.
+            # Django's own AsyncClient sends a str (the ASGI spec says bytes), which
+            # Django's ASGIRequest takes: so does this, rather than fail every request.
             scope = {**scope, "query_string": query.encode()}
         return request_from_scope(scope)
     return request_from_environ(request.META)
@@ -41,64 +44,80 @@ def read_body(request: HttpRequest) -> Callable[[int], bytes]:
 
     def read(limit: int) -> bytes:
         try:
-            return request.body[: limit + 1]
+            body = request.body
         except RequestDataTooBig:
             # Past DATA_UPLOAD_MAX_MEMORY_SIZE Django keeps none of it: the flow only
             # needs to know it is past its own limit (413); these bytes are never read.
             return bytes(limit + 1)
+        if not request.META.get("CONTENT_LENGTH"):
+            # A chunked body under ASGI: DRF goes by CONTENT_LENGTH and would parse none
+            # of it, and the view would act on an empty request.data the rules never saw.
+            request.META["CONTENT_LENGTH"] = str(len(body))
+        return body[: limit + 1]
 
     return read
 
 
 def refusal_response(result: AuthResult) -> HttpResponse:
     """The DESIGN §4 response of a refusal."""
-    response = HttpResponse(result.body, status=result.status_code)
-    given: set[str] = set()
+    headers: dict[str, str] = {}
     for name, value in result.headers:
-        # Django keeps one value per header name: a 401's Bearer and Basic challenges
-        # go in one WWW-Authenticate, as the field's list syntax allows.
-        key = name.lower()
-        response[name] = f"{response[name]}, {value}" if key in given else value
-        given.add(key)
-    return response
+        # Django keeps one value per header name: a 401's challenges (Bearer and Basic)
+        # are folded into one WWW-Authenticate, as RFC 9110 §11.6.1 allows.
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return HttpResponse(result.body, status=result.status_code, headers=headers)
+
+
+class _Owner:
+    """Loads the token owner's Django user when ``request.user`` is first read (once)."""
+
+    __slots__ = ("username",)
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+    def __call__(self) -> Any:
+        # Imported here: this package is an installed app, imported before the models load.
+        from django.contrib.auth.models import AnonymousUser
+
+        found = django_user(self.username)
+        return found if found is not None else AnonymousUser()
+
+    async def auser(self) -> Any:
+        """``request.auser()``, as Django's AuthenticationMiddleware gives it."""
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self)()
 
 
 def authenticated(request: HttpRequest, result: AuthResult) -> None:
     """Make ``request`` the token owner's: ``request.user``, ``request.auth``, no CSRF check."""
-    username = result.user or ""
-
-    def user() -> Any:
-        # Imported here: this package is an installed app, imported before the models load.
-        from django.contrib.auth.models import AnonymousUser
-
-        found = django_user(username)
-        return found if found is not None else AnonymousUser()
-
-    async def auser() -> Any:
-        from asgiref.sync import sync_to_async
-
-        return await sync_to_async(user)()
-
-    request.user = SimpleLazyObject(user)  # type: ignore[assignment]
-    request.auser = auser
+    owner = _Owner(result.user or "")
+    request.user = SimpleLazyObject(owner)  # type: ignore[assignment]
+    request.auser = owner.auser
     request.auth = result  # type: ignore[attr-defined]
     # A token is no ambient credential of the browser's (no cookie): like DRF's token
     # authentication, its requests need no CSRF token. Session requests keep the check.
     request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
 
 
-def decide(request: HttpRequest, flow: RequestFlow) -> AuthResult:
+def decide(request: HttpRequest, flow: RequestFlow, *, protected: bool = False) -> AuthResult:
     """The flow's result for ``request``: decided once per request (the middleware's, reused).
 
-    On success the request becomes the owner's (:func:`authenticated`); otherwise
+    ``protected``: check a token whatever the path (DRF's classes, which a view
+    lists to accept tokens), not only on the policy's protected paths. On
+    success the request becomes the owner's (:func:`authenticated`); otherwise
     ``request.auth`` is ``None``.
     """
     decided = getattr(request, "_apitokens", None)
     if decided is not None and decided[0] is flow:
         result: AuthResult = decided[1]
-        return result
-    result = flow.run(auth_request(request), read_body(request))
-    request._apitokens = (flow, result)  # type: ignore[attr-defined]
+        # A pass-through where tokens were not checked (outside the protected paths) says
+        # nothing about the token; it has no audit event, so deciding again adds none.
+        if not protected or decided[2] or result.outcome is not Outcome.PASS_THROUGH:
+            return result
+    result = flow.run(auth_request(request), read_body(request), protected=protected)
+    request._apitokens = (flow, result, protected)  # type: ignore[attr-defined]
     if result.authenticated:
         authenticated(request, result)
     else:
