@@ -7,8 +7,8 @@ names it adds. Each page runs in a fresh, empty working directory (so
 ``SQLiteStore("tokens.db")`` lands there) with no network: a block that binds
 or connects a socket fails, so no block starts a server or calls out. Every
 fence names its language, so Python cannot hide in an untagged block; Python
-that needs a package apitokens does not install (a peer's, in a migration
-guide) is fenced ```py and not run. docs/django.md runs with the tests' Django
+that needs a peer's Django app installed (a migration guide's) is fenced
+```py and not run. docs/django.md runs with the tests' Django
 project set up (Django REST framework's views read Django's settings).
 """
 
