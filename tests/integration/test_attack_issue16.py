@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -444,7 +444,7 @@ class PasswordRecorder:
     """A Django authentication backend that records the passwords it is asked about (an
     LDAP or SSO backend would send them on to another system)."""
 
-    passwords: list[str] = []
+    passwords: ClassVar[list[str]] = []
 
     def authenticate(self, request: Any, username: Any = None, password: Any = None) -> None:
         if password is not None:
