@@ -218,16 +218,13 @@ def test_a_client_script_name_never_takes_a_token_past_its_rule(
 # -- 3. FORCE_SCRIPT_NAME under ASGI: Django routes a path the middleware never protects ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW/MEDIUM: under ASGI Django strips FORCE_SCRIPT_NAME off scope['path'] to "
-    "route (ASGIRequest.path_info), while auth_request() gives the core the path as sent "
-    "and, without a root_path, no app_path: /app/plain/whoami routes to /plain/whoami, "
-    "which the policy protects, yet the middleware passes it through (a refused token "
-    "or, with allow_other_auth=False, a password reaches the view). Fix: "
-    "auth_request() sets app_path from request.path_info when it differs.",
-)
 def test_force_script_name_under_asgi_never_unprotects_a_view() -> None:
+    """Found (fixed): under ASGI Django strips FORCE_SCRIPT_NAME off ``scope["path"]`` to
+    route (``ASGIRequest.path_info``), and the core was given only the path as sent:
+    ``/app/plain/whoami`` routes to ``/plain/whoami``, which the policy protects, yet the
+    middleware passed it through (a refused token, or with ``allow_other_auth=False`` a
+    password, reached the view). ``auth_request()`` now gives Django's routed path as
+    the app's path."""
     user = make_user("script")
     issued = tokens.create(actor=user.username, name="ci")
     unknown = tokens.policy.token_format.issue().value
