@@ -482,3 +482,35 @@ def test_a_basic_token_never_reaches_djangos_password_backends() -> None:
     # Counted, not shown: a failing assertion never prints the secret.
     assert PasswordRecorder.passwords.count(issued.secret) == 0
     assert (answer.status_code, answer.json()["user"]) == (200, user.username)
+
+
+# -- 8. manage.py apitokens ------------------------------------------------------------------
+
+
+def test_manage_py_options_are_djangos_not_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found (fixed): ``manage.py apitokens list --settings=...`` failed ("unrecognized
+    arguments"): manage.py applies ``--settings``/``--pythonpath`` wherever they stand and
+    leaves them in argv, and the command handed them to the apitokens parser. Held: the
+    secret is printed once, on stdout, and never again (list, show)."""
+    from apitokens.django.management.commands.apitokens import Command
+
+    user = make_user("cli")
+    argv = ["manage.py", "apitokens"]
+    settings_module = os.environ["DJANGO_SETTINGS_MODULE"]
+    Command().run_from_argv(
+        [*argv, "create", "--name", "ci", "--user", user.username, f"--settings={settings_module}"]
+    )
+    created = capsys.readouterr()
+    secret = next(w for w in created.out.split() if tokens.policy.token_format.parse(w))
+    assert created.out.count(secret) == 2  # the token, and the curl example that uses it
+    assert secret not in created.err
+    token_id = tokens.policy.token_format.parse(secret).id  # type: ignore[union-attr]
+    for command in (["list"], ["show", token_id], ["list", "--json"]):
+        Command().run_from_argv([*argv, "--settings", settings_module, *command, "--pythonpath=."])
+        shown = capsys.readouterr()
+        assert token_id in shown.out, command
+        assert secret not in shown.out + shown.err, command
+    with pytest.raises(SystemExit) as exited:
+        Command().run_from_argv([*argv, "list", "--", "--settings=x"])  # after --: the command's
+    assert exited.value.code != 0
+    assert secret not in capsys.readouterr().err

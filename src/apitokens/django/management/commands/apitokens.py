@@ -12,6 +12,25 @@ from django.core.management.base import BaseCommand, CommandError
 from apitokens.cli import run_on
 from apitokens.django._project import get_tokens
 
+# manage.py applies these anywhere on its command line before it runs a command (and
+# leaves them in argv): they are Django's, not the apitokens command's.
+_DJANGO_OPTIONS = ("--settings", "--pythonpath")
+
+
+def _without_django_options(argv: list[str]) -> list[str]:
+    """``argv`` less ``--settings``/``--pythonpath`` (``--x=V`` or ``--x V``) before ``--``."""
+    kept: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            kept.append(arg)
+            kept.extend(rest)
+        elif arg in _DJANGO_OPTIONS:
+            next(rest, None)  # its value
+        elif not arg.startswith(tuple(f"{option}=" for option in _DJANGO_OPTIONS)):
+            kept.append(arg)
+    return kept
+
 
 class Command(BaseCommand):
     """The ``apitokens`` command's subcommands, on ``settings.APITOKENS``'s store and policy.
@@ -25,7 +44,7 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv: list[str]) -> None:
         # Django's own parser would take --help, --version and the like for itself.
-        code = self._run(argv[2:], sys.stdout, sys.stderr)
+        code = self._run(_without_django_options(argv[2:]), sys.stdout, sys.stderr)
         if code:
             raise SystemExit(code)
 
