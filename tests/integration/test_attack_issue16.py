@@ -63,8 +63,19 @@ UTF7_SMUGGLED = b'{"project":"ABC","x":"+ACIALAAi-project+ACIAOgAi-XYZ"}'
     "project=XYZ in request.data. Fix: a JsonData clause fails (403) on a charset other "
     "than UTF-8 (json_media_type_problem), and docs/security.md says so.",
 )
-@pytest.mark.parametrize("charset", ["utf-7", "UTF7", "unicode-1-1-utf-7"])
-def test_a_json_rule_sees_what_drf_parses_whatever_the_charset(charset: str) -> None:
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        "charset=utf-7",
+        "charset=UTF7",
+        'CHARSET="unicode-1-1-utf-7"',
+        "charset = utf-7",
+        "charset=utf-8; charset=utf-7",  # Django keeps the last one
+        "charset*=UTF-8''utf-7",  # RFC 2231, which Django decodes
+        "charset=utf-7;x=y",
+    ],
+)
+def test_a_json_rule_sees_what_drf_parses_whatever_the_charset(parameters: str) -> None:
     assert json.loads(UTF7_SMUGGLED)["project"] == "ABC"  # what the rule matches
     assert json.loads(codecs.decode(UTF7_SMUGGLED, "utf-7"))["project"] == "XYZ"  # DRF's
     user = make_user("charset")
@@ -75,7 +86,7 @@ def test_a_json_rule_sees_what_drf_parses_whatever_the_charset(charset: str) -> 
         "POST",
         "/api/echo",
         UTF7_SMUGGLED,
-        content_type=f"application/json; charset={charset}",
+        content_type=f"application/json; {parameters}",
         **bearer(issued.secret),
     )
     if answer.status_code == 200:  # the view ran: it must act on the body the rule matched
