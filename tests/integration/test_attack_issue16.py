@@ -415,34 +415,35 @@ MISORDERED = [
 ]
 
 
-def apitokens_checks() -> list[Any]:
-    """The messages of apitokens' own system checks (``manage.py check``), if any."""
+def apitokens_checks() -> list[str]:
+    """The ids of apitokens' own system checks' messages (``manage.py check``)."""
     from django.core import checks
 
-    return [m for m in checks.run_checks() if str(m.id or "").startswith("apitokens")]
+    return [str(m.id) for m in checks.run_checks() if str(m.id or "").startswith("apitokens")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM (misconfiguration): with TokenMiddleware before AuthenticationMiddleware, "
-    "the latter resets request.user to the session's user after the token decided: a "
-    "token of A with B's session cookie is B's request (request.auth A's token, CSRF "
-    "exempt), DRF's TokenAuthentication returns that user as the token's, and without a "
-    "session a token request is anonymous. Fix: a system check (apitokens.E001) that "
-    "TokenMiddleware comes after AuthenticationMiddleware, and TokenAuthentication/HasToken "
-    "take the owner from the decision, not from request.user.",
-)
-def test_a_token_request_is_never_the_session_users_whatever_the_middleware_order() -> None:
+def test_a_token_middleware_before_djangos_auth_is_refused_at_startup() -> None:
+    """Found (fixed by a system check): with TokenMiddleware before AuthenticationMiddleware,
+    the latter resets ``request.user`` to the session's user after the token decided: a
+    token of A with B's session cookie was B's request (``request.auth`` A's token, no
+    CSRF check), DRF's TokenAuthentication returned that user as the token's, and without
+    a session a token request was anonymous. ``manage.py check`` (and ``runserver``) now
+    refuse the order: ``apitokens.E001``."""
+    assert apitokens_checks() == []  # the test project's order
     owner, other = make_user("owner"), make_user("session")
     issued = tokens.create(actor=owner.username, name="rw", scope=Scope.READ_WRITE)
     with override_settings(MIDDLEWARE=MISORDERED):
-        if apitokens_checks():
-            return  # refused at startup: `manage.py check` and runserver say so
-        client = APIClient(enforce_csrf_checks=True)
+        assert apitokens_checks() == ["apitokens.E001"]
+        client = APIClient()
         client.force_login(other)
-        for path in ("/api/whoami", "/api/needs-token", "/plain/whoami"):
-            seen = client.get(path, **bearer(issued.secret)).json()
-            assert (seen["user"], seen["token"]) == (owner.username, issued.token.id), path
+        seen = client.get("/plain/whoami", **bearer(issued.secret)).json()
+        # What the check is for: the session's user on the token's request.
+        assert (seen["user"], seen["token"]) == (other.username, issued.token.id)
+    client = APIClient()
+    client.force_login(other)
+    for path in ("/api/whoami", "/api/needs-token", "/plain/whoami"):  # in order: the owner
+        seen = client.get(path, **bearer(issued.secret)).json()
+        assert (seen["user"], seen["token"]) == (owner.username, issued.token.id), path
 
 
 class PasswordRecorder:
@@ -459,37 +460,41 @@ class PasswordRecorder:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW/MEDIUM (configuration): with DRF's BasicAuthentication before "
-    "TokenAuthentication in DEFAULT_AUTHENTICATION_CLASSES, a token sent as Basic is "
-    "checked as a Django password: the secret goes to every AUTHENTICATION_BACKENDS entry "
-    "(LDAP, SSO) and the request is refused (401), even after TokenMiddleware accepted it. "
-    "Fix: a system check (apitokens.W00x) that TokenAuthentication comes before "
-    "BasicAuthentication, or the middleware keeps an accepted token's Authorization from "
-    "the classes after it; docs/django.md says the order.",
-)
-def test_a_basic_token_never_reaches_djangos_password_backends() -> None:
+def test_drfs_basic_authentication_before_ours_is_warned_about() -> None:
+    """Found (warned by a system check): with DRF's BasicAuthentication before
+    TokenAuthentication in ``DEFAULT_AUTHENTICATION_CLASSES``, a token sent as Basic is
+    checked as a Django password: the secret goes to every ``AUTHENTICATION_BACKENDS``
+    entry (LDAP, SSO) and the request is refused (401), even after TokenMiddleware
+    accepted it. ``manage.py check`` says so: ``apitokens.W002``. In the other order the
+    secret never reaches a backend."""
     user = make_user("basic")
     issued = tokens.create(actor=user.username, name="ci")
-    rest = {
-        "DEFAULT_AUTHENTICATION_CLASSES": [
-            "rest_framework.authentication.BasicAuthentication",
-            "apitokens.drf.TokenAuthentication",
-        ],
-    }
     backends = [f"{__name__}.PasswordRecorder", "django.contrib.auth.backends.ModelBackend"]
-    PasswordRecorder.passwords.clear()
-    with override_settings(REST_FRAMEWORK=rest, AUTHENTICATION_BACKENDS=backends):
-        if apitokens_checks():
-            return  # refused at startup
-        answer = APIClient().get(
-            "/api/drf/from-settings",  # a protected path: TokenMiddleware accepted it first
-            HTTP_AUTHORIZATION=basic(user.username, issued.secret),
+    ours, basic_first = (
+        {"DEFAULT_AUTHENTICATION_CLASSES": classes}
+        for classes in (
+            [
+                "apitokens.drf.TokenAuthentication",
+                "rest_framework.authentication.BasicAuthentication",
+            ],
+            [
+                "rest_framework.authentication.BasicAuthentication",
+                "apitokens.drf.TokenAuthentication",
+            ],
         )
-    # Counted, not shown: a failing assertion never prints the secret.
-    assert PasswordRecorder.passwords.count(issued.secret) == 0
-    assert (answer.status_code, answer.json()["user"]) == (200, user.username)
+    )
+    answers = {}
+    for name, rest in (("ours", ours), ("basic_first", basic_first)):
+        PasswordRecorder.passwords.clear()
+        with override_settings(REST_FRAMEWORK=rest, AUTHENTICATION_BACKENDS=backends):
+            answer = APIClient().get(
+                "/api/drf/from-settings",  # a protected path: TokenMiddleware accepted it first
+                HTTP_AUTHORIZATION=basic(user.username, issued.secret),
+            )
+            # Counted, not shown: a failing assertion never prints the secret.
+            answers[name] = (answer.status_code, PasswordRecorder.passwords.count(issued.secret))
+            assert apitokens_checks() == ([] if rest is ours else ["apitokens.W002"])
+    assert answers == {"ours": (200, 0), "basic_first": (401, 1)}
 
 
 # -- 8. manage.py apitokens ------------------------------------------------------------------
