@@ -557,3 +557,33 @@ def test_manage_py_options_are_djangos_not_the_commands(capsys: pytest.CaptureFi
         Command().run_from_argv([*argv, "list", "--", "--settings=x"])  # after --: the command's
     assert exited.value.code != 0
     assert secret not in capsys.readouterr().err
+
+
+def test_a_body_past_djangos_upload_limit_is_413_under_wsgi_and_asgi() -> None:
+    """Held: a JSON rule's body past ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (below the policy's
+    ``max_body_bytes``) is 413, audited, never Django's 400 or a 500; the view never runs.
+    (The audit reason names ``max_body_bytes``, not Django's smaller limit.)"""
+    user = make_user("big")
+    issued = tokens.create(
+        actor=user.username,
+        name="j",
+        scope=Scope.READ_WRITE,
+        restrictions=["[post].*/plain/whoami[JsonData::project==ABC]"],
+    )
+    body = json.dumps({"project": "ABC", "pad": "x" * 300}).encode()
+    assert len(body) < tokens.policy.max_body_bytes
+    auth = {"Authorization": f"Bearer {issued.secret}"}
+
+    async def under_asgi() -> Any:
+        return await AsyncClient().post(
+            "/plain/whoami", body, content_type="application/json", headers=auth
+        )
+
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100):
+        wsgi = Client().post("/plain/whoami", body, content_type="application/json", headers=auth)
+        asgi = asyncio.run(under_asgi())
+    for answer in (wsgi, asgi):
+        assert answer.status_code == 413, answer.content
+        assert answer.json()["error"] == "request_too_large"
+    events = tokens.audit(token_id=issued.token.id, action="authenticate")
+    assert [e.outcome for e in events] == [Outcome.FORBIDDEN] * 2
