@@ -51,8 +51,7 @@ def test_the_polyglot_sent_as_a_form_fails_the_clause() -> None:
         "Application/Json; charset=utf-8",
         "application/json;charset=UTF-8",
         'application/json; charset="utf-8"; x=y',
-        # The body is read as UTF-8 whatever the charset says (it is valid UTF-8 here).
-        "application/json;charset=utf-16",
+        'application/json; CHARSET="UTF8"',
         " application/json ",
         "application/json\t;\tcharset=utf-8",
         "application/json;",
@@ -104,6 +103,15 @@ def test_json_media_types_are_read(content_type: str) -> None:
         ("application/json\r\nX-A: b", "malformed Content-Type"),
         ("application/jso\u0144", "malformed Content-Type"),
         ("\u0430pplication/json", "malformed Content-Type"),  # Cyrillic "a"
+        # The body is read as UTF-8; Django REST framework decodes by the charset.
+        ("application/json;charset=utf-16", "a charset other than UTF-8"),
+        ("application/json; charset=utf-7", "a charset other than UTF-8"),
+        ('application/json; CHARSET="utf-7"', "a charset other than UTF-8"),
+        ("application/json; charset = latin-1", "a charset other than UTF-8"),
+        ("application/json; charset=utf-8; charset=utf-7", "a charset other than UTF-8"),
+        ("application/json; charset*=UTF-8''utf-7", "a charset other than UTF-8"),
+        ("application/vnd.api+json; x=y; charset=utf-7", "a charset other than UTF-8"),
+        ("application/json; charset=", "a charset other than UTF-8"),
     ],
 )
 def test_other_media_types_fail_the_clause(content_type: str, words: str) -> None:
@@ -132,12 +140,14 @@ def test_two_content_type_headers_fail_the_clause(pair: tuple[str, str]) -> None
 
 def test_a_utf16_body_is_not_read_whatever_the_charset() -> None:
     body = POLYGLOT.decode().encode("utf-16")
-    for content_type in ("application/json; charset=utf-16", "application/json"):
-        assert RULE.explain(post(content_type, body=body)) == RuleMatch(
-            False, "JSON body is not valid UTF-8"
-        )
+    assert RULE.explain(post("application/json", body=body)) == RuleMatch(
+        False, "JSON body is not valid UTF-8"
+    )
+    assert RULE.explain(post("application/json; charset=utf-16", body=body)) == RuleMatch(
+        False, "body is not JSON (a charset other than UTF-8)"
+    )
     utf16le = POLYGLOT.decode().encode("utf-16-le")  # no BOM: NUL bytes are not JSON
-    assert RULE.explain(post("application/json; charset=utf-16le", body=utf16le)) == RuleMatch(
+    assert RULE.explain(post("application/json", body=utf16le)) == RuleMatch(
         False, "JSON body is not valid JSON"
     )
 

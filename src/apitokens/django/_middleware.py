@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -12,7 +13,7 @@ from django.utils.functional import SimpleLazyObject
 
 from apitokens._flow import RequestFlow
 from apitokens._model import Outcome
-from apitokens._request import AuthRequest
+from apitokens._request import AuthRequest, quote_path
 from apitokens._result import AuthResult
 from apitokens.asgi import request_from_scope
 from apitokens.django._project import django_user, get_tokens
@@ -35,7 +36,13 @@ def auth_request(request: HttpRequest) -> AuthRequest:
             # Django's own AsyncClient sends a str (the ASGI spec says bytes), which
             # Django's ASGIRequest takes: so does this, rather than fail every request.
             scope = {**scope, "query_string": query.encode()}
-        return request_from_scope(scope)
+        found = request_from_scope(scope)
+        # Django routes request.path_info: the scope's path less FORCE_SCRIPT_NAME when
+        # it is set (else less root_path). That is the path the app sees, protected too.
+        routed = quote_path(request.path_info, "utf-8") or "/"
+        if routed not in (found.path, found.app_path):
+            found = replace(found, app_path=routed)
+        return found
     return request_from_environ(request.META)
 
 

@@ -6,8 +6,12 @@ from django.apps import AppConfig
 
 
 class ApiTokensConfig(AppConfig):
-    """``apitokens.django``: no models, no migrations; the management command."""
+    """``apitokens.django``: no models, no migrations; the management command, the checks."""
 
     name = "apitokens.django"
     label = "apitokens"
     verbose_name = "API tokens"
+
+    def ready(self) -> None:
+        """Register the system checks (``apitokens.django.checks``)."""
+        from apitokens.django import checks  # noqa: F401  (registers on import)

@@ -55,8 +55,11 @@ def json_media_type_problem(headers: object) -> str:
     """Why the request's ``Content-Type`` does not make its body JSON; ``""`` when it does.
 
     JSON is ``application/json`` or any ``type/name+json`` (RFC 6839), compared
-    case-insensitively, parameters (``charset`` too) ignored: the body is always read as
-    UTF-8. No ``Content-Type``, two of them, or one that is not a media type is not JSON.
+    case-insensitively. The body is always read as UTF-8, so a ``charset`` parameter
+    (any spelling: quoted, repeated, RFC 2231 ``charset*``) that is not ``utf-8`` makes
+    it not JSON: Django REST framework decodes by it, and with ``utf-7`` a string the
+    rule reads can hide a key the app reads. Other parameters are ignored. No
+    ``Content-Type``, two of them, or one that is not a media type is not JSON.
 
     Args:
         headers: ``AuthRequest.headers``: ``(name, value)`` pairs, names lower-case.
@@ -87,10 +90,20 @@ def json_media_type_problem(headers: object) -> str:
     if "*" not in media_type and (
         media_type == "application/json" or (len(subtype) > 5 and subtype.endswith("+json"))
     ):
-        return ""
+        return _charset_problem(str(value))
     if _SHOWN_MEDIA_TYPE.fullmatch(media_type):
         return f"body is not JSON (Content-Type {media_type})"
     return "body is not JSON (Content-Type is not application/json or */*+json)"
+
+
+def _charset_problem(value: str) -> str:
+    """``""`` unless a parameter of the ``Content-Type`` ``value`` names a charset but UTF-8."""
+    for parameter in value.split(";")[1:]:
+        name, _, given = parameter.partition("=")
+        named = name.strip(" \t").rstrip("*").lower() == "charset"
+        if named and given.strip(" \t").strip('"').lower() not in ("utf-8", "utf8"):
+            return "body is not JSON (a charset other than UTF-8)"
+    return ""
 
 
 def _unique_object(pairs: list[tuple[str, object]]) -> JsonObject:
