@@ -142,6 +142,8 @@ class DjangoContract(AdapterContract):
     # The middleware decides (and records the success) before Django routes the request;
     # the DRF permission holds that decision to the view's requirement.
     requirement_after_decision = True
+    # An unbound token's Basic username is the client's word: no Django user (DESIGN §9).
+    unbound_tokens_are_users = False
 
     @pytest.fixture(autouse=True)
     def django_users(self) -> None:
@@ -179,6 +181,14 @@ class DjangoContract(AdapterContract):
         assert isinstance(seen.native["auth"], AuthResult)  # request.auth
         assert seen.native["auth"] is seen.result
         assert seen.native["REMOTE_USER"] is None  # nothing else claims who it is
+
+    def assert_app_saw_unbound_token(self, seen: Seen | None, user: str) -> None:
+        assert seen is not None, "the app was not reached"
+        person = seen.native["user"]
+        assert not person.is_authenticated  # AnonymousUser, though a Django "zoe" exists
+        auth = seen.native["auth"]
+        assert isinstance(auth, AuthResult)
+        assert (auth.user, auth.token.user if auth.token else "?") == (user, None)
 
     def assert_app_saw_nobody(self, seen: Seen | None) -> None:
         assert seen is not None, "the app was not reached"

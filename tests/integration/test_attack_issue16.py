@@ -299,14 +299,6 @@ def test_owner_names_that_only_look_alike_never_match() -> None:
 unbound_tokens: ApiTokens | None = None  # settings.APITOKENS in the unbound-token test
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM (design): with Policy(allow_unbound_tokens=True) an unbound token's "
-    "user is the Basic username the client writes, and TokenMiddleware makes that the "
-    "Django user: one unbound token signs in as anyone, a superuser included. Fix: the "
-    "Django integration refuses unbound tokens (401, audited) or gives them no Django "
-    "user (AnonymousUser); docs/django.md says which.",
-)
 def test_an_unbound_token_never_signs_in_as_any_django_user() -> None:
     global unbound_tokens
     unbound_tokens = ApiTokens(
@@ -335,15 +327,6 @@ def test_an_unbound_token_never_signs_in_as_any_django_user() -> None:
 # -- 5. CSRF: a token sent as Basic is a credential the browser sends by itself ------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW/MEDIUM: the 401 challenges Basic, so a browser asks for user and token "
-    "and then sends them itself with every request to the site, a cross-site form POST "
-    "included: TokenMiddleware exempts every token request from CSRF, so such a POST "
-    "acts as the owner (DRF's BasicAuthentication has the same hole). Fix: exempt a "
-    "token sent with Basic only when the request is not a browser's cross-site one "
-    "(an Origin of another site, Sec-Fetch-Site: cross-site), or only Bearer.",
-)
 def test_a_cross_site_form_post_never_rides_a_browsers_basic_token() -> None:
     user = make_user("browser")
     issued = tokens.create(actor=user.username, name="rw", scope=Scope.READ_WRITE)

@@ -13,6 +13,7 @@ from django.utils.functional import SimpleLazyObject
 
 from apitokens._flow import RequestFlow
 from apitokens._model import Outcome
+from apitokens._policy import AuthScheme
 from apitokens._request import AuthRequest, quote_path
 from apitokens._result import AuthResult
 from apitokens.asgi import request_from_scope
@@ -80,14 +81,14 @@ class _Owner:
 
     __slots__ = ("username",)
 
-    def __init__(self, username: str) -> None:
+    def __init__(self, username: str | None) -> None:
         self.username = username
 
     def __call__(self) -> Any:
         # Imported here: this package is an installed app, imported before the models load.
         from django.contrib.auth.models import AnonymousUser
 
-        found = django_user(self.username)
+        found = None if self.username is None else django_user(self.username)
         return found if found is not None else AnonymousUser()
 
     async def auser(self) -> Any:
@@ -99,13 +100,35 @@ class _Owner:
 
 def authenticated(request: HttpRequest, result: AuthResult) -> None:
     """Make ``request`` the token owner's: ``request.user``, ``request.auth``, no CSRF check."""
-    owner = _Owner(result.user or "")
+    token = result.token
+    # An unbound token's user is the Basic username its client wrote: no one Django
+    # vouches for, so it gets no Django user (AnonymousUser), only request.auth.
+    owner = _Owner(result.user if token is not None and token.user is not None else None)
     request.user = SimpleLazyObject(owner)  # type: ignore[assignment]
     request.auser = owner.auser
     request.auth = result  # type: ignore[attr-defined]
     # A token is no ambient credential of the browser's (no cookie): like DRF's token
     # authentication, its requests need no CSRF token. Session requests keep the check.
-    request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+    # But a browser that was given a token at a Basic prompt sends it by itself, to
+    # cross-site form posts too: a Basic request the browser says comes from another
+    # site keeps Django's CSRF check.
+    if result.scheme is not AuthScheme.BASIC or not _cross_site(request):
+        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+
+
+def _cross_site(request: HttpRequest) -> bool:
+    """Whether a browser says the request comes from another site (Fetch metadata, Origin)."""
+    site = request.META.get("HTTP_SEC_FETCH_SITE")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.META.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    try:
+        here = f"{request.scheme}://{request.get_host()}"
+    except Exception:  # DisallowedHost and the like: not this site
+        return True
+    return bool(origin != here)
 
 
 def decide(request: HttpRequest, flow: RequestFlow, *, protected: bool = False) -> AuthResult:
