@@ -115,3 +115,38 @@ def test_a_401_names_both_schemes_in_its_challenge(client: Client) -> None:
         'Bearer realm="api", error="invalid_token", error_description="The access token is'
         ' missing, invalid, expired or revoked.", Basic realm="api", charset="UTF-8"'
     )
+
+
+def test_deleting_or_renaming_a_user_revokes_their_tokens_and_logins_do_not() -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import update_last_login
+
+    kept = make_user("kept")
+    issued = tokens.create(actor=kept.username, name="kept")
+    update_last_login(None, kept)  # a save of last_login, at every login
+    kept.first_name = "K"
+    kept.save()  # a save of other fields
+    stored = tokens.get(issued.token.id)
+    assert stored is not None
+    assert stored.status == "active"
+
+    renamed = make_user("renamed")
+    old_name = renamed.username
+    first = tokens.create(actor=old_name, name="one")
+    renamed.username = old_name + "-new"
+    renamed.save()
+    stored = tokens.get(first.token.id)
+    assert stored is not None
+    assert stored.status == "revoked"
+    event = tokens.audit(token_id=first.token.id, action="revoke")[0]
+    assert (event.actor, event.outcome) == (old_name, Outcome.SUCCESS)
+
+    leaver = make_user("leaver")
+    second = tokens.create(actor=leaver.username, name="two")
+    name = leaver.username
+    leaver.delete()
+    get_user_model().objects.create_user(name, password="x")  # the name reused
+    stored = tokens.get(second.token.id)
+    assert stored is not None
+    assert stored.status == "revoked"
+    assert Client().get("/plain/whoami", **bearer(second.secret)).status_code == 401

@@ -255,15 +255,6 @@ def test_force_script_name_under_asgi_never_unprotects_a_view() -> None:
 # -- 4. identity: the owner is a username, and usernames come back ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: a token names its owner by USERNAME_FIELD only: once the user is "
-    "deleted (or renamed) and someone else gets the name, the old token authenticates "
-    "as the new account (an employee who left, a reused e-mail). Fix: "
-    "apitokens.django revokes a user's tokens when the user is deleted or its "
-    "USERNAME_FIELD changes (post_delete/pre_save receivers, audited), or docs/django.md "
-    "says to revoke before deleting.",
-)
 def test_a_deleted_users_token_never_becomes_a_new_users_with_the_name() -> None:
     old = make_user("leaver")
     name, old_pk = old.username, old.pk

@@ -13,5 +13,7 @@ class ApiTokensConfig(AppConfig):
     verbose_name = "API tokens"
 
     def ready(self) -> None:
-        """Register the system checks (``apitokens.django.checks``)."""
-        from apitokens.django import checks  # noqa: F401  (registers on import)
+        """Register the system checks; revoke a deleted or renamed user's tokens."""
+        from apitokens.django import _signals, checks  # noqa: F401  (checks: on import)
+
+        _signals.connect()
