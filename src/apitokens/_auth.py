@@ -234,6 +234,10 @@ class Authenticator:
             # A fragment is never part of a request target (RFC 9110 §7.1): the rules would
             # match "/rest/admin#/rest/issue/JRA-1" while the app routes "/rest/admin".
             return self._bad_target(request, "request target has a fragment")
+        if request.app_path and not self._mount_trusted(request):
+            # gunicorn cuts a SCRIPT_NAME request header off PATH_INFO: the client would
+            # pick the path the app routes, and the rules match the path as sent.
+            return self._bad_target(request, "mount point sent as a request header")
         now = self.clock()
         # Without trusted proxies the peer is the client, as client_ip() would say: skip the
         # call (every request). trusted_proxies, not proxy_networks (a property): each
@@ -296,6 +300,13 @@ class Authenticator:
             username = None  # a token as the username: never stored or logged
         attempt.user = username
         return self._decide_token(attempt, creds, fingerprint, body_read=body_read, block=block)
+
+    def _mount_trusted(self, request: AuthRequest) -> bool:
+        """False when a SCRIPT_NAME or PATH_INFO request header came from no trusted proxy."""
+        for name, _ in request.headers:
+            if name in ("script-name", "path-info"):
+                return in_networks(request.client_ip, self.policy.proxy_networks)
+        return True
 
     def _bad_target(self, request: AuthRequest, reason: str) -> Decision:
         attempt = _Attempt(request, self.clock(), request.client_ip)

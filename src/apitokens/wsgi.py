@@ -25,6 +25,9 @@ _WANTED = tuple(
 )
 
 
+_MOUNT_HEADERS = (("HTTP_SCRIPT_NAME", "script-name"), ("HTTP_PATH_INFO", "path-info"))
+
+
 def _raw_path(environ: Environ) -> str:
     """The path as sent: the server's raw URI when it gives one, else re-quoted.
 
@@ -49,6 +52,11 @@ def _raw_path(environ: Environ) -> str:
 def request_from_environ(environ: Environ, body: bytes = b"") -> AuthRequest:
     """Build the :class:`AuthRequest` for a WSGI environ (headers the core reads)."""
     headers = [(name, str(v)) for key, name in _WANTED if (v := environ.get(key)) is not None]
+    # gunicorn takes SCRIPT_NAME (and PATH_INFO) from request headers of the peers it
+    # trusts: the core must know the mount point came from a request, not the server.
+    for key, name in _MOUNT_HEADERS:
+        if key in environ:
+            headers.append((name, str(environ[key])))
     # The path the app routes, with the "/" frameworks put in front of PATH_INFO, when it
     # is not the path as sent: mounted (a DispatcherMiddleware, a server's SCRIPT_NAME),
     # gunicorn stripping SCRIPT_NAME "/api" from "/apirest/admin" as "rest/admin", or

@@ -197,17 +197,6 @@ def gunicorn_django(tmp_path: Path) -> Iterator[tuple[int, ApiTokens]]:
         ours.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: gunicorn takes SCRIPT_NAME from a request header when the peer is in "
-    "forwarded_allow_ips (default 127.0.0.1: a proxy on the same host that passes the "
-    "header on, or any local client) and cuts it off PATH_INFO; rules fullmatch only the "
-    "path as sent (RAW_URI), Django routes PATH_INFO. A token limited to /api/drf/.* "
-    "reaches /api/whoami as /api/drf/api/whoami + 'SCRIPT_NAME: /api/drf'. Fix: refuse "
-    "(400) a request on a protected path that carries a SCRIPT_NAME or PATH_INFO header "
-    "(HTTP_SCRIPT_NAME/HTTP_PATH_INFO in the environ), and/or make a rule match the "
-    "path the app routes too; docs/security.md: gunicorn --forwarder-headers ''.",
-)
 def test_a_client_script_name_never_takes_a_token_past_its_rule(
     gunicorn_django: tuple[int, ApiTokens],
 ) -> None:
