@@ -78,6 +78,8 @@ def test_the_knox_style_views(page: dict[str, Any]) -> None:
     first = login()
     assert first.status_code == 200 and first["Cache-Control"] == "no-store"
     secret = first.data["token"]
+    by_token = factory.post("/api/auth/login", **bearer(secret))
+    assert page["Login"].as_view()(by_token).status_code == 403  # a token gets no successor
     assert first.data["expiry"] is not None
     assert all(login().status_code == 200 for _ in range(4))
     assert login().status_code == 403  # limit_per_user = 5
