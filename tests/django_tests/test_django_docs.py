@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.test import RequestFactory
 from rest_framework.test import APIRequestFactory, force_authenticate
@@ -22,7 +23,8 @@ from tests.unit.test_docs import ROOT, run_page
 
 @pytest.fixture
 def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    monkeypatch.chdir(tmp_path)  # the page's SQLite files land here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(settings, "BASE_DIR", tmp_path, raising=False)  # its SQLite files
     with run_page(ROOT / "docs" / "django.md") as namespace:
         yield namespace
 
@@ -76,6 +78,8 @@ def test_the_knox_style_views(page: dict[str, Any]) -> None:
     first = login()
     assert first.status_code == 200 and first["Cache-Control"] == "no-store"
     secret = first.data["token"]
+    by_token = factory.post("/api/auth/login", **bearer(secret))
+    assert page["Login"].as_view()(by_token).status_code == 403  # a token gets no successor
     assert first.data["expiry"] is not None
     assert all(login().status_code == 200 for _ in range(4))
     assert login().status_code == 403  # limit_per_user = 5

@@ -166,6 +166,10 @@ def test_every_python_block_of_the_page_runs(
     monkeypatch.delenv("APITOKENS_DB", raising=False)
     if page.name == "django.md":
         django_setup()
+        from django.conf import settings
+
+        # The page keeps its SQLite file at BASE_DIR, as a project's settings define it.
+        monkeypatch.setattr(settings, "BASE_DIR", tmp_path, raising=False)
     with run_page(page):
         pass
 
