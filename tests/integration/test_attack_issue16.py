@@ -550,3 +550,16 @@ def test_a_body_past_djangos_upload_limit_is_413_under_wsgi_and_asgi() -> None:
         assert answer.json()["error"] == "request_too_large"
     events = tokens.audit(token_id=issued.token.id, action="authenticate")
     assert [e.outcome for e in events] == [Outcome.FORBIDDEN] * 2
+
+
+def test_a_missing_or_wrong_apitokens_setting_fails_manage_py_check() -> None:
+    """The new user's finding: a missing APITOKENS passed ``manage.py check`` and then every
+    request (the admin too) answered 500. Now ``apitokens.E003`` at startup."""
+    assert "apitokens.E003" not in apitokens_checks()
+    for value in (
+        None,
+        "tests.django_project.nowhere.tokens",
+        "tests.django_project.settings.DEBUG",
+    ):
+        with override_settings(APITOKENS=value):
+            assert "apitokens.E003" in apitokens_checks(), value

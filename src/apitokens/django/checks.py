@@ -7,6 +7,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from apitokens.django._project import get_tokens
 
 __all__ = ["check_settings"]
 
@@ -19,8 +22,19 @@ _BASIC_AUTHENTICATION = "rest_framework.authentication.BasicAuthentication"
 @register(Tags.security)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """``apitokens.E001``: ``TokenMiddleware`` before ``AuthenticationMiddleware``;
-    ``apitokens.W002``: DRF's ``BasicAuthentication`` before ``TokenAuthentication``."""
+    ``apitokens.W002``: DRF's ``BasicAuthentication`` before ``TokenAuthentication``;
+    ``apitokens.E003``: ``APITOKENS`` missing or not naming an ``ApiTokens``."""
     found: list[CheckMessage] = []
+    try:
+        get_tokens()
+    except ImproperlyConfigured as exc:
+        found.append(
+            Error(
+                str(exc),
+                hint="Set APITOKENS to the dotted path of your ApiTokens instance.",
+                id="apitokens.E003",
+            )
+        )
     middleware = [str(name) for name in getattr(settings, "MIDDLEWARE", None) or ()]
     if (
         _OUR_MIDDLEWARE in middleware
