@@ -195,6 +195,9 @@ class _ChangeFeed:
 
     def _run(self, listening: _Listening) -> None:
         conn, delay, shown = listening.conn, 0.0, self._store._shown
+        # Whether "reconnected" is news: a forked child's listener starts without a
+        # connection, and its first is no reconnect unless an attempt failed before it.
+        announce = conn is not None
         try:
             while not listening.stop.is_set():
                 if conn is None:
@@ -211,12 +214,15 @@ class _ChangeFeed:
                             _safe_message(exc, self._store._password),
                             delay,
                         )
+                        announce = True
                         continue
                     with listening.lock:
                         listening.use(conn)
                         if listening.stop.is_set():
                             break
-                    log.warning("PostgreSQL store %s: the change listener reconnected", shown)
+                    if announce:
+                        log.warning("PostgreSQL store %s: the change listener reconnected", shown)
+                    announce = True
                     delay = 0.0
                     # A notice sent while no one listened is lost: forget everything.
                     self._deliver(None)
