@@ -170,8 +170,8 @@ def test_create_list_revoke_audit_on_postgres(
         refused = run(*command)
         assert (refused.code, refused.out) == (2, ""), refused
         assert refused.err == (
-            f"apitokens: error: no apitokens tables in PostgreSQL database {shown!r} (give"
-            " --db DB or set APITOKENS_DB; `apitokens create` makes them)\n"
+            f"apitokens: error: no apitokens tables in PostgreSQL database {shown!r} (check"
+            " --db or APITOKENS_DB; `apitokens create` makes them)\n"
         )
     assert not _tables(postgres_database)
 

@@ -310,3 +310,26 @@ def test_a_forked_child_listens_on_its_own_connection(postgres_database: str) ->
     assert result.stdout == "ok\n", result.stderr
     # Every worker forked by gunicorn --preload starts so: no warning that cries wolf.
     assert "the change listener" not in result.stderr, result.stderr
+
+
+def test_the_pool_and_the_listener_are_named_in_pg_stat_activity(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    with PostgresStore(postgres_database, pool_size=2) as store:
+        unsubscribe = store.subscribe(lambda token_id: None)  # the listener starts
+        store.get("nothing")  # a pooled connection in use at least once
+        rows = _names(postgres_server)
+        unsubscribe()
+        assert "apitokens" in rows
+        assert "apitokens-listener" in rows
+    with PostgresStore(postgres_database + " application_name=billing", pool_size=2) as store:
+        store.get("nothing")
+        assert "billing" in _names(postgres_server)
+
+
+def _names(server: PostgresServer) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(server.dsn(TEST_DATABASE), autocommit=True) as conn:
+        rows = conn.execute("SELECT application_name FROM pg_stat_activity").fetchall()
+    return {row[0] for row in rows}

@@ -67,6 +67,14 @@ from apitokens.storage._filters import EventQuery, TokenQuery
 
 # -- the store ----------------------------------------------------------------------------
 
+# insufficient_privilege (most often no CREATE on the schema), and invalid_schema_name
+# ("no schema has been selected to create in": no schema of the search_path is usable).
+_NO_PRIVILEGE = frozenset({"42501", "3F000"})
+_PRIVILEGE_HINT = (
+    "the role needs the right to create tables in the first schema of its search_path,"
+    " or a deploy role must create them first: docs/deployment.md, 'Many hosts: PostgreSQL'"
+)
+
 
 class PostgresStore:
     """A :class:`~apitokens.TokenStore` in a PostgreSQL database.
@@ -100,6 +108,8 @@ class PostgresStore:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._shown, self._password = _described(dsn)
         self._dsn = dsn
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("application_name")
+        self._application_name = str(given) if given else "apitokens"
         self._pool_size = pool_size
         self._timeout = timeout
         self._closed = False
@@ -118,7 +128,12 @@ class PostgresStore:
             self._dsn,
             min_size=1,
             max_size=self._pool_size,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(self._timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(self._timeout)),
+                # Named in pg_stat_activity, unless the DSN names them itself.
+                "application_name": self._application_name,
+            },
             configure=functools.partial(_configure, lock_timeout=self._timeout),
             timeout=self._timeout,
             name="apitokens",
@@ -176,6 +191,10 @@ class PostgresStore:
             yield
         except psycopg.Error as exc:
             message = _safe_message(exc, self._password)
+            if operation == "open":
+                message = f"{self._shown}: {message}"
+                if exc.sqlstate in _NO_PRIVILEGE:
+                    message += f" ({_PRIVILEGE_HINT})"
             raise StorageError(f"PostgreSQL store {operation} failed: {message}") from None
 
     @contextlib.contextmanager
