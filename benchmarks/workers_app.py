@@ -3,7 +3,8 @@
 ``create()`` is a uvicorn factory, called once in every worker process. It reads
 ``BENCH_WORKERS_MODE`` (``bare`` or ``wrapped``), ``BENCH_WORKERS_DB`` (a store URL for
 ``open_store``: a SQLite file or a PostgreSQL DSN) and ``BENCH_WORKERS_TTL`` (the record
-cache's ``cache_ttl``, seconds). Every answer's body is the worker's process id, so a
+cache's ``cache_ttl``, seconds); ``BENCH_WORKERS_JOURNAL=0`` turns the audit journal off
+(for diagnostic runs). Every answer's body is the worker's process id, so a
 client knows which worker a connection reached; bare and wrapped answer the same body.
 """
 
@@ -52,5 +53,6 @@ def create() -> ASGIApp:
         open_store(os.environ["BENCH_WORKERS_DB"]),
         policy=Policy(protected_paths=["/rest/"]),
         cache_ttl=float(os.environ.get("BENCH_WORKERS_TTL", "1.0")),
+        journal=None if os.environ.get("BENCH_WORKERS_JOURNAL", "1") == "1" else False,
     )
     return tokens.asgi(app)
