@@ -654,12 +654,18 @@ def report_throughput(
         ],
         rows,
     )
+    lost = {name: max(0, sent[name] - audited[name]) for name in audited}
     section.notes.append(
-        "Audit rows of the benchmark token after the servers stopped, against the "
-        "requests the load generator counted as answered (it drops the ones in flight "
-        "when a run ends, which the servers still answered and audited): "
-        + "; ".join(f"{name} {audited[name]:,} of {sent[name]:,}" for name in audited)
-        + "."
+        "Audit log after the servers stopped (their lifespan shutdown flushes each "
+        "worker's writer): "
+        + "; ".join(
+            f"{name}, {audited[name]:,} authentications of the benchmark token for "
+            f"{sent[name]:,} answers the load generator counted"
+            for name in audited
+        )
+        + ". The generator drops the requests in flight when a run ends, which the "
+        "servers still answered and audited, so there may be more rows than answers; "
+        f"fewer would be events lost: {sum(lost.values())}."
     )
 
 
