@@ -83,8 +83,14 @@ def _get_pid(port: int) -> str:
 
 
 @contextlib.contextmanager
-def serving(name: str, mode: str, db: str, ttl: float, tmp: Path) -> Iterator[Server]:
-    """``uvicorn --workers 4`` on a socket of ours; stopped (SIGTERM: flushed) at the end."""
+def serving(
+    name: str, mode: str, db: str, ttl: float, tmp: Path, notices: Path | None = None
+) -> Iterator[Server]:
+    """``uvicorn --workers 4`` on a port of ours; stopped (SIGTERM: flushed) at the end.
+
+    With ``notices``, every worker writes there when it heard of each change
+    (``workers_app``: only stores with a change feed).
+    """
     # uvicorn binds the port itself: a socket handed over with --fd is taken for a Unix
     # socket, without TCP_NODELAY, and every answer then waits for a delayed ACK.
     port = free_port()
@@ -96,6 +102,8 @@ def serving(name: str, mode: str, db: str, ttl: float, tmp: Path) -> Iterator[Se
         BENCH_WORKERS_TTL=str(ttl),
         PYTHONPATH=path,
     )
+    if notices is not None:
+        env["BENCH_WORKERS_NOTICES"] = str(notices)
     log = tmp / f"server-{name}.log"
     command = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.workers_app:create"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS)]
@@ -242,6 +250,7 @@ class Revocation:
     flaps: int  # answers of 200 from a worker that had refused already
     other: int  # answers neither 200 nor 401
     revoke: float  # how long revoke() took
+    heard: dict[str, float]  # when each worker heard the change feed's notice, if any
 
     @property
     def last(self) -> float:
@@ -363,8 +372,11 @@ async def measure_revocations(
     pause: float,
     wait: float,
     seed: int,
-) -> list[Revocation]:
-    """Revoke each token in turn while every worker is asked for it without pause."""
+) -> list[Round]:
+    """Revoke each token in turn while every worker is asked for it without pause.
+
+    Returns the rounds once the requests in flight at each switch have come back.
+    """
     conns = await pinned(port, PER_WORKER)
     hammer = Hammer(conns, [f"Bearer {secret}" for secret in secrets])
     rng = random.Random(seed)
@@ -382,11 +394,11 @@ async def measure_revocations(
             await hammer.until(current.refused, wait)
     finally:
         await hammer.stop()
-    # Summed up once the requests still in flight at each switch have come back.
-    return [summarize(done) for done in hammer.rounds]
+    return hammer.rounds
 
 
-def summarize(done: Round) -> Revocation:
+def summarize(done: Round, heard: dict[str, float]) -> Revocation:
+    """One round, seen from the commit; ``heard``: pid -> when it heard of the change."""
     logs = done.logs.items()
     return Revocation(
         latencies={
@@ -399,6 +411,7 @@ def summarize(done: Round) -> Revocation:
         flaps=sum(log.accepted_after_refusal for _, log in logs),
         other=sum(sum(log.other.values()) for _, log in logs),
         revoke=done.commit - done.called,
+        heard={pid: at - done.commit for pid, at in heard.items()},
     )
 
 
@@ -418,23 +431,33 @@ def revocation_phase(
 ) -> list[Revocation]:
     with ApiTokens(open_store(db), policy=Policy(protected_paths=["/rest/"])) as tokens:
         ids, secrets = create_tokens(tokens, count, f"revoke-{name}")
+    notices = tmp / f"notices-{name}"
+    notices.mkdir()
     revoking = Revoker(db)
     try:
-        with serving(f"revoke-{name}", "wrapped", db, ttl, tmp) as server:
+        with serving(f"revoke-{name}", "wrapped", db, ttl, tmp, notices) as server:
             print(f"{name}: {count} revocations, cache_ttl {ttl:g} s ...", flush=True)
-            found = asyncio.run(
+            rounds = asyncio.run(
                 measure_revocations(
                     server.port, revoking, ids, secrets, pause=pause, wait=wait, seed=15
                 )
             )
     finally:
         revoking.close()
+    heard: dict[str, dict[str, float]] = {token_id: {} for token_id in ids}
+    for path in notices.glob("*.log"):
+        for line in path.read_text().splitlines():
+            at, token_id = line.split()
+            if token_id in heard:
+                heard[token_id].setdefault(path.stem, float(at))
+    found = [summarize(done, heard[token_id]) for done, token_id in zip(rounds, ids, strict=True)]
     for number, one in enumerate(found):
         shown = ", ".join(f"{value * 1000:.0f}" for value in sorted(one.latencies.values()))
         print(
             f"  {number:2}: workers refused after [{shown}] ms; latest accept started "
             f"{one.late_ok * 1000:.0f} ms after; never {one.never}, flaps {one.flaps}, "
-            f"other {one.other}; revoke took {one.revoke * 1000:.1f} ms",
+            f"other {one.other}; revoke took {one.revoke * 1000:.1f} ms; notice heard after "
+            f"[{', '.join(f'{v * 1000:.0f}' for v in sorted(one.heard.values()))}] ms",
             flush=True,
         )
     return found
@@ -456,6 +479,14 @@ def report_revocations(
     flaps = sum(one.flaps for one in found)
     other = sum(one.other for one in found)
     took = [one.revoke for one in found]
+    if any(one.heard for one in found):
+        heard = [
+            max(one.heard.values()) if len(one.heard) == WORKERS else math.inf for one in found
+        ]
+        heard_text = f"{ms(statistics.median(heard))}, {ms(max(heard))}"
+        heard_note = f"; the notice heard by the last worker {heard_text} (p50, max)"
+    else:
+        heard_text, heard_note = "no change feed", ""
     section.table(
         [
             label,
@@ -465,6 +496,7 @@ def report_revocations(
             "max, from the call",
             "each worker: p50",
             "`revoke` took: p50, max",
+            "notice heard by the last worker: p50, max",
             "latest accepted request started",
             "never refused",
             "accepted after refusing",
@@ -478,6 +510,7 @@ def report_revocations(
                 ms(from_call),
                 ms(statistics.median(every)) if every else "-",
                 f"{ms(statistics.median(took))}, {ms(max(took))}",
+                heard_text,
                 f"{ms(late_ok)} after the commit",
                 str(never),
                 str(flaps),
@@ -494,8 +527,8 @@ def report_revocations(
         f"latest accepted request sent {ms(late_ok)} after the commit (of "
         f"{len(found)} revocations); the last worker's first refusal answered "
         f"{ms(statistics.median(lasts))} (p50), {ms(max(lasts))} (max) after the commit, "
-        f"{ms(from_call)} at most after the `revoke` call began; {never} never refused, "
-        f"{flaps} accepted after refusing, {other} other answers",
+        f"{ms(from_call)} at most after the `revoke` call began{heard_note}; {never} "
+        f"never refused, {flaps} accepted after refusing, {other} other answers",
         met,
     )
 
