@@ -222,7 +222,7 @@ class WorkerLog:
     last_ok_sent: float = -math.inf
     refused_sent: float | None = None  # the first refusal: when sent, when answered
     refused_received: float | None = None
-    accepted_after_refusal: int = 0
+    accepted_after_refusal: int = 0  # accepted, though sent after a refusal came back
     other: dict[int, int] = field(default_factory=dict)  # neither 200 nor 401
 
 
@@ -247,7 +247,7 @@ class Revocation:
     latencies: dict[str, float]  # answered; a worker that never refused is missing
     late_ok: float  # the latest accepted request's start, after the commit (<= 0: none)
     never: int  # workers that had not refused when the wait ended
-    flaps: int  # answers of 200 from a worker that had refused already
+    flaps: int  # 200s to requests sent after that worker's refusal came back
     other: int  # answers neither 200 nor 401
     revoke: float  # how long revoke() took
     heard: dict[str, float]  # when each worker heard the change feed's notice, if any
@@ -292,7 +292,9 @@ class Hammer:
                 if status == 200:
                     log.ok += 1
                     log.last_ok_sent = max(log.last_ok_sent, sent)
-                    if log.refused_sent is not None:
+                    # Sent once a refusal had come back: decided after it, on any
+                    # connection to this worker.
+                    if log.refused_received is not None and sent > log.refused_received:
                         log.accepted_after_refusal += 1
                 elif status == 401:
                     if log.refused_sent is None or sent < log.refused_sent:
