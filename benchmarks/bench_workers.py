@@ -76,6 +76,17 @@ class Server:
     log: Path
 
 
+@contextlib.contextmanager
+def managing(db: str) -> Iterator[ApiTokens]:
+    """An ``ApiTokens`` on the store ``db`` names; both closed at the end."""
+    store = open_store(db)
+    try:
+        with ApiTokens(store, policy=Policy(protected_paths=["/rest/"])) as tokens:
+            yield tokens
+    finally:
+        store.close()
+
+
 def _get_pid(port: int) -> str:
     url = f"http://127.0.0.1:{port}/pid"
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -357,7 +368,7 @@ class Revoker:
 
 def revoker(db: str) -> None:
     """The revoker's side: a token id per line in, the two times per line out."""
-    with ApiTokens(open_store(db), policy=Policy(protected_paths=["/rest/"])) as tokens:
+    with managing(db) as tokens:
         print("ready", flush=True)
         for line in sys.stdin:
             started = time.monotonic()
@@ -406,7 +417,7 @@ def summarize(done: Round, heard: dict[str, float]) -> Revocation:
     busy machine: up to 200 ms here). A change feed's notice is sent at the commit, so
     the first worker to hear it bounds the commit too: the earlier of the two is taken.
     """
-    commit = min(done.commit, *heard.values())
+    commit = min([done.commit, *heard.values()])
     logs = done.logs.items()
     return Revocation(
         latencies={
@@ -437,7 +448,7 @@ def create_tokens(tokens: ApiTokens, count: int, name: str) -> tuple[list[str], 
 def revocation_phase(
     name: str, db: str, ttl: float, count: int, tmp: Path, *, pause: float, wait: float
 ) -> list[Revocation]:
-    with ApiTokens(open_store(db), policy=Policy(protected_paths=["/rest/"])) as tokens:
+    with managing(db) as tokens:
         ids, secrets = create_tokens(tokens, count, f"revoke-{name}")
     notices = tmp / f"notices-{name}"
     notices.mkdir()
@@ -614,7 +625,7 @@ def throughput_phase(
     rounds, seconds = (1, 3) if QUICK else (3, 6)
     issued = {}
     for name, db in stores.items():
-        with ApiTokens(open_store(db), policy=Policy(protected_paths=["/rest/"])) as tokens:
+        with managing(db) as tokens:
             issued[name] = tokens.create(
                 actor=ACTOR, name="throughput", scope=Scope.READ_WRITE, restrictions=FIVE_RULES
             )
@@ -758,7 +769,7 @@ def main() -> None:
         pg.execute(f"CREATE DATABASE {PG_DATABASE} TEMPLATE template0")
         stores = {"SQLite": str(tmp / "tokens.db"), "PostgreSQL": pg.dsn(PG_DATABASE)}
         for db in stores.values():
-            ApiTokens(open_store(db)).close()  # the schema, before the workers start
+            open_store(db).close()  # the schema, before the workers start
         found = revocation_phase(
             "SQLite", stores["SQLite"], SQLITE_TTL, sqlite_count, tmp,
             pause=SQLITE_TTL, wait=SQLITE_TTL + 5,
