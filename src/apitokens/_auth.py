@@ -508,13 +508,14 @@ class Authenticator:
         if not block:
             raise WouldBlock
         generation = self.tokens.generation
+        since = self.monotonic()  # the TTL runs from the read's start (a revoke may land in it)
         try:
             stored = self.store.get(token_id)
         except StorageError:
             raise
         except Exception as exc:  # a third-party store's own error: still fail closed
             raise StorageError(f"{type(exc).__name__}") from exc
-        return None if stored is None else self.tokens.put(stored, generation)
+        return None if stored is None else self.tokens.put(stored, generation, since=since)
 
     def _verify(
         self,
