@@ -1,0 +1,158 @@
+"""Attacks on issue 15 (PostgresStore, open_store, LISTEN/NOTIFY, the shared failure ledger).
+
+Through real servers (uvicorn, gunicorn) on a real PostgreSQL. Each test names what it
+attacks. A test marked ``xfail(strict=True)`` is a finding not fixed yet: it fails on
+the code as it is, and its reason says what goes wrong; one that passes pins a
+property the attack could not break.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import random
+import select
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from apitokens import ApiTokens, Policy
+from apitokens.postgres import PostgresStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# -- helpers -------------------------------------------------------------------------------
+
+APP = """
+import os
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from apitokens import ApiTokens, Policy
+from apitokens.postgres import PostgresStore
+
+
+async def whoami(request):
+    return PlainTextResponse(str(os.getpid()))
+
+
+tokens = ApiTokens(
+    PostgresStore(os.environ["APITOKENS_DB"], timeout=float(os.environ["STORE_TIMEOUT"])),
+    policy=Policy(protected_paths=["/rest/"]),
+    cache_ttl=float(os.environ["CACHE_TTL"]),
+)
+app = tokens.asgi(Starlette(routes=[Route("/rest/pid", whoami)]))
+"""
+
+
+@contextlib.contextmanager
+def uvicorn_on(
+    dsn: str,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    cache_ttl: float = 1.0,
+    store_timeout: float = 5.0,
+    extra: tuple[str, ...] = ("--no-proxy-headers",),
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``uvicorn --workers N`` serving APP on ``dsn``; yields the port and the process."""
+    PostgresStore(dsn).close()  # the schema, before the workers start
+    (tmp_path / "attack15_app.py").write_text(APP)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "APITOKENS_DB": dsn,
+        "CACHE_TTL": str(cache_ttl),
+        "STORE_TIMEOUT": str(store_timeout),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    fd = sock.fileno()
+    command = [sys.executable, "-m", "uvicorn", "attack15_app:app", "--fd", str(fd)]
+    command += ["--workers", str(workers), "--log-level", "warning", *extra]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd]
+    )
+    sock.close()
+    try:
+        yield port, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=20)
+        log.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: every worker's lifespan shutdown flushes its audit writer."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def get(port: int, authorization: str | None = None, **headers: str) -> httpx.Response:
+    sent = {"Connection": "close", **{k.replace("_", "-"): v for k, v in headers.items()}}
+    if authorization is not None:
+        sent["Authorization"] = authorization
+    return httpx.get(f"http://127.0.0.1:{port}/rest/pid", headers=sent, timeout=30)
+
+
+def count(dsn: str, sql: str, params: tuple[object, ...] = ()) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def incompressible(n: int) -> str:
+    """``n`` characters that PostgreSQL's pglz cannot shrink (random letters and digits)."""
+    rng = random.Random(15)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+# -- 1. one request with a long Basic username stalls a worker's audit writer for good ------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Basic username longer than ~2.7 kB goes into the audit event unbounded; the"
+    " btree index apitokens_audit_by_user refuses the row (SQLSTATE 54000), the writer"
+    " retries that batch forever, and no later event of that worker is ever written",
+)
+def test_a_long_basic_username_never_stalls_the_audit_log(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+    good = f"Bearer {issued.secret}"
+    # Unauthenticated, no hash: a string of our format with a wrong checksum, sent as the
+    # password of a 4,000-character Basic username (well under 8 kB of header).
+    poison = base64.b64encode(f"{incompressible(4000)}:apt_{'x' * 40}".encode()).decode()
+    with uvicorn_on(postgres_database, tmp_path) as (port, process):
+        assert get(port, f"Basic {poison}").status_code == 401
+        for _ in range(5):
+            assert get(port, good).status_code == 200
+        stop(process)
+    successes = count(
+        postgres_database,
+        "SELECT count(*) FROM apitokens_audit WHERE action = 'authenticate'"
+        " AND outcome = 'success'",
+    )
+    assert successes == 5
