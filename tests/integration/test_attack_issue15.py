@@ -9,6 +9,7 @@ property the attack could not break.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import os
 import random
@@ -19,7 +20,6 @@ import string
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +156,121 @@ def test_a_long_basic_username_never_stalls_the_audit_log(
         " AND outcome = 'success'",
     )
     assert successes == 5
+
+
+# -- 2. a store that stops answering (no RST) holds requests forever ------------------------
+
+
+class FreezableProxy:
+    """A TCP proxy on 127.0.0.1 to the server's Unix socket that can stop forwarding.
+
+    Frozen, it keeps every connection open and forwards nothing, either way: what a
+    client sees of a network partition, a hung pgbouncer or a stopped database host
+    (no RST, no FIN: only silence).
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.socket_path)
+            thread = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        with a, b, contextlib.suppress(OSError):  # a peer gone: the pair is done
+            while not self.closed.is_set():
+                ready, _, _ = select.select([a, b], [], [], 0.05)
+                if self.frozen.is_set():
+                    continue
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+
+    def close(self) -> None:
+        self.closed.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def proxied(dsn: str) -> Iterator[tuple[FreezableProxy, str]]:
+    """A FreezableProxy in front of ``dsn``'s server, and the DSN through it."""
+    parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    proxy = FreezableProxy(f"{parts.pop('host')}/.s.PGSQL.5432")
+    try:
+        yield proxy, psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the pool's connections have no keepalive, tcp_user_timeout, statement_timeout"
+    " nor any client-side deadline: a request whose store read went out on a connection"
+    " the server (or the network) stopped answering waits forever, not a bounded 503",
+)
+def test_a_silent_store_gives_503_within_seconds_not_a_hang(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+        warm = [tokens.create(actor="alice", name=f"warm{i}") for i in range(16)]
+        cold = [tokens.create(actor="alice", name=f"cold{i}") for i in range(3)]
+    with (
+        proxied(postgres_database) as (proxy, through),
+        uvicorn_on(through, tmp_path, store_timeout=1.0) as (port, _process),
+    ):
+        # Parallel first requests: the pool grows to several connections, idle after.
+        pool = 0
+        while pool < 4:
+            assert warm, "the pool never grew to 4 connections"
+            batch, warm = warm[:4], warm[4:]
+            with concurrent.futures.ThreadPoolExecutor(len(batch)) as clients:
+                codes = clients.map(lambda t: get(port, f"Bearer {t.secret}"), batch)
+                assert {answer.status_code for answer in codes} <= {200, 503}
+            pool = count(
+                postgres_database,
+                "SELECT count(*) FROM pg_stat_activity WHERE client_port IS NOT NULL"
+                " AND application_name <> 'apitokens-listener'",
+            )
+        proxy.frozen.set()
+        answers: list[int | str] = []
+
+        def first_request(secret: str) -> None:
+            try:
+                answers.append(get_within(port, f"Bearer {secret}", 8.0).status_code)
+            except httpx.TimeoutException:
+                answers.append("no answer within 8 s")
+
+        threads = [threading.Thread(target=first_request, args=(c.secret,)) for c in cold]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        proxy.frozen.clear()
+    # PostgresStore(timeout=1.0): a wait for a connection is 1 s; none may wait forever.
+    assert sorted(map(str, answers)) == ["503"] * 3, answers
+
+
+def get_within(port: int, authorization: str, timeout: float) -> httpx.Response:
+    headers = {"Connection": "close", "Authorization": authorization}
+    return httpx.get(f"http://127.0.0.1:{port}/rest/pid", headers=headers, timeout=timeout)
