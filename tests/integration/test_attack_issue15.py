@@ -20,15 +20,20 @@ import string
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
 import pytest
 
-from apitokens import ApiTokens, Policy
+from apitokens import ApiTokens, Policy, StorageError, open_store
+from apitokens.cli import main as cli_main
 from apitokens.postgres import PostgresStore
+from apitokens.storage._open import locate, redact_dsn
+from tests.support.postgres import PASSWORD_USER, TEST_DATABASE, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,8 +46,11 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from apitokens import ApiTokens, Policy
+from apitokens import ApiTokens, Policy, StorageError, open_store
+from apitokens.cli import main as cli_main
 from apitokens.postgres import PostgresStore
+from apitokens.storage._open import locate, redact_dsn
+from tests.support.postgres import PASSWORD_USER, TEST_DATABASE, PostgresServer
 
 
 async def whoami(request):
@@ -306,3 +314,28 @@ def test_a_long_forwarded_address_never_stops_the_shared_failure_count(
         ("198.51.100.7",),
     )
     assert shared == 3
+
+
+# -- 4. a password with a "#" in a URL's query shows its tail -------------------------------
+
+
+def test_a_hash_sign_in_a_query_password_never_shows_its_tail(
+    postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # libpq has no URL fragment: "password=ab#<rest>" is the password "ab#<rest>", and
+    # redact_dsn once stopped at the "#", leaving "<rest>" in every message.
+    tail = "Tail0fTheSecret9"
+    socket_dir = quote(str(postgres_server.directory), safe="")
+    url = f"postgresql://{PASSWORD_USER}@/{TEST_DATABASE}?host={socket_dir}&password=ab%23x#{tail}"
+    assert psycopg.conninfo.conninfo_to_dict(url)["password"] == f"ab%23x#{tail}".replace(
+        "%23", "#"
+    )
+    assert tail not in redact_dsn(url)
+    assert tail not in repr(locate(url))
+    with pytest.raises(StorageError) as caught:
+        open_store(url)
+    assert tail not in "".join(traceback.format_exception(caught.value))
+    assert cli_main(["--db", url, "--actor", "admin", "list"]) != 0
+    said = capsys.readouterr()
+    assert "password authentication failed" in said.err
+    assert tail not in said.out + said.err

@@ -58,7 +58,8 @@ _KEYWORD_DSN = re.compile(
 )
 # "password", and "sslpassword" (the client key's): any key that ends so is hidden.
 _KEYWORD_PASSWORD = re.compile(rf"([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I)
-_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+# No "#": libpq has no fragment, so "password=a#b" is the password "a#b", hidden whole.
+_QUERY_PAIR = re.compile(r"([?&])([^=&]*)=([^&]*)")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
 _LIBPQ_KEYWORDS = frozenset(
