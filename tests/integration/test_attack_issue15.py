@@ -22,6 +22,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -339,3 +340,27 @@ def test_a_hash_sign_in_a_query_password_never_shows_its_tail(
     said = capsys.readouterr()
     assert "password authentication failed" in said.err
     assert tail not in said.out + said.err
+
+
+# -- 5. one host whose clock runs ahead erases every other host's failures ------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="record_failures prunes rows older than its own wall clock minus its own window:"
+    " a host whose clock is a window ahead (or a service with a shorter failure_window on"
+    " the same store) deletes every other process's counts with each batch it sends, so"
+    " the fleet's count of an address falls back to what each process saw itself",
+)
+def test_a_host_with_a_clock_ahead_never_erases_the_others_failures(
+    postgres_database: str,
+) -> None:
+    window = timedelta(minutes=1)
+    now = datetime.now(UTC)
+    with PostgresStore(postgres_database) as host_a, PostgresStore(postgres_database) as host_b:
+        host_a.record_failures({"203.0.113.9": 9}, now, keep=window)
+        assert host_a.failures_since("203.0.113.9", now - window) == 9
+        # Host B's clock is 90 s ahead; it sends one failure of another address.
+        host_b.record_failures({"198.51.100.1": 1}, now + timedelta(seconds=90), keep=window)
+        # Host A's view of the guesser it has seen: still 9 within its window.
+        assert host_a.failures_since("203.0.113.9", now - window) == 9
