@@ -20,6 +20,7 @@ import string
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -47,11 +48,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from apitokens import ApiTokens, Policy, StorageError, open_store
-from apitokens.cli import main as cli_main
+from apitokens import ApiTokens, Policy
 from apitokens.postgres import PostgresStore
-from apitokens.storage._open import locate, redact_dsn
-from tests.support.postgres import PASSWORD_USER, TEST_DATABASE, PostgresServer
 
 
 async def whoami(request):
@@ -364,3 +362,83 @@ def test_a_host_with_a_clock_ahead_never_erases_the_others_failures(
         host_b.record_failures({"198.51.100.1": 1}, now + timedelta(seconds=90), keep=window)
         # Host A's view of the guesser it has seen: still 9 within its window.
         assert host_a.failures_since("203.0.113.9", now - window) == 9
+
+
+# -- 6. gunicorn --preload: workers forked from a master that subscribed --------------------
+
+
+@contextlib.contextmanager
+def gunicorn_on(
+    dsn: str, tmp_path: Path, *, workers: int = 4, cache_ttl: float = 60.0
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``gunicorn --preload -w N -k uvicorn.workers.UvicornWorker`` serving APP on ``dsn``."""
+    PostgresStore(dsn).close()
+    (tmp_path / "attack15_app.py").write_text(APP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "APITOKENS_DB": dsn,
+        "CACHE_TTL": str(cache_ttl),
+        "STORE_TIMEOUT": "5",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    command = [sys.executable, "-m", "gunicorn", "attack15_app:app", "--preload"]
+    command += ["-k", "uvicorn.workers.UvicornWorker", "-w", str(workers)]
+    command += ["-b", f"127.0.0.1:{port}", "--forwarded-allow-ips", "", "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until it listens (gunicorn binds after the master imported the app)
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, (tmp_path / "server.log").read_text()
+                assert time.monotonic() < deadline, "gunicorn never listened"
+                time.sleep(0.05)
+        yield port, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=20)
+        log.close()
+
+
+def test_gunicorn_preload_workers_refuse_a_revoked_token_within_100ms(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+    good = f"Bearer {issued.secret}"
+    with gunicorn_on(postgres_database, tmp_path) as (port, process):
+        pids: set[str] = set()
+        for _ in range(400):
+            answer = get(port, good)
+            assert answer.status_code == 200, answer.text
+            pids.add(answer.text)
+            if len(pids) == 4:
+                break
+        assert len(pids) == 4, pids
+        assert (
+            cli_main(["--db", postgres_database, "--actor", "admin", "revoke", issued.token.id])
+            == 0
+        )
+        revoked_at = time.monotonic()
+        last_success = revoked_at - 1
+        refused = 0
+        while refused < 40:
+            sending = time.monotonic()
+            answer = get(port, good)
+            if answer.status_code == 200:
+                last_success, refused = sending, 0
+            else:
+                assert answer.status_code == 401, answer.text
+                refused += 1
+            assert time.monotonic() - revoked_at < 10, "a preloaded worker never heard of it"
+        assert last_success - revoked_at < 0.1
+        stop(process)
