@@ -500,3 +500,68 @@ def test_a_revocation_made_in_sql_reaches_the_workers_within_100ms(
         while get(port, good).status_code == 200:
             assert time.monotonic() - revoked_at < 2.0, "still served 2 s after the revoke"
         stop(process)
+
+
+# -- 9. a connection lost after COMMIT reached the server: the batch is written twice --------
+
+
+class CommitEater(FreezableProxy):
+    """A proxy that, once, lets a COMMIT reach the server and drops the server's answer.
+
+    The server commits; the client sees its connection lost at the commit and cannot
+    tell whether the transaction committed (a network blip, a failover at that moment).
+    """
+
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # a simple-protocol "COMMIT" message
+
+    def __init__(self, socket_path: str) -> None:
+        self.eaten = threading.Event()
+        super().__init__(socket_path)
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        committing = False
+        with a, b, contextlib.suppress(OSError):
+            while not self.closed.is_set():
+                ready, _, _ = select.select([a, b], [], [], 0.05)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is a and not self.eaten.is_set() and self.COMMIT in data:
+                        committing = True
+                    elif sock is b and committing:
+                        self.eaten.set()  # the server's answer to COMMIT: never delivered
+                        return
+                    (b if sock is a else a).sendall(data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an audit batch whose COMMIT succeeded but whose answer was lost is retried as"
+    " a whole: its events are written twice and its uses counted twice (PostgresStore"
+    " has no idempotent batch, where SQLite's journal positions make it exactly once)",
+)
+def test_a_batch_whose_commit_answer_is_lost_is_not_written_twice(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+    parts = psycopg.conninfo.conninfo_to_dict(postgres_database)
+    proxy = CommitEater(f"{parts['host']}/.s.PGSQL.5432")
+    through = psycopg.conninfo.make_conninfo(postgres_database, host="127.0.0.1", port=proxy.port)
+    try:
+        with uvicorn_on(through, tmp_path) as (port, process):
+            for _ in range(5):
+                assert get(port, f"Bearer {issued.secret}").status_code == 200
+            stop(process)
+    finally:
+        proxy.close()
+    assert proxy.eaten.is_set(), "no COMMIT went through the proxy: nothing was tested"
+    rows = count(
+        postgres_database,
+        "SELECT count(*) FROM apitokens_audit WHERE action = 'authenticate' AND token_id = %s",
+        (issued.token.id,),
+    )
+    used = "SELECT use_count FROM apitokens_tokens WHERE id = %s"
+    uses = count(postgres_database, used, (issued.token.id,))
+    assert (rows, uses) == (5, 5)
