@@ -565,3 +565,31 @@ def test_a_batch_whose_commit_answer_is_lost_is_not_written_twice(
     used = "SELECT use_count FROM apitokens_tokens WHERE id = %s"
     uses = count(postgres_database, used, (issued.token.id,))
     assert (rows, uses) == (5, 5)
+
+
+# -- 10. the suppressed context of a StorageError still carries the DSN's password -----------
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgresStore._failures raises its StorageError inside the except block: 'from"
+    " None' hides the psycopg error from tracebacks, but __context__ still holds it, and its"
+    " .pgconn (libpq's FinishedPGconn) shows the DSN's password in its repr",
+)
+def test_no_error_of_a_wrong_password_holds_the_password(postgres_server: PostgresServer) -> None:
+    password = "Wr0ng-but-secret-51d2"
+    dsn = (
+        f"host={postgres_server.directory} dbname={TEST_DATABASE} user={PASSWORD_USER}"
+        f" password={password}"
+    )
+    with pytest.raises(StorageError) as caught:
+        open_store(dsn)
+    for error in _chain(caught.value):
+        assert password not in repr(error)
+        assert password not in repr(getattr(error, "pgconn", None))
