@@ -593,3 +593,46 @@ def test_no_error_of_a_wrong_password_holds_the_password(postgres_server: Postgr
     for error in _chain(caught.value):
         assert password not in repr(error)
         assert password not in repr(getattr(error, "pgconn", None))
+
+
+# -- 11. every worker's listener killed, then a revocation at once --------------------------
+
+
+def test_a_revocation_right_after_every_listener_was_killed_is_still_honoured(
+    postgres_database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+    good = f"Bearer {issued.secret}"
+    with uvicorn_on(postgres_database, tmp_path, workers=4, cache_ttl=60.0) as (port, process):
+        pids: set[str] = set()
+        for _ in range(400):  # every worker caches the record
+            answer = get(port, good)
+            assert answer.status_code == 200
+            pids.add(answer.text)
+            if len(pids) == 4:
+                break
+        assert len(pids) == 4, pids
+        with psycopg.connect(postgres_server.dsn(), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'apitokens-listener' AND datname = %s",
+                (TEST_DATABASE,),
+            ).fetchone()
+        assert killed == (4,)
+        # The notice of this revocation may go out while no listener listens: each must
+        # forget every record once it listens again.
+        revoke = ["--db", postgres_database, "--actor", "admin", "revoke", issued.token.id]
+        assert cli_main(revoke) == 0
+        revoked_at = time.monotonic()
+        last_success, refused = revoked_at - 1, 0
+        while refused < 40:
+            sending = time.monotonic()
+            if get(port, good).status_code == 200:
+                last_success, refused = sending, 0
+            else:
+                refused += 1
+            assert time.monotonic() - revoked_at < 10, "a worker served it for 10 s"
+        # Reconnecting is at once (then 0.1 s, doubling): well under a second here.
+        assert last_success - revoked_at < 1.0
+        stop(process)
