@@ -134,6 +134,13 @@ def incompressible(n: int) -> str:
     return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
 
 
+@contextlib.contextmanager
+def issuing(dsn: str) -> Iterator[ApiTokens]:
+    """An ApiTokens on its own PostgresStore, both closed at the end (nothing left running)."""
+    with PostgresStore(dsn) as store, ApiTokens(store, policy=Policy()) as tokens:
+        yield tokens
+
+
 # -- 1. one request with a long Basic username stalls a worker's audit writer for good ------
 
 
@@ -146,7 +153,7 @@ def incompressible(n: int) -> str:
 def test_a_long_basic_username_never_stalls_the_audit_log(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
     good = f"Bearer {issued.secret}"
     # Unauthenticated, no hash: a string of our format with a wrong checksum, sent as the
@@ -241,7 +248,7 @@ def proxied(dsn: str) -> Iterator[tuple[FreezableProxy, str]]:
 def test_a_silent_store_gives_503_within_seconds_not_a_hang(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         warm = [tokens.create(actor="alice", name=f"warm{i}") for i in range(16)]
         cold = [tokens.create(actor="alice", name=f"cold{i}") for i in range(3)]
     with (
@@ -298,7 +305,7 @@ def get_within(port: int, authorization: str, timeout: float) -> httpx.Response:
 def test_a_long_forwarded_address_never_stops_the_shared_failure_count(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
         wrong = f"Bearer {tokens.policy.token_format.issue(issued.token.id).value}"
     # uvicorn's defaults (no --no-proxy-headers): a local peer's X-Forwarded-For is the
@@ -414,7 +421,7 @@ def gunicorn_on(
 def test_gunicorn_preload_workers_refuse_a_revoked_token_within_100ms(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
     good = f"Bearer {issued.secret}"
     with gunicorn_on(postgres_database, tmp_path) as (port, process):
@@ -459,7 +466,7 @@ def test_gunicorn_preload_workers_refuse_a_revoked_token_within_100ms(
 def test_idle_connections_the_server_ended_never_refuse_a_good_token(
     postgres_database: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         first = tokens.create(actor="alice", name="first")
         later = tokens.create(actor="alice", name="later")
     with uvicorn_on(postgres_database, tmp_path) as (port, process):
@@ -489,7 +496,7 @@ def test_idle_connections_the_server_ended_never_refuse_a_good_token(
 def test_a_revocation_made_in_sql_reaches_the_workers_within_100ms(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
     good = f"Bearer {issued.secret}"
     with uvicorn_on(postgres_database, tmp_path, cache_ttl=60.0) as (port, process):
@@ -546,7 +553,7 @@ class CommitEater(FreezableProxy):
 def test_a_batch_whose_commit_answer_is_lost_is_not_written_twice(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
     parts = psycopg.conninfo.conninfo_to_dict(postgres_database)
     proxy = CommitEater(f"{parts['host']}/.s.PGSQL.5432")
@@ -603,7 +610,7 @@ def test_no_error_of_a_wrong_password_holds_the_password(postgres_server: Postgr
 def test_a_revocation_right_after_every_listener_was_killed_is_still_honoured(
     postgres_database: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    with ApiTokens(PostgresStore(postgres_database), policy=Policy()) as tokens:
+    with issuing(postgres_database) as tokens:
         issued = tokens.create(actor="alice", name="ci")
     good = f"Bearer {issued.secret}"
     with uvicorn_on(postgres_database, tmp_path, workers=4, cache_ttl=60.0) as (port, process):
