@@ -675,3 +675,37 @@ def test_a_keyword_dsn_starting_with_any_libpq_keyword_is_postgres_and_redacted(
     assert list(tmp_path.iterdir()) == []
     assert code != 0
     assert locate(dsn).kind == "postgres"
+
+
+# -- 13. a migrator that holds the lock and never finishes holds every opener ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_migrate waits for pg_advisory_lock on a connection without lock_timeout: a"
+    " store opening a database another session is migrating (or holds the lock of, stuck)"
+    " waits forever, not the `timeout` PostgresStore documents for a lock another holds",
+)
+def test_opening_while_another_session_holds_the_migration_lock_is_bounded(
+    postgres_database: str,
+) -> None:
+    from apitokens.postgres import _MIGRATION_LOCK
+
+    outcome: list[str] = []
+
+    def open_it() -> None:
+        try:
+            PostgresStore(postgres_database, timeout=1.0).close()
+            outcome.append("opened")
+        except StorageError:
+            outcome.append("StorageError")
+
+    with psycopg.connect(postgres_database, autocommit=True) as migrator:
+        migrator.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        opener = threading.Thread(target=open_it)
+        opener.start()
+        opener.join(timeout=4.0)  # timeout=1.0: a StorageError within a few seconds
+        waited_out = outcome[:]
+        migrator.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    opener.join()
+    assert waited_out == ["StorageError"]
