@@ -709,3 +709,30 @@ def test_opening_while_another_session_holds_the_migration_lock_is_bounded(
         migrator.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     opener.join()
     assert waited_out == ["StorageError"]
+
+
+# -- 14. SQL in names, owners, rules and searches stays data ---------------------------------
+
+
+def test_sql_in_names_owners_rules_and_searches_is_only_data(postgres_database: str) -> None:
+    evil = "x'); DROP TABLE apitokens_tokens; --"
+    owner = "o\"w'n$$er\\"
+    rule = "[GET].*/rest/'$$;--(?:a|b)%_.*"
+    with PostgresStore(postgres_database) as store:
+        tokens = ApiTokens(
+            store,
+            policy=Policy(token_admins=frozenset({"admins"})),
+            groups=lambda user: {"admins"} if user == "root" else set(),
+        )
+        with tokens:
+            issued = tokens.create(
+                actor="root", name=evil, user=owner, restrictions=[rule], allowed_ips=["::1/128"]
+            )
+            (listed,) = tokens.list(actor="root", user=owner, name="drop table")
+            assert (listed.id, listed.name, listed.user) == (issued.token.id, evil, owner)
+            assert listed.restrictions == (rule,)
+            # strpos, not LIKE: "%" and "_" are plain characters in a name search.
+            assert tokens.list(actor="root", name="%") == []
+            assert tokens.list(actor="root", name="s%_t") == []
+            assert [e.user for e in tokens.audit(user=owner)] == [owner]
+    assert count(postgres_database, "SELECT count(*) FROM apitokens_tokens") == 1
