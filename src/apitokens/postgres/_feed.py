@@ -17,6 +17,7 @@ import psycopg_pool
 
 from apitokens._errors import StorageError
 from apitokens.postgres._connect import _leak, _safe_message
+from apitokens.postgres._watch import WATCHDOG
 
 log = logging.getLogger("apitokens")
 
@@ -190,7 +191,12 @@ class _ChangeFeed:
         Sent through the pool (still open: the store closes it after this); if that
         fails, the thread still stops within ``_IDLE`` seconds.
         """
-        with contextlib.suppress(psycopg.Error), self._store._pool.connection() as other:
+        store = self._store
+        with (
+            contextlib.suppress(psycopg.Error),
+            store._pool.connection() as other,
+            WATCHDOG.watch(other, 2 * store._timeout),
+        ):
             other.execute("SELECT pg_notify(%s, '')", (channel,))
 
     def _run(self, listening: _Listening) -> None:

@@ -8,10 +8,10 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -29,7 +29,13 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.postgres._connect import _configure, _described, _leak, _safe_message
+from apitokens.postgres._connect import (
+    _configure,
+    _described,
+    _leak,
+    _safe_message,
+    _tcp_settings,
+)
 from apitokens.postgres._feed import _ChangeFeed, _channel, _payload
 from apitokens.postgres._migrate import _migrate
 from apitokens.postgres._rows import (
@@ -56,6 +62,7 @@ from apitokens.postgres._sql import (
     _STORED_COLUMNS,
     _UPDATE_RECORD_NOTIFY,
 )
+from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
     failure_rows,
     fold_usage,
@@ -67,12 +74,29 @@ from apitokens.storage._filters import EventQuery, TokenQuery
 
 # -- the store ----------------------------------------------------------------------------
 
+_T = TypeVar("_T")
+_Conn = psycopg.Connection[Any]
+
+# How long a call may wait for the server's answer once it has its connection, in
+# units of ``timeout``: the calls of a request and of the background writers wait at
+# most two (``timeout`` for a lock, and as long again for the work), the searches and
+# the pruning an administrator runs, which may read or delete many rows, thirty.
+_CALL = 2.0
+_SLOW_CALL = 30.0
+
 # insufficient_privilege (most often no CREATE on the schema), and invalid_schema_name
 # ("no schema has been selected to create in": no schema of the search_path is usable).
 _NO_PRIVILEGE = frozenset({"42501", "3F000"})
 _PRIVILEGE_HINT = (
     "the role needs the right to create tables in the first schema of its search_path,"
     " or a deploy role must create them first: docs/deployment.md, 'Many hosts: PostgreSQL'"
+)
+
+# lock_not_available: at open, the migration lock another session held all along.
+_LOCK_NOT_AVAILABLE = "55P03"
+_MIGRATING_HINT = (
+    "another session held the schema's migration lock: a migration running elsewhere, or"
+    " stuck; docs/deployment.md, 'Running migrations'"
 )
 
 
@@ -114,16 +138,29 @@ class PostgresStore:
         self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
-        with self._failures("open"):
-            connect_timeout = max(1, round(timeout))
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
-                _migrate(conn, f"PostgreSQL database {self._shown!r}")
-                self._channel = _channel(conn)
-            self._pool = self._open_pool()
+        self._tcp = _tcp_settings(dsn, timeout)
+        message = None
+        try:
+            self._open()
+        except psycopg.Error as exc:
+            message = self._message("open", exc)
+        if message is not None:
+            # Raised here, not in the except block: no __context__ holds the psycopg
+            # error, whose connection (``pgconn``) shows the DSN's password.
+            raise StorageError(message)
         self._feed = _ChangeFeed(self)
         _STORES.add(self)
 
-    def _open_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
+    def _open(self) -> None:
+        connect_timeout = max(1, round(self._timeout))
+        dsn = psycopg.conninfo.make_conninfo(self._dsn, **self._tcp)
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            _migrate(conn, f"PostgreSQL database {self._shown!r}", self._timeout)
+            with WATCHDOG.watch(conn, _CALL * self._timeout):
+                self._channel = _channel(conn)
+        self._pool = self._open_pool()
+
+    def _open_pool(self) -> psycopg_pool.ConnectionPool[_Conn]:
         return psycopg_pool.ConnectionPool(
             self._dsn,
             min_size=1,
@@ -133,6 +170,7 @@ class PostgresStore:
                 "connect_timeout": max(1, round(self._timeout)),
                 # Named in pg_stat_activity, unless the DSN names them itself.
                 "application_name": self._application_name,
+                **self._tcp,
             },
             configure=functools.partial(_configure, lock_timeout=self._timeout),
             timeout=self._timeout,
@@ -155,12 +193,16 @@ class PostgresStore:
             return
         _leak(self._pool)
         self._feed.after_fork_in_child()
+        message = None
         try:
-            with self._failures("reopen after fork"):
-                self._pool = self._open_pool()
-        except BaseException:
+            self._pool = self._open_pool()
+        except BaseException as exc:
             self._closed = True  # never the parent's connections: closed, fail closed
-            raise
+            if not isinstance(exc, psycopg.Error):
+                raise
+            message = self._message("reopen after fork", exc)
+        if message is not None:
+            raise StorageError(message)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._shown!r})"
@@ -178,50 +220,76 @@ class PostgresStore:
 
     # -- connections and failures ------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _failures(self, operation: str) -> Iterator[None]:
-        """Turn a psycopg error into a :class:`StorageError` that holds no secret.
+    def _message(self, operation: str, exc: psycopg.Error) -> str:
+        """A :class:`StorageError`'s message for ``exc``: it holds no secret.
 
-        The message is PostgreSQL's primary message only: its DETAIL may quote a
-        row (a hash among its values). The password of the DSN is blanked out of it
-        too, and the psycopg error, which carries the DETAIL, is not chained: ``from
-        None``, so neither a traceback nor a logger shows it.
+        PostgreSQL's primary message only: its DETAIL may quote a row (a hash among
+        its values). The password of the DSN is blanked out of it too. The caller
+        raises the StorageError after its ``except`` block, so that neither
+        ``__cause__`` nor ``__context__`` holds the psycopg error (whose DETAIL, and
+        whose ``pgconn``, show what this message leaves out).
         """
-        try:
-            yield
-        except psycopg.Error as exc:
-            message = _safe_message(exc, self._password)
-            if operation == "open":
-                message = f"{self._shown}: {message}"
-                if exc.sqlstate in _NO_PRIVILEGE:
-                    message += f" ({_PRIVILEGE_HINT})"
-            raise StorageError(f"PostgreSQL store {operation} failed: {message}") from None
+        message = _safe_message(exc, self._password)
+        if operation == "open":
+            message = f"{self._shown}: {message}"
+            if exc.sqlstate in _NO_PRIVILEGE:
+                message += f" ({_PRIVILEGE_HINT})"
+            elif exc.sqlstate == _LOCK_NOT_AVAILABLE:
+                message += f" ({_MIGRATING_HINT})"
+        return f"PostgreSQL store {operation} failed: {message}"
 
-    @contextlib.contextmanager
-    def _connection(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit) for one call; failures become StorageError."""
-        if self._closed:
-            raise StorageError("the PostgreSQL store is closed")
-        broken = False
+    def _call(
+        self, operation: str, work: Callable[[_Conn], _T], *, read: bool = False, slow: bool = False
+    ) -> _T:
+        """``work(conn)`` on a pooled connection (autocommit); failures become StorageError.
+
+        The call waits at most ``timeout`` for a connection and, once it has one,
+        ``2 * timeout`` for the server's answers (``30 * timeout`` if ``slow``):
+        then its connection is shut down (``_watch``) and it fails, closed. A
+        connection the server ended while it sat idle in the pool is noticed
+        before use and replaced; one the server ends at the moment of use fails
+        the call, and a ``read`` (which changes nothing) is then tried once more
+        on a new connection. After a broken connection the pool's idle ones are
+        dropped (most likely they went the same way: a restart, a failover).
+        """
+        seconds = self._timeout * (_SLOW_CALL if slow else _CALL)
+        for attempt in (1, 2):
+            if self._closed:
+                raise StorageError("the PostgreSQL store is closed")
+            try:
+                return self._attempt(work, seconds)
+            except _Broken as broken:
+                message = f"PostgreSQL store {operation} failed: {broken}"
+                again = read and attempt == 1 and not broken.unanswered
+            except psycopg.Error as exc:
+                message, again = self._message(operation, exc), False
+            if not again:
+                break
+        # Raised here, after the except blocks: no __context__ holds the psycopg error.
+        raise StorageError(message)
+
+    def _attempt(self, work: Callable[[_Conn], _T], seconds: float) -> _T:
+        conn = self._pool.getconn()
+        if _ended(conn):
+            # The server ended it while idle (idle_session_timeout, a restart): the
+            # other idle ones most likely too. Drop them all, take a new one.
+            conn.close()
+            self._pool.putconn(conn)
+            self._pool.drain()
+            conn = self._pool.getconn()
         try:
-            with self._failures(operation), self._pool.connection() as conn:
-                try:
-                    yield conn
-                except psycopg.OperationalError:
-                    broken = conn.broken
-                    raise
+            with WATCHDOG.watch(conn, seconds) as fired:
+                return work(conn)
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise
+            with contextlib.suppress(psycopg.Error):
+                self._pool.drain()
+            if fired:
+                raise _Broken(f"no answer from the server within {seconds:g} s", True) from None
+            raise _Broken(_safe_message(exc, self._password), False) from None
         finally:
-            if broken:
-                # The server went away (restart, failover, killed backend): the idle
-                # connections are most likely dead too. Drop them now, so that only
-                # this call fails and the next ones get new connections.
-                with contextlib.suppress(psycopg.Error):
-                    self._pool.check()
-
-    @contextlib.contextmanager
-    def _transaction(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
-        with self._connection(operation) as conn, conn.transaction():
-            yield conn
+            self._pool.putconn(conn)
 
     # -- TokenStore ------------------------------------------------------------------
 
@@ -234,9 +302,8 @@ class PostgresStore:
         """
         stored = normalize_stored(stored)
         token = stored.token
-        with self._connection("add") as conn:
-            cursor = conn.execute(_INSERT_RECORD, _token_params(stored))
-            added = cursor.rowcount == 1
+        params = _token_params(stored)
+        added = self._call("add", lambda conn: conn.execute(_INSERT_RECORD, params).rowcount == 1)
         if not added:
             raise StorageError(f"add failed: a token with id {token.id!r} exists")
 
@@ -251,8 +318,7 @@ class PostgresStore:
             if self._closed:
                 raise StorageError("the PostgreSQL store is closed")
             return None
-        with self._connection("get") as conn:
-            row = conn.execute(query, (token_id,)).fetchone()
+        row = self._call("get", lambda conn: conn.execute(query, (token_id,)).fetchone(), read=True)
         return None if row is None else _stored_from_row(row)
 
     def update(self, stored: StoredToken) -> None:
@@ -279,9 +345,10 @@ class PostgresStore:
             stored.revealable,
             token.id,
         )
-        with self._connection("update") as conn:
-            notice = (self._channel, _payload(token.id))
-            updated = conn.execute(_UPDATE_RECORD_NOTIFY, params + notice).rowcount
+        notice = (self._channel, _payload(token.id))
+        updated = self._call(
+            "update", lambda conn: conn.execute(_UPDATE_RECORD_NOTIFY, params + notice).rowcount
+        )
         if updated == 0:
             raise TokenNotFound(f"no token has id {token.id!r}")
 
@@ -294,10 +361,10 @@ class PostgresStore:
         Raises:
             StorageError: the database failed.
         """
-        with self._connection("replace_hash") as conn:
-            notice = (self._channel, _payload(token_id))
-            cursor = conn.execute(_REPLACE_HASH_NOTIFY, (new, token_id, old, *notice))
-            return cursor.rowcount == 1
+        params = (new, token_id, old, self._channel, _payload(token_id))
+        return self._call(
+            "replace_hash", lambda conn: conn.execute(_REPLACE_HASH_NOTIFY, params).rowcount == 1
+        )
 
     def revoke(self, token_id: str, at: datetime) -> bool:
         """Revoke a token unless it already is (see :meth:`TokenStore.revoke`).
@@ -311,9 +378,8 @@ class PostgresStore:
             ValueError: ``at`` is naive.
         """
         at = require_utc(at, "at")
-        with self._connection("revoke") as conn:
-            notice = (self._channel, _payload(token_id))
-            row = conn.execute(_REVOKE_NOTIFY, (at, token_id, token_id, *notice)).fetchone()
+        params = (at, token_id, token_id, self._channel, _payload(token_id))
+        row = self._call("revoke", lambda conn: conn.execute(_REVOKE_NOTIFY, params).fetchone())
         assert row is not None
         revoked, exists, _ = row
         if not (revoked or exists):
@@ -347,8 +413,9 @@ class PostgresStore:
             offset=offset,
         )
         sql, params = _select_tokens(query)
-        with self._connection("list") as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self._call(
+            "list", lambda conn: conn.execute(sql, params).fetchall(), read=True, slow=True
+        )
         return [_token_from_row(row).as_of(query.now) for row in rows]
 
     def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
@@ -393,28 +460,31 @@ class PostgresStore:
     def _write_rows(
         self, rows: builtins.list[tuple[object, ...]], totals: builtins.list[tuple[str, Any]]
     ) -> None:
-        with self._transaction("write") as conn:
-            if rows:
-                try:
-                    with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                except psycopg.DataError:
-                    if any(_has_nul(row) for row in rows):
-                        raise _NulInText from None
-                    raise
-            if totals:
-                ids = [token_id for token_id, _ in totals]
-                conn.execute(_LOCK_USED, (ids,))
-                conn.execute(
-                    _FOLD_USAGE,
-                    (
-                        ids,
-                        [t.count for _, t in totals],
-                        [t.last_at for _, t in totals],
-                        [t.last_ip for _, t in totals],
-                    ),
-                )
+        def work(conn: _Conn) -> None:
+            with conn.transaction():
+                if rows:
+                    try:
+                        with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    except psycopg.DataError:
+                        if any(_has_nul(row) for row in rows):
+                            raise _NulInText from None
+                        raise
+                if totals:
+                    ids = [token_id for token_id, _ in totals]
+                    conn.execute(_LOCK_USED, (ids,))
+                    conn.execute(
+                        _FOLD_USAGE,
+                        (
+                            ids,
+                            [t.count for _, t in totals],
+                            [t.last_at for _, t in totals],
+                            [t.last_ip for _, t in totals],
+                        ),
+                    )
+
+        self._call("write", work)
 
     # -- the failure ledger (FailureLedger) -------------------------------------------
 
@@ -431,13 +501,15 @@ class PostgresStore:
         rows, oldest = failure_rows(counts, at, keep)
         # text cannot hold NUL; a key is an address, but never let one stall the flusher.
         rows = sorted((key.replace("\x00", "\ufffd"), second, n) for key, second, n in rows)
-        with self._transaction("record_failures") as conn:
-            if rows:
-                conn.execute(
-                    _ADD_FAILURES,
-                    ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
-                )
-            conn.execute("DELETE FROM apitokens_failures WHERE second < %s", (oldest,))
+        columns = ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+        def work(conn: _Conn) -> None:
+            with conn.transaction():
+                if rows:
+                    conn.execute(_ADD_FAILURES, columns)
+                conn.execute("DELETE FROM apitokens_failures WHERE second < %s", (oldest,))
+
+        self._call("record_failures", work)
 
     def failures_since(self, key: str, since: datetime) -> int:
         """Failed attempts for ``key`` at or after ``since`` (by whole seconds, rounded down).
@@ -447,8 +519,12 @@ class PostgresStore:
             StorageError: the database failed.
         """
         first = since_second(since)
-        with self._connection("failures_since") as conn:
-            row = conn.execute(_COUNT_FAILURES, (key.replace("\x00", "\ufffd"), first)).fetchone()
+        params = (key.replace("\x00", "\ufffd"), first)
+        row = self._call(
+            "failures_since",
+            lambda conn: conn.execute(_COUNT_FAILURES, params).fetchone(),
+            read=True,
+        )
         return int(row[0]) if row is not None else 0
 
     def events(
@@ -481,8 +557,9 @@ class PostgresStore:
             offset=offset,
         )
         sql, params = _select_events(query)
-        with self._connection("events") as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self._call(
+            "events", lambda conn: conn.execute(sql, params).fetchall(), read=True, slow=True
+        )
         return [_event_from_row(row) for row in rows]
 
     def prune_events(self, *, before: datetime) -> int:
@@ -496,8 +573,10 @@ class PostgresStore:
             StorageError: the database failed.
         """
         before = require_utc(before, "before")
-        with self._connection("prune_events") as conn:
-            return conn.execute("DELETE FROM apitokens_audit WHERE at < %s", (before,)).rowcount
+        sql = "DELETE FROM apitokens_audit WHERE at < %s"
+        return self._call(
+            "prune_events", lambda conn: conn.execute(sql, (before,)).rowcount, slow=True
+        )
 
     def close(self) -> None:
         """Close the pool's connections; later calls raise ``StorageError``. Idempotent.
@@ -532,8 +611,20 @@ class PostgresStore:
         Raises:
             StorageError: the store is closed, or the listener could not connect.
         """
-        with self._failures("subscribe"):
+        message = None
+        try:
             return self._feed.subscribe(callback)
+        except psycopg.Error as exc:
+            message = self._message("subscribe", exc)
+        raise StorageError(message)
+
+
+class _Broken(Exception):
+    """A call's connection broke: the server ended it, or it gave no answer in time."""
+
+    def __init__(self, message: str, unanswered: bool) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 _STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
