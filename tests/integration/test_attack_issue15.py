@@ -346,13 +346,6 @@ def test_a_hash_sign_in_a_query_password_never_shows_its_tail(
 # -- 5. one host whose clock runs ahead erases every other host's failures ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="record_failures prunes rows older than its own wall clock minus its own window:"
-    " a host whose clock is a window ahead (or a service with a shorter failure_window on"
-    " the same store) deletes every other process's counts with each batch it sends, so"
-    " the fleet's count of an address falls back to what each process saw itself",
-)
 def test_a_host_with_a_clock_ahead_never_erases_the_others_failures(
     postgres_database: str,
 ) -> None:

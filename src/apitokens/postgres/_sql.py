@@ -99,6 +99,13 @@ _ADD_FAILURES = (
     " ON CONFLICT (key, second) DO UPDATE"
     " SET count = apitokens_failures.count + excluded.count"
 )
+# What left the window goes, by the older of two cut-offs: the caller's (its clock and
+# window) and the database server's clock (a host whose clock runs ahead must not
+# erase what the others still count). Both keep at least FAILURES_KEPT_AT_LEAST.
+_PRUNE_FAILURES = (
+    "DELETE FROM apitokens_failures WHERE second < least(%s::bigint,"
+    " floor(extract(epoch FROM statement_timestamp()))::bigint - %s::bigint)"
+)
 _COUNT_FAILURES = (
     "SELECT coalesce(sum(count), 0) FROM apitokens_failures WHERE key = %s AND second >= %s"
 )

@@ -57,6 +57,7 @@ from apitokens.postgres._sql import (
     _FOLD_USAGE,
     _INSERT_RECORD,
     _LOCK_USED,
+    _PRUNE_FAILURES,
     _REPLACE_HASH_NOTIFY,
     _REVOKE_NOTIFY,
     _STORED_COLUMNS,
@@ -66,6 +67,7 @@ from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
     failure_rows,
     fold_usage,
+    kept_seconds,
     normalize_stored,
     require_utc,
     since_second,
@@ -492,7 +494,10 @@ class PostgresStore:
         """Add failed attempts per throttle key (see :class:`~apitokens.storage.FailureLedger`).
 
         One transaction: one upsert of every key (in key order, so two processes adding
-        to the same keys at once queue rather than deadlock), then the old seconds go.
+        to the same keys at once queue rather than deadlock), then the old seconds go:
+        those older than ``keep`` (at least an hour) both by ``at`` and by the database
+        server's clock, so a host whose clock runs ahead, or a service with a shorter
+        window on the same database, never erases what the others still count.
 
         Raises:
             ValueError: ``at`` is naive or a count is negative (nothing written).
@@ -507,7 +512,7 @@ class PostgresStore:
             with conn.transaction():
                 if rows:
                     conn.execute(_ADD_FAILURES, columns)
-                conn.execute("DELETE FROM apitokens_failures WHERE second < %s", (oldest,))
+                conn.execute(_PRUNE_FAILURES, (oldest, kept_seconds(keep) + 1))
 
         self._call("record_failures", work)
 
