@@ -144,12 +144,6 @@ def issuing(dsn: str) -> Iterator[ApiTokens]:
 # -- 1. one request with a long Basic username stalls a worker's audit writer for good ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Basic username longer than ~2.7 kB goes into the audit event unbounded; the"
-    " btree index apitokens_audit_by_user refuses the row (SQLSTATE 54000), the writer"
-    " retries that batch forever, and no later event of that worker is ever written",
-)
 def test_a_long_basic_username_never_stalls_the_audit_log(
     postgres_database: str, tmp_path: Path
 ) -> None:
@@ -289,13 +283,6 @@ def get_within(port: int, authorization: str, timeout: float) -> httpx.Response:
 # -- 3. one long client address stops a worker sharing its failures, for good ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the failure ledger's key is the client address as given, unbounded: a key over"
-    " ~2.7 kB makes the upsert fail (btree apitokens_failures_pkey, SQLSTATE 54000), the"
-    " batch is kept and re-sent with every later failure, and none of that worker's"
-    " failures reaches the other processes again",
-)
 def test_a_long_forwarded_address_never_stops_the_shared_failure_count(
     postgres_database: str, tmp_path: Path
 ) -> None:

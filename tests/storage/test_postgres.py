@@ -7,12 +7,15 @@ Every test gets a fresh database on the session's throwaway server
 from __future__ import annotations
 
 import logging
+import random
+import string
 import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -20,7 +23,7 @@ import pytest
 
 from apitokens import ApiTokens, AuthRequest
 from apitokens._errors import SchemaVersionError, StorageError
-from apitokens._model import AuthEntry, Outcome, TokenStatus, Usage
+from apitokens._model import AuditEvent, AuthEntry, Outcome, TokenStatus, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 from tests.support import CHEAP_HASHER, bearer
@@ -264,6 +267,95 @@ def test_a_nul_in_an_audit_field_does_not_lose_the_batch(postgres_database: str)
     assert found[1].path == "/a\ufffdb"
     assert got is not None
     assert got.token.use_count == 1
+
+
+def _random_text(n: int, seed: int = 15) -> str:
+    """``n`` letters and digits that PostgreSQL's compression cannot shrink."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+@pytest.mark.parametrize("how", ["write", "write_entries"])
+def test_a_10kb_user_is_stored_cut_and_the_batch_goes_in(postgres_database: str, how: str) -> None:
+    # Past ~2,700 bytes an index refuses the row (SQLSTATE 54000): the batch would be
+    # refused whole, and the audit writer would send it again forever.
+    long_user = _random_text(10_000)
+    long_id = _random_text(10_000, seed=16)
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        batch: list[AuditEvent | AuthEntry] = [
+            event(NOW - 2 * SECOND, path="/first"),
+            event(NOW - SECOND, user=long_user, token_id=long_id, path="/long"),
+            event(NOW, path="/last"),
+        ]
+        if how == "write_entries":
+            batch[1] = AuthEntry(
+                NOW - SECOND, Outcome.FAILED, long_id, long_user, "10.0.0.1", "GET", "/long", "",
+                False,
+            )  # fmt: skip
+            store.write_entries(events=batch, usage=[Usage("t", NOW)])
+        else:
+            store.write(events=batch, usage=[Usage("t", NOW)])
+        found = store.events()
+        by_user = store.events(user=long_user)  # the whole value finds what was written
+        by_id = store.events(token_id=long_id)
+        other = store.events(user=long_user[:-1] + "!")  # same start, another user
+        got = store.get("t")
+    assert [e.path for e in found] == ["/last", "/long", "/first"]
+    cut = found[1].user
+    assert cut is not None and cut != long_user
+    assert long_user.startswith(cut.split("\u2026")[0]) and len(cut.encode()) <= 1024
+    assert found[1].token_id is not None and len(found[1].token_id.encode()) <= 1024
+    assert [e.path for e in by_user] == [e.path for e in by_id] == ["/long"]
+    assert other == []
+    assert got is not None and got.token.use_count == 1
+
+
+def test_a_long_failure_key_is_counted_and_kept_apart(postgres_database: str) -> None:
+    one, two = _random_text(10_000), _random_text(10_000)[:-1] + "!"
+    with PostgresStore(postgres_database) as store:
+        store.record_failures({one: 2, two: 1, "198.51.100.7": 3}, NOW, keep=timedelta(minutes=1))
+        counts = [
+            store.failures_since(key, NOW - timedelta(minutes=1))
+            for key in (one, two, "198.51.100.7")
+        ]
+    assert counts == [2, 1, 3]
+
+
+def test_an_event_the_server_refuses_is_dropped_alone(
+    postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any data error (SQLSTATE class 22 or 54) in one row: the rest of the batch goes in,
+    # in order, with its usage; one log line says how many were dropped, never what.
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.path LIKE '/bad%' THEN"
+                " RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON apitokens_audit"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+            )
+        paths = [f"/ok{i}" for i in range(40)]
+        paths[7] = "/bad-Secret-in-the-path"
+        paths[31] = "/bad-too"
+        with caplog.at_level(logging.WARNING, logger="apitokens"):
+            store.write(
+                events=[event(NOW + i * SECOND, path=p) for i, p in enumerate(paths)],
+                usage=[Usage("t", NOW, count=40)],
+            )
+        found = [e.path for e in store.events(limit=100)]
+        got = store.get("t")
+    assert found == [p for p in reversed(paths) if not p.startswith("/bad")]
+    assert got is not None and got.token.use_count == 40
+    warned = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].count("1 event (SQLSTATE 22023)") == 2, warned
+    assert "Secret" not in caplog.text
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -42,7 +43,7 @@ from apitokens.postgres._rows import (
     _event_from_row,
     _event_rows,
     _has_nul,
-    _NulInText,
+    _indexable,
     _select_events,
     _select_tokens,
     _stored_from_row,
@@ -73,6 +74,8 @@ from apitokens.storage._base import (
     since_second,
 )
 from apitokens.storage._filters import EventQuery, TokenQuery
+
+log = logging.getLogger("apitokens")
 
 # -- the store ----------------------------------------------------------------------------
 
@@ -451,42 +454,27 @@ class PostgresStore:
             if self._closed:
                 raise StorageError("the PostgreSQL store is closed")
             return
-        try:
-            self._write_rows(rows, totals)
-        except _NulInText:
+        # Each retry below runs after the failed attempt's except block, never in it: a
+        # StorageError it raises must not hold the psycopg error as its __context__.
+        problem = self._call("write", functools.partial(_write_batch, rows, totals))
+        if problem == _NUL:
             # PostgreSQL's text cannot hold NUL, and an audit field can carry one from a
             # request (a Basic username, say). Refusing the batch would stall the writer
             # on it for good, so the NULs become U+FFFD and the batch goes in.
-            self._write_rows([_without_nul(row) for row in rows], totals)
-
-    def _write_rows(
-        self, rows: builtins.list[tuple[object, ...]], totals: builtins.list[tuple[str, Any]]
-    ) -> None:
-        def work(conn: _Conn) -> None:
-            with conn.transaction():
-                if rows:
-                    try:
-                        with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                    except psycopg.DataError:
-                        if any(_has_nul(row) for row in rows):
-                            raise _NulInText from None
-                        raise
-                if totals:
-                    ids = [token_id for token_id, _ in totals]
-                    conn.execute(_LOCK_USED, (ids,))
-                    conn.execute(
-                        _FOLD_USAGE,
-                        (
-                            ids,
-                            [t.count for _, t in totals],
-                            [t.last_at for _, t in totals],
-                            [t.last_ip for _, t in totals],
-                        ),
-                    )
-
-        self._call("write", work)
+            rows = [_without_nul(row) for row in rows]
+            problem = self._call("write", functools.partial(_write_batch, rows, totals))
+        if problem is not None:
+            # Some row holds a value PostgreSQL refuses (SQLSTATE class 22 or 54): the
+            # writer would send the batch again forever, and no later event would
+            # ever be written. Write what can be, drop only what cannot.
+            dropped = self._call("write", functools.partial(_salvage_batch, rows, totals))
+            log.warning(
+                "PostgreSQL store %s: %s of a batch of %d audit events could not be"
+                " written and were dropped",
+                self._shown,
+                ", ".join(f"{what} (SQLSTATE {state})" for what, state in dropped),
+                len(rows),
+            )
 
     # -- the failure ledger (FailureLedger) -------------------------------------------
 
@@ -504,8 +492,9 @@ class PostgresStore:
             StorageError: the database failed (nothing written).
         """
         rows, oldest = failure_rows(counts, at, keep)
-        # text cannot hold NUL; a key is an address, but never let one stall the flusher.
-        rows = sorted((key.replace("\x00", "\ufffd"), second, n) for key, second, n in rows)
+        # A key is an address, but never let one stall the flusher: text cannot hold
+        # NUL, and an index no key longer than about 2,700 bytes (_failure_key).
+        rows = sorted((_failure_key(key), second, n) for key, second, n in rows)
         columns = ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
         def work(conn: _Conn) -> None:
@@ -524,7 +513,7 @@ class PostgresStore:
             StorageError: the database failed.
         """
         first = since_second(since)
-        params = (key.replace("\x00", "\ufffd"), first)
+        params = (_failure_key(key), first)
         row = self._call(
             "failures_since",
             lambda conn: conn.execute(_COUNT_FAILURES, params).fetchone(),
@@ -622,6 +611,109 @@ class PostgresStore:
         except psycopg.Error as exc:
             message = self._message("subscribe", exc)
         raise StorageError(message)
+
+
+def _failure_key(key: str) -> str:
+    """A throttle key as the ledger stores it: no NUL, and short enough for its index."""
+    return _indexable(key.replace("\x00", "\ufffd"))
+
+
+# -- writing a batch ---------------------------------------------------------------------
+
+_NUL = "NUL"  # what _write_batch says of a batch that failed for a NUL in a text
+
+
+def _is_data_error(exc: psycopg.Error) -> bool:
+    """A value PostgreSQL refuses (class 22, data exception; 54, a limit such as an
+    index row's size): the same rows would fail again however often they are sent."""
+    # psycopg raises DataError itself, with no SQLSTATE, for a value it cannot send
+    # (a NUL in a text).
+    return isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in ("22", "54")
+
+
+def _copy_events(conn: _Conn, rows: Sequence[tuple[object, ...]]) -> None:
+    with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _fold(conn: _Conn, totals: Sequence[tuple[str, Any]]) -> None:
+    ids = [token_id for token_id, _ in totals]
+    conn.execute(_LOCK_USED, (ids,))
+    conn.execute(
+        _FOLD_USAGE,
+        (
+            ids,
+            [t.count for _, t in totals],
+            [t.last_at for _, t in totals],
+            [t.last_ip for _, t in totals],
+        ),
+    )
+
+
+def _write_batch(
+    rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]], conn: _Conn
+) -> str | None:
+    """Write the batch in one transaction; ``None``, or why the data was refused.
+
+    Returns ``_NUL`` if a text held a NUL, the SQLSTATE of another data error;
+    then nothing was written. Any other error is raised.
+    """
+    problem = None
+    try:
+        with conn.transaction():
+            if rows:
+                _copy_events(conn, rows)
+            if totals:
+                _fold(conn, totals)
+    except psycopg.Error as exc:
+        if not _is_data_error(exc):
+            raise
+        problem = _NUL if any(_has_nul(row) for row in rows) else str(exc.sqlstate or "22000")
+    return problem
+
+
+def _salvage_batch(
+    rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]], conn: _Conn
+) -> builtins.list[tuple[str, str]]:
+    """Write what can be of a batch the server refused, in one transaction.
+
+    The events go by halves, each in a savepoint: a half refused is halved again,
+    down to the single events that cannot be written, which are left out (one
+    refused event among n costs about 2 log2(n) COPYs). The usage goes in a
+    savepoint of its own. Returns what was left out: ``(what, SQLSTATE)`` pairs.
+    """
+    dropped: builtins.list[tuple[str, str]] = []
+    with conn.transaction():
+        parts = [list(rows)] if rows else []
+        while parts:
+            part = parts.pop()
+            state = _refused(conn, functools.partial(_copy_events, conn, part))
+            if state is None:
+                continue
+            if len(part) == 1:
+                dropped.append(("1 event", state))
+            else:
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]  # the first half next: in order
+        if totals:
+            state = _refused(conn, functools.partial(_fold, conn, totals))
+            if state is not None:
+                dropped.append((f"the usage of {len(totals)} tokens", state))
+    return dropped
+
+
+def _refused(conn: _Conn, work: Callable[[], None]) -> str | None:
+    """``work()`` in a savepoint; the SQLSTATE of a data error (rolled back), or ``None``."""
+    state = None
+    try:
+        with conn.transaction():
+            work()
+    except psycopg.Error as exc:
+        if not _is_data_error(exc):
+            raise
+        state = str(exc.sqlstate or "22000")
+    return state
 
 
 class _Broken(Exception):
