@@ -454,12 +454,6 @@ def test_idle_connections_the_server_ended_never_refuse_a_good_token(
 # -- 8. a revocation written in SQL (an incident, a DBA's UPDATE) tells no one --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the notice is sent by the store's own statements only (no trigger): a token"
-    " revoked or deleted in SQL by hand is served by every worker that cached it for the"
-    " whole cache_ttl (here 60 s), not 100 ms",
-)
 def test_a_revocation_made_in_sql_reaches_the_workers_within_100ms(
     postgres_database: str, tmp_path: Path
 ) -> None:

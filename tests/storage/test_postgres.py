@@ -91,6 +91,29 @@ def test_reopening_keeps_data_and_takes_no_migration(postgres_database: str) -> 
     assert len(_rows(postgres_database, "SELECT version FROM apitokens_schema")) == LATEST_VERSION
 
 
+def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database: str) -> None:
+    from apitokens.postgres import MIGRATIONS
+    from apitokens.postgres._sql import _SCHEMA_TABLE
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(_SCHEMA_TABLE)
+        for version, statements in enumerate(MIGRATIONS[:2]):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO apitokens_schema (version) VALUES (%s)", (version + 1,))
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        told: list[str | None] = []
+        heard = threading.Event()
+        store.subscribe(lambda token_id: (told.append(token_id), heard.set()))
+        with psycopg.connect(postgres_database, autocommit=True) as dba:
+            dba.execute("UPDATE apitokens_tokens SET revoked_at = now()")
+        assert heard.wait(10)
+    assert told == ["t"]
+    versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
+    assert versions == [(1,), (2,), (3,)] and LATEST_VERSION == 3
+
+
 def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
     PostgresStore(postgres_database).close()
     newer = LATEST_VERSION + 1

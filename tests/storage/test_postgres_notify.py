@@ -10,6 +10,7 @@ the ``ApiTokens`` has forgotten the record by then). Nothing sleeps or polls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 
 from apitokens import ApiTokens
+from apitokens._model import Usage
 from apitokens.postgres import PostgresStore
 from apitokens.storage import ChangeFeed
 from apitokens.testing import NOW, stored
@@ -130,6 +132,34 @@ def test_each_change_is_told_once_it_commits(two: tuple[PostgresStore, PostgresS
     admin.revoke("b", NOW)
     heard.wait_for("b", times=2)
     assert heard.seen == ["a", "b", "a", "b"]  # add is no change to a cached record
+
+
+def test_changes_made_by_hand_in_sql_are_told_and_usage_is_not(
+    two: tuple[PostgresStore, PostgresStore], dsn: str
+) -> None:
+    # A trigger sends the notices: an incident's UPDATE or DELETE by a DBA is told too.
+    serving, admin = two
+    heard = Heard()
+    serving.subscribe(heard)
+    for token_id in ("a", "b", "c", "last"):
+        admin.add(stored(token_id))
+    admin.write(usage=[Usage("a", NOW), Usage("b", NOW)])  # a cached record stays good
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        dba.execute("UPDATE apitokens_tokens SET revoked_at = now() WHERE id = 'a'")
+        dba.execute("UPDATE apitokens_tokens SET use_count = 0 WHERE id = 'b'")  # usage only
+        dba.execute("DELETE FROM apitokens_tokens WHERE id = 'c'")
+        with dba.transaction():
+            dba.execute("UPDATE apitokens_tokens SET name = 'x' WHERE id = 'b'")
+            dba.execute("UPDATE apitokens_tokens SET name = 'y' WHERE id = 'b'")
+        with contextlib.suppress(psycopg.errors.RaiseException), dba.transaction():
+            dba.execute("UPDATE apitokens_tokens SET name = 'z' WHERE id = 'last'")
+            dba.execute("DO $$ BEGIN RAISE EXCEPTION 'rolled back'; END $$")
+        dba.execute("UPDATE apitokens_tokens SET name = 'told' WHERE id = 'last'")
+        heard.wait_for("last")
+        dba.execute("TRUNCATE apitokens_tokens")
+        heard.wait_for(None)
+    # One notice per transaction and token; none for usage, none for the rolled back.
+    assert heard.seen == ["a", "c", "b", "last", None]
 
 
 def test_stores_in_other_schemas_are_not_told(
@@ -269,6 +299,7 @@ def test_closing_the_store_or_the_apitokens_stops_the_thread(dsn: str) -> None:
 _FORK = """
 import logging, os, queue, sys
 from apitokens.postgres import PostgresStore
+from apitokens._model import Usage
 from apitokens.testing import NOW, stored
 
 logging.basicConfig(level=logging.WARNING)  # to stderr: a fork is no lost connection

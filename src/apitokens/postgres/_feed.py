@@ -37,7 +37,6 @@ class _Source(Protocol):
 
 
 _NAMEDATALEN = 64  # PostgreSQL's identifier limit, terminator included
-_MAX_PAYLOAD = 8000  # bytes; a notice's payload must be shorter
 _CHANNEL_PREFIX = "apitokens_changes:"
 _IDLE = 1.0  # seconds the listener waits for a notice before it checks for stop anyway
 _FIRST_BACKOFF = 0.1
@@ -58,22 +57,21 @@ def _channel(conn: psycopg.Connection[Any]) -> str:
     """The notification channel of the store's tables: one per schema.
 
     NOTIFY reaches the listeners of a channel in the same database, and stores in two
-    schemas of one database share nothing else: the schema (the first of the
-    ``search_path``, where the tables are) is in the channel's name. A name longer
-    than PostgreSQL's identifiers (63 bytes) is hashed: LISTEN would cut it, and
-    ``pg_notify`` refuses it.
+    schemas of one database share nothing else: the schema of the tables (the one
+    the trigger that sends the notices names, ``TG_TABLE_SCHEMA``) is in the
+    channel's name. A name longer than PostgreSQL's identifiers (63 bytes) is
+    hashed, as the trigger does: LISTEN would cut it, and ``pg_notify`` refuses it.
     """
-    row = conn.execute("SELECT current_schema()").fetchone()
+    row = conn.execute(
+        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.oid = to_regclass('apitokens_tokens')),"
+        " current_schema())"
+    ).fetchone()
     schema = "" if row is None or row[0] is None else str(row[0])
     channel = _CHANNEL_PREFIX + schema
     if len(channel.encode()) >= _NAMEDATALEN:
         channel = _CHANNEL_PREFIX + hashlib.sha256(schema.encode()).hexdigest()[:40]
     return channel
-
-
-def _payload(token_id: str) -> str:
-    """The notice's payload: the token id, or ``""`` ("anything") if it is too long."""
-    return token_id if len(token_id.encode()) < _MAX_PAYLOAD else ""
 
 
 class _Listening:

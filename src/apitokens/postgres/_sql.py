@@ -85,7 +85,45 @@ _V2 = (
     "CREATE INDEX apitokens_failures_by_second ON apitokens_failures (second)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
+_V3 = (
+    # Every change to a token, by apitokens or by hand in SQL (an incident, a DBA's
+    # UPDATE or DELETE), tells every listening process (LISTEN/NOTIFY, the change
+    # feed) when it commits: a trigger, not the store's statements. Only the columns
+    # a cached record depends on: the audit batches' usage updates notify no one.
+    # The channel is the feed's (_feed._channel): the tables' schema, hashed if long.
+    """
+    CREATE FUNCTION apitokens_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        channel text := 'apitokens_changes:' || TG_TABLE_SCHEMA;
+        payload text := '';
+    BEGIN
+        IF octet_length(channel) >= 64 THEN
+            channel := 'apitokens_changes:'
+                || left(encode(sha256(convert_to(TG_TABLE_SCHEMA, 'UTF8')), 'hex'), 40);
+        END IF;
+        IF TG_LEVEL = 'ROW' AND octet_length(OLD.id) < 8000 THEN
+            payload := OLD.id;  -- else '': anything may have changed
+        END IF;
+        PERFORM pg_notify(channel, payload);
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER apitokens_tokens_changed
+    AFTER UPDATE OF id, name, "user", created_by, created_at, expires_at, scope,
+        restrictions, allowed_ips, secure, secret_hash, previous_hash,
+        previous_valid_until, revealable, revoked_at
+        OR DELETE ON apitokens_tokens
+    FOR EACH ROW EXECUTE FUNCTION apitokens_notify_change()
+    """,
+    """
+    CREATE TRIGGER apitokens_tokens_truncated AFTER TRUNCATE ON apitokens_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION apitokens_notify_change()
+    """,
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
 
 A released migration is never edited: changes are new entries appended.
@@ -137,25 +175,17 @@ _UPDATE_RECORD = (
     " restrictions = %s, allowed_ips = %s, secure = %s, secret_hash = %s, previous_hash = %s,"
     " previous_valid_until = %s, revealable = %s WHERE id = %s"
 )
-# Each change to a token tells every listening process (LISTEN/NOTIFY, PostgresStore's
-# change feed) in the same statement, so in the same transaction: the notice goes out
+# Each change to a token tells every listening process through the trigger of schema
+# version 3 (apitokens_notify_change), in the same transaction: the notice goes out
 # when the change commits, and never for a change rolled back.
-_UPDATE_RECORD_NOTIFY = (
-    f"WITH changed AS ({_UPDATE_RECORD} RETURNING id)"  # noqa: S608 - constant fragments
-    " SELECT pg_notify(%s, %s) FROM changed"
-)
-_REPLACE_HASH_NOTIFY = (
-    "WITH changed AS (UPDATE apitokens_tokens SET secret_hash = %s"
-    " WHERE id = %s AND secret_hash = %s RETURNING id) SELECT pg_notify(%s, %s) FROM changed"
-)
-# One statement: whether the token exists, and whether this call revoked it (and then
-# the notice). A concurrent revoke waits on the row lock and then sees revoked_at set.
-_REVOKE_NOTIFY = (
+_REPLACE_HASH = "UPDATE apitokens_tokens SET secret_hash = %s WHERE id = %s AND secret_hash = %s"
+# One statement: whether the token exists, and whether this call revoked it. A
+# concurrent revoke waits on the row lock and then sees revoked_at set.
+_REVOKE = (
     "WITH revoked AS (UPDATE apitokens_tokens SET revoked_at = %s"
     " WHERE id = %s AND revoked_at IS NULL RETURNING 1)"
     " SELECT EXISTS (SELECT 1 FROM revoked),"
-    " EXISTS (SELECT 1 FROM apitokens_tokens WHERE id = %s),"
-    " (SELECT pg_notify(%s, %s) FROM revoked)"
+    " EXISTS (SELECT 1 FROM apitokens_tokens WHERE id = %s)"
 )
 # A batch's uses, folded per token, in one statement. The rows are locked first, in id
 # order: two batches that share tokens then lock them in the same order and never

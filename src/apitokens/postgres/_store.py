@@ -37,7 +37,7 @@ from apitokens.postgres._connect import (
     _safe_message,
     _tcp_settings,
 )
-from apitokens.postgres._feed import _ChangeFeed, _channel, _payload
+from apitokens.postgres._feed import _ChangeFeed, _channel
 from apitokens.postgres._migrate import _migrate
 from apitokens.postgres._rows import (
     _event_from_row,
@@ -59,10 +59,10 @@ from apitokens.postgres._sql import (
     _INSERT_RECORD,
     _LOCK_USED,
     _PRUNE_FAILURES,
-    _REPLACE_HASH_NOTIFY,
-    _REVOKE_NOTIFY,
+    _REPLACE_HASH,
+    _REVOKE,
     _STORED_COLUMNS,
-    _UPDATE_RECORD_NOTIFY,
+    _UPDATE_RECORD,
 )
 from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
@@ -350,10 +350,7 @@ class PostgresStore:
             stored.revealable,
             token.id,
         )
-        notice = (self._channel, _payload(token.id))
-        updated = self._call(
-            "update", lambda conn: conn.execute(_UPDATE_RECORD_NOTIFY, params + notice).rowcount
-        )
+        updated = self._call("update", lambda conn: conn.execute(_UPDATE_RECORD, params).rowcount)
         if updated == 0:
             raise TokenNotFound(f"no token has id {token.id!r}")
 
@@ -366,9 +363,9 @@ class PostgresStore:
         Raises:
             StorageError: the database failed.
         """
-        params = (new, token_id, old, self._channel, _payload(token_id))
+        params = (new, token_id, old)
         return self._call(
-            "replace_hash", lambda conn: conn.execute(_REPLACE_HASH_NOTIFY, params).rowcount == 1
+            "replace_hash", lambda conn: conn.execute(_REPLACE_HASH, params).rowcount == 1
         )
 
     def revoke(self, token_id: str, at: datetime) -> bool:
@@ -383,10 +380,10 @@ class PostgresStore:
             ValueError: ``at`` is naive.
         """
         at = require_utc(at, "at")
-        params = (at, token_id, token_id, self._channel, _payload(token_id))
-        row = self._call("revoke", lambda conn: conn.execute(_REVOKE_NOTIFY, params).fetchone())
+        params = (at, token_id, token_id)
+        row = self._call("revoke", lambda conn: conn.execute(_REVOKE, params).fetchone())
         assert row is not None
-        revoked, exists, _ = row
+        revoked, exists = row
         if not (revoked or exists):
             raise TokenNotFound(f"no token has id {token_id!r}")
         return bool(revoked)
@@ -589,9 +586,11 @@ class PostgresStore:
     def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """Call ``callback(token_id)`` after a change to that token, made by any process.
 
-        See :class:`~apitokens.storage.ChangeFeed`. Every ``update``, ``replace_hash``
-        and ``revoke`` sends a notice (``pg_notify``) in its own transaction, so it goes
-        out when the change commits. The first subscriber starts one listener thread
+        See :class:`~apitokens.storage.ChangeFeed`. Every change to a token's row
+        (``update``, ``replace_hash``, ``revoke``, or an UPDATE, DELETE or TRUNCATE
+        made by hand in SQL; not the usage an audit batch adds) sends a notice from a
+        trigger (``pg_notify``) in its transaction, so it goes out when the change
+        commits. The first subscriber starts one listener thread
         for the store, on a connection of its own (not the pool's); its ``LISTEN`` has
         been confirmed by the server when this returns. If that connection drops, the
         thread reconnects (0.1 s doubling to 5 s between attempts) and then calls every
