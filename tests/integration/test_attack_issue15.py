@@ -505,12 +505,6 @@ class CommitEater(FreezableProxy):
                     (b if sock is a else a).sendall(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an audit batch whose COMMIT succeeded but whose answer was lost is retried as"
-    " a whole: its events are written twice and its uses counted twice (PostgresStore"
-    " has no idempotent batch, where SQLite's journal positions make it exactly once)",
-)
 def test_a_batch_whose_commit_answer_is_lost_is_not_written_twice(
     postgres_database: str, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from apitokens import ApiTokens, AuthRequest
@@ -379,6 +380,32 @@ def test_an_event_the_server_refuses_is_dropped_alone(
     assert len(warned) == 1, warned
     assert warned[0].count("1 event (SQLSTATE 22023)") == 2, warned
     assert "Secret" not in caplog.text
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_written_once(postgres_database: str) -> None:
+    from tests.integration.test_attack_issue15 import CommitEater
+
+    PostgresStore(postgres_database).close()  # the schema (its COMMITs not through the proxy)
+    parts = psycopg.conninfo.conninfo_to_dict(postgres_database)
+    proxy = CommitEater(f"{parts['host']}/.s.PGSQL.5432")
+    through = psycopg.conninfo.make_conninfo(postgres_database, host="127.0.0.1", port=proxy.port)
+    try:
+        with PostgresStore(through) as store:
+            store.add(stored("t"))  # autocommit: no COMMIT message
+            batch, usage = [event(NOW), event(NOW, path="/b")], [Usage("t", NOW)]
+            with pytest.raises(StorageError, match="write failed"):
+                store.write(events=batch, usage=usage)  # committed; the answer never came
+            assert proxy.eaten.is_set()
+            store.write(events=batch, usage=usage)  # the writer sends it again: found, skipped
+            assert len(store.events()) == 2
+            # The same content again, with no write in doubt, is a new batch: written.
+            store.write(events=batch, usage=usage)
+            found = store.events()
+            got = store.get("t")
+    finally:
+        proxy.close()
+    assert len(found) == 4
+    assert got is not None and got.token.use_count == 2
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -121,6 +121,16 @@ _V3 = (
     CREATE TRIGGER apitokens_tokens_truncated AFTER TRUNCATE ON apitokens_tokens
     FOR EACH STATEMENT EXECUTE FUNCTION apitokens_notify_change()
     """,
+    # The audit batches written, by id, in the batch's own transaction: a batch whose
+    # COMMIT reached the server but whose answer was lost is sent again with the same
+    # id, and is then found here and not written twice. Kept a day (by `at`).
+    """
+    CREATE TABLE apitokens_batches (
+        id  uuid PRIMARY KEY,
+        at  timestamptz NOT NULL DEFAULT now()
+    )
+    """,
+    "CREATE INDEX apitokens_batches_by_at ON apitokens_batches (at)",
 )
 
 MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3)
@@ -144,6 +154,8 @@ _PRUNE_FAILURES = (
     "DELETE FROM apitokens_failures WHERE second < least(%s::bigint,"
     " floor(extract(epoch FROM statement_timestamp()))::bigint - %s::bigint)"
 )
+_CLAIM_BATCH = "INSERT INTO apitokens_batches (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
+_PRUNE_BATCHES = "DELETE FROM apitokens_batches WHERE at < now() - interval '1 day'"
 _COUNT_FAILURES = (
     "SELECT coalesce(sum(count), 0) FROM apitokens_failures WHERE key = %s AND second >= %s"
 )

@@ -5,14 +5,17 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import threading
+import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -53,11 +56,13 @@ from apitokens.postgres._rows import (
 )
 from apitokens.postgres._sql import (
     _ADD_FAILURES,
+    _CLAIM_BATCH,
     _COPY_EVENTS,
     _COUNT_FAILURES,
     _FOLD_USAGE,
     _INSERT_RECORD,
     _LOCK_USED,
+    _PRUNE_BATCHES,
     _PRUNE_FAILURES,
     _REPLACE_HASH,
     _REVOKE,
@@ -143,6 +148,9 @@ class PostgresStore:
         self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
+        # Batches whose write failed with its connection: content digest -> batch id.
+        self._unsure: dict[bytes, uuid.UUID] = {}
+        self._prune_batches_at = 0.0
         self._tcp = _tcp_settings(dsn, timeout)
         message = None
         try:
@@ -244,7 +252,13 @@ class PostgresStore:
         return f"PostgreSQL store {operation} failed: {message}"
 
     def _call(
-        self, operation: str, work: Callable[[_Conn], _T], *, read: bool = False, slow: bool = False
+        self,
+        operation: str,
+        work: Callable[[_Conn], _T],
+        *,
+        read: bool = False,
+        slow: bool = False,
+        unsure: Callable[[], None] | None = None,
     ) -> _T:
         """``work(conn)`` on a pooled connection (autocommit); failures become StorageError.
 
@@ -256,6 +270,8 @@ class PostgresStore:
         the call, and a ``read`` (which changes nothing) is then tried once more
         on a new connection. After a broken connection the pool's idle ones are
         dropped (most likely they went the same way: a restart, a failover).
+        ``unsure()`` is called when the connection broke during ``work``: whether
+        what it wrote was committed is then unknown.
         """
         seconds = self._timeout * (_SLOW_CALL if slow else _CALL)
         for attempt in (1, 2):
@@ -266,6 +282,8 @@ class PostgresStore:
             except _Broken as broken:
                 message = f"PostgreSQL store {operation} failed: {broken}"
                 again = read and attempt == 1 and not broken.unanswered
+                if unsure is not None:
+                    unsure()
             except psycopg.Error as exc:
                 message, again = self._message(operation, exc), False
             if not again:
@@ -444,27 +462,40 @@ class PostgresStore:
         self._write(events, usage)
 
     def _write(self, events: Sequence[AuditEvent | AuthEntry], usage: Sequence[Usage]) -> None:
-        """One batch, one transaction: the events by COPY, then the usage in one UPDATE."""
+        """One batch, one transaction: its id, the events by COPY, the usage in one UPDATE.
+
+        The id makes the batch idempotent: a batch whose last write failed with its
+        connection (the COMMIT may have reached the server, and only its answer been
+        lost) is sent again, by the writer, with the same content; it then gets the
+        same id, and the transaction that finds that id written writes nothing.
+        """
         rows = _event_rows(events)
         totals = sorted(fold_usage(usage).items())
         if not rows and not totals:
             if self._closed:
                 raise StorageError("the PostgreSQL store is closed")
             return
+        claim = self._claim(rows, totals)
+        unsure = functools.partial(self._unsure_of, claim)
         # Each retry below runs after the failed attempt's except block, never in it: a
         # StorageError it raises must not hold the psycopg error as its __context__.
-        problem = self._call("write", functools.partial(_write_batch, rows, totals))
+        write = functools.partial(_write_batch, claim, rows, totals)
+        problem = self._call("write", write, unsure=unsure)
         if problem == _NUL:
             # PostgreSQL's text cannot hold NUL, and an audit field can carry one from a
             # request (a Basic username, say). Refusing the batch would stall the writer
             # on it for good, so the NULs become U+FFFD and the batch goes in.
             rows = [_without_nul(row) for row in rows]
-            problem = self._call("write", functools.partial(_write_batch, rows, totals))
-        if problem is not None:
+            write = functools.partial(_write_batch, claim, rows, totals)
+            problem = self._call("write", write, unsure=unsure)
+        if problem is not None and problem != _WRITTEN:
             # Some row holds a value PostgreSQL refuses (SQLSTATE class 22 or 54): the
             # writer would send the batch again forever, and no later event would
             # ever be written. Write what can be, drop only what cannot.
-            dropped = self._call("write", functools.partial(_salvage_batch, rows, totals))
+            salvage = functools.partial(_salvage_batch, claim, rows, totals)
+            dropped = self._call("write", salvage, unsure=unsure)
+            if not dropped:
+                return
             log.warning(
                 "PostgreSQL store %s: %s of a batch of %d audit events could not be"
                 " written and were dropped",
@@ -472,6 +503,29 @@ class PostgresStore:
                 ", ".join(f"{what} (SQLSTATE {state})" for what, state in dropped),
                 len(rows),
             )
+
+    def _claim(
+        self, rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]]
+    ) -> _Claim:
+        """The batch's id: new, or that of the same batch whose last write was unsure."""
+        batch_id = None
+        digest = b""
+        with self._lock:
+            if self._unsure:  # the content is hashed only while a write is in doubt
+                digest = _digest(rows, totals)
+                batch_id = self._unsure.pop(digest, None)
+            prune = time.monotonic() >= self._prune_batches_at
+            if prune:
+                self._prune_batches_at = time.monotonic() + _PRUNE_BATCHES_EVERY
+        return _Claim(batch_id or uuid.uuid4(), digest, rows, totals, prune)
+
+    def _unsure_of(self, claim: _Claim) -> None:
+        """The batch's write failed with its connection: it may have been committed."""
+        digest = claim.digest or _digest(claim.rows, claim.totals)
+        with self._lock:
+            self._unsure[digest] = claim.id
+            while len(self._unsure) > _UNSURE_KEPT:  # the oldest first
+                del self._unsure[next(iter(self._unsure))]
 
     # -- the failure ledger (FailureLedger) -------------------------------------------
 
@@ -650,17 +704,50 @@ def _fold(conn: _Conn, totals: Sequence[tuple[str, Any]]) -> None:
     )
 
 
+class _Claim(NamedTuple):
+    """A batch's id, the digest of its content (if computed), and whether to prune."""
+
+    id: uuid.UUID
+    digest: bytes
+    rows: Sequence[tuple[object, ...]]
+    totals: Sequence[tuple[str, Any]]
+    prune: bool
+
+
+_WRITTEN = "written"  # what _write_batch says of a batch a lost answer had committed
+_UNSURE_KEPT = 64  # batches in doubt remembered (the writer retries one at a time)
+_PRUNE_BATCHES_EVERY = 3600.0  # seconds between two prunings of apitokens_batches
+
+
+def _digest(rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]]) -> bytes:
+    return hashlib.sha256(repr((rows, totals)).encode("utf-8", "surrogatepass")).digest()
+
+
+def _claimed(conn: _Conn, claim: _Claim) -> bool:
+    """Record the batch's id in the transaction; ``False`` if it was written already."""
+    if claim.prune:
+        conn.execute(_PRUNE_BATCHES)
+    return conn.execute(_CLAIM_BATCH, (claim.id,)).rowcount == 1
+
+
 def _write_batch(
-    rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]], conn: _Conn
+    claim: _Claim,
+    rows: Sequence[tuple[object, ...]],
+    totals: Sequence[tuple[str, Any]],
+    conn: _Conn,
 ) -> str | None:
     """Write the batch in one transaction; ``None``, or why the data was refused.
 
     Returns ``_NUL`` if a text held a NUL, the SQLSTATE of another data error;
-    then nothing was written. Any other error is raised.
+    then nothing was written. Returns ``_WRITTEN`` if the batch's id was found:
+    an earlier write whose answer was lost had committed it. Any other error is
+    raised.
     """
     problem = None
     try:
         with conn.transaction():
+            if not _claimed(conn, claim):
+                return _WRITTEN
             if rows:
                 _copy_events(conn, rows)
             if totals:
@@ -673,7 +760,10 @@ def _write_batch(
 
 
 def _salvage_batch(
-    rows: Sequence[tuple[object, ...]], totals: Sequence[tuple[str, Any]], conn: _Conn
+    claim: _Claim,
+    rows: Sequence[tuple[object, ...]],
+    totals: Sequence[tuple[str, Any]],
+    conn: _Conn,
 ) -> builtins.list[tuple[str, str]]:
     """Write what can be of a batch the server refused, in one transaction.
 
@@ -684,6 +774,8 @@ def _salvage_batch(
     """
     dropped: builtins.list[tuple[str, str]] = []
     with conn.transaction():
+        if not _claimed(conn, claim):
+            return dropped
         parts = [list(rows)] if rows else []
         while parts:
             part = parts.pop()
