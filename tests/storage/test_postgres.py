@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -207,6 +208,13 @@ def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> 
     for (sql, params), index in cases:
         plan = _plan(postgres_database, sql, *params)
         assert index in plan, plan
+    # The failure ledger's pruning (by two clocks) and the batches' ids.
+    from apitokens.postgres._sql import _CLAIM_BATCH, _PRUNE_BATCHES, _PRUNE_FAILURES
+
+    assert "apitokens_failures_by_second" in _plan(postgres_database, _PRUNE_FAILURES, 0, 3601)
+    assert "apitokens_batches_by_at" in _plan(postgres_database, _PRUNE_BATCHES)
+    claim = _plan(postgres_database, _CLAIM_BATCH, uuid.uuid4())
+    assert "apitokens_batches_pkey" in claim, claim
 
 
 # --- writing in batches --------------------------------------------------------------------
