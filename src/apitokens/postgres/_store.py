@@ -153,11 +153,16 @@ class PostgresStore:
         self._prune_batches_at = 0.0
         self._tcp = _tcp_settings(dsn, timeout)
         message = None
+        WATCHDOG.open()
         try:
             self._open()
         except psycopg.Error as exc:
             message = self._message("open", exc)
+        except BaseException:
+            WATCHDOG.close()
+            raise
         if message is not None:
+            WATCHDOG.close()
             # Raised here, not in the except block: no __context__ holds the psycopg
             # error, whose connection (``pgconn``) shows the DSN's password.
             raise StorageError(message)
@@ -211,6 +216,7 @@ class PostgresStore:
             self._pool = self._open_pool()
         except BaseException as exc:
             self._closed = True  # never the parent's connections: closed, fail closed
+            WATCHDOG.close()
             if not isinstance(exc, psycopg.Error):
                 raise
             message = self._message("reopen after fork", exc)
@@ -632,8 +638,11 @@ class PostgresStore:
             if self._closed:
                 return
             self._closed = True
-        self._feed.stop()
-        self._pool.close()
+        try:
+            self._feed.stop()
+            self._pool.close()
+        finally:
+            WATCHDOG.close()
 
     # -- ChangeFeed --------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ its connection with a deadline, and a connection still registered when its
 deadline passes has its socket shut down, so libpq's wait ends at once (the
 connection is broken, the pool drops it, the call raises). One thread serves every
 store of the process and sleeps while no call is running; a call costs a lock
-and a dict entry, no thread and no system call.
+and a dict entry, no thread and no system call. The thread ends when the last
+open store closes: a closed store leaves nothing running.
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ class _Watchdog:
         self._keys = itertools.count()
         self._wake_at = math.inf  # when the thread wakes next (inf: it waits for a call)
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # the current thread's
+        self._users = 0  # stores open
+
+    def open(self) -> None:
+        """A store opens: the thread runs (from its first call) until the last closes."""
+        with self._cond:
+            self._users += 1
+
+    def close(self) -> None:
+        """A store closed: the last one out stops the thread and waits for it."""
+        with self._cond:
+            self._users -= 1
+            thread = self._thread
+            if self._users > 0 or thread is None:
+                return
+            self._stop.set()
+            self._cond.notify_all()
+            self._thread = None
+        if thread is not threading.current_thread():
+            thread.join()
 
     @contextlib.contextmanager
     def watch(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[list[bool]]:
@@ -53,10 +74,12 @@ class _Watchdog:
         deadline = time.monotonic() + seconds
         with self._cond:
             if self._thread is None:
+                self._stop = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="apitokens-pg-watchdog", daemon=True
+                    target=self._run, args=(self._stop,), name="apitokens-pg-watchdog", daemon=True
                 )
                 self._thread.start()
+                self._wake_at = math.inf
             self._watched[key] = (deadline, conn)
             # Calls of one store share a length, so a new deadline is nearly always
             # the latest: the thread is woken only when it sleeps past this one.
@@ -69,9 +92,9 @@ class _Watchdog:
                 if self._watched.pop(key, None) is None:
                     fired.append(True)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         with self._cond:
-            while True:
+            while not stop.is_set():
                 now = time.monotonic()
                 for key, (deadline, conn) in list(self._watched.items()):
                     if deadline <= now:
@@ -81,8 +104,11 @@ class _Watchdog:
                 self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
     def after_fork_in_child(self) -> None:
-        # The thread did not survive the fork, and its lock may have been held then.
+        # The thread did not survive the fork, and its lock may have been held then;
+        # the stores open in the parent are open in the child too.
+        users = self._users
         self._reset()
+        self._users = users
 
 
 def _shut_down(conn: psycopg.Connection[Any]) -> None:
