@@ -315,8 +315,10 @@ def main() -> None:
 
     def label(way: str) -> str:
         kind, count = way.split("-")
-        return f"1 process, {count} thread{'s' if count != '1' else ''}" if kind == "threads" else (
-            f"{count} processes, 1 thread each"
+        return (
+            f"1 process, {count} thread{'s' if count != '1' else ''}"
+            if kind == "threads"
+            else (f"{count} processes, 1 thread each")
         )
 
     rows = []
@@ -333,9 +335,7 @@ def main() -> None:
                     *(f"{results[(kind, key)]:,.0f} events/s" for kind in STORES),
                 ]
             )
-    section.table(
-        ["tokens used", "submitting", *(f"{kind} (median)" for kind in STORES)], rows
-    )
+    section.table(["tokens used", "submitting", *(f"{kind} (median)" for kind in STORES)], rows)
     section.notes.append(
         f"Spread over {KNOWN_TOKENS:,} tokens, every batch also folds the uses of up to "
         f"{KNOWN_TOKENS:,} tokens into their rows, and the audit indexes by token and by "
