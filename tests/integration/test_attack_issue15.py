@@ -144,12 +144,6 @@ def issuing(dsn: str) -> Iterator[ApiTokens]:
 # -- 1. one request with a long Basic username stalls a worker's audit writer for good ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Basic username longer than ~2.7 kB goes into the audit event unbounded; the"
-    " btree index apitokens_audit_by_user refuses the row (SQLSTATE 54000), the writer"
-    " retries that batch forever, and no later event of that worker is ever written",
-)
 def test_a_long_basic_username_never_stalls_the_audit_log(
     postgres_database: str, tmp_path: Path
 ) -> None:
@@ -295,13 +289,6 @@ def get_within(port: int, authorization: str, timeout: float) -> httpx.Response:
 # -- 3. one long client address stops a worker sharing its failures, for good ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the failure ledger's key is the client address as given, unbounded: a key over"
-    " ~2.7 kB makes the upsert fail (btree apitokens_failures_pkey, SQLSTATE 54000), the"
-    " batch is kept and re-sent with every later failure, and none of that worker's"
-    " failures reaches the other processes again",
-)
 def test_a_long_forwarded_address_never_stops_the_shared_failure_count(
     postgres_database: str, tmp_path: Path
 ) -> None:
@@ -650,13 +637,6 @@ def test_a_revocation_right_after_every_listener_was_killed_is_still_honoured(
 # -- 12. a libpq keyword DSN that starts with a keyword not on the list is a SQLite path ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="locate() takes a keyword DSN for PostgreSQL only when its first keyword is one of"
-    " 13; one that starts with another valid libpq keyword (channel_binding, sslrootcert,"
-    " keepalives, gssencmode, ...) is read as a SQLite path: the password is then shown"
-    " unredacted in every message, and `create` makes a file named after it",
-)
 def test_a_keyword_dsn_starting_with_any_libpq_keyword_is_postgres_and_redacted(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
