@@ -40,3 +40,17 @@ def test_the_suite_is_collected_only_through_a_subclass_and_documented() -> None
     assert apitokens.testing.__all__ == sorted(apitokens.testing.__all__)
     for name in ("StoreContract", "event", "secret_hash", "stored"):
         assert getattr(apitokens.testing, name).__doc__, name
+
+
+def test_half_a_failure_ledger_fails_the_contract() -> None:
+    from apitokens import MemoryStore
+
+    class HalfLedger(MemoryStore):
+        def record_failures(self, counts: object, at: object, *, keep: object) -> None:
+            pass
+
+    contract = apitokens.testing.StoreContract()
+    with pytest.raises(AssertionError, match="only part of FailureLedger"):
+        contract.test_failure_ledger_counts_per_key_within_the_window(HalfLedger())
+    # A store that offers none of it passes (it throttles per process).
+    contract.test_failure_ledger_counts_per_key_within_the_window(MemoryStore())

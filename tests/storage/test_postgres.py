@@ -162,7 +162,7 @@ def test_an_index_serves_each_query(postgres_database: str, index: str, sql: str
 
 def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> None:
     # The store's own SQL, as it builds it (the partial index needs its condition stated).
-    from apitokens.postgres import _select_events, _select_tokens
+    from apitokens.postgres._rows import _select_events, _select_tokens
     from apitokens.storage._filters import EventQuery, TokenQuery
 
     PostgresStore(postgres_database).close()
@@ -428,3 +428,22 @@ def test_a_missing_postgresql_fails_and_names_the_package(
         pass
     assert "apt-get install -y --no-install-recommends postgresql" in str(info.value)
     assert support.OPT_OUT in str(info.value)
+
+
+def test_a_role_without_create_rights_is_told_what_to_do(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    from tests.support.postgres import PASSWORD, PASSWORD_USER
+
+    dsn = postgres_database.replace("user=postgres", f"user={PASSWORD_USER} password={PASSWORD}")
+    schema = postgres_database.rsplit("search_path=", 1)[1].rstrip("'")
+    for state in ("3F000", "42501"):  # no usable schema; then usage but no CREATE
+        with pytest.raises(StorageError) as info:
+            PostgresStore(dsn, timeout=2)
+        message = str(info.value)
+        assert "open failed" in message
+        assert "dbname=apitokens_test" in message
+        assert f"SQLSTATE {state}" in message
+        assert "docs/deployment.md" in message
+        assert PASSWORD not in message
+        postgres_server.execute(f"GRANT USAGE ON SCHEMA {schema} TO {PASSWORD_USER}", TEST_DATABASE)

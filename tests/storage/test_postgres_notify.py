@@ -267,9 +267,11 @@ def test_closing_the_store_or_the_apitokens_stops_the_thread(dsn: str) -> None:
 
 
 _FORK = """
-import os, queue, sys
+import logging, os, queue, sys
 from apitokens.postgres import PostgresStore
 from apitokens.testing import NOW, stored
+
+logging.basicConfig(level=logging.WARNING)  # to stderr: a fork is no lost connection
 
 store = PostgresStore(sys.argv[1], pool_size=2)
 store.add(stored("t"))
@@ -306,3 +308,28 @@ def test_a_forked_child_listens_on_its_own_connection(postgres_database: str) ->
         timeout=60,
     )
     assert result.stdout == "ok\n", result.stderr
+    # Every worker forked by gunicorn --preload starts so: no warning that cries wolf.
+    assert "the change listener" not in result.stderr, result.stderr
+
+
+def test_the_pool_and_the_listener_are_named_in_pg_stat_activity(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    with PostgresStore(postgres_database, pool_size=2) as store:
+        unsubscribe = store.subscribe(lambda token_id: None)  # the listener starts
+        store.get("nothing")  # a pooled connection in use at least once
+        rows = _names(postgres_server)
+        unsubscribe()
+        assert "apitokens" in rows
+        assert "apitokens-listener" in rows
+    with PostgresStore(postgres_database + " application_name=billing", pool_size=2) as store:
+        store.get("nothing")
+        assert "billing" in _names(postgres_server)
+
+
+def _names(server: PostgresServer) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(server.dsn(TEST_DATABASE), autocommit=True) as conn:
+        rows = conn.execute("SELECT application_name FROM pg_stat_activity").fetchall()
+    return {row[0] for row in rows}

@@ -89,9 +89,6 @@ EXTRAS = {
     "apitokens.testing": frozenset({"pytest", "hypothesis"}),
     # DESIGN §8 and §9: the extras these modules are planned with.
     "apitokens.postgres": frozenset({"psycopg", "psycopg_pool"}),
-    # Lazily, inside postgres_schema_version (the command's "only create makes the
-    # tables"), until apitokens.postgres offers that check itself.
-    "apitokens.storage._open": frozenset({"psycopg"}),
     "apitokens.django": frozenset({"django"}),
     "apitokens.drf": frozenset({"django", "rest_framework"}),
 }

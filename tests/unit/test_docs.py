@@ -152,6 +152,8 @@ def test_every_python_block_of_the_page_runs(
     environ_restored: None,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # docs/deployment.md reads the store's URL from APITOKENS_DB: never the caller's.
+    monkeypatch.delenv("APITOKENS_DB", raising=False)
     with run_page(page):
         pass
 

@@ -20,9 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote
 
-from apitokens._errors import StorageError
+from apitokens.storage._dsn import _VALUE, redact_dsn
 from apitokens.storage._protocol import TokenStore
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
@@ -38,82 +37,30 @@ __all__ = [
 
 POSTGRES_EXTRA = "pip install 'apitokens[postgres]'"
 _FORMS = "a SQLite path, sqlite:///path, postgresql://... or memory:"
-_MASK = "***"
 
 # Two or more characters: "C:\tokens.db" is a Windows path, not a URL with scheme "c".
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
-# Also without "//": "mysql:user:secret@host" is no URL, and still loses its password.
-_URL_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:(?://)?")
-# libpq's keyword form: "key = value" pairs apart by whitespace; a value is quoted '...'
-# (backslash escapes; unterminated: to the end; what is glued after the closing quote,
-# as in 'it's', counts too) or bare up to whitespace (backslash escapes too). See
-# libpq's "Connection Strings".
-_VALUE = (
-    r"(?:'(?:[^'\\]|\\.)*(?:'(?:[^\s\\]|\\.)*|\\?\Z)"  # quoted
-    r"|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*\\?"  # bare
-    r"|\\?)"  # empty
-)
 _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
-# "password", and "sslpassword" (the client key's): any key that ends so is hidden.
-_KEYWORD_PASSWORD = re.compile(rf"([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I)
-_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+_KEYWORD_HEAD = re.compile(r"\s*([A-Za-z_]+)\s*=")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
 _LIBPQ_KEYWORDS = frozenset(
     {
-        "application_name",
-        "connect_timeout",
-        "dbname",
-        "host",
-        "hostaddr",
-        "options",
-        "passfile",
-        "password",
-        "port",
-        "service",
-        "sslmode",
-        "target_session_attrs",
-        "user",
+        # Every keyword of libpq's "Parameter Key Words" (PostgreSQL 17), so a keyword
+        # DSN is one whatever it starts with, and its password is always hidden.
+        "application_name", "channel_binding", "client_encoding", "connect_timeout",
+        "dbname", "fallback_application_name", "gssdelegation", "gssencmode", "gsslib",
+        "host", "hostaddr", "keepalives", "keepalives_count", "keepalives_idle",
+        "keepalives_interval", "krbsrvname", "load_balance_hosts", "options", "passfile",
+        "password", "port", "replication", "require_auth", "requirepeer", "requiressl",
+        "service", "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcert",
+        "sslcertmode", "sslcompression", "sslcrl", "sslcrldir", "sslkey", "sslmode",
+        "sslnegotiation", "sslpassword", "sslrootcert", "sslsni", "target_session_attrs",
+        "tcp_user_timeout", "user",
     }
-)
-
-
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` with its password replaced by ``***``, safe for messages, logs and reprs.
-
-    A URL (``postgresql://user:secret@host/db`` becomes
-    ``postgresql://user:***@host/db``) loses the password of its user
-    information, percent-encoded or not, and the value of a ``password=`` query
-    parameter; a libpq keyword string (``host=h password='s e c'``) loses the
-    value of its ``password`` keyword. ``sslpassword`` (any key that ends in
-    ``password``) is hidden too. Where a URL is ambiguous (an ``@`` after
-    the host) more is hidden, never less. Anything else (a SQLite path) is
-    returned as it is.
-    """
-    head = _URL_HEAD.match(dsn)
-    if head is None:
-        return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + _MASK, dsn)
-    rest = dsn[head.end() :]
-    # The last "@", not the first: a password with a raw "@", "/" or "?" in it is still
-    # all before the last one (it may hide the host of an odd URL, never show a secret).
-    at = rest.rfind("@")
-    if at != -1:
-        colon = rest.find(":", 0, at)
-        if colon != -1:
-            rest = rest[: colon + 1] + _MASK + rest[at:]
-    # Keywords before any "?" too: "mysql:host=db password=x" is no URL, and still hides x.
-    before, mark, query = rest.partition("?")
-    before = _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + _MASK, before)
-    return head.group() + before + _QUERY_PAIR.sub(_redact_query_pair, mark + query)
-
-
-def _redact_query_pair(match: re.Match[str]) -> str:
-    separator, key, _value = match.groups()
-    if not unquote(key).strip().lower().endswith("password"):
-        return match.group()
-    return f"{separator}{key}={_MASK}"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +107,15 @@ def locate(url: str | os.PathLike[str]) -> Location:
         return Location("memory", url, shown)
     if _is_keyword_dsn(url):
         return Location("postgres", url, shown)
+    if _starts_like_keyword_dsn(url):
+        # Not quoted: an unquoted value with a space ("password=my secret") would show
+        # part of the password, and taken as a SQLite path it would become a file name.
+        raise ValueError(
+            "cannot open a store from a string that starts like a libpq keyword DSN "
+            "(host=... dbname=...) but is not wholly key=value pairs (not shown: it may "
+            "hold a password): quote a value that holds a space or a quote "
+            "(password='my secret'); a SQLite file named so is written ./name"
+        )
     scheme = _SCHEME.match(url)
     if scheme is None:
         return _sqlite_path(url)
@@ -207,6 +163,12 @@ def _is_keyword_dsn(text: str) -> bool:
     return pairs is not None and pairs.group(1) in _LIBPQ_KEYWORDS
 
 
+def _starts_like_keyword_dsn(text: str) -> bool:
+    """Whether ``text`` begins with a libpq connection keyword and ``=``."""
+    head = _KEYWORD_HEAD.match(text)
+    return head is not None and head.group(1) in _LIBPQ_KEYWORDS
+
+
 def open_location(location: Location) -> TokenStore:
     """Open the store ``location`` names (see :func:`open_store`)."""
     if location.kind == "memory":
@@ -233,19 +195,10 @@ def postgres_schema_version(location: Location) -> int:
             message holds no password).
     """
     try:
-        import psycopg
-
-        from apitokens.postgres import _described, _safe_message, _version
+        from apitokens.postgres import schema_version
     except ImportError as exc:
         raise _without_extra(location, exc) from exc
-    _shown, password = _described(location.target)
-    try:
-        with psycopg.connect(location.target, autocommit=True, connect_timeout=5) as conn:
-            return _version(conn)
-    except psycopg.Error as exc:
-        message = _safe_message(exc, password)
-    # Raised here, not in the except block: no __context__ holds psycopg's own text.
-    raise StorageError(f"cannot read PostgreSQL database {location.shown!r}: {message}")
+    return schema_version(location.target)
 
 
 def _without_extra(location: Location, exc: ImportError) -> ImportError:

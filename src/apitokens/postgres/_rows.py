@@ -1,0 +1,228 @@
+"""Rows to objects and back, and the searches' SQL."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from apitokens._errors import StorageError
+from apitokens._model import (
+    Action,
+    AuditEvent,
+    AuthEntry,
+    Outcome,
+    Scope,
+    StoredToken,
+    Token,
+    TokenStatus,
+)
+from apitokens.postgres._sql import (
+    _ACTION_TEXT,
+    _AUTHENTICATE,
+    _EVENT_COLUMNS,
+    _OUTCOME_TEXT,
+    _RECORD_COLUMNS,
+)
+from apitokens.storage._base import (
+    normalize_event,
+)
+from apitokens.storage._filters import EventQuery, TokenQuery
+
+# -- rows ----------------------------------------------------------------------------------
+
+
+def _token_params(stored: StoredToken) -> tuple[object, ...]:
+    token = stored.token
+    return (
+        token.id,
+        token.name,
+        token.user,
+        token.created_by,
+        token.created_at,
+        token.expires_at,
+        token.scope.value,
+        list(token.restrictions),
+        list(token.allowed_ips),
+        token.secure,
+        token.last_used_at,
+        token.last_used_ip,
+        token.use_count,
+        token.revoked_at,
+        stored.secret_hash,
+        stored.previous_hash,
+        stored.previous_valid_until,
+        stored.revealable,
+        token.name.casefold(),
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # Connections are set to UTC, so this is a no-op unless someone changed the setting.
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+def _token_from_row(row: Sequence[Any]) -> Token:
+    try:
+        revoked_at = _utc(row[13])
+        created_at = _utc(row[4])
+        assert created_at is not None
+        return Token(
+            id=row[0],
+            name=row[1],
+            user=row[2],
+            created_by=row[3],
+            created_at=created_at,
+            expires_at=_utc(row[5]),
+            scope=Scope(row[6]),
+            restrictions=tuple(row[7]),
+            allowed_ips=tuple(row[8]),
+            secure=bool(row[9]),
+            last_used_at=_utc(row[10]),
+            last_used_ip=row[11],
+            use_count=row[12],
+            revoked_at=revoked_at,
+            status=TokenStatus.ACTIVE if revoked_at is None else TokenStatus.REVOKED,
+        )
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise StorageError(f"token {row[0]!r} has an unreadable value: {exc}") from None
+
+
+def _stored_from_row(row: Sequence[Any]) -> StoredToken:
+    return StoredToken(
+        token=_token_from_row(row),
+        secret_hash=row[14],
+        previous_hash=row[15],
+        previous_valid_until=_utc(row[16]),
+        revealable=row[17],
+    )
+
+
+def _event_rows(events: Sequence[AuditEvent | AuthEntry]) -> builtins.list[tuple[object, ...]]:
+    """The audit rows of ``events``, in order; an AuthEntry is its ``authenticate`` event.
+
+    Raises:
+        ValueError: a time is naive, or an event is otherwise invalid.
+    """
+    rows: builtins.list[tuple[object, ...]] = []
+    for item in events:
+        if isinstance(item, AuthEntry):
+            at, outcome, token_id, user, ip, method, path, reason, _ = item
+            if at.tzinfo is None:
+                raise ValueError("entry.at must be timezone-aware")
+            rows.append(
+                (at, _AUTHENTICATE, _OUTCOME_TEXT[outcome], token_id, user, None, ip, method,
+                 path, reason)
+            )  # fmt: skip
+        else:
+            e = normalize_event(item)
+            rows.append(
+                (e.at, _ACTION_TEXT[e.action], _OUTCOME_TEXT[e.outcome], e.token_id, e.user,
+                 e.actor, e.client_ip, e.method, e.path, e.reason)
+            )  # fmt: skip
+    return rows
+
+
+class _NulInText(Exception):
+    """An audit row holds a NUL character, which PostgreSQL's text type refuses."""
+
+
+def _has_nul(row: tuple[object, ...]) -> bool:
+    return any(isinstance(value, str) and "\x00" in value for value in row)
+
+
+def _without_nul(row: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(
+        value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in row
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> AuditEvent:
+    try:
+        at = _utc(row[0])
+        assert at is not None
+        return AuditEvent(
+            at=at,
+            action=Action(row[1]),
+            outcome=Outcome(row[2]),
+            token_id=row[3],
+            user=row[4],
+            actor=row[5],
+            client_ip=row[6],
+            method=row[7],
+            path=row[8],
+            reason=row[9],
+        )
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise StorageError(f"an audit event has an unreadable value: {exc}") from None
+
+
+# -- the searches --------------------------------------------------------------------------
+
+
+def _select_tokens(query: TokenQuery) -> tuple[str, builtins.list[object]]:
+    """The SQL of ``list()``: exactly what ``TokenQuery.matches`` accepts."""
+    where: builtins.list[str] = []
+    params: builtins.list[object] = []
+    if query.user is not None:
+        where.append('"user" = %s')
+        params.append(query.user)
+    if query.status is TokenStatus.REVOKED:
+        where.append("revoked_at IS NOT NULL")
+    elif query.status is TokenStatus.ACTIVE:
+        where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > %s)")
+        params.append(query.now)
+    elif query.status is TokenStatus.EXPIRED:
+        where.append("revoked_at IS NULL AND expires_at <= %s")
+        params.append(query.now)
+    if query.unused_since is not None:
+        where.append("created_at <= %s AND (last_used_at IS NULL OR last_used_at < %s)")
+        params += [query.unused_since] * 2
+    if query.name is not None:
+        # name_folded is str.casefold() of the name (the memory store's test); strpos,
+        # not LIKE, so that % and _ are plain characters.
+        where.append("strpos(name_folded, %s) > 0")
+        params.append(query.name)
+    sql = (
+        f"SELECT {_RECORD_COLUMNS} FROM apitokens_tokens"  # noqa: S608 - constant fragments only
+        f" WHERE {' AND '.join(where) or 'true'}"
+        " ORDER BY created_at DESC, id ASC LIMIT %s OFFSET %s"
+    )
+    return sql, [*params, query.limit, query.offset]
+
+
+def _select_events(query: EventQuery) -> tuple[str, builtins.list[object]]:
+    """The SQL of ``events()``: exactly what ``EventQuery.matches`` accepts."""
+    where: builtins.list[str] = []
+    params: builtins.list[object] = []
+    if query.token_id is not None:
+        where.append("token_id = %s")
+        params.append(query.token_id)
+    if query.user is not None:
+        where.append('"user" = %s')
+        params.append(query.user)
+    if query.action is not None:
+        where.append("action = %s")
+        params.append(query.action.value)
+    if query.outcome is not None:
+        where.append("outcome = %s")
+        params.append(query.outcome.value)
+        if query.outcome is not Outcome.SUCCESS:
+            # The partial index of outcomes is used only when the query states its
+            # condition (a parameter could be 'success' for all the planner knows).
+            where.append("outcome <> 'success'")
+    if query.since is not None:
+        where.append("at >= %s")
+        params.append(query.since)
+    if query.until is not None:
+        where.append("at < %s")
+        params.append(query.until)
+    sql = (
+        f"SELECT {_EVENT_COLUMNS} FROM apitokens_audit"  # noqa: S608 - constant fragments only
+        f" WHERE {' AND '.join(where) or 'true'}"
+        " ORDER BY at DESC, seq DESC LIMIT %s OFFSET %s"
+    )
+    return sql, [*params, query.limit, query.offset]

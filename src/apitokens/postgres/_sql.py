@@ -1,0 +1,176 @@
+"""The SQL: the schema's versions and the statements the store runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from apitokens._model import (
+    Action,
+    Outcome,
+)
+
+# -- the schema ---------------------------------------------------------------------------
+
+_V1 = (
+    """
+    CREATE TABLE apitokens_tokens (
+        id                    text PRIMARY KEY,
+        name                  text NOT NULL,
+        name_folded           text NOT NULL,
+        "user"                text,
+        created_by            text NOT NULL,
+        created_at            timestamptz NOT NULL,
+        expires_at            timestamptz,
+        scope                 text NOT NULL,
+        restrictions          text[] NOT NULL DEFAULT '{}',
+        allowed_ips           text[] NOT NULL DEFAULT '{}',
+        secure                boolean NOT NULL DEFAULT true,
+        secret_hash           text NOT NULL,
+        previous_hash         text,
+        previous_valid_until  timestamptz,
+        revealable            text,
+        last_used_at          timestamptz,
+        last_used_ip          text,
+        use_count             bigint NOT NULL DEFAULT 0,
+        revoked_at            timestamptz
+    ) WITH (fillfactor = 70)
+    """,
+    # Every audit batch updates the usage columns of the tokens it saw. No index holds
+    # them, and pages keep room (fillfactor), so those are HOT updates: the row version
+    # stays on its page and no index is touched. With 1,000 tokens in each batch that
+    # is 26k -> 45k events/s. So no index on last_used_at: a stale-token search
+    # (created_at <= cut-off, and not used since) ranges over apitokens_tokens_by_created.
+    # list(): by owner, by status, and its order (created_at DESC, id).
+    'CREATE INDEX apitokens_tokens_by_user ON apitokens_tokens ("user", created_at DESC, id)',
+    "CREATE INDEX apitokens_tokens_by_status ON apitokens_tokens (revoked_at, expires_at)",
+    "CREATE INDEX apitokens_tokens_by_created ON apitokens_tokens (created_at DESC, id)",
+    # seq keeps insertion order among equal times; every index ends with it so that
+    # events() reads its order (at DESC, seq DESC) straight off the index.
+    """
+    CREATE TABLE apitokens_audit (
+        seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at         timestamptz NOT NULL,
+        action     text NOT NULL,
+        outcome    text NOT NULL,
+        token_id   text,
+        "user"     text,
+        actor      text,
+        client_ip  text,
+        method     text,
+        path       text,
+        reason     text NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX apitokens_audit_by_token ON apitokens_audit (token_id, at, seq)",
+    'CREATE INDEX apitokens_audit_by_user ON apitokens_audit ("user", at, seq)',
+    # Nearly every row is a success: only the other outcomes are worth an index entry
+    # (a search for successes walks apitokens_audit_by_at, where nearly all match).
+    "CREATE INDEX apitokens_audit_by_outcome ON apitokens_audit (outcome, at, seq)"
+    " WHERE outcome <> 'success'",
+    "CREATE INDEX apitokens_audit_by_at ON apitokens_audit (at, seq)",
+)
+
+_V2 = (
+    # The failure ledger (FailureLedger): failed attempts per throttle key per second of
+    # the wall clock, shared by every process on the database. The primary key serves
+    # failures_since and the upsert; the index on second serves the pruning.
+    """
+    CREATE TABLE apitokens_failures (
+        key     text NOT NULL,
+        second  bigint NOT NULL,
+        count   bigint NOT NULL,
+        PRIMARY KEY (key, second)
+    )
+    """,
+    "CREATE INDEX apitokens_failures_by_second ON apitokens_failures (second)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
+"""``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
+
+A released migration is never edited: changes are new entries appended.
+"""
+
+LATEST_VERSION = len(MIGRATIONS)
+
+_ADD_FAILURES = (
+    "INSERT INTO apitokens_failures (key, second, count)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+    " ON CONFLICT (key, second) DO UPDATE"
+    " SET count = apitokens_failures.count + excluded.count"
+)
+_COUNT_FAILURES = (
+    "SELECT coalesce(sum(count), 0) FROM apitokens_failures WHERE key = %s AND second >= %s"
+)
+
+_SCHEMA_TABLE = """
+    CREATE TABLE IF NOT EXISTS apitokens_schema (
+        version     integer PRIMARY KEY,
+        applied_at  timestamptz NOT NULL DEFAULT now()
+    )
+"""
+# pg_advisory_lock's key: "apitoken" in ASCII, as a bigint.
+_MIGRATION_LOCK = int.from_bytes(b"apitoken", "big")
+
+# -- the statements -----------------------------------------------------------------------
+
+_RECORD_COLUMNS = (
+    'id, name, "user", created_by, created_at, expires_at, scope, restrictions, allowed_ips,'
+    " secure, last_used_at, last_used_ip, use_count, revoked_at"
+)
+_STORED_COLUMNS = _RECORD_COLUMNS + ", secret_hash, previous_hash, previous_valid_until, revealable"
+_EVENT_COLUMNS = 'at, action, outcome, token_id, "user", actor, client_ip, method, path, reason'
+
+_INSERT_RECORD = (
+    f"INSERT INTO apitokens_tokens ({_STORED_COLUMNS}, name_folded)"  # noqa: S608
+    f" VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO NOTHING"
+)
+_UPDATE_RECORD = (
+    "UPDATE apitokens_tokens SET name = %s, name_folded = %s, expires_at = %s, scope = %s,"
+    " restrictions = %s, allowed_ips = %s, secure = %s, secret_hash = %s, previous_hash = %s,"
+    " previous_valid_until = %s, revealable = %s WHERE id = %s"
+)
+# Each change to a token tells every listening process (LISTEN/NOTIFY, PostgresStore's
+# change feed) in the same statement, so in the same transaction: the notice goes out
+# when the change commits, and never for a change rolled back.
+_UPDATE_RECORD_NOTIFY = (
+    f"WITH changed AS ({_UPDATE_RECORD} RETURNING id)"  # noqa: S608 - constant fragments
+    " SELECT pg_notify(%s, %s) FROM changed"
+)
+_REPLACE_HASH_NOTIFY = (
+    "WITH changed AS (UPDATE apitokens_tokens SET secret_hash = %s"
+    " WHERE id = %s AND secret_hash = %s RETURNING id) SELECT pg_notify(%s, %s) FROM changed"
+)
+# One statement: whether the token exists, and whether this call revoked it (and then
+# the notice). A concurrent revoke waits on the row lock and then sees revoked_at set.
+_REVOKE_NOTIFY = (
+    "WITH revoked AS (UPDATE apitokens_tokens SET revoked_at = %s"
+    " WHERE id = %s AND revoked_at IS NULL RETURNING 1)"
+    " SELECT EXISTS (SELECT 1 FROM revoked),"
+    " EXISTS (SELECT 1 FROM apitokens_tokens WHERE id = %s),"
+    " (SELECT pg_notify(%s, %s) FROM revoked)"
+)
+# A batch's uses, folded per token, in one statement. The rows are locked first, in id
+# order: two batches that share tokens then lock them in the same order and never
+# deadlock (an UPDATE ... FROM locks rows in whatever order its join produces them).
+_LOCK_USED = "SELECT 1 FROM apitokens_tokens WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+# SET expressions all see the row as it was, so the order of the two CASEs is irrelevant.
+# The ids are unique (folded), so each row is updated once.
+_FOLD_USAGE = (
+    "UPDATE apitokens_tokens AS t SET use_count = t.use_count + u.count,"
+    " last_used_ip = CASE WHEN t.last_used_at IS NULL OR t.last_used_at <= u.at"
+    " THEN u.ip ELSE t.last_used_ip END,"
+    " last_used_at = CASE WHEN t.last_used_at IS NULL OR t.last_used_at <= u.at"
+    " THEN u.at ELSE t.last_used_at END"
+    " FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::text[])"
+    " AS u(id, count, at, ip) WHERE t.id = u.id"
+)
+# Binary: each value goes as PostgreSQL stores it, not formatted (timestamps) and
+# escaped (strings) as text first: the writer's CPU per audit row 1.8 -> 0.45 µs
+# (benchmarks/findings.md, issue 15). A NUL in a string is still refused by the server.
+_COPY_EVENTS = f"COPY apitokens_audit ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_EVENT_TYPES = ("timestamptz", *["text"] * 9)  # the types of _EVENT_COLUMNS, in order
+
+_ACTION_TEXT: dict[Action, str] = {action: action.value for action in Action}
+_OUTCOME_TEXT: dict[Outcome, str] = {outcome: outcome.value for outcome in Outcome}
+_AUTHENTICATE = Action.AUTHENTICATE.value
