@@ -599,13 +599,6 @@ def test_a_revocation_right_after_every_listener_was_killed_is_still_honoured(
 # -- 12. a libpq keyword DSN that starts with a keyword not on the list is a SQLite path ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="locate() takes a keyword DSN for PostgreSQL only when its first keyword is one of"
-    " 13; one that starts with another valid libpq keyword (channel_binding, sslrootcert,"
-    " keepalives, gssencmode, ...) is read as a SQLite path: the password is then shown"
-    " unredacted in every message, and `create` makes a file named after it",
-)
 def test_a_keyword_dsn_starting_with_any_libpq_keyword_is_postgres_and_redacted(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

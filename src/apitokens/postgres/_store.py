@@ -59,6 +59,7 @@ from apitokens.postgres._sql import (
     _CLAIM_BATCH,
     _COPY_EVENTS,
     _COUNT_FAILURES,
+    _EVENT_TYPES,
     _FOLD_USAGE,
     _INSERT_RECORD,
     _LOCK_USED,
@@ -695,6 +696,7 @@ def _is_data_error(exc: psycopg.Error) -> bool:
 
 def _copy_events(conn: _Conn, rows: Sequence[tuple[object, ...]]) -> None:
     with conn.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+        copy.set_types(_EVENT_TYPES)
         for row in rows:
             copy.write_row(row)
 

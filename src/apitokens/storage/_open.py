@@ -48,21 +48,19 @@ _KEYWORD_HEAD = re.compile(r"\s*([A-Za-z_]+)\s*=")
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
 _LIBPQ_KEYWORDS = frozenset(
     {
-        "application_name",
-        "connect_timeout",
-        "dbname",
-        "host",
-        "hostaddr",
-        "options",
-        "passfile",
-        "password",
-        "port",
-        "service",
-        "sslmode",
-        "target_session_attrs",
-        "user",
+        # Every keyword of libpq's "Parameter Key Words" (PostgreSQL 17), so a keyword
+        # DSN is one whatever it starts with, and its password is always hidden.
+        "application_name", "channel_binding", "client_encoding", "connect_timeout",
+        "dbname", "fallback_application_name", "gssdelegation", "gssencmode", "gsslib",
+        "host", "hostaddr", "keepalives", "keepalives_count", "keepalives_idle",
+        "keepalives_interval", "krbsrvname", "load_balance_hosts", "options", "passfile",
+        "password", "port", "replication", "require_auth", "requirepeer", "requiressl",
+        "service", "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcert",
+        "sslcertmode", "sslcompression", "sslcrl", "sslcrldir", "sslkey", "sslmode",
+        "sslnegotiation", "sslpassword", "sslrootcert", "sslsni", "target_session_attrs",
+        "tcp_user_timeout", "user",
     }
-)
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
