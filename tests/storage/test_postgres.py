@@ -12,6 +12,7 @@ import string
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -492,6 +493,31 @@ def test_dropped_idle_connections_fail_no_call(postgres_database: str) -> None:
         # ended at that moment is tried once more: not one call fails.
         assert outcomes == [True] * 10, outcomes
         assert store.revoke("t", NOW) is True
+
+
+def test_a_server_that_stops_answering_fails_the_call_within_2_timeouts(
+    postgres_database: str,
+) -> None:
+    # No RST, no FIN, every byte acknowledged: only the client's deadline can end the wait.
+    from tests.integration.test_attack_issue15 import proxied
+
+    def watchdogs() -> int:
+        return sum(t.name == "apitokens-pg-watchdog" for t in threading.enumerate())
+
+    PostgresStore(postgres_database).close()
+    before = watchdogs()  # 0, unless a store some other test left open keeps it
+    with proxied(postgres_database) as (proxy, through):
+        with PostgresStore(through, timeout=0.5) as store:
+            store.add(stored("t"))
+            proxy.frozen.set()
+            started = time.monotonic()
+            with pytest.raises(StorageError, match=r"get failed: no answer .* within 1 s"):
+                store.get("t")
+            waited = time.monotonic() - started
+            proxy.frozen.clear()
+            assert store.get("t") is not None  # a new connection: it works again
+        assert 1.0 <= waited < 3.0, waited
+    assert watchdogs() == before  # the last store closed stops the watchdog thread
 
 
 _FORK = """

@@ -175,9 +175,11 @@ class _ChangeFeed:
             application_name=_LISTENER_NAME,
         )
         try:
-            listen = psycopg.sql.SQL("LISTEN {}")
-            conn.execute(listen.format(psycopg.sql.Identifier(store._channel)))
-            conn.execute(listen.format(psycopg.sql.Identifier(_wake_channel(conn))))
+            # Bounded as the store's calls are: subscribe() runs on the caller's thread.
+            with WATCHDOG.watch(conn, 2 * store._timeout):
+                listen = psycopg.sql.SQL("LISTEN {}")
+                conn.execute(listen.format(psycopg.sql.Identifier(store._channel)))
+                conn.execute(listen.format(psycopg.sql.Identifier(_wake_channel(conn))))
         except BaseException:
             conn.close()
             raise
