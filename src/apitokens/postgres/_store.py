@@ -298,6 +298,16 @@ class PostgresStore:
         # Raised here, after the except blocks: no __context__ holds the psycopg error.
         raise StorageError(message)
 
+    def _drop_idle(self) -> None:
+        """Close the pool's idle connections; new ones are opened in the background.
+
+        ``drain()`` (psycopg-pool 3.3) closes them without a round trip, where
+        ``check()`` would wait for an answer on each (on a silent server, without
+        bound). A connection out of the pool is closed when it comes back.
+        """
+        with contextlib.suppress(psycopg.Error):
+            self._pool.drain()
+
     def _attempt(self, work: Callable[[_Conn], _T], seconds: float) -> _T:
         conn = self._pool.getconn()
         if _ended(conn):
@@ -305,7 +315,7 @@ class PostgresStore:
             # other idle ones most likely too. Drop them all, take a new one.
             conn.close()
             self._pool.putconn(conn)
-            self._pool.drain()
+            self._drop_idle()
             conn = self._pool.getconn()
         try:
             with WATCHDOG.watch(conn, seconds) as fired:
@@ -313,8 +323,7 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             if not conn.broken:
                 raise
-            with contextlib.suppress(psycopg.Error):
-                self._pool.drain()
+            self._drop_idle()
             if fired:
                 raise _Broken(f"no answer from the server within {seconds:g} s", True) from None
             raise _Broken(_safe_message(exc, self._password), False) from None
