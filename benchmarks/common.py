@@ -274,6 +274,108 @@ def store_copy(bulk: BulkStore, tmp: Path) -> Iterator[SQLiteStore]:
         store.close()
 
 
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+@contextmanager
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for one benchmark (``tests/support/pgserver.py``).
+
+    Started here and stopped at the end; Unix socket only, ``fsync`` off (it lives for
+    one run). PostgreSQL or psycopg missing is a failure whose message names what to
+    install, never a skip: the suite's PostgreSQL numbers would silently be missing.
+    """
+    from tests.support.pgserver import ServerUnavailable, running_server
+
+    try:
+        server = running_server()
+        entered = server.__enter__()
+    except ServerUnavailable as exc:
+        raise SystemExit(f"the PostgreSQL benchmarks cannot run: {exc}") from None
+    try:
+        yield entered
+    finally:
+        server.__exit__(None, None, None)
+
+
+def postgres_cpu_seconds(server: Any) -> float:
+    """CPU time of the server's processes alive now, in seconds.
+
+    The postmaster and its children: the backends serving connections still open, the
+    WAL writer, the checkpointer and the others. A backend whose connection has closed
+    is gone, and so is its CPU time: read this before the clients disconnect. Read from
+    ``/proc/PID/schedstat`` (nanoseconds on the CPU; ``stat`` counts 10 ms ticks).
+    """
+    data = Path(server.directory) / "data" / "postmaster.pid"
+    postmaster = int(data.read_text().split()[0])
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if int(entry.name) == postmaster or parent == postmaster:
+                total += int((entry / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+    return total / 1e9
+
+
+def postgres_database(server: Any, name: str) -> str:
+    """Create the database ``name`` on ``server`` (with apitokens' schema); its DSN."""
+    from apitokens.postgres import PostgresStore
+
+    server.execute(f'CREATE DATABASE "{name}"')
+    dsn: str = server.dsn(name)
+    PostgresStore(dsn).close()  # the schema, made by the store itself
+    return dsn
+
+
+def postgres_bulk(server: Any, bulk: BulkStore) -> str:
+    """A database holding the tokens of ``bulk`` (same ids, hashes, owners); its DSN.
+
+    Loaded with one COPY of the SQLite file's ids, owners and hashes, every other column
+    the same for all, as ``bulk_store`` makes them. The secondary indexes (``list()``'s) are
+    dropped for the COPY and made again from their own definitions afterwards (1M rows:
+    about 8 s instead of 25); the primary key, which every lookup uses, is built row by
+    row as in a store that grew. Then the table is vacuumed and analysed, as a
+    long-lived one would be.
+    """
+    import psycopg
+
+    started = time.perf_counter()
+    dsn = postgres_database(server, f"tokens_{bulk.size}")
+    # The columns a READ_ONLY token without rules or expiry sets; the others keep their
+    # defaults (no rules, no addresses, secure, unused, not revoked).
+    copy_sql = (
+        'COPY apitokens_tokens (id, "user", secret_hash, name, name_folded, created_by,'
+        " created_at, scope) FROM STDIN"
+    )
+    created = datetime.now(UTC).isoformat()
+    constant = ("bulk", "bulk", "bulk-user", created, Scope.READ_ONLY.value)
+    source = sqlite3.connect(bulk.path)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            indexes = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'apitokens_tokens'"
+                " AND indexname <> 'apitokens_tokens_pkey'"
+            ).fetchall()
+            with conn.transaction():
+                for name, _ in indexes:
+                    conn.execute(f'DROP INDEX "{name}"')
+                with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                    for row in source.execute('SELECT id, "user", secret_hash FROM tokens'):
+                        copy.write_row(row + constant)
+                for _, definition in indexes:
+                    conn.execute(definition)
+            conn.execute("VACUUM ANALYZE apitokens_tokens")
+    finally:
+        source.close()
+    elapsed = time.perf_counter() - started
+    print(f"  {bulk.size:,} tokens loaded into PostgreSQL in {elapsed:.1f} s", flush=True)
+    return dsn
+
+
 def run_module(module: str, *args: str, timeout: float = 900) -> int:
     """Run ``python -m module`` in a fresh interpreter (each benchmark gets its own)."""
     cmd = [sys.executable, "-m", module, *args]

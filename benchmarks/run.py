@@ -22,6 +22,7 @@ BENCHMARKS = {
     "audit": "benchmarks.bench_audit",
     "e2e": "benchmarks.bench_e2e",
     "peer": "benchmarks.bench_peer",
+    "workers": "benchmarks.bench_workers",
     "django": "benchmarks.bench_django",
 }
 FINDINGS = Path(__file__).resolve().parent / "findings.md"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 
 from ._policy import IPNetwork
@@ -55,6 +56,11 @@ def throttle_key(address: str) -> str:
     One IPv6 host is usually given a whole /64; counted per address, it would have
     2**64 budgets of guesses.
     """
+    if len(address) > _LONGEST_ADDRESS:
+        # No address (an X-Forwarded-For hop is any text): a key of bounded size, so a
+        # store's ledger never refuses it, and the same text still counts as one client.
+        digest = hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"text:{digest[:32]}"
     if ":" not in address:
         return address
     try:
@@ -68,6 +74,9 @@ def throttle_key(address: str) -> str:
         return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
+
+# The longest text of an address: IPv6 with an IPv4 tail and a zone, with room to spare.
+_LONGEST_ADDRESS = 64
 
 # IPv6 prefixes whose last 32 bits are an IPv4 client: NAT64's well-known prefix
 # (RFC 6052) and the old IPv4-compatible addresses (::a.b.c.d).

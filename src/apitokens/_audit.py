@@ -523,7 +523,7 @@ class AuditWriter:
                 else:
                     self._store.write(events=as_events or [], usage=usage)
                 break
-            except Exception:
+            except Exception as exc:
                 # Keep the batch and retry: records are never dropped while
                 # the process lives. At close, give up after a few tries (the
                 # journal, if any, keeps them for the next writer).
@@ -534,7 +534,19 @@ class AuditWriter:
                     self._lost = True
                     self._forget_usage()
                     return
-                log.exception("apitokens: writing %d audit records failed; retrying", len(batch))
+                if isinstance(exc, StorageError):
+                    # The store is down (a restart, a lost connection): its message says
+                    # why, in one line; a traceback of our own retry loop says nothing more.
+                    log.error(
+                        "apitokens: writing %d audit records failed (%s); retrying in %.1f s",
+                        len(batch),
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.exception(
+                        "apitokens: writing %d audit records failed; retrying", len(batch)
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if usage:

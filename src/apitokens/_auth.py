@@ -56,6 +56,10 @@ __all__ = ["Authenticator", "Decision", "WouldBlock"]
 log = logging.getLogger("apitokens")
 PASS_THROUGH = AuthResult(Outcome.PASS_THROUGH)
 _MAX_AUDIT_PATH = 2048
+# A user (a Basic username), an address (X-Forwarded-For) and a reason are the client's
+# text too: bounded, so no store's index refuses the row (and no log line is flooded).
+_MAX_AUDIT_TEXT = 256
+_MAX_AUDIT_REASON = 1024
 _AUTHENTICATED = "authenticated"
 _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
@@ -531,13 +535,14 @@ class Authenticator:
         if not block:
             raise WouldBlock
         generation = self.tokens.generation
+        since = self.monotonic()  # the TTL runs from the read's start (a revoke may land in it)
         try:
             stored = self.store.get(token_id)
         except StorageError:
             raise
         except Exception as exc:  # a third-party store's own error: still fail closed
             raise StorageError(f"{type(exc).__name__}") from exc
-        return None if stored is None else self.tokens.put(stored, generation)
+        return None if stored is None else self.tokens.put(stored, generation, since=since)
 
     def _verify(
         self,
@@ -718,18 +723,19 @@ class Authenticator:
 
         Every text that came from the request has a token in it cut to its id
         (DESIGN §4): the user (a Basic username), the address (X-Forwarded-For is
-        text), the path and the reason; a method is cut to 16 characters.
+        text), the path and the reason; each is then bounded (a method to 16 characters).
         """
         redact = self.policy.token_format.redact
+        # Cut after redacting: a token across the bound would keep its secret.
         return AuthEntry(
             now,
             outcome,
             token_id,
-            redact(user) if user is not None else None,
-            redact(client_ip) or None,
+            redact(user)[:_MAX_AUDIT_TEXT] if user is not None else None,
+            redact(client_ip)[:_MAX_AUDIT_TEXT] or None,
             request.method.upper()[:16],
             self._audit_path(request),
-            redact(reason),
+            redact(reason)[:_MAX_AUDIT_REASON],
             used,
         )
 

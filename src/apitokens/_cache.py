@@ -48,12 +48,18 @@ class TTLCache(Generic[K, V]):
             return None  # a stale entry stays until replaced or evicted
         return entry[1]
 
-    def put(self, key: K, value: V) -> None:
-        """Store ``value`` for ``ttl`` seconds."""
+    def put(self, key: K, value: V, *, since: float | None = None) -> None:
+        """Store ``value`` for ``ttl`` seconds from now, or from ``since``.
+
+        ``since``: when the value was read (``monotonic`` seconds), for a value
+        that may have changed at its source from then on: its age counts from the
+        start of the read, not from its end.
+        """
         if self.ttl <= 0 or self.maxsize <= 0:
             return
         with self._lock:
-            self._entries[key] = (self._timer() + self.ttl, value)
+            start = self._timer() if since is None else since
+            self._entries[key] = (start + self.ttl, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
@@ -114,7 +120,9 @@ class TokenCache:
         """Counts :meth:`discard` and :meth:`clear` calls; read it before reading the store."""
         return self._generation
 
-    def put(self, stored: StoredToken, generation: int | None = None) -> CompiledToken:
+    def put(
+        self, stored: StoredToken, generation: int | None = None, *, since: float | None = None
+    ) -> CompiledToken:
         """Compile ``stored`` and cache it.
 
         Args:
@@ -122,11 +130,14 @@ class TokenCache:
             generation: :attr:`generation` as it was before the read. If a
                 change was made in this process since (a revocation racing
                 this read), the record may be stale and is not cached.
+            since: when the read began (``monotonic`` seconds): the record's TTL
+                runs from then, so a change made elsewhere during a slow read shows
+                within the TTL of the change, not of the read's end.
         """
         compiled = self.compile(stored)
         with self._lock:
             if generation is None or generation == self._generation:
-                self.records.put(stored.token.id, compiled)
+                self.records.put(stored.token.id, compiled, since=since)
         return compiled
 
     def discard(self, token_id: str) -> None:

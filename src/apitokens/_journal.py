@@ -560,7 +560,10 @@ class FilePositions:
                 usage_pos = known.get(name, (0, 0))[1]
             path = self.directory / f"{name}.pos"
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(f"{events_pos} {usage_pos}\n")
+            # 0600, as the journals are: only the process's user reads the directory.
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(f"{events_pos} {usage_pos}\n")
             os.replace(temporary, path)
 
 

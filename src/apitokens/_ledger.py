@@ -136,20 +136,29 @@ class SharedFailures:
                     target=self._run, name="apitokens-failures", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            self._wake.notify_all()  # the thread, and never only a flush() waiting
 
-    def flush(self) -> None:
-        """Send what waits now, on this thread (``ApiTokens.flush``, ``close``, tests)."""
+    def flush(self, timeout: float = 10.0) -> None:
+        """Send what waits now, on this thread, and wait for a batch the thread is sending.
+
+        When it returns, every failure counted before the call is in the store (or
+        its write failed), up to ``timeout`` seconds for the thread's batch
+        (``ApiTokens.flush``, ``close``, tests).
+        """
         self._check_fork()
         with self._lock:
             taken = self._take()
         self._send(taken)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._sending and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)
 
     def close(self) -> None:
         """Send what waits and stop the thread."""
         with self._lock:
             self._closed = True
-            self._wake.notify()
+            self._wake.notify_all()  # the thread, and never only a flush() waiting
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
@@ -191,6 +200,8 @@ class SharedFailures:
                 # failures must not vanish from its count until the next read.
                 for key in taken:
                     self._counts.pop(key, None)
+            if not self._sending:
+                self._wake.notify_all()  # a flush() waiting for this batch
         if sent and self._write_failed:
             self._write_failed = False
             log.warning("apitokens: the store's failure ledger can be written again")

@@ -91,6 +91,19 @@ def test_a_db_no_store_takes_is_one_line_without_the_password(
     assert SECRET not in result.err
 
 
+def test_a_keyword_dsn_with_an_unquoted_space_makes_no_sqlite_file(cli: Cli) -> None:
+    # Once this was a SQLite path: "create" made a file named after the DSN, password
+    # included, put the token there, and said so on stderr.
+    url = "host=127.0.0.1 dbname=tokens password=hunter2 s3cret"
+    before = sorted(cli.cwd.iterdir())
+    result = cli("--db", url, "create", "--name", "lost", db=False)
+    assert (result.code, result.out) == (2, ""), result
+    assert "starts like a libpq keyword DSN" in result.err
+    assert "hunter2" not in result.err
+    assert "s3cret" not in result.err
+    assert sorted(cli.cwd.iterdir()) == before
+
+
 _WITHOUT_PSYCOPG = """
 import sys
 sys.modules["psycopg"] = None  # as without the postgres extra: importing it fails
@@ -157,8 +170,8 @@ def test_create_list_revoke_audit_on_postgres(
         refused = run(*command)
         assert (refused.code, refused.out) == (2, ""), refused
         assert refused.err == (
-            f"apitokens: error: no apitokens tables in PostgreSQL database {shown!r} (give"
-            " --db DB or set APITOKENS_DB; `apitokens create` makes them)\n"
+            f"apitokens: error: no apitokens tables in PostgreSQL database {shown!r} (check"
+            " --db or APITOKENS_DB; `apitokens create` makes them)\n"
         )
     assert not _tables(postgres_database)
 

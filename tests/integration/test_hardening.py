@@ -709,12 +709,31 @@ def test_every_hidden_token_is_cut_from_the_audit_log(tmp_path: Path) -> None:
         ("::1.2.3.4", "::5.6.7.8", False),
         ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),  # one /64: one client
         ("::ffff:1.2.3.4", "1.2.3.4", True),
+        ("x" * 4000, "x" * 4000, True),  # any text a proxy passed: one client, bounded
+        ("x" * 4000, "x" * 3999 + "y", False),
     ],
 )
 def test_throttle_keys(one: str, other: str, same: bool) -> None:
     from apitokens._addresses import throttle_key
 
     assert (throttle_key(one) == throttle_key(other)) is same
+    assert len(throttle_key(one)) <= 64
+
+
+def test_the_client_text_in_an_audit_event_is_bounded() -> None:
+    with make_tokens(clock=Clock(), trusted_proxies=["192.0.2.0/24"]) as tokens:
+        unknown = tokens.policy.token_format.issue().value  # an id no token has
+        raw = base64.b64encode(f"{'u' * 4000}:{unknown}".encode()).decode()
+        request = AuthRequest(
+            "GET",
+            "/x",
+            headers=[("Authorization", f"Basic {raw}"), ("X-Forwarded-For", "h" * 4000)],
+            client_ip="192.0.2.1",
+        )
+        assert tokens.authenticate(request).status_code == 401
+        (event,) = tokens.audit(limit=1)
+        assert event.user == "u" * 256
+        assert event.client_ip == "h" * 256
 
 
 # -- found by the second reader -------------------------------------------------------------------

@@ -239,3 +239,34 @@ def test_attempts_in_flight_here_count_with_the_failures_elsewhere(
             guess.join(10)
         assert statuses == [401]
         assert _status(second, wrong) == 429  # its own failure and the other's three
+
+
+def test_flush_waits_for_the_batch_the_flusher_thread_is_writing(tmp_path: Path) -> None:
+    """After flush() every failure counted before it is in the store, the thread's too."""
+    from apitokens._ledger import SharedFailures
+
+    inside, gate = threading.Event(), threading.Event()
+
+    class SlowStore(SQLiteStore):
+        def record_failures(self, counts: dict[str, int], at: object, *, keep: object) -> None:
+            inside.set()
+            assert gate.wait(timeout=30)
+            super().record_failures(counts, at, keep=keep)  # type: ignore[arg-type]
+
+    clock = Clock()
+    with SlowStore(tmp_path / "tokens.db") as store:
+        shared = SharedFailures(store, 60.0, clock)
+        shared.add(ADDRESS)  # the flusher thread takes it, and waits at the gate
+        assert inside.wait(timeout=30)
+        seen: list[int] = []
+
+        def flush() -> None:
+            shared.flush()
+            seen.append(store.failures_since(ADDRESS, clock() - timedelta(minutes=1)))
+
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        gate.set()
+        flusher.join(timeout=30)
+        assert seen == [1]  # 0 when flush() returned before the thread's batch was written
+        shared.close()

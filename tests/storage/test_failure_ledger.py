@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -16,6 +16,7 @@ import pytest
 from apitokens import MemoryStore, SQLiteStore
 from apitokens.postgres import PostgresStore
 from apitokens.storage import FailureLedger
+from apitokens.storage._base import FAILURES_KEPT_AT_LEAST
 from tests.support import START
 
 MINUTE = timedelta(minutes=1)
@@ -66,9 +67,36 @@ def test_failures_older_than_keep_are_forgotten(two: Ledgers) -> None:
     one, other = two
     one.record_failures({"old": 4}, START, keep=MINUTE)
     assert other.failures_since("old", START - MINUTE) == 4
-    other.record_failures({"new": 1}, START + timedelta(minutes=2), keep=MINUTE)
+    # keep is a minute, but nothing goes before FAILURES_KEPT_AT_LEAST (an hour).
+    later = START + FAILURES_KEPT_AT_LEAST + timedelta(minutes=2)
+    other.record_failures({"new": 1}, later, keep=MINUTE)
     assert one.failures_since("old", START - MINUTE) == 0  # gone, not just out of the window
     assert one.failures_since("new", START) == 1
+
+
+def test_a_shorter_window_never_erases_what_a_longer_one_counts(two: Ledgers) -> None:
+    # Another service on the same store, with a failure_window of a second.
+    one, other = two
+    one.record_failures({"203.0.113.9": 9}, START, keep=10 * MINUTE)
+    other.record_failures({"198.51.100.1": 1}, START + 5 * MINUTE, keep=timedelta(seconds=1))
+    assert one.failures_since("203.0.113.9", START - 10 * MINUTE) == 9
+    # Up to the floor only: a window longer than it is kept as its own process asks.
+    edge = START + FAILURES_KEPT_AT_LEAST - timedelta(seconds=1)
+    other.record_failures({"198.51.100.1": 1}, edge, keep=timedelta(seconds=1))
+    assert one.failures_since("203.0.113.9", START - 10 * MINUTE) == 9
+
+
+def test_postgres_prunes_by_the_servers_clock_too(postgres_database: str) -> None:
+    # A host whose clock is a day ahead erases no failure of the last hour.
+    now = datetime.now(UTC)
+    with PostgresStore(postgres_database) as here, PostgresStore(postgres_database) as ahead:
+        here.record_failures({"203.0.113.9": 2}, now - 50 * MINUTE, keep=MINUTE)
+        ahead.record_failures({"198.51.100.1": 1}, now + timedelta(days=1), keep=MINUTE)
+        assert here.failures_since("203.0.113.9", now - timedelta(hours=1)) == 2
+        # What is older than the floor by both clocks goes.
+        here.record_failures({"192.0.2.1": 1}, now - 2 * FAILURES_KEPT_AT_LEAST, keep=MINUTE)
+        ahead.record_failures({"198.51.100.1": 1}, now + timedelta(days=1), keep=MINUTE)
+        assert here.failures_since("192.0.2.1", now - timedelta(days=1)) == 0
 
 
 def test_naive_times_and_negative_counts_are_refused(two: Ledgers) -> None:

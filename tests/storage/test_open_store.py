@@ -135,6 +135,30 @@ def test_anything_else_is_a_value_error_that_says_why_and_hides_the_password(
     assert list(tmp_path.iterdir()) == []  # nothing made on the way
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=db dbname=app user=app password=hunter2 s3cret",  # a space, unquoted
+        "  password = hunter2 s3cret host=db",
+        "user=app hunter2-s3cret",  # a word that is no pair
+        "host=db dbname=app password='hunter2' s3cret",
+    ],
+)
+def test_a_string_that_starts_like_a_keyword_dsn_but_is_not_one_is_refused_unquoted(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once such a string was a SQLite path: "apitokens --db ... create" made a file named
+    # after the password, and the messages quoted it.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="starts like a libpq keyword DSN") as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "hunter2" not in message
+    assert "s3cret" not in message
+    assert "password='my secret'" in message  # what to write instead
+    assert list(tmp_path.iterdir()) == []  # nothing made on the way
+
+
 @pytest.mark.parametrize("url", [b"tokens.db", 42, None])
 def test_a_url_is_a_str_or_a_path(url: object) -> None:
     with pytest.raises(TypeError, match="a store URL is a str or a path"):

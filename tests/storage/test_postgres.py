@@ -7,20 +7,26 @@ Every test gets a fresh database on the session's throwaway server
 from __future__ import annotations
 
 import logging
+import random
+import string
 import subprocess
 import sys
 import threading
+import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from apitokens import ApiTokens, AuthRequest
 from apitokens._errors import SchemaVersionError, StorageError
-from apitokens._model import AuthEntry, Outcome, TokenStatus, Usage
+from apitokens._model import AuditEvent, AuthEntry, Outcome, TokenStatus, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 from tests.support import CHEAP_HASHER, bearer
@@ -86,6 +92,29 @@ def test_reopening_keeps_data_and_takes_no_migration(postgres_database: str) -> 
         got = store.get("kept")
     assert got == stored("kept")
     assert len(_rows(postgres_database, "SELECT version FROM apitokens_schema")) == LATEST_VERSION
+
+
+def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database: str) -> None:
+    from apitokens.postgres import MIGRATIONS
+    from apitokens.postgres._sql import _SCHEMA_TABLE
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(_SCHEMA_TABLE)
+        for version, statements in enumerate(MIGRATIONS[:2]):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO apitokens_schema (version) VALUES (%s)", (version + 1,))
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        told: list[str | None] = []
+        heard = threading.Event()
+        store.subscribe(lambda token_id: (told.append(token_id), heard.set()))
+        with psycopg.connect(postgres_database, autocommit=True) as dba:
+            dba.execute("UPDATE apitokens_tokens SET revoked_at = now()")
+        assert heard.wait(10)
+    assert told == ["t"]
+    versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
+    assert versions == [(1,), (2,), (3,)] and LATEST_VERSION == 3
 
 
 def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
@@ -180,6 +209,13 @@ def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> 
     for (sql, params), index in cases:
         plan = _plan(postgres_database, sql, *params)
         assert index in plan, plan
+    # The failure ledger's pruning (by two clocks) and the batches' ids.
+    from apitokens.postgres._sql import _CLAIM_BATCH, _PRUNE_BATCHES, _PRUNE_FAILURES
+
+    assert "apitokens_failures_by_second" in _plan(postgres_database, _PRUNE_FAILURES, 0, 3601)
+    assert "apitokens_batches_by_at" in _plan(postgres_database, _PRUNE_BATCHES)
+    claim = _plan(postgres_database, _CLAIM_BATCH, uuid.uuid4())
+    assert "apitokens_batches_pkey" in claim, claim
 
 
 # --- writing in batches --------------------------------------------------------------------
@@ -266,6 +302,121 @@ def test_a_nul_in_an_audit_field_does_not_lose_the_batch(postgres_database: str)
     assert got.token.use_count == 1
 
 
+def _random_text(n: int, seed: int = 15) -> str:
+    """``n`` letters and digits that PostgreSQL's compression cannot shrink."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+@pytest.mark.parametrize("how", ["write", "write_entries"])
+def test_a_10kb_user_is_stored_cut_and_the_batch_goes_in(postgres_database: str, how: str) -> None:
+    # Past ~2,700 bytes an index refuses the row (SQLSTATE 54000): the batch would be
+    # refused whole, and the audit writer would send it again forever.
+    long_user = _random_text(10_000)
+    long_id = _random_text(10_000, seed=16)
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        batch: list[AuditEvent | AuthEntry] = [
+            event(NOW - 2 * SECOND, path="/first"),
+            event(NOW - SECOND, user=long_user, token_id=long_id, path="/long"),
+            event(NOW, path="/last"),
+        ]
+        if how == "write_entries":
+            batch[1] = AuthEntry(
+                NOW - SECOND, Outcome.FAILED, long_id, long_user, "10.0.0.1", "GET", "/long", "",
+                False,
+            )  # fmt: skip
+            store.write_entries(events=batch, usage=[Usage("t", NOW)])
+        else:
+            store.write(events=batch, usage=[Usage("t", NOW)])
+        found = store.events()
+        by_user = store.events(user=long_user)  # the whole value finds what was written
+        by_id = store.events(token_id=long_id)
+        other = store.events(user=long_user[:-1] + "!")  # same start, another user
+        got = store.get("t")
+    assert [e.path for e in found] == ["/last", "/long", "/first"]
+    cut = found[1].user
+    assert cut is not None and cut != long_user
+    assert long_user.startswith(cut.split("\u2026")[0]) and len(cut.encode()) <= 1024
+    assert found[1].token_id is not None and len(found[1].token_id.encode()) <= 1024
+    assert [e.path for e in by_user] == [e.path for e in by_id] == ["/long"]
+    assert other == []
+    assert got is not None and got.token.use_count == 1
+
+
+def test_a_long_failure_key_is_counted_and_kept_apart(postgres_database: str) -> None:
+    one, two = _random_text(10_000), _random_text(10_000)[:-1] + "!"
+    with PostgresStore(postgres_database) as store:
+        store.record_failures({one: 2, two: 1, "198.51.100.7": 3}, NOW, keep=timedelta(minutes=1))
+        counts = [
+            store.failures_since(key, NOW - timedelta(minutes=1))
+            for key in (one, two, "198.51.100.7")
+        ]
+    assert counts == [2, 1, 3]
+
+
+def test_an_event_the_server_refuses_is_dropped_alone(
+    postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any data error (SQLSTATE class 22 or 54) in one row: the rest of the batch goes in,
+    # in order, with its usage; one log line says how many were dropped, never what.
+    with PostgresStore(postgres_database) as store:
+        store.add(stored("t"))
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.path LIKE '/bad%' THEN"
+                " RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON apitokens_audit"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+            )
+        paths = [f"/ok{i}" for i in range(40)]
+        paths[7] = "/bad-Secret-in-the-path"
+        paths[31] = "/bad-too"
+        with caplog.at_level(logging.WARNING, logger="apitokens"):
+            store.write(
+                events=[event(NOW + i * SECOND, path=p) for i, p in enumerate(paths)],
+                usage=[Usage("t", NOW, count=40)],
+            )
+        found = [e.path for e in store.events(limit=100)]
+        got = store.get("t")
+    assert found == [p for p in reversed(paths) if not p.startswith("/bad")]
+    assert got is not None and got.token.use_count == 40
+    warned = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].count("1 event (SQLSTATE 22023)") == 2, warned
+    assert "Secret" not in caplog.text
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_written_once(postgres_database: str) -> None:
+    from tests.integration.test_attack_issue15 import CommitEater
+
+    PostgresStore(postgres_database).close()  # the schema (its COMMITs not through the proxy)
+    parts = psycopg.conninfo.conninfo_to_dict(postgres_database)
+    proxy = CommitEater(f"{parts['host']}/.s.PGSQL.5432")
+    through = psycopg.conninfo.make_conninfo(postgres_database, host="127.0.0.1", port=proxy.port)
+    try:
+        with PostgresStore(through) as store:
+            store.add(stored("t"))  # autocommit: no COMMIT message
+            batch, usage = [event(NOW), event(NOW, path="/b")], [Usage("t", NOW)]
+            with pytest.raises(StorageError, match="write failed"):
+                store.write(events=batch, usage=usage)  # committed; the answer never came
+            assert proxy.eaten.is_set()
+            store.write(events=batch, usage=usage)  # the writer sends it again: found, skipped
+            assert len(store.events()) == 2
+            # The same content again, with no write in doubt, is a new batch: written.
+            store.write(events=batch, usage=usage)
+            found = store.events()
+            got = store.get("t")
+    finally:
+        proxy.close()
+    assert len(found) == 4
+    assert got is not None and got.token.use_count == 2
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 
@@ -319,7 +470,7 @@ def test_storage_errors_hold_no_row_values(postgres_database: str) -> None:
 # --- failures ------------------------------------------------------------------------------
 
 
-def test_a_dropped_connection_is_a_storage_error_then_recovers(postgres_database: str) -> None:
+def test_dropped_idle_connections_fail_no_call(postgres_database: str) -> None:
     with PostgresStore(postgres_database, pool_size=4) as store:
         store.add(stored("t"))
         # Several idle connections in the pool, all about to be killed.
@@ -338,10 +489,35 @@ def test_a_dropped_connection_is_a_storage_error_then_recovers(postgres_database
                 outcomes.append(store.get("t") is not None)
             except StorageError as error:
                 outcomes.append(str(error))
-        # The first call may fail (closed); the pool then drops every dead connection.
-        assert outcomes[1:] == [True] * 9, outcomes
-        assert outcomes[0] is True or "PostgreSQL store get failed" in str(outcomes[0])
+        # A dead idle connection is replaced before use, and a read on one the server
+        # ended at that moment is tried once more: not one call fails.
+        assert outcomes == [True] * 10, outcomes
         assert store.revoke("t", NOW) is True
+
+
+def test_a_server_that_stops_answering_fails_the_call_within_2_timeouts(
+    postgres_database: str,
+) -> None:
+    # No RST, no FIN, every byte acknowledged: only the client's deadline can end the wait.
+    from tests.integration.test_attack_issue15 import proxied
+
+    def watchdogs() -> int:
+        return sum(t.name == "apitokens-pg-watchdog" for t in threading.enumerate())
+
+    PostgresStore(postgres_database).close()
+    before = watchdogs()  # 0, unless a store some other test left open keeps it
+    with proxied(postgres_database) as (proxy, through):
+        with PostgresStore(through, timeout=0.5) as store:
+            store.add(stored("t"))
+            proxy.frozen.set()
+            started = time.monotonic()
+            with pytest.raises(StorageError, match=r"get failed: no answer .* within 1 s"):
+                store.get("t")
+            waited = time.monotonic() - started
+            proxy.frozen.clear()
+            assert store.get("t") is not None  # a new connection: it works again
+        assert 1.0 <= waited < 3.0, waited
+    assert watchdogs() == before  # the last store closed stops the watchdog thread
 
 
 _FORK = """
@@ -428,3 +604,22 @@ def test_a_missing_postgresql_fails_and_names_the_package(
         pass
     assert "apt-get install -y --no-install-recommends postgresql" in str(info.value)
     assert support.OPT_OUT in str(info.value)
+
+
+def test_a_role_without_create_rights_is_told_what_to_do(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    from tests.support.postgres import PASSWORD, PASSWORD_USER
+
+    dsn = postgres_database.replace("user=postgres", f"user={PASSWORD_USER} password={PASSWORD}")
+    schema = postgres_database.rsplit("search_path=", 1)[1].rstrip("'")
+    for state in ("3F000", "42501"):  # no usable schema; then usage but no CREATE
+        with pytest.raises(StorageError) as info:
+            PostgresStore(dsn, timeout=2)
+        message = str(info.value)
+        assert "open failed" in message
+        assert "dbname=apitokens_test" in message
+        assert f"SQLSTATE {state}" in message
+        assert "docs/deployment.md" in message
+        assert PASSWORD not in message
+        postgres_server.execute(f"GRANT USAGE ON SCHEMA {schema} TO {PASSWORD_USER}", TEST_DATABASE)

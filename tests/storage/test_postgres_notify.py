@@ -10,6 +10,7 @@ the ``ApiTokens`` has forgotten the record by then). Nothing sleeps or polls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 
 from apitokens import ApiTokens
+from apitokens._model import Usage
 from apitokens.postgres import PostgresStore
 from apitokens.storage import ChangeFeed
 from apitokens.testing import NOW, stored
@@ -132,6 +134,34 @@ def test_each_change_is_told_once_it_commits(two: tuple[PostgresStore, PostgresS
     assert heard.seen == ["a", "b", "a", "b"]  # add is no change to a cached record
 
 
+def test_changes_made_by_hand_in_sql_are_told_and_usage_is_not(
+    two: tuple[PostgresStore, PostgresStore], dsn: str
+) -> None:
+    # A trigger sends the notices: an incident's UPDATE or DELETE by a DBA is told too.
+    serving, admin = two
+    heard = Heard()
+    serving.subscribe(heard)
+    for token_id in ("a", "b", "c", "last"):
+        admin.add(stored(token_id))
+    admin.write(usage=[Usage("a", NOW), Usage("b", NOW)])  # a cached record stays good
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        dba.execute("UPDATE apitokens_tokens SET revoked_at = now() WHERE id = 'a'")
+        dba.execute("UPDATE apitokens_tokens SET use_count = 0 WHERE id = 'b'")  # usage only
+        dba.execute("DELETE FROM apitokens_tokens WHERE id = 'c'")
+        with dba.transaction():
+            dba.execute("UPDATE apitokens_tokens SET name = 'x' WHERE id = 'b'")
+            dba.execute("UPDATE apitokens_tokens SET name = 'y' WHERE id = 'b'")
+        with contextlib.suppress(psycopg.errors.RaiseException), dba.transaction():
+            dba.execute("UPDATE apitokens_tokens SET name = 'z' WHERE id = 'last'")
+            dba.execute("DO $$ BEGIN RAISE EXCEPTION 'rolled back'; END $$")
+        dba.execute("UPDATE apitokens_tokens SET name = 'told' WHERE id = 'last'")
+        heard.wait_for("last")
+        dba.execute("TRUNCATE apitokens_tokens")
+        heard.wait_for(None)
+    # One notice per transaction and token; none for usage, none for the rolled back.
+    assert heard.seen == ["a", "c", "b", "last", None]
+
+
 def test_stores_in_other_schemas_are_not_told(
     postgres_server: PostgresServer, two: tuple[PostgresStore, PostgresStore]
 ) -> None:
@@ -172,8 +202,10 @@ def test_a_dropped_listener_reconnects_and_forgets_everything(
         request = get("/x", bearer(issued.secret))
         assert serving.authenticate(request).authenticated
         # A change no one is told of, as one made while the listener was deaf: with the
-        # clock frozen, the record stays cached.
+        # clock frozen, the record stays cached. (Triggers off for this session: the
+        # trigger would tell of a change made in SQL too.)
         with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
             conn.execute(
                 "UPDATE apitokens_tokens SET revoked_at = now() WHERE id = %s", (issued.token.id,)
             )
@@ -267,9 +299,12 @@ def test_closing_the_store_or_the_apitokens_stops_the_thread(dsn: str) -> None:
 
 
 _FORK = """
-import os, queue, sys
+import logging, os, queue, sys
 from apitokens.postgres import PostgresStore
+from apitokens._model import Usage
 from apitokens.testing import NOW, stored
+
+logging.basicConfig(level=logging.WARNING)  # to stderr: a fork is no lost connection
 
 store = PostgresStore(sys.argv[1], pool_size=2)
 store.add(stored("t"))
@@ -306,3 +341,28 @@ def test_a_forked_child_listens_on_its_own_connection(postgres_database: str) ->
         timeout=60,
     )
     assert result.stdout == "ok\n", result.stderr
+    # Every worker forked by gunicorn --preload starts so: no warning that cries wolf.
+    assert "the change listener" not in result.stderr, result.stderr
+
+
+def test_the_pool_and_the_listener_are_named_in_pg_stat_activity(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    with PostgresStore(postgres_database, pool_size=2) as store:
+        unsubscribe = store.subscribe(lambda token_id: None)  # the listener starts
+        store.get("nothing")  # a pooled connection in use at least once
+        rows = _names(postgres_server)
+        unsubscribe()
+        assert "apitokens" in rows
+        assert "apitokens-listener" in rows
+    with PostgresStore(postgres_database + " application_name=billing", pool_size=2) as store:
+        store.get("nothing")
+        assert "billing" in _names(postgres_server)
+
+
+def _names(server: PostgresServer) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(server.dsn(TEST_DATABASE), autocommit=True) as conn:
+        rows = conn.execute("SELECT application_name FROM pg_stat_activity").fetchall()
+    return {row[0] for row in rows}

@@ -281,3 +281,38 @@ def test_flush_racing_the_writer_still_waits_for_held_usage() -> None:
         assert seen == [(True, 1)]
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("error", ["storage", "bug"])
+def test_a_store_that_is_down_is_one_log_line_a_bug_has_its_traceback(
+    error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apitokens import StorageError
+
+    class Failing(_RecordingStore):
+        failed = False
+
+        def write(self, *, events: Sequence[AuditEvent] = (), usage: Sequence[Usage] = ()) -> None:
+            if not self.failed:
+                self.failed = True
+                raise StorageError("server restarting") if error == "storage" else KeyError("x")
+            super().write(events=events, usage=usage)
+
+    store = Failing()
+    store.failed = True  # not while the token is made
+    (token_id,) = _tokens(store)
+    store.failed = False
+    writer = _writer(store, Monotonic())
+    try:
+        with caplog.at_level("ERROR", logger="apitokens"):
+            writer.submit([entry(1, "192.0.2.1", token_id)])
+            assert writer.flush(timeout=10)
+    finally:
+        writer.close()
+    (record,) = [r for r in caplog.records if "audit records failed" in r.getMessage()]
+    if error == "storage":
+        assert "server restarting" in record.getMessage()
+        assert record.exc_info is None
+    else:
+        assert record.exc_info is not None
+    assert store.use_count(token_id) == 1

@@ -366,3 +366,28 @@ def test_rehash_when_the_hasher_changes(clock: Clock) -> None:
         new._authenticator.tokens.discard(issued.token.id)
         new._verifier.cache.clear()
         assert new.authenticate(get("/x", bearer(issued.secret))).authenticated
+
+
+def test_a_record_cached_after_a_slow_read_expires_a_ttl_after_the_read_began(
+    clock: Clock,
+) -> None:
+    """A revocation committed during a slow read shows within the TTL of the change."""
+    ticks = Monotonic()
+
+    class SlowStore(MemoryStore):
+        reads = 0
+
+        def get(self, token_id: str) -> StoredToken | None:
+            self.reads += 1
+            ticks.advance(0.5)  # the read takes half the TTL
+            return super().get(token_id)
+
+    store = SlowStore()
+    with make_tokens(store, clock=clock, monotonic=ticks) as tokens:
+        issued = tokens.create(actor="alice", name="ci")
+        tokens._authenticator.tokens.clear()
+        assert tokens.authenticate(get("/x", bearer(issued.secret))).authenticated
+        assert store.reads == 1
+        ticks.advance(0.6)  # 1.1 s after the read began, 0.6 s after it ended
+        assert tokens.authenticate(get("/x", bearer(issued.secret))).authenticated
+        assert store.reads == 2  # read again: the record was older than the TTL

@@ -146,3 +146,13 @@ def test_a_store_overriding_write_gets_every_entry_as_an_event(tmp_path: Path) -
             writer.close()
         assert [type(e) for e in seen] == [AuditEvent, AuditEvent]
         assert seen == list(reversed(store.events()))
+
+
+def test_journal_positions_in_files_are_private_to_the_user(tmp_path: Path) -> None:
+    directory = tmp_path / "journals"
+    directory.mkdir()
+    positions = FilePositions(MemoryStore(), directory)
+    positions.write_journaled([], [], [("one.jnl", 10, 4)])
+    (path,) = directory.glob("*.pos")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert positions.journal_positions() == {"one.jnl": (10, 4)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apitokens._request import AuthRequest
-from apitokens.rules import RuleMatch, RuleSet
+from apitokens.rules import Deadline, RuleMatch, RuleSet
 from apitokens.rules import _match as _rules_match
 
 
@@ -21,14 +21,16 @@ class FakeClock:
 def test_joined_rules_are_one_regex_call_within_the_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Each clock read advances one second: the deadline is read once, then once for the
-    # one joined call, so any number of clause-free rules fit in a 1.5 s budget...
+    # Each clock read advances one second, and a regex call reads it before and after:
+    # fifty clause-free rules are one call, charged one second of a 1.5 s budget...
     monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
     rules = RuleSet.parse([f"/{i}" for i in range(50)])
-    assert rules.match(AuthRequest("GET", "/49"), timeout=1.5).matched
-    # ... and a budget that ends before that call denies.
+    deadline = Deadline(1.5)
+    assert rules.match(AuthRequest("GET", "/49"), timeout=deadline).matched
+    assert deadline.left == pytest.approx(0.5)
+    # ... and a budget that is spent denies.
     exceeded = RuleMatch(False, "regex time budget exceeded")
-    assert rules.match(AuthRequest("GET", "/49"), timeout=0.5) == exceeded
+    assert rules.match(AuthRequest("GET", "/49"), timeout=Deadline(0.0)) == exceeded
 
 
 def test_joined_rules_explain_a_denial_like_rules_one_by_one() -> None:

@@ -728,37 +728,53 @@ class FakeClock:
 
 
 def test_budget_is_one_deadline_for_the_whole_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each clock read advances one second: the deadline is read once, then once per
-    # regex call. Rules with a clause are matched one by one (rules without clauses are
-    # joined into one regex call), so four of them exhaust a 4.5 s budget that any one
-    # rule fits in.
+    # Each clock read advances one second, and a regex call reads it before and after:
+    # each call is charged one second, and starts only with budget left. Rules with a
+    # clause are matched one by one (rules without clauses are joined into one regex
+    # call): /c takes four calls (three paths, a clause), which a 3.5 s budget lets
+    # start; /d takes five, and the fifth finds none left.
     monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
     rules = RuleSet.parse([f"/{name}[QueryParam::q==1]" for name in "abcd"])
     exceeded = RuleMatch(False, "regex time budget exceeded")
-    assert rules.match(get("/d", "q=1"), timeout=4.5) == exceeded
-    assert rules.match(get("/c", "q=1"), timeout=4.5).matched
+    assert rules.match(get("/d", "q=1"), timeout=3.5) == exceeded
+    assert rules.match(get("/c", "q=1"), timeout=3.5).matched
 
 
 def test_calls_given_one_deadline_share_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each clock read advances one second: making the deadline reads once, each match
-    # call once. One 1.5 s budget covers one call; two calls on it run out, while two
-    # calls each given 1.5 s of their own would both match.
+    # Each regex call is charged one second (see above). One 1.5 s budget lets two
+    # calls start (1.5 s left, then 0.5 s); a third on it runs out, while calls each
+    # given 1.5 s of their own all match.
     monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
     rules = RuleSet.parse(["/x"])
-    assert rules.match(get("/x"), timeout=1.5).matched
-    assert rules.match(get("/x"), timeout=1.5).matched
+    for _ in range(3):
+        assert rules.match(get("/x"), timeout=1.5).matched
     deadline = Deadline(1.5)
+    assert rules.match(get("/x"), timeout=deadline).matched
     assert rules.match(get("/x"), timeout=deadline).matched
     exceeded = RuleMatch(False, "regex time budget exceeded")
     assert rules.match(get("/x"), timeout=deadline) == exceeded
+
+
+def test_waiting_between_matches_is_not_charged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A request thread that waits 100 s between two matches (for the GIL, for a core on
+    # a loaded host) keeps its budget: only the regex calls are charged.
+    clock = FakeClock()
+    monkeypatch.setattr(_rules_match, "monotonic", clock)
+    rules = RuleSet.parse(["/x"])
+    deadline = Deadline(1.5)
+    assert rules.match(get("/x"), timeout=deadline).matched
+    clock.now += 100.0
+    assert rules.match(get("/x"), timeout=deadline).matched
+    assert deadline.left == pytest.approx(-0.5)
 
 
 def test_a_method_override_header_does_not_double_the_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The request is matched as sent and as its override header makes it, on the one
-    # budget of Policy.rule_timeout: with a fresh budget per method, both would match.
-    with make_tokens(protected_paths=["/rest/"], rule_timeout=1.5) as tokens:
+    # budget of Policy.rule_timeout: each call charged 1 s, a 0.5 s budget lets one
+    # start; with a fresh budget per method, both would match.
+    with make_tokens(protected_paths=["/rest/"], rule_timeout=0.5) as tokens:
         issued = tokens.create(actor="alice", name="ci", restrictions=["/rest/x"])
         monkeypatch.setattr(_rules_match, "monotonic", FakeClock())
         plain = AuthRequest("GET", "/rest/x", headers=bearer(issued.secret))

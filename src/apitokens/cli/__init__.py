@@ -102,7 +102,7 @@ def _open(location: Location, command: Command) -> TokenStore:
         if location.kind == "sqlite" and not Path(location.target).exists():
             if command is not create:
                 raise CommandError(
-                    f"no database at {location.shown!r} (give --db DB or set APITOKENS_DB;"
+                    f"no database at {location.shown!r} (check --db or APITOKENS_DB;"
                     " `apitokens create` makes a new one)"
                 )
             store = open_location(location)
@@ -113,8 +113,8 @@ def _open(location: Location, command: Command) -> TokenStore:
         if location.kind == "postgres" and postgres_schema_version(location) == 0:
             if command is not create:
                 raise CommandError(
-                    f"no apitokens tables in PostgreSQL database {location.shown!r} (give"
-                    " --db DB or set APITOKENS_DB; `apitokens create` makes them)"
+                    f"no apitokens tables in PostgreSQL database {location.shown!r} (check"
+                    " --db or APITOKENS_DB; `apitokens create` makes them)"
                 )
             store = open_location(location)
             warn(f"created the apitokens tables in PostgreSQL database {location.shown!r}")

@@ -70,6 +70,27 @@ def _configure(conn: psycopg.Connection[Any], *, lock_timeout: float) -> None:
     conn.execute(f"SET lock_timeout = {max(1, round(lock_timeout * 1000)):d}")
 
 
+def _tcp_settings(dsn: str, timeout: float) -> dict[str, str]:
+    """libpq's TCP settings for a store's connections, from ``timeout``, unless the DSN sets them.
+
+    Keepalives notice a server host that vanished while a connection is idle
+    (probes after ``timeout`` s of silence, three ``timeout / 3`` s apart), and
+    ``tcp_user_timeout`` one that stops acknowledging what was sent (``2 *
+    timeout``): the kernel ends the connection instead of retransmitting for
+    about 15 minutes. A path that acknowledges but never answers is bounded by
+    the watchdog (``_watch``). libpq ignores them on a Unix socket.
+    """
+    parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    wanted = {
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, round(timeout))),
+        "keepalives_interval": str(max(1, round(timeout / 3))),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(max(1000, round(2 * timeout * 1000))),
+    }
+    return {key: value for key, value in wanted.items() if key not in parts}
+
+
 _SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
 
 

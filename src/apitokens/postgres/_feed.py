@@ -17,6 +17,7 @@ import psycopg_pool
 
 from apitokens._errors import StorageError
 from apitokens.postgres._connect import _leak, _safe_message
+from apitokens.postgres._watch import WATCHDOG
 
 log = logging.getLogger("apitokens")
 
@@ -36,7 +37,6 @@ class _Source(Protocol):
 
 
 _NAMEDATALEN = 64  # PostgreSQL's identifier limit, terminator included
-_MAX_PAYLOAD = 8000  # bytes; a notice's payload must be shorter
 _CHANNEL_PREFIX = "apitokens_changes:"
 _IDLE = 1.0  # seconds the listener waits for a notice before it checks for stop anyway
 _FIRST_BACKOFF = 0.1
@@ -57,22 +57,21 @@ def _channel(conn: psycopg.Connection[Any]) -> str:
     """The notification channel of the store's tables: one per schema.
 
     NOTIFY reaches the listeners of a channel in the same database, and stores in two
-    schemas of one database share nothing else: the schema (the first of the
-    ``search_path``, where the tables are) is in the channel's name. A name longer
-    than PostgreSQL's identifiers (63 bytes) is hashed: LISTEN would cut it, and
-    ``pg_notify`` refuses it.
+    schemas of one database share nothing else: the schema of the tables (the one
+    the trigger that sends the notices names, ``TG_TABLE_SCHEMA``) is in the
+    channel's name. A name longer than PostgreSQL's identifiers (63 bytes) is
+    hashed, as the trigger does: LISTEN would cut it, and ``pg_notify`` refuses it.
     """
-    row = conn.execute("SELECT current_schema()").fetchone()
+    row = conn.execute(
+        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.oid = to_regclass('apitokens_tokens')),"
+        " current_schema())"
+    ).fetchone()
     schema = "" if row is None or row[0] is None else str(row[0])
     channel = _CHANNEL_PREFIX + schema
     if len(channel.encode()) >= _NAMEDATALEN:
         channel = _CHANNEL_PREFIX + hashlib.sha256(schema.encode()).hexdigest()[:40]
     return channel
-
-
-def _payload(token_id: str) -> str:
-    """The notice's payload: the token id, or ``""`` ("anything") if it is too long."""
-    return token_id if len(token_id.encode()) < _MAX_PAYLOAD else ""
 
 
 class _Listening:
@@ -176,9 +175,11 @@ class _ChangeFeed:
             application_name=_LISTENER_NAME,
         )
         try:
-            listen = psycopg.sql.SQL("LISTEN {}")
-            conn.execute(listen.format(psycopg.sql.Identifier(store._channel)))
-            conn.execute(listen.format(psycopg.sql.Identifier(_wake_channel(conn))))
+            # Bounded as the store's calls are: subscribe() runs on the caller's thread.
+            with WATCHDOG.watch(conn, 2 * store._timeout):
+                listen = psycopg.sql.SQL("LISTEN {}")
+                conn.execute(listen.format(psycopg.sql.Identifier(store._channel)))
+                conn.execute(listen.format(psycopg.sql.Identifier(_wake_channel(conn))))
         except BaseException:
             conn.close()
             raise
@@ -190,11 +191,19 @@ class _ChangeFeed:
         Sent through the pool (still open: the store closes it after this); if that
         fails, the thread still stops within ``_IDLE`` seconds.
         """
-        with contextlib.suppress(psycopg.Error), self._store._pool.connection() as other:
+        store = self._store
+        with (
+            contextlib.suppress(psycopg.Error),
+            store._pool.connection() as other,
+            WATCHDOG.watch(other, 2 * store._timeout),
+        ):
             other.execute("SELECT pg_notify(%s, '')", (channel,))
 
     def _run(self, listening: _Listening) -> None:
         conn, delay, shown = listening.conn, 0.0, self._store._shown
+        # Whether "reconnected" is news: a forked child's listener starts without a
+        # connection, and its first is no reconnect unless an attempt failed before it.
+        announce = conn is not None
         try:
             while not listening.stop.is_set():
                 if conn is None:
@@ -211,12 +220,15 @@ class _ChangeFeed:
                             _safe_message(exc, self._store._password),
                             delay,
                         )
+                        announce = True
                         continue
                     with listening.lock:
                         listening.use(conn)
                         if listening.stop.is_set():
                             break
-                    log.warning("PostgreSQL store %s: the change listener reconnected", shown)
+                    if announce:
+                        log.warning("PostgreSQL store %s: the change listener reconnected", shown)
+                    announce = True
                     delay = 0.0
                     # A notice sent while no one listened is lost: forget everything.
                     self._deliver(None)

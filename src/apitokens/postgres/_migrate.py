@@ -11,7 +11,14 @@ import psycopg.sql
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens.postgres._connect import _described, _safe_message
 from apitokens.postgres._sql import _MIGRATION_LOCK, _SCHEMA_TABLE, LATEST_VERSION, MIGRATIONS
+from apitokens.postgres._watch import WATCHDOG
 from apitokens.storage._dsn import redact_dsn
+
+# How long opening a store waits for the lock of a migration another process runs, in
+# units of the store's ``timeout``: generous, so that the workers that start at once
+# while one migrates all open (migrating the schema from nothing takes well under a
+# second); a migration that takes longer is run ahead (docs/deployment.md).
+_LOCK_WAIT = 2.0
 
 # -- migrations ----------------------------------------------------------------------------
 
@@ -57,7 +64,7 @@ def _check_version(conn: psycopg.Connection[Any], where: str) -> int:
     return version
 
 
-def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
+def _migrate(conn: psycopg.Connection[Any], where: str, timeout: float) -> None:
     """Bring the schema to ``LATEST_VERSION``: one transaction per migration, under a lock.
 
     An advisory lock serializes migrating processes (on any host); each reads the
@@ -66,19 +73,35 @@ def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
     ``pg_advisory_xact_lock`` inside one: a transaction that began before the wait
     keeps its view of the catalog (it would not see the table that the process it
     waited for created). The lock goes with the connection if the process dies. An
-    up-to-date database takes no lock at all.
+    up-to-date database takes no lock.
+
+    The wait for the lock is bounded (``lock_timeout``, ``_LOCK_WAIT * timeout``):
+    a session that holds it and never finishes (a stuck migrator) makes this open
+    fail, closed, instead of waiting forever. Reading the version and taking the lock
+    are under the watchdog too (a server that stopped answering); the migrations
+    themselves are not (one may rightly take long on a large table).
 
     Args:
         conn: a connection in autocommit mode.
         where: how to name the database in error messages.
+        timeout: the store's ``timeout``.
 
     Raises:
         SchemaVersionError: the database's version is newer than ``LATEST_VERSION``.
-        psycopg.Error: a migration failed (its transaction is rolled back).
+        psycopg.Error: a migration failed (its transaction is rolled back), or the
+            lock was not granted in time (SQLSTATE 55P03).
     """
-    if _check_version(conn, where) == LATEST_VERSION:
-        return
-    conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    wait = _LOCK_WAIT * timeout
+    with WATCHDOG.watch(conn, 2 * timeout):
+        if _check_version(conn, where) == LATEST_VERSION:
+            return
+    with WATCHDOG.watch(conn, wait + 2 * timeout):
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{round(wait * 1000)}ms",))
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        finally:
+            if not conn.broken:
+                conn.execute("RESET lock_timeout")
     try:
         while True:
             with conn.transaction():

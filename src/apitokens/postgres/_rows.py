@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,35 @@ from apitokens.storage._base import (
 from apitokens.storage._filters import EventQuery, TokenQuery
 
 # -- rows ----------------------------------------------------------------------------------
+
+# The most UTF-8 bytes of an indexed text column the store writes from a request (an
+# audit row's user and token id, a failure key). A btree entry must fit a third of a
+# page (about 2,700 bytes, after compression, which random text defeats): a longer
+# value makes PostgreSQL refuse the whole row (SQLSTATE 54000), and with it a batch.
+_INDEXED_BYTES = 1024
+_CUT_MARK = "\u2026"  # what is left out: "…", then a hash of the whole value
+
+
+def _indexable(value: str) -> str:
+    """``value``, or if it is longer than an index takes, its start and a hash of it.
+
+    Deterministic, so a search for the whole value finds the rows written for it, and
+    two long values that share their start stay two values.
+    """
+    if len(value) <= _INDEXED_BYTES // 4:  # no encoding needed: 4 bytes a character at most
+        return value
+    # A NUL becomes U+FFFD (three bytes) if the row is written: measure it as that.
+    value = value.replace("\x00", "\ufffd")
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= _INDEXED_BYTES:
+        return value
+    digest = hashlib.sha256(encoded).hexdigest()[:32]
+    head = encoded[: _INDEXED_BYTES - 64].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}{_CUT_MARK}{digest}"
+
+
+def _indexable_or_none(value: str | None) -> str | None:
+    return None if value is None else _indexable(value)
 
 
 def _token_params(stored: StoredToken) -> tuple[object, ...]:
@@ -104,6 +134,9 @@ def _stored_from_row(row: Sequence[Any]) -> StoredToken:
 def _event_rows(events: Sequence[AuditEvent | AuthEntry]) -> builtins.list[tuple[object, ...]]:
     """The audit rows of ``events``, in order; an AuthEntry is its ``authenticate`` event.
 
+    A user or token id longer than an index takes is cut (``_indexable``): one such
+    event, from a request, must not make the batch unwritable.
+
     Raises:
         ValueError: a time is naive, or an event is otherwise invalid.
     """
@@ -114,20 +147,17 @@ def _event_rows(events: Sequence[AuditEvent | AuthEntry]) -> builtins.list[tuple
             if at.tzinfo is None:
                 raise ValueError("entry.at must be timezone-aware")
             rows.append(
-                (at, _AUTHENTICATE, _OUTCOME_TEXT[outcome], token_id, user, None, ip, method,
-                 path, reason)
+                (at, _AUTHENTICATE, _OUTCOME_TEXT[outcome], _indexable_or_none(token_id),
+                 _indexable_or_none(user), None, ip, method, path, reason)
             )  # fmt: skip
         else:
             e = normalize_event(item)
             rows.append(
-                (e.at, _ACTION_TEXT[e.action], _OUTCOME_TEXT[e.outcome], e.token_id, e.user,
-                 e.actor, e.client_ip, e.method, e.path, e.reason)
+                (e.at, _ACTION_TEXT[e.action], _OUTCOME_TEXT[e.outcome],
+                 _indexable_or_none(e.token_id), _indexable_or_none(e.user), e.actor,
+                 e.client_ip, e.method, e.path, e.reason)
             )  # fmt: skip
     return rows
-
-
-class _NulInText(Exception):
-    """An audit row holds a NUL character, which PostgreSQL's text type refuses."""
 
 
 def _has_nul(row: tuple[object, ...]) -> bool:
@@ -200,10 +230,10 @@ def _select_events(query: EventQuery) -> tuple[str, builtins.list[object]]:
     params: builtins.list[object] = []
     if query.token_id is not None:
         where.append("token_id = %s")
-        params.append(query.token_id)
+        params.append(_indexable(query.token_id))  # as written: cut if long
     if query.user is not None:
         where.append('"user" = %s')
-        params.append(query.user)
+        params.append(_indexable(query.user))
     if query.action is not None:
         where.append("action = %s")
         params.append(query.action.value)

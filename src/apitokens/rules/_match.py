@@ -97,27 +97,27 @@ class NeedsThreadError(Exception):
 
 @final
 class Deadline:
-    """When the regex matching of one request must end: one budget for every match call.
+    """The regex matching budget of one request: one budget for every match call.
 
     Pass the same deadline to each ``RuleSet.match`` made for one request (the request
     as sent and as each method-override header makes it), so all of them together spend
-    at most ``timeout`` seconds.
+    at most ``timeout`` seconds matching. Only the time inside the regex calls is
+    charged: a request thread that waits (for the GIL, for a core on a loaded host,
+    for the body to be parsed) between matches keeps its budget, so a good request is
+    never refused for the host's load.
 
     Args:
-        timeout: seconds from now; zero, negative or NaN leaves no time at all.
+        timeout: seconds of matching; zero, negative or NaN leaves no time at all.
         on_loop: the matching runs on an event loop: a match that needs more than
             :data:`GIL_SLICE` raises :class:`NeedsThreadError` instead of going on.
     """
 
-    __slots__ = ("at", "on_loop")
+    __slots__ = ("left", "on_loop")
 
     def __init__(self, timeout: float, *, on_loop: bool = False) -> None:
         self.on_loop = on_loop
-        at = monotonic()
         # "not timeout > 0" also catches NaN, which regex would read as "no limit".
-        if timeout > 0:
-            at += timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT
-        self.at = at
+        self.left = (timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT) if timeout > 0 else 0.0
 
 
 @final
@@ -154,10 +154,13 @@ class RequestView:
 
         The first try keeps the GIL for at most :data:`GIL_SLICE` seconds; a match that
         needs longer starts again with the GIL released, in what is left of the budget.
+        The time the call takes is charged to the request's :class:`Deadline`.
         """
-        remaining = self._deadline.at - monotonic()
+        deadline = self._deadline
+        remaining = deadline.left
         if remaining <= 0:
             raise BudgetExceededError
+        started = monotonic()
         # Positional: (string, pos, endpos, concurrent, partial, timeout). Keyword
         # arguments cost the regex module half a microsecond a call to parse.
         # concurrent=False keeps the GIL. By default the module lets it go for every
@@ -167,22 +170,25 @@ class RequestView:
         # microseconds, so it holds the GIL; only a slow one (a pathological pattern
         # or input) would stall the other threads, so that one gives the GIL up.
         try:
-            return (
-                pattern.fullmatch(text, None, None, False, False, min(remaining, GIL_SLICE))
-                is not None
-            )
-        except TimeoutError:
-            if remaining <= GIL_SLICE:
+            try:
+                return (
+                    pattern.fullmatch(text, None, None, False, False, min(remaining, GIL_SLICE))
+                    is not None
+                )
+            except TimeoutError:
+                if remaining <= GIL_SLICE:
+                    raise BudgetExceededError from None
+                if deadline.on_loop:
+                    raise NeedsThreadError from None
+            left = remaining - (monotonic() - started)
+            if left <= 0:
+                raise BudgetExceededError
+            try:
+                return pattern.fullmatch(text, None, None, True, False, left) is not None
+            except TimeoutError:
                 raise BudgetExceededError from None
-            if self._deadline.on_loop:
-                raise NeedsThreadError from None
-        remaining = self._deadline.at - monotonic()
-        if remaining <= 0:
-            raise BudgetExceededError
-        try:
-            return pattern.fullmatch(text, None, None, True, False, remaining) is not None
-        except TimeoutError:
-            raise BudgetExceededError from None
+        finally:
+            deadline.left = remaining - (monotonic() - started)
 
     def query(self) -> dict[str, list[str]] | str:
         """The query parameters (name -> every value), or why they cannot be read."""
@@ -193,12 +199,10 @@ class RequestView:
     def json(self) -> JsonObject | str:
         """The JSON body object, or why the body is not one (its Content-Type too).
 
-        The time this takes is not charged to the regex budget.
+        The time this takes is not charged to the regex budget (no regex call).
         """
         if self._json is None:
-            started = monotonic()
             self._json = json_media_type_problem(self._headers) or load_json(self._body)
-            self._deadline.at += monotonic() - started
         return self._json
 
     def texts(self, value: object) -> list[str] | None:
@@ -215,11 +219,7 @@ class RequestView:
         key = id(value)  # the value lives in self._json, so its id is not reused
         if key in self._texts:
             return self._texts[key]
-        started = monotonic()
-        try:
-            texts = self._texts[key] = value_texts(value)
-        finally:
-            self._deadline.at += monotonic() - started
+        texts = self._texts[key] = value_texts(value)
         return texts
 
 

@@ -192,6 +192,20 @@ def fold_usage(usage: Sequence[Usage]) -> dict[str, UsageTotal]:
 # --- the failure ledger (FailureLedger) --------------------------------------------
 
 
+FAILURES_KEPT_AT_LEAST = timedelta(hours=1)
+"""The shortest time a failure stays in a shared ledger, whatever ``keep`` a caller gives.
+
+Every process that shares a store prunes the ledger: one with a shorter
+``failure_window`` (another service on the same database), or whose clock runs
+ahead, would otherwise erase the failures the others still count.
+"""
+
+
+def kept_seconds(keep: timedelta) -> int:
+    """How many seconds back from now a ledger keeps failures: ``keep``, at least the floor."""
+    return max(math.ceil(keep.total_seconds()), int(FAILURES_KEPT_AT_LEAST.total_seconds()))
+
+
 def failure_rows(
     counts: Mapping[str, int], at: datetime, keep: timedelta
 ) -> tuple[list[tuple[str, int, int]], int]:
@@ -199,6 +213,7 @@ def failure_rows(
 
     Failures are counted by whole seconds of the wall clock (``at`` rounded down), so
     a key under attack is one row per second, however many processes add to it.
+    What is kept reaches back ``keep``, but never less than ``FAILURES_KEPT_AT_LEAST``.
 
     Raises:
         ValueError: ``at`` is naive or a count is negative.
@@ -211,7 +226,7 @@ def failure_rows(
         if count:
             rows.append((key, second, count))
     # One second more than asked: failures_since rounds ``since`` down, and must find them.
-    return rows, second - math.ceil(keep.total_seconds()) - 1
+    return rows, second - kept_seconds(keep) - 1
 
 
 def since_second(since: datetime) -> int:

@@ -25,7 +25,8 @@ _VALUE = (
 )
 # "password", and "sslpassword" (the client key's): any key that ends so is hidden.
 _KEYWORD_PASSWORD = re.compile(rf"([A-Za-z0-9_]*password\s*=\s*){_VALUE}", re.S | re.I)
-_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+# No "#": libpq has no fragment, so "password=a#b" is the password "a#b", hidden whole.
+_QUERY_PAIR = re.compile(r"([?&])([^=&]*)=([^&]*)")
 
 
 def redact_dsn(dsn: str) -> str:

@@ -43,25 +43,24 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 _KEYWORD_DSN = re.compile(
     rf"\s*([A-Za-z_]+)\s*=\s*{_VALUE}(?:\s+[A-Za-z_]+\s*=\s*{_VALUE})*\s*", re.S
 )
+_KEYWORD_HEAD = re.compile(r"\s*([A-Za-z_]+)\s*=")
 # The connection keywords a libpq keyword DSN starts with in practice; a SQLite file
 # named like one is still reachable as "./host=x" or "sqlite:///host=x".
 _LIBPQ_KEYWORDS = frozenset(
     {
-        "application_name",
-        "connect_timeout",
-        "dbname",
-        "host",
-        "hostaddr",
-        "options",
-        "passfile",
-        "password",
-        "port",
-        "service",
-        "sslmode",
-        "target_session_attrs",
-        "user",
+        # Every keyword of libpq's "Parameter Key Words" (PostgreSQL 17), so a keyword
+        # DSN is one whatever it starts with, and its password is always hidden.
+        "application_name", "channel_binding", "client_encoding", "connect_timeout",
+        "dbname", "fallback_application_name", "gssdelegation", "gssencmode", "gsslib",
+        "host", "hostaddr", "keepalives", "keepalives_count", "keepalives_idle",
+        "keepalives_interval", "krbsrvname", "load_balance_hosts", "options", "passfile",
+        "password", "port", "replication", "require_auth", "requirepeer", "requiressl",
+        "service", "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcert",
+        "sslcertmode", "sslcompression", "sslcrl", "sslcrldir", "sslkey", "sslmode",
+        "sslnegotiation", "sslpassword", "sslrootcert", "sslsni", "target_session_attrs",
+        "tcp_user_timeout", "user",
     }
-)
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +107,15 @@ def locate(url: str | os.PathLike[str]) -> Location:
         return Location("memory", url, shown)
     if _is_keyword_dsn(url):
         return Location("postgres", url, shown)
+    if _starts_like_keyword_dsn(url):
+        # Not quoted: an unquoted value with a space ("password=my secret") would show
+        # part of the password, and taken as a SQLite path it would become a file name.
+        raise ValueError(
+            "cannot open a store from a string that starts like a libpq keyword DSN "
+            "(host=... dbname=...) but is not wholly key=value pairs (not shown: it may "
+            "hold a password): quote a value that holds a space or a quote "
+            "(password='my secret'); a SQLite file named so is written ./name"
+        )
     scheme = _SCHEME.match(url)
     if scheme is None:
         return _sqlite_path(url)
@@ -153,6 +161,12 @@ def _is_keyword_dsn(text: str) -> bool:
     """Whether ``text`` is wholly libpq ``key=value`` pairs, the first a connection keyword."""
     pairs = _KEYWORD_DSN.fullmatch(text)
     return pairs is not None and pairs.group(1) in _LIBPQ_KEYWORDS
+
+
+def _starts_like_keyword_dsn(text: str) -> bool:
+    """Whether ``text`` begins with a libpq connection keyword and ``=``."""
+    head = _KEYWORD_HEAD.match(text)
+    return head is not None and head.group(1) in _LIBPQ_KEYWORDS
 
 
 def open_location(location: Location) -> TokenStore:
