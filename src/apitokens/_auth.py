@@ -226,9 +226,8 @@ class Authenticator:
             # may route it to a protected path all the same, so it is refused, never let by.
             return self._bad_target(request, "request target is not an absolute path")
         app_path = request.app_path
-        protected = (
-            protected or policy.protects(path) or (app_path != "" and policy.protects(app_path))
-        )
+        by_policy = policy.protects(path) or (app_path != "" and policy.protects(app_path))
+        protected = protected or by_policy
         if not protected and "#" in path:
             # Most servers drop a fragment and route what is before it.
             protected = policy.protects(path.partition("#")[0])
@@ -287,7 +286,9 @@ class Authenticator:
             elif creds.username and token_format.contains(creds.username):
                 reason = "token sent as the Basic username"
                 return self._refuse(attempt, refusal(policy, 401, reason))
-            if policy.allow_other_auth:
+            if policy.allow_other_auth or not by_policy:
+                # allow_other_auth=False holds on the policy's paths; elsewhere a route that
+                # requires a token refuses the rest itself (the flow's Requirement).
                 return _PASS
             what = "no credentials" if creds is None else "credentials that are not a token"
             return self._refuse(

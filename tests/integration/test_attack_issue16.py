@@ -348,17 +348,6 @@ def test_no_header_a_cross_site_page_can_send_makes_a_session_csrf_exempt() -> N
 strict_tokens: ApiTokens | None = None  # settings.APITOKENS in the allow_other_auth test
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW (fails closed, functional): with Policy(allow_other_auth=False), which "
-    "DESIGN §4 applies to protected paths, TokenAuthentication (protected=True: 'check a "
-    "token whatever the path') also refuses every request without a token outside them, "
-    "so SessionAuthentication after it never runs: the session's browsable API and "
-    "session-only DRF views outside protected_paths answer 401. Fix: in "
-    "Authenticator.decide, allow_other_auth=False refuses other credentials only on a "
-    "path the policy protects (or under a route's require), not where a route merely "
-    "accepts tokens.",
-)
 def test_allow_other_auth_false_leaves_drf_views_outside_the_protected_paths_alone() -> None:
     global strict_tokens
     strict_tokens = ApiTokens(

@@ -219,7 +219,7 @@ def test_refuses_says_which_requirement_refuses_which_result() -> None:
             "none": tokens.authenticate(get("/x")),
             "read": tokens.authenticate(get("/x", bearer(read.secret))),
             "write": tokens.authenticate(get("/x", bearer(write.secret))),
-            "refused": tokens.authenticate(get("/x", bearer(read.secret[:-1] + "x"))),
+            "refused": tokens.authenticate(get("/x", bearer(_altered(read.secret)))),
         }
         assert results["none"].outcome is Outcome.PASS_THROUGH
         assert results["refused"].status_code == 401
@@ -237,3 +237,8 @@ def test_refuses_says_which_requirement_refuses_which_result() -> None:
         for (name, require), refused in table.items():
             checked = flow.require(get("/x"), results[name], require)
             assert (checked is not results[name]) is refused
+
+
+def _altered(secret: str) -> str:
+    """``secret`` with its last character changed (never to itself)."""
+    return secret[:-1] + ("x" if secret[-1] != "x" else "y")
