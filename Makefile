@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := src tests examples $(wildcard benchmarks)
 
-.PHONY: help install lint types postgres test demo bench clean
+.PHONY: help install lint types postgres chromium test demo bench clean
 
 help:
-	@echo "make test   create $(VENV), install (PostgreSQL too, for its tests), run lint (ruff), types (mypy --strict) and tests (pytest)"
+	@echo "make test   create $(VENV), install (PostgreSQL and Chromium too, for their tests), run lint (ruff), types (mypy --strict) and tests (pytest)"
 	@echo "make demo   run a small service protected by apitokens on 127.0.0.1:8000"
 	@echo "make bench  run the benchmarks and update docs/performance.md"
 
@@ -39,7 +39,19 @@ postgres:
 		|| { echo "The tests need PostgreSQL: apt-get install -y --no-install-recommends postgresql" \
 		          "(or APITOKENS_TEST_NO_POSTGRES=1 to skip its tests)"; exit 1; }
 
-test: lint types postgres
+# The browser tests drive Debian's Chromium through Playwright (tests/support/browser.py;
+# `playwright install` cannot download browsers everywhere, apt-get can): install it likewise.
+CHROMIUM_INSTALL := apt-get install -y -qq --no-install-recommends chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ] \
+		|| [ "$$APITOKENS_TEST_NO_BROWSER" = 1 ] \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		     && { $(CHROMIUM_INSTALL) >/dev/null 2>&1 \
+		          || { apt-get update -qq >/dev/null 2>&1 && $(CHROMIUM_INSTALL) >/dev/null 2>&1; }; }; } \
+		|| { echo "The browser tests need Chromium: apt-get install -y --no-install-recommends chromium" \
+		          "(or APITOKENS_TEST_NO_BROWSER=1 to skip them)"; exit 1; }
+
+test: lint types postgres chromium
 	$(BIN)/pytest
 
 demo: $(STAMP)
