@@ -87,14 +87,8 @@ def starlette_signed_in(request: Request) -> str | None:
 # -- Flask ----------------------------------------------------------------------------
 
 
-def flask_host(
-    configure: Callable[[Flask], None] | None = None,
-    mounts: Mapping[str, Callable[..., Any]] | None = None,
-) -> tuple[Flask, Callable[..., Any]]:
-    """A Flask app with a demo login, and the WSGI app serving it with ``mounts`` beside it.
-
-    ``configure(app)`` adds the test's own routes.
-    """
+def flask_host(configure: Callable[[Flask], None] | None = None) -> Flask:
+    """A Flask app with a demo login; ``configure(app)`` adds the test's own routes."""
     app = Flask("browser_host")
     app.secret_key = SECRET
 
@@ -115,7 +109,12 @@ def flask_host(
 
     if configure is not None:
         configure(app)
-    return app, DispatcherMiddleware(app.wsgi_app, dict(mounts or {}))
+    return app
+
+
+def with_mounts(app: Flask, mounts: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The WSGI app serving ``app`` with other WSGI apps mounted at the ``mounts`` prefixes."""
+    return DispatcherMiddleware(app.wsgi_app, dict(mounts))
 
 
 def flask_user(app: Flask) -> Callable[[dict[str, Any]], str | None]:

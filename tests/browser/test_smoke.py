@@ -108,8 +108,7 @@ def starlette_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def flask_server() -> Iterator[str]:
-    _, wsgi = flask_host(_flask_routes)
-    with served_wsgi(wsgi) as url:
+    with served_wsgi(flask_host(_flask_routes)) as url:
         yield url
 
 
