@@ -251,6 +251,8 @@ class TokenPages:
             "user": "",
             "admin": False,
             "active": "",
+            "notice": "",
+            "error": "",
         }
         try:
             return Response.html(status, self._templates.render("error.html", values))

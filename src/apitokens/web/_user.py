@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from apitokens._errors import ApiTokensError
 from apitokens._model import IssuedToken, Scope, Token, TokenStatus
 from apitokens._snippets import LANGUAGES, render_snippet
-from apitokens._validate import UNSET
 
 from ._forms import GRACE_CHOICES, CreateForm, expiry_choices, lines, parse_date, parse_grace
 from ._http import Response
@@ -223,19 +222,20 @@ def edit(visit: Visit, token_id: str) -> Response:
     """Change a standard-mode token's name, rules, addresses and expiry."""
     form = visit.request.form
     values = {key: form.get(key) for key in ("name", "rules", "ips", "expires_on", "back")}
-    token = visit.token(token_id)
     try:
         expires_at = parse_date(values["expires_on"], what="Expires on")
-        visit.tokens.edit(
+        # An empty date removes the expiry (the API refuses it if the policy must have one).
+        token = visit.tokens.edit(
             actor=visit.user,
-            token_id=token.id,
+            token_id=token_id,
             name=values["name"],
             restrictions=lines(values["rules"]),
             allowed_ips=lines(values["ips"]),
-            expires_at=expires_at if expires_at is not None or token.expires_at else UNSET,
+            expires_at=expires_at,
         )
     except (ApiTokensError, ValueError) as exc:
-        if visit.refused(exc).status == 404:
-            raise visit.refused(exc) from None
-        return _edit_page(visit, token, values, status_of(exc), message_of(exc))
+        refusal = visit.refused(exc)
+        if refusal.status in (403, 404):
+            raise refusal from None
+        return _edit_page(visit, visit.token(token_id), values, refusal.status, refusal.message)
     return back_to(visit, values["back"], done="edited", token=token.id)
