@@ -79,17 +79,17 @@ def run_tester(
     if bad:
         summary = f"{len(bad)} rule{'s' if len(bad) > 1 else ''} do not parse: fix them first"
         if len(bad) == 1:
-            summary = "a rule does not parse: fix it first"
+            summary = "A rule does not parse: fix it first"
         return TesterResult(False, summary, verdicts)
     if not in_scope:
         return TesterResult(
-            False, f"refused: the read-only scope does not allow {method}", verdicts
+            False, f"Refused: the read-only scope does not allow {method}", verdicts
         )
     if not verdicts:
         return TesterResult(
-            True, "allowed: no rules, so every request within the scope passes", verdicts
+            True, "Allowed: no rules, so every request within the scope passes", verdicts
         )
     matched = next((v for v in verdicts if v.matched), None)
     if matched is not None:
-        return TesterResult(True, f"allowed by the rule {matched.rule}", verdicts)
-    return TesterResult(False, "refused: no rule matches this request", verdicts)
+        return TesterResult(True, f"Allowed by the rule {matched.rule}", verdicts)
+    return TesterResult(False, "Refused: no rule matches this request", verdicts)

@@ -24,8 +24,7 @@
     result.replaceChildren();
     var verdict = document.createElement("p");
     verdict.className = "verdict " + (answer.allowed ? "ok" : "no");
-    var summary = answer.summary || answer.error || "";
-    verdict.textContent = summary.charAt(0).toUpperCase() + summary.slice(1);
+    verdict.textContent = answer.summary || answer.error || "";
     result.appendChild(verdict);
     if (answer.rules && answer.rules.length) {
       var list = document.createElement("ul");
