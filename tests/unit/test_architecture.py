@@ -91,6 +91,7 @@ EXTRAS = {
     "apitokens.postgres": frozenset({"psycopg", "psycopg_pool"}),
     "apitokens.django": frozenset({"django", "asgiref"}),  # asgiref: installed by Django
     "apitokens.drf": frozenset({"django", "asgiref", "rest_framework"}),
+    "apitokens.web": frozenset({"jinja2"}),
 }
 """Modules (or packages) that may import more than the dependencies, and what."""
 

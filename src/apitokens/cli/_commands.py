@@ -18,7 +18,6 @@ from pathlib import Path
 from apitokens import (
     ApiTokens,
     ApiTokensError,
-    AuthRequest,
     IssuedToken,
     RestrictionRule,
     RuleSyntaxError,
@@ -27,6 +26,7 @@ from apitokens import (
     TokenStatus,
 )
 from apitokens._validate import UNSET, Unset
+from apitokens.rules import check_request
 
 from ._output import (
     caret_lines,
@@ -386,9 +386,8 @@ def rule_check(args: argparse.Namespace) -> int:
         lines.append(f"apitokens: error: invalid rule: column {exc.column}: {clean(exc.reason)}")
         print("\n".join(lines), file=sys.stderr)
         return EXIT_USAGE
-    # The body is JSON, as --json says: JsonData clauses read only a JSON Content-Type.
-    headers = [("content-type", "application/json")]
-    result = rule.explain(AuthRequest(method, path, query=query, headers=headers, body=body))
+    # The same reading of the request as the token pages' rule tester (the body is JSON).
+    result = check_request(rule, method, path, query=query, body=body)
     shown = clean(method.upper()) + " " + clean(path) + (f"?{clean(query)}" if query else "")
     lines = [f"rule:     {clean(rule)}", f"request:  {shown}"]
     if body:

@@ -1,0 +1,155 @@
+"""The pages' forms: what a user typed, read into the arguments of the management API.
+
+Nothing here decides what is allowed: the API does, and its refusals are shown
+on the page. These functions only read fields and offer the choices the policy
+leaves open, so the form does not invite a refusal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from apitokens._model import Scope
+from apitokens._policy import Policy
+
+from ._http import FormData
+
+__all__ = [
+    "GRACE_CHOICES",
+    "CreateForm",
+    "ExpiryChoice",
+    "expiry_choices",
+    "lines",
+    "parse_date",
+    "parse_grace",
+]
+
+
+@dataclass(frozen=True)
+class ExpiryChoice:
+    """One option of the expiry field."""
+
+    value: str
+    label: str
+    days: int | None
+
+
+_EXPIRIES = (7, 30, 60, 90, 180, 365)
+
+GRACE_CHOICES = (
+    ("0", "None: the old secret stops working at once"),
+    ("600", "10 minutes"),
+    ("3600", "1 hour"),
+    ("86400", "1 day"),
+    ("604800", "7 days"),
+)
+
+
+def expiry_choices(policy: Policy) -> list[ExpiryChoice]:
+    """The expiries the policy allows: so many days, and "never" when no limit forbids it."""
+    limit = None if policy.max_lifetime is None else policy.max_lifetime // timedelta(days=1)
+    choices = [
+        ExpiryChoice(str(days), f"{days} days", days)
+        for days in _EXPIRIES
+        if limit is None or days <= limit
+    ]
+    if limit is not None and limit >= 1 and limit not in _EXPIRIES:
+        choices.append(ExpiryChoice(str(limit), f"{limit} days (the longest allowed)", limit))
+    if policy.max_lifetime is None and not policy.require_expiry:
+        choices.append(ExpiryChoice("never", "Never", None))
+    return choices
+
+
+def lines(text: str) -> list[str]:
+    """The non-blank lines of a textarea, stripped (one rule or address a line)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_date(text: str, *, what: str) -> datetime | None:
+    """An ``<input type="date">`` value (``YYYY-MM-DD``) as midnight UTC, or ``None`` if blank.
+
+    Raises:
+        ValueError: not a date, naming the field.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a date (YYYY-MM-DD)") from None
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def parse_grace(text: str) -> timedelta:
+    """The rotate form's grace period: one of :data:`GRACE_CHOICES`, in seconds."""
+    if text not in {value for value, _ in GRACE_CHOICES}:
+        raise ValueError("choose a grace period from the list")
+    return timedelta(seconds=int(text))
+
+
+@dataclass(frozen=True)
+class CreateForm:
+    """The create form's fields, as typed (shown again when the API refuses them)."""
+
+    name: str = ""
+    user: str = ""
+    expires: str = ""
+    expires_on: str = ""
+    scope: str = Scope.READ_ONLY.value
+    rules: str = ""
+    ips: str = ""
+    mode: str = "secure"
+    check_method: str = "GET"
+    check_path: str = ""
+    check_body: str = ""
+
+    @classmethod
+    def read(cls, form: FormData) -> CreateForm:
+        """The fields of a submitted create form."""
+        return cls(
+            name=form.get("name"),
+            user=form.get("user").strip(),
+            expires=form.get("expires"),
+            expires_on=form.get("expires_on"),
+            scope=form.get("scope", Scope.READ_ONLY.value),
+            rules=form.get("rules"),
+            ips=form.get("ips"),
+            mode=form.get("mode", "secure"),
+            check_method=form.get("check_method", "GET"),
+            check_path=form.get("check_path"),
+            check_body=form.get("check_body"),
+        )
+
+    def arguments(self, actor: str) -> dict[str, object]:
+        """The keyword arguments of ``ApiTokens.create`` for this form.
+
+        Raises:
+            ValueError: a field that cannot be read (the API checks the rest).
+        """
+        if self.scope not in {scope.value for scope in Scope}:
+            raise ValueError("choose a scope from the list")
+        if self.mode not in ("secure", "standard"):
+            raise ValueError("choose secure or standard mode")
+        expires_at = parse_date(self.expires_on, what="Expires on")
+        expires_in: timedelta | None = None
+        if expires_at is None and self.expires not in ("", "never"):
+            if not self.expires.isdigit() or not 0 < int(self.expires) <= 36_600:
+                raise ValueError("choose an expiry from the list")
+            expires_in = timedelta(days=int(self.expires))
+        if expires_at is None and self.expires == "":
+            raise ValueError("choose an expiry")
+        arguments: dict[str, object] = {
+            "actor": actor,
+            "name": self.name,
+            "scope": Scope(self.scope),
+            "expires_in": expires_in,
+            "expires_at": expires_at,
+            "restrictions": lines(self.rules),
+            "allowed_ips": lines(self.ips),
+            "secure": self.mode == "secure",
+        }
+        if self.user and self.user != actor:
+            arguments["user"] = self.user
+        return arguments
