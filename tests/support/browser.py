@@ -58,7 +58,7 @@ SCREENSHOTS = "APITOKENS_SCREENSHOTS"
 """Set to ``1`` to (re)write the committed screenshots under ``docs/images/``."""
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 _DEBIAN_PATHS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
-VIEWPORT: ViewportSize = {"width": 1100, "height": 720}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 """Every context's window: the screenshots come out the same size on every machine."""
 TIMEOUT_MS = 5_000
 """How long Playwright waits for an element or a navigation before failing the test."""
