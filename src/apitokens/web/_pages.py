@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from typing import Any
 
 from apitokens._api import ApiTokens
+from apitokens._credentials import MalformedCredentials, read_credentials
+from apitokens._result import AuthResult
 from apitokens.asgi import ASGIApp
 from apitokens.wsgi import WSGIApplication
 
@@ -199,6 +201,9 @@ class TokenPages:
                 405 if allowed else 404,
                 "No such page." if not allowed else "That does not work here.",
             )
+        if self._carries_token(request):
+            # Whatever current_user says: a token authenticates API calls, never the pages.
+            raise PageError(403, "An API token is not a sign-in for these pages.")
         user = self._current_user(request.native)
         if not user:
             return self._sign_in(request)
@@ -220,6 +225,24 @@ class TokenPages:
             page_size=self._page_size,
         )
         return route.view(visit, **params)
+
+    def _carries_token(self, request: Request) -> bool:
+        """Whether the request was authenticated by a token, or sends one (in any scheme)."""
+        native = request.native
+        result = native.get("apitokens.auth") if isinstance(native, Mapping) else None
+        if isinstance(result, AuthResult) and result.token is not None:
+            return True
+        header = request.headers.get("authorization")
+        try:
+            credentials = read_credentials([header]) if header else None
+        except MalformedCredentials:
+            return False
+        if credentials is None:
+            return False
+        parse = self._tokens.policy.token_format.parse
+        return parse(credentials.secret) is not None or (
+            credentials.username is not None and parse(credentials.username) is not None
+        )
 
     def _check_csrf(self, request: Request, user: str) -> None:
         # A browser says when a request comes from another site: refuse it outright.
