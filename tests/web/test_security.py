@@ -285,3 +285,21 @@ def test_a_token_is_never_a_sign_in_for_the_pages(driver: str) -> None:
         assert response.status_code == 403
     finally:
         made.tokens.close()
+
+
+def test_a_token_pasted_where_an_id_goes_is_never_logged(
+    pages: Pages, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = pages.tokens.create(actor="alice", name="leaked").secret
+
+    def broken(_native: object) -> str:
+        raise RuntimeError("boom")
+
+    pages.pages._current_user = broken
+    with caplog.at_level(logging.DEBUG):
+        response = pages.get(f"/tokens/{secret}/revoke")
+    assert response.status_code == 500
+    ours = [r for r in caplog.records if r.name.startswith("apitokens")]  # not httpx's own
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
+    assert "token pages: GET /tokens/<token>/revoke failed" in text
+    assert secret not in text and secret not in response.text

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from apitokens._api import ApiTokens
 from apitokens._credentials import MalformedCredentials, read_credentials
 from apitokens._result import AuthResult
+from apitokens._tokens import TOKEN_PATTERN
 from apitokens.asgi import ASGIApp
 from apitokens.wsgi import WSGIApplication
 
@@ -167,8 +169,10 @@ class TokenPages:
         except PageError as exc:
             return self._error(request, exc.status, exc.message)
         except Exception:
-            # The traceback, not the request: a form's fields or a page may hold a secret.
-            log.exception("token pages: %s %s failed", request.method, request.path[:200])
+            # The traceback, not the request: a form's fields or a page may hold a secret,
+            # and a token pasted where an id goes is logged as a placeholder.
+            path = TOKEN_PATTERN.sub("<token>", request.path[:200])
+            log.exception("token pages: %s %s failed", request.method[:16], path)
             return self._error(request, 500, "Something went wrong on our side.")
 
     def _api(self, request: Request) -> str:
@@ -257,8 +261,6 @@ class TokenPages:
     def _sign_in(self, request: Request) -> Response:
         if self._login_url is None:
             raise PageError(401, "Sign in to manage your API tokens.")
-        from urllib.parse import urlencode
-
         target = request.url(request.path) + (f"?{request.query}" if request.query else "")
         joiner = "&" if "?" in self._login_url else "?"
         return Response.redirect(self._login_url + joiner + urlencode({"next": target}))
