@@ -37,7 +37,7 @@ def signed_in(native: Any) -> str | None:
     return str(user) if user else None
 
 
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
 @dataclass

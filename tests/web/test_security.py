@@ -250,3 +250,56 @@ def test_signed_out_is_401_or_the_login_redirect(driver: str) -> None:
         assert post.status_code == 303
     finally:
         made.tokens.close()
+
+
+def test_a_token_is_never_a_sign_in_for_the_pages(driver: str) -> None:
+    """Even when the host app's login would take the token's user (scope["user"]), and
+    whether or not apitokens' middleware ran before the pages."""
+    import base64
+
+    from apitokens.asgi import TokenUser
+    from tests.web.conftest import make_pages
+
+    made = make_pages(driver)
+    try:
+        secret = made.tokens.create(actor="alice", name="api").secret
+
+        def from_the_middleware(native: dict) -> str | None:
+            user = native.get("user") or native.get("REMOTE_USER")
+            if isinstance(user, TokenUser):
+                return user.display_name
+            return user if isinstance(user, str) else None
+
+        made.pages._current_user = from_the_middleware
+        inner = made.app
+        made.app = made.tokens.asgi(inner) if driver == "asgi" else made.tokens.wsgi(inner)
+        basic = base64.b64encode(f"alice:{secret}".encode()).decode()
+        for header in (f"Bearer {secret}", f"Basic {basic}"):
+            response = made.get("/", user=None, headers={"authorization": header})
+            assert response.status_code == 403, header
+            assert "not a sign-in" in response.text
+            assert "api" not in re.findall(r'class="name">([^<]*)', response.text)
+        # Without the middleware too: a token in the header is refused, whoever is signed in.
+        made.app = inner
+        response = made.get("/", user="alice", headers={"authorization": f"Bearer {secret}"})
+        assert response.status_code == 403
+    finally:
+        made.tokens.close()
+
+
+def test_a_token_pasted_where_an_id_goes_is_never_logged(
+    pages: Pages, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = pages.tokens.create(actor="alice", name="leaked").secret
+
+    def broken(_native: object) -> str:
+        raise RuntimeError("boom")
+
+    pages.pages._current_user = broken
+    with caplog.at_level(logging.DEBUG):
+        response = pages.get(f"/tokens/{secret}/revoke")
+    assert response.status_code == 500
+    ours = [r for r in caplog.records if r.name.startswith("apitokens")]  # not httpx's own
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
+    assert "token pages: GET /tokens/<token>/revoke failed" in text
+    assert secret not in text and secret not in response.text

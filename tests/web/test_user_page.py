@@ -54,7 +54,7 @@ def test_tokens_are_listed_newest_first_with_their_details(pages: Pages) -> None
     assert ">in 1 week</time>" in page  # expires
     assert "Never used" in page  # the first one
     assert 'data-label="Uses" class="num">1</td>' in page
-    assert page.count('<span class="badge badge-active">Active</span>') == 2
+    assert page.count('<span class="badge badge-active">active</span>') == 2
     assert page.count(">Revoke</button>") == 2
 
 
@@ -66,8 +66,8 @@ def test_revoked_and_expired_tokens_stay_listed_with_their_status(pages: Pages) 
     pages.clock.advance(days=8)
     page = pages.get("/").text
     assert rows(page) == ["gone", "short"]
-    assert '<span class="badge badge-revoked">Revoked</span>' in page
-    assert '<span class="badge badge-expired">Expired</span>' in page
+    assert '<span class="badge badge-revoked">revoked</span>' in page
+    assert '<span class="badge badge-expired">expired</span>' in page
     assert page.count(">Revoke</button>") == 1  # the expired one; nothing left to revoke
 
 
@@ -149,7 +149,7 @@ def test_revoke_asks_first_then_redirects_to_the_list(pages: Pages) -> None:
     assert not works(pages, secret)
     after = pages.get("/", params={"done": "revoked", "token": token.id})
     assert f"Token {token.id} was revoked" in after.text
-    assert '<span class="badge badge-revoked">Revoked</span>' in after.text
+    assert '<span class="badge badge-revoked">revoked</span>' in after.text
     events = pages.tokens.audit(token_id=token.id, action="revoke")
     assert [(e.actor, e.outcome) for e in events] == [("alice", "success")]
 
@@ -263,3 +263,16 @@ def test_head_answers_like_get_without_a_body(pages: Pages) -> None:
     assert response.status_code == 200
     assert response.content == b""
     assert response.headers["content-security-policy"]
+
+
+def test_a_user_who_may_not_create_tokens_is_told_so(driver: str) -> None:
+    made = make_pages(driver, policy=Policy(token_admins={ADMINS}, token_creators={"creators"}))
+    try:
+        page = made.get("/").text
+        assert "You may not create tokens" in page and ">Create token</button>" not in page
+        refused = made.submit("/create", {"name": "x", "expires": "30", "action": "create"})
+        assert refused.status_code == 403
+        assert "Not allowed: &#39;alice&#39; is not in token_creators." in refused.text
+        assert ">Create token</button>" in made.get("/", user="root").text
+    finally:
+        made.tokens.close()

@@ -11,7 +11,7 @@ from apitokens._model import Action, Outcome, TokenStatus
 
 from ._forms import CreateForm, parse_date
 from ._http import FormData, Response
-from ._user import back_to, form_values
+from ._user import back_to, form_values, notice
 from ._visit import PageError, Visit, message_of, status_of
 
 __all__ = ["audit", "confirm_unused", "policy", "revoke_unused", "tokens"]
@@ -83,12 +83,7 @@ def _notice(visit: Visit) -> str:
     count = visit.request.args.get("revoked_unused")
     if count.isdigit():
         return f"Revoked {count} unused token{'' if count == '1' else 's'}."
-    done, token_id = visit.request.args.get("done"), visit.request.args.get("token")
-    if done == "revoked" and len(token_id) == 12 and token_id.isalnum():
-        return f"Token {token_id} was revoked: it no longer works."
-    if done == "edited" and len(token_id) == 12 and token_id.isalnum():
-        return f"Token {token_id} was changed."
-    return ""
+    return notice(visit)
 
 
 def _since(visit: Visit, form: FormData) -> datetime:

@@ -65,6 +65,8 @@ def asgi_app(handle: Handler) -> ASGIApp:
                 await send({"type": "websocket.close", "code": 1008})
             return
         response = await _asgi_answer(handle, scope, receive)
+        if response is None:
+            return  # the client went away before it sent the whole request
         await send(
             {
                 "type": "http.response.start",
@@ -80,14 +82,14 @@ def asgi_app(handle: Handler) -> ASGIApp:
     return app
 
 
-async def _asgi_answer(handle: Handler, scope: Scope, receive: Receive) -> Response:
+async def _asgi_answer(handle: Handler, scope: Scope, receive: Receive) -> Response | None:
     chunks: list[bytes] = []
     size = 0
     more = True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return _TOO_LARGE  # nobody is listening; the answer does not matter
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from apitokens._api import ApiTokens
+from apitokens._credentials import MalformedCredentials, read_credentials
+from apitokens._result import AuthResult
+from apitokens._tokens import TOKEN_PATTERN
 from apitokens.asgi import ASGIApp
 from apitokens.wsgi import WSGIApplication
 
@@ -165,8 +169,10 @@ class TokenPages:
         except PageError as exc:
             return self._error(request, exc.status, exc.message)
         except Exception:
-            # The traceback, not the request: a form's fields or a page may hold a secret.
-            log.exception("token pages: %s %s failed", request.method, request.path[:200])
+            # The traceback, not the request: a form's fields or a page may hold a secret,
+            # and a token pasted where an id goes is logged as a placeholder.
+            path = TOKEN_PATTERN.sub("<token>", request.path[:200])
+            log.exception("token pages: %s %s failed", request.method[:16], path)
             return self._error(request, 500, "Something went wrong on our side.")
 
     def _api(self, request: Request) -> str:
@@ -199,6 +205,9 @@ class TokenPages:
                 405 if allowed else 404,
                 "No such page." if not allowed else "That does not work here.",
             )
+        if self._carries_token(request):
+            # Whatever current_user says: a token authenticates API calls, never the pages.
+            raise PageError(403, "An API token is not a sign-in for these pages.")
         user = self._current_user(request.native)
         if not user:
             return self._sign_in(request)
@@ -221,6 +230,24 @@ class TokenPages:
         )
         return route.view(visit, **params)
 
+    def _carries_token(self, request: Request) -> bool:
+        """Whether the request was authenticated by a token, or sends one (in any scheme)."""
+        native = request.native
+        result = native.get("apitokens.auth") if isinstance(native, Mapping) else None
+        if isinstance(result, AuthResult) and result.token is not None:
+            return True
+        header = request.headers.get("authorization")
+        try:
+            credentials = read_credentials([header]) if header else None
+        except MalformedCredentials:
+            return False
+        if credentials is None:
+            return False
+        parse = self._tokens.policy.token_format.parse
+        return parse(credentials.secret) is not None or (
+            credentials.username is not None and parse(credentials.username) is not None
+        )
+
     def _check_csrf(self, request: Request, user: str) -> None:
         # A browser says when a request comes from another site: refuse it outright.
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
@@ -234,8 +261,6 @@ class TokenPages:
     def _sign_in(self, request: Request) -> Response:
         if self._login_url is None:
             raise PageError(401, "Sign in to manage your API tokens.")
-        from urllib.parse import urlencode
-
         target = request.url(request.path) + (f"?{request.query}" if request.query else "")
         joiner = "&" if "?" in self._login_url else "?"
         return Response.redirect(self._login_url + joiner + urlencode({"next": target}))

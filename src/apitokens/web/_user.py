@@ -21,12 +21,15 @@ from ._visit import PageError, Visit, is_token_id, message_of, status_of
 
 __all__ = [
     "FormPage",
+    "back_to",
     "confirm_revoke",
     "confirm_rotate",
     "create",
     "edit",
     "edit_form",
+    "form_values",
     "index",
+    "notice",
     "reveal",
     "revoke",
     "rotate",
@@ -48,7 +51,8 @@ def back_to(visit: Visit, where: str, **query: str) -> Response:
     return Response.redirect(visit.request.url(path + (f"?{pairs}" if pairs else "")))
 
 
-def _notice(visit: Visit) -> str:
+def notice(visit: Visit) -> str:
+    """The line saying what the action before the redirect did (an id, never a secret)."""
     args = visit.request.args
     done, token_id = args.get("done"), args.get("token")
     if done in _DONE and is_token_id(token_id):
@@ -64,7 +68,9 @@ def form_values(visit: Visit, form: CreateForm) -> dict[str, Any]:
         default = next((c for c in choices if c.value == "30"), choices[-1] if choices else None)
         form = CreateForm(**{**form.__dict__, "expires": default.value if default else ""})
     read_write = not policy.read_only_for_users or visit.admin
+    groups = visit.tokens._manager.groups(visit.user)
     return {
+        "may_create": policy.may_create_tokens(groups),
         "form": form,
         "expiries": choices,
         "scopes": [Scope.READ_ONLY] + ([Scope.READ_WRITE] if read_write else []),
@@ -86,7 +92,7 @@ def index(
         "user.html",
         status,
         tokens=tokens,
-        notice=_notice(visit),
+        notice=notice(visit),
         error=error,
         tester=tester,
         active="user",

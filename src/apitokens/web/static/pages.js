@@ -50,6 +50,11 @@
     var timer = null;
     var sent = 0;
 
+    function csrfToken() {
+      var meta = document.querySelector('meta[name="csrf-token"]');
+      return meta ? meta.getAttribute("content") : value("csrf_token");
+    }
+
     function value(name) {
       var field = form.elements.namedItem(name);
       return field ? field.value : "";
@@ -61,7 +66,7 @@
       fetch(tester.getAttribute("data-check-url"), {
         method: "POST",
         credentials: "same-origin",
-        headers: { "Content-Type": "application/json", "X-CSRF-Token": value("csrf_token") },
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
         body: JSON.stringify({
           rules: value("rules"), method: value("check_method"), path: value("check_path"),
           body: value("check_body"), scope: value("scope")
