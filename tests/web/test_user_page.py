@@ -295,3 +295,13 @@ def test_a_user_who_may_not_create_tokens_is_told_so(driver: str) -> None:
         assert ">Create token</button>" in made.get("/", user="root").text
     finally:
         made.tokens.close()
+
+
+@pytest.mark.parametrize("host", ["pages.test:8443", "[::1]:80", "bad host", 'x"; rm -rf /'])
+def test_the_snippets_default_to_this_host_when_it_is_a_host(pages: Pages, host: str) -> None:
+    response = pages.submit(
+        "/create", {"name": "CI", "expires": "30", "action": "create"}, headers={"host": host}
+    )
+    assert response.status_code == 200
+    shown = host if " " not in host else "localhost"
+    assert f"http://{shown}/rest/" in response.text

@@ -34,6 +34,7 @@ _STATIC = {
     "pages.css": "text/css; charset=utf-8",
     "pages.js": "text/javascript; charset=utf-8",
 }
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _ONE = r"/tokens/(?P<token_id>[^/]+)"  # one token
 
 
@@ -178,7 +179,9 @@ class TokenPages:
     def _api(self, request: Request) -> str:
         if self._api_url is not None:
             return self._api_url
-        host = request.headers.get("host", "localhost")
+        host = request.headers.get("host", "")
+        if not _HOST.fullmatch(host):
+            host = "localhost"  # the snippets must still be valid code
         scheme = "https" if request.scheme == "https" else "http"
         path = (
             self._tokens.policy.protected_paths[0] if self._tokens.policy.protected_paths else "/"
