@@ -63,5 +63,11 @@ def test_the_expiry_choices_follow_the_policy() -> None:
 
     assert values(Policy()) == ["7", "30", "60", "90", "180", "365", "never"]
     assert values(Policy(require_expiry=True)) == ["7", "30", "60", "90", "180", "365"]
-    assert values(Policy(max_lifetime=timedelta(days=100))) == ["7", "30", "60", "90", "100"]
-    assert values(Policy(max_lifetime=timedelta(hours=12))) == []
+    assert values(Policy(max_lifetime=timedelta(days=100))) == ["7", "30", "60", "90", "longest"]
+    assert values(Policy(max_lifetime=timedelta(days=90))) == ["7", "30", "60", "90"]
+    [short] = expiry_choices(Policy(max_lifetime=timedelta(hours=12)))
+    assert (short.value, short.label, short.lifetime) == (
+        "longest",
+        "12 hours (the longest allowed)",
+        timedelta(hours=12),
+    )

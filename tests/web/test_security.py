@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
 from apitokens import TOKEN_PATTERN, Outcome
+from tests.support import CHEAP_HASHER, Clock
 from tests.web.conftest import Pages
 
 CSP = re.compile(r"script-src 'self'(;|$)")
@@ -303,3 +305,24 @@ def test_a_token_pasted_where_an_id_goes_is_never_logged(
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
     assert "token pages: GET /tokens/<token>/revoke failed" in text
     assert secret not in text and secret not in response.text
+
+
+def test_a_store_that_fails_is_a_503_page(driver: str, tmp_path: Path) -> None:
+    from apitokens import ApiTokens, SQLiteStore
+    from apitokens.web import TokenPages
+    from tests.web.conftest import SECRET_KEY, signed_in
+
+    store = SQLiteStore(tmp_path / "tokens.db")
+    tokens = ApiTokens(store, hasher=CHEAP_HASHER, journal=False)
+    try:
+        pages = TokenPages(tokens, current_user=signed_in, secret_key=SECRET_KEY)
+        app = pages.asgi() if driver == "asgi" else pages.wsgi()
+        store.close()  # a real failure: every call now raises StorageError
+        client = Pages(driver, tokens, pages, Clock(), app=app)
+        response = client.get("/")
+        assert response.status_code == 503
+        assert "The token store is not available right now." in response.text
+        assert "closed" not in response.text
+        assert_safe_headers(response)
+    finally:
+        tokens.close()

@@ -91,7 +91,7 @@ def test_create_is_audited_with_its_actor(pages: Pages) -> None:
         ({"expires_on": "2025-01-01"}, 400, "Expires_at is in the past."),
         ({"scope": "read_write"}, 403, "Not allowed: read_only_for_users"),
         ({"user": "bob"}, 403, "Not allowed: only token_admins may create tokens for other"),
-        ({"expires": "never"}, 400, "The policy does not allow this: tokens must expire"),
+        ({"expires": "never"}, 400, "Choose an expiry from the list, or a date."),  # not offered
         ({"scope": "root"}, 400, "Choose a scope from the list."),
     ],
 )
@@ -116,6 +116,24 @@ def test_a_refusal_is_a_message_on_the_page_with_what_was_typed(
         made.tokens.close()
 
 
+def test_an_unbound_token_from_the_admins_form_when_the_policy_allows_it(driver: str) -> None:
+    policy = Policy(token_admins={ADMINS}, allow_unbound_tokens=True)
+    made = make_pages(driver, policy=policy)
+    try:
+        page = made.get("/admin", user="root").text
+        assert 'name="unbound" value="yes"' in page
+        assert 'name="unbound"' not in made.get("/", user="alice").text
+        made.create("shared", user="root", unbound="yes", back="admin")
+        [token] = made.tokens.list(actor="root")
+        assert token.user is None
+        refused = made.submit(
+            "/create", {"name": "x", "expires": "30", "unbound": "yes", "action": "create"}
+        )
+        assert refused.status_code == 403  # alice: the API refuses, whatever the form sent
+    finally:
+        made.tokens.close()
+
+
 def test_the_form_offers_only_what_the_policy_allows(driver: str) -> None:
     policy = Policy(
         token_admins={ADMINS}, read_only_for_users=True, max_lifetime=timedelta(days=45)
@@ -125,10 +143,11 @@ def test_the_form_offers_only_what_the_policy_allows(driver: str) -> None:
         page = made.get("/").text
         expiry = re.search(r'<select id="f-expires" name="expires">(.*?)</select>', page, re.S)
         assert expiry
-        assert re.findall(r'<option value="([^"]+)"', expiry.group(1)) == ["7", "30", "45"]
+        assert re.findall(r'<option value="([^"]+)"', expiry.group(1)) == ["7", "30", "longest"]
+        assert "45 days (the longest allowed)" in expiry.group(1)
         assert 'value="never"' not in page
         assert 'value="read_write"' not in page
-        assert "at most 45 days" in page
+        assert "The policy allows at most 45 days." in page
         admin = made.get("/", user="root").text
         assert 'value="read_write"' in admin
     finally:
@@ -276,3 +295,13 @@ def test_a_user_who_may_not_create_tokens_is_told_so(driver: str) -> None:
         assert ">Create token</button>" in made.get("/", user="root").text
     finally:
         made.tokens.close()
+
+
+@pytest.mark.parametrize("host", ["pages.test:8443", "[::1]:80", "bad host", 'x"; rm -rf /'])
+def test_the_snippets_default_to_this_host_when_it_is_a_host(pages: Pages, host: str) -> None:
+    response = pages.submit(
+        "/create", {"name": "CI", "expires": "30", "action": "create"}, headers={"host": host}
+    )
+    assert response.status_code == 200
+    shown = host if " " not in host else "localhost"
+    assert f"http://{shown}/rest/" in response.text

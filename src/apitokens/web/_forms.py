@@ -19,6 +19,7 @@ __all__ = [
     "GRACE_CHOICES",
     "CreateForm",
     "ExpiryChoice",
+    "describe",
     "expiry_choices",
     "lines",
     "parse_date",
@@ -32,7 +33,8 @@ class ExpiryChoice:
 
     value: str
     label: str
-    days: int | None
+    lifetime: timedelta | None
+    """``None``: never expires."""
 
 
 _EXPIRIES = (7, 30, 60, 90, 180, 365)
@@ -47,18 +49,32 @@ GRACE_CHOICES = (
 
 
 def expiry_choices(policy: Policy) -> list[ExpiryChoice]:
-    """The expiries the policy allows: so many days, and "never" when no limit forbids it."""
-    limit = None if policy.max_lifetime is None else policy.max_lifetime // timedelta(days=1)
+    """The expiries the policy allows: so many days, the longest allowed, and "never" when
+    nothing requires an expiry."""
+    longest = policy.max_lifetime
     choices = [
-        ExpiryChoice(str(days), f"{days} days", days)
+        ExpiryChoice(str(days), f"{days} days", timedelta(days=days))
         for days in _EXPIRIES
-        if limit is None or days <= limit
+        if longest is None or timedelta(days=days) <= longest
     ]
-    if limit is not None and limit >= 1 and limit not in _EXPIRIES:
-        choices.append(ExpiryChoice(str(limit), f"{limit} days (the longest allowed)", limit))
-    if policy.max_lifetime is None and not policy.require_expiry:
+    if longest is not None and all(choice.lifetime != longest for choice in choices):
+        label = describe(longest)
+        choices.append(ExpiryChoice("longest", f"{label} (the longest allowed)", longest))
+    if longest is None and not policy.require_expiry:
         choices.append(ExpiryChoice("never", "Never", None))
     return choices
+
+
+def describe(span: timedelta) -> str:
+    """``"45 days"``, ``"12 hours"``: a lifetime, for a label."""
+    if span >= timedelta(days=1):
+        days = span // timedelta(days=1)
+        return f"{days} day{'' if days == 1 else 's'}"
+    hours = max(span // timedelta(hours=1), 0)
+    if hours:
+        return f"{hours} hour{'' if hours == 1 else 's'}"
+    minutes = max(span // timedelta(minutes=1), 1)
+    return f"{minutes} minute{'' if minutes == 1 else 's'}"
 
 
 def lines(text: str) -> list[str]:
@@ -101,6 +117,7 @@ class CreateForm:
     rules: str = ""
     ips: str = ""
     mode: str = "secure"
+    unbound: bool = False
     check_method: str = "GET"
     check_path: str = ""
     check_body: str = ""
@@ -117,13 +134,18 @@ class CreateForm:
             rules=form.get("rules"),
             ips=form.get("ips"),
             mode=form.get("mode", "secure"),
+            unbound=form.get("unbound") == "yes",
             check_method=form.get("check_method", "GET"),
             check_path=form.get("check_path"),
             check_body=form.get("check_body"),
         )
 
-    def arguments(self, actor: str) -> dict[str, object]:
+    def arguments(self, actor: str, choices: list[ExpiryChoice]) -> dict[str, object]:
         """The keyword arguments of ``ApiTokens.create`` for this form.
+
+        Args:
+            actor: the signed-in user.
+            choices: the expiries the form offered (:func:`expiry_choices`).
 
         Raises:
             ValueError: a field that cannot be read (the API checks the rest).
@@ -134,12 +156,11 @@ class CreateForm:
             raise ValueError("choose secure or standard mode")
         expires_at = parse_date(self.expires_on, what="Expires on")
         expires_in: timedelta | None = None
-        if expires_at is None and self.expires not in ("", "never"):
-            if not self.expires.isdigit() or not 0 < int(self.expires) <= 36_600:
-                raise ValueError("choose an expiry from the list")
-            expires_in = timedelta(days=int(self.expires))
-        if expires_at is None and self.expires == "":
-            raise ValueError("choose an expiry")
+        if expires_at is None:
+            chosen = next((c for c in choices if c.value == self.expires), None)
+            if chosen is None:
+                raise ValueError("choose an expiry from the list, or a date")
+            expires_in = chosen.lifetime
         arguments: dict[str, object] = {
             "actor": actor,
             "name": self.name,
@@ -150,6 +171,8 @@ class CreateForm:
             "allowed_ips": lines(self.ips),
             "secure": self.mode == "secure",
         }
-        if self.user and self.user != actor:
+        if self.unbound:
+            arguments["unbound"] = True
+        elif self.user and self.user != actor:
             arguments["user"] = self.user
         return arguments

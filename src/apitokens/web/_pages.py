@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from apitokens._api import ApiTokens
 from apitokens._credentials import MalformedCredentials, read_credentials
+from apitokens._errors import StorageError
 from apitokens._result import AuthResult
 from apitokens._tokens import TOKEN_PATTERN
 from apitokens.asgi import ASGIApp
@@ -24,7 +25,7 @@ from ._drivers import asgi_app, wsgi_app
 from ._http import Request, Response
 from ._render import Templates
 from ._tester import run_tester
-from ._visit import PageError, Visit
+from ._visit import PageError, Visit, message_of
 
 __all__ = ["TokenPages"]
 
@@ -34,6 +35,7 @@ _STATIC = {
     "pages.css": "text/css; charset=utf-8",
     "pages.js": "text/javascript; charset=utf-8",
 }
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _ONE = r"/tokens/(?P<token_id>[^/]+)"  # one token
 
 
@@ -168,6 +170,9 @@ class TokenPages:
             return self._answer(request)
         except PageError as exc:
             return self._error(request, exc.status, exc.message)
+        except StorageError:
+            log.warning("token pages: the token store is unavailable", exc_info=True)
+            return self._error(request, 503, message_of(StorageError()))
         except Exception:
             # The traceback, not the request: a form's fields or a page may hold a secret,
             # and a token pasted where an id goes is logged as a placeholder.
@@ -178,7 +183,9 @@ class TokenPages:
     def _api(self, request: Request) -> str:
         if self._api_url is not None:
             return self._api_url
-        host = request.headers.get("host", "localhost")
+        host = request.headers.get("host", "")
+        if not _HOST.fullmatch(host):
+            host = "localhost"  # the snippets must still be valid code
         scheme = "https" if request.scheme == "https" else "http"
         path = (
             self._tokens.policy.protected_paths[0] if self._tokens.policy.protected_paths else "/"

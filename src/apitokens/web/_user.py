@@ -14,7 +14,15 @@ from apitokens._errors import ApiTokensError
 from apitokens._model import IssuedToken, Scope, Token, TokenStatus
 from apitokens._snippets import LANGUAGES, render_snippet
 
-from ._forms import GRACE_CHOICES, CreateForm, expiry_choices, lines, parse_date, parse_grace
+from ._forms import (
+    GRACE_CHOICES,
+    CreateForm,
+    describe,
+    expiry_choices,
+    lines,
+    parse_date,
+    parse_grace,
+)
 from ._http import Response
 from ._tester import TesterResult, run_tester
 from ._visit import PageError, Visit, is_token_id, message_of, status_of
@@ -71,10 +79,11 @@ def form_values(visit: Visit, form: CreateForm) -> dict[str, Any]:
     groups = visit.tokens._manager.groups(visit.user)
     return {
         "may_create": policy.may_create_tokens(groups),
+        "unbound_allowed": policy.allow_unbound_tokens and visit.admin,
         "form": form,
         "expiries": choices,
         "scopes": [Scope.READ_ONLY] + ([Scope.READ_WRITE] if read_write else []),
-        "max_days": None if policy.max_lifetime is None else policy.max_lifetime.days,
+        "longest": None if policy.max_lifetime is None else describe(policy.max_lifetime),
     }
 
 
@@ -140,7 +149,8 @@ def create(visit: Visit, again: FormPage | None = None) -> Response:
         )
         return index(visit, form, tester=tester)
     try:
-        issued = visit.tokens.create(**form.arguments(visit.user))  # type: ignore[arg-type]
+        arguments = form.arguments(visit.user, expiry_choices(visit.tokens.policy))
+        issued = visit.tokens.create(**arguments)  # type: ignore[arg-type]
     except (ApiTokensError, ValueError) as exc:
         return (again or index)(visit, form, status=status_of(exc), error=message_of(exc))
     back = "admin" if visit.request.form.get("back") == "admin" else "user"
