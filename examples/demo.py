@@ -3,7 +3,9 @@
 Starts the FastAPI example (examples/fastapi_app.py) under uvicorn on
 127.0.0.1:8000 with an embedded SQLite file in a temporary directory (removed
 when it stops), creates a read-only token and a restricted one, and prints
-curl commands that show 200, 401 and 403.
+curl commands that show 200, 401 and 403. The token pages are mounted at
+/settings/tokens behind a demo login (any user name, no password; "admin"
+is the token admin).
 
     python examples/demo.py                 # serve until Ctrl-C
     python examples/demo.py --check         # serve, run the curl lines itself, stop
@@ -27,8 +29,55 @@ from types import ModuleType
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 from apitokens import Scope
+from apitokens.web import TokenPages
+
+PAGES = "/settings/tokens"
+LOGIN_FORM = """<!doctype html><title>Sign in to the demo</title>
+<form method="post" action="/login">
+<p>A demo login: any user name, no password. <b>admin</b> is the token admin.</p>
+<label for="user">User name</label> <input id="user" name="user" value="alice">
+<button type="submit">Sign in</button>
+</form>"""
+
+
+async def login(request: Request) -> Response:
+    """The demo's own login (the host app's, never a token): a name in a signed cookie."""
+    if request.method == "GET":
+        return HTMLResponse(LOGIN_FORM)
+    user = str((await request.form()).get("user", "")).strip()
+    if not user:
+        return HTMLResponse(LOGIN_FORM, status_code=400)
+    request.session["user"] = user
+    return RedirectResponse(PAGES + "/", status_code=303)
+
+
+def signed_in(scope: dict[str, object]) -> str | None:
+    """The demo login's user: what TokenPages(current_user=...) is given."""
+    session = scope.get("session")
+    user = session.get("user") if isinstance(session, dict) else None
+    return user if isinstance(user, str) else None
+
+
+def site(example: ModuleType) -> Starlette:
+    """The example's API, the token pages under PAGES, and the demo login."""
+    key = os.urandom(32)  # this run only: signs the session cookie and the pages' CSRF tokens
+    pages = TokenPages(example.tokens, current_user=signed_in, secret_key=key, login_url="/login")
+    return Starlette(
+        routes=[
+            Route("/login", login, methods=["GET", "POST"]),
+            Mount(PAGES, app=pages.asgi()),
+            Mount("/", app=example.app),
+        ],
+        middleware=[Middleware(SessionMiddleware, secret_key=key.hex())],
+    )
 
 
 @dataclass
@@ -61,6 +110,18 @@ class Try:
         return client.request(
             self.method, self.path, headers=headers, auth=self.basic, json=self.body
         ).status_code
+
+
+def check_pages(client: httpx.Client) -> int:
+    """The pages: a login first, then alice's list with the demo's tokens; mismatches."""
+    failures = 0
+    first = client.get(PAGES + "/")
+    failures += first.status_code not in (302, 303, 307)
+    client.post("/login", data={"user": "alice"})
+    page = client.get(PAGES + "/")
+    failures += page.status_code != 200 or "demo: read-only report" not in page.text
+    print(f"# token pages as alice: {page.status_code}{'' if not failures else '  MISMATCH'}")
+    return failures
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -118,7 +179,7 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
     ]  # fmt: skip
 
     config = uvicorn.Config(
-        example.app,
+        site(example),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
@@ -144,6 +205,7 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
     print(f"read-only token for alice:   {reader.secret}")
     print(f"restricted token for alice:  {restricted.secret}")
     print(f"  rule: {restricted.token.restrictions[0]}\n")
+    print(f"token pages: {base}{PAGES}/ (sign in as alice, or as admin)\n")
     failures = 0
     with httpx.Client(base_url=base) as client:
         for t in tries:
@@ -154,6 +216,8 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
                 failures += got != t.expect
                 print(f"#   -> {got}{'' if got == t.expect else '  MISMATCH'}")
             print()
+        if args.check:
+            failures += check_pages(client)
     if not args.check:
         with contextlib.suppress(KeyboardInterrupt):
             print("Try the lines above; Ctrl-C stops the server and prints the audit log.")

@@ -38,7 +38,9 @@ from apitokens.starlette import RequireToken, RouteRefused, render_refusal
 
 tokens = ApiTokens(
     SQLiteStore(os.environ.get("APITOKENS_DB", "apitokens.db")),
-    policy=Policy(protected_paths=["/rest/"]),
+    # The user "admin" (the demo's admin) may see every token and the audit log.
+    policy=Policy(protected_paths=["/rest/"], token_admins=frozenset({"admins"})),
+    groups=lambda user: {"admins"} if user == "admin" else set(),
 )
 
 api = FastAPI(
