@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -149,3 +150,18 @@ def test_markup_in_what_an_attacker_sends_the_api_is_inert_in_the_audit_log(
     assert page.locator("main img").count() == 0
     assert page.title() != "pwned"
     assert errors == []
+
+
+def test_the_back_button_never_shows_the_secret_again(page: Page, site: Site) -> None:
+    """The secret page answers a POST with ``no-store``: going back to it is no cache hit
+    (no bfcache, no history copy), so it is not on screen for the next person at the desk."""
+    sign_in(page, site, "alice")
+    secret = create_token(page, "shown once")
+    assert secret not in page.url
+    page.get_by_role("link", name=re.compile("back to your tokens")).click()
+    expect(page.get_by_role("heading", name="Your API tokens")).to_be_visible()
+    # Not restored from the back/forward cache nor from the HTTP cache: Chromium would
+    # have to send the POST again, and asks first (net::ERR_CACHE_MISS).
+    with pytest.raises(PlaywrightError, match="ERR_CACHE_MISS"):
+        page.go_back()
+    assert len(site.tokens.list(actor="alice", user="alice")) == 1  # nothing sent again
