@@ -191,6 +191,21 @@ def test_too_many_fields_is_a_400_not_a_500(site: Site) -> None:
     assert site.pages.tokens.list(actor="alice", user="alice") == []
 
 
+def test_a_deeply_nested_json_body_for_the_rule_tester_is_a_400(site: Site) -> None:
+    """``json.loads`` raises RecursionError, not ValueError, on ``[[[[...``: it was a 500
+    with a traceback logged, on every request of any signed-in user."""
+    csrf = site.csrf()
+    for body in ("[" * 100_000, '{"rules": ' + "[" * 100_000):
+        response = site.request(
+            "POST",
+            "/rules/check",
+            content=body,
+            headers={"content-type": "application/json", "x-csrf-token": csrf},
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/json"
+
+
 # -- open findings --------------------------------------------------------------------------
 
 CATASTROPHIC = "/rest/(?:a|a)*b"  # exponential in the number of "a"s (tests/integration)

@@ -79,7 +79,7 @@ def _rule_check(visit: Visit) -> Response:
     """The rule tester's JSON endpoint (the page's script calls it as the user types)."""
     try:
         data = visit.request.json() if visit.request.content_type == "application/json" else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         data = None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         return Response.json(400, {"error": "send a JSON object of strings"})
