@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
 
 from apitokens._errors import ApiTokensError
@@ -21,9 +21,14 @@ _ACTIONS = [action.value for action in Action]
 _OUTCOMES = [outcome.value for outcome in Outcome if outcome is not Outcome.PASS_THROUGH]
 
 
+def _digits(text: str) -> bool:
+    # str.isdigit() also says yes to "²" and other digits int() cannot read (a 500).
+    return text.isascii() and text.isdigit()
+
+
 def _page_number(args: FormData) -> int:
     text = args.get("page", "1")
-    return int(text) if text.isdigit() and 0 < int(text) <= 100_000 else 1
+    return int(text) if _digits(text) and 0 < int(text) <= 100_000 else 1
 
 
 def _choice(value: str, allowed: list[str]) -> str | None:
@@ -81,14 +86,14 @@ def tokens(
 
 def _notice(visit: Visit) -> str:
     count = visit.request.args.get("revoked_unused")
-    if count.isdigit():
+    if _digits(count):
         return f"Revoked {count} unused token{'' if count == '1' else 's'}."
     return notice(visit)
 
 
 def _since(visit: Visit, form: FormData) -> datetime:
     days = form.get("days", "90")
-    if not days.isdigit() or not 0 < int(days) <= 36_600:
+    if not _digits(days) or not 0 < int(days) <= 36_600:
         raise PageError(400, "Give the number of days as a whole number, 1 or more.")
     return visit.now - timedelta(days=int(days))
 
@@ -123,7 +128,8 @@ def audit(visit: Visit) -> Response:
         action=_choice(args.get("action"), _ACTIONS),
         outcome=_choice(args.get("outcome"), _OUTCOMES),
         since=_date(args, "since", "Since"),
-        until=None if until is None else until + timedelta(days=1),
+        # The day after "until"; none after the last day a datetime holds (an overflow).
+        until=None if until is None or until.date() == date.max else until + timedelta(days=1),
         limit=size + 1,
         offset=(page - 1) * size,
     )

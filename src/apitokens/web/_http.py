@@ -15,15 +15,20 @@ from urllib.parse import parse_qs, quote
 
 __all__ = [
     "MAX_BODY",
+    "MAX_FIELDS",
     "SECURITY_HEADERS",
     "FormData",
     "Request",
     "Response",
+    "TooManyFields",
     "finish",
 ]
 
 MAX_BODY = 256 * 1024
 """Largest request body the pages read (a form with a thousand rules fits); 413 beyond."""
+
+MAX_FIELDS = 2000
+"""Most fields a form or a query string may have (no page has nearly as many); 400 beyond."""
 
 SECURITY_HEADERS = (
     (
@@ -39,6 +44,10 @@ SECURITY_HEADERS = (
 """Sent on every response of the pages, errors included: no inline script, no framing."""
 
 
+class TooManyFields(Exception):
+    """A form or query string with more than :data:`MAX_FIELDS` fields (the pages answer 400)."""
+
+
 class FormData:
     """Form fields by name (several values each), as an ``application/x-www-form-urlencoded``
     body or a query string gives them."""
@@ -48,8 +57,15 @@ class FormData:
 
     @classmethod
     def parse(cls, text: str) -> FormData:
-        """Parse ``a=1&b=2``; a malformed pair is dropped, as browsers never send one."""
-        return cls(parse_qs(text, keep_blank_values=True, max_num_fields=2000))
+        """Parse ``a=1&b=2``; a malformed pair is dropped, as browsers never send one.
+
+        Raises:
+            TooManyFields: more than :data:`MAX_FIELDS` fields.
+        """
+        try:
+            return cls(parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS))
+        except ValueError:  # parse_qs's only ValueError here: too many fields
+            raise TooManyFields(f"more than {MAX_FIELDS} fields") from None
 
     def get(self, name: str, default: str = "") -> str:
         """The field's first value, or ``default``."""

@@ -22,7 +22,7 @@ from apitokens.wsgi import WSGIApplication
 from . import _admin, _user
 from ._csrf import CsrfTokens
 from ._drivers import asgi_app, wsgi_app
-from ._http import Request, Response
+from ._http import Request, Response, TooManyFields
 from ._render import Templates
 from ._tester import run_tester
 from ._visit import PageError, Visit, message_of
@@ -79,7 +79,7 @@ def _rule_check(visit: Visit) -> Response:
     """The rule tester's JSON endpoint (the page's script calls it as the user types)."""
     try:
         data = visit.request.json() if visit.request.content_type == "application/json" else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         data = None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         return Response.json(400, {"error": "send a JSON object of strings"})
@@ -170,6 +170,8 @@ class TokenPages:
             return self._answer(request)
         except PageError as exc:
             return self._error(request, exc.status, exc.message)
+        except TooManyFields:
+            return self._error(request, 400, "This request has too many fields.")
         except StorageError:
             log.warning("token pages: the token store is unavailable", exc_info=True)
             return self._error(request, 503, message_of(StorageError()))
