@@ -211,13 +211,6 @@ def test_a_deeply_nested_json_body_for_the_rule_tester_is_a_400(site: Site) -> N
 CATASTROPHIC = "/rest/(?:a|a)*b"  # exponential in the number of "a"s (tests/integration)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rule tester gives each of up to 100 rules its own 50 ms regex budget "
-    "(RestrictionRule.explain's default), not one budget of policy.rule_timeout for the "
-    "whole request as the API does: one request can spend 5 s of regex, per keystroke "
-    "(and it parses the test body again for each rule: 100 x 200 KB of JSON)",
-)
 def test_the_rule_tester_spends_one_regex_budget_per_request(site: Site) -> None:
     rules = "\n".join([CATASTROPHIC] * 20)  # 20 x 50 ms today; 50 ms with one budget
     started = time.monotonic()

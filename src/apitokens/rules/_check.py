@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from apitokens._request import AuthRequest
-from apitokens.rules._match import RuleMatch
+from apitokens.rules._match import DEFAULT_RULE_TIMEOUT, Deadline, RuleMatch
 from apitokens.rules._rule import RestrictionRule
 
 __all__ = ["check_request"]
 
 
 def check_request(
-    rule: RestrictionRule, method: str, path: str, *, query: str | None = None, body: bytes = b""
+    rule: RestrictionRule,
+    method: str,
+    path: str,
+    *,
+    query: str | None = None,
+    body: bytes = b"",
+    timeout: float | Deadline = DEFAULT_RULE_TIMEOUT,
 ) -> RuleMatch:
     """Tell whether a request matches ``rule`` and, if not, which part failed.
 
@@ -25,8 +31,11 @@ def check_request(
         query: the raw query string, without ``?``.
         body: the request body, read as JSON (``JsonData`` clauses read only a
             JSON ``Content-Type``, and the body a tester types is JSON).
+        timeout: the regex budget (seconds), or a :class:`Deadline` shared by the
+            checks of one test request against several rules.
     """
     if query is None:
         path, _, query = path.partition("?")
     headers = [("content-type", "application/json")]
-    return rule.explain(AuthRequest(method, path, query=query, headers=headers, body=body))
+    request = AuthRequest(method, path, query=query, headers=headers, body=body)
+    return rule.explain(request, timeout=timeout)

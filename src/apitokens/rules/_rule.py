@@ -128,17 +128,21 @@ class RestrictionRule:
         """
         return self.explain(request, timeout=timeout).matched
 
-    def explain(self, request: AuthRequest, *, timeout: float = DEFAULT_RULE_TIMEOUT) -> RuleMatch:
+    def explain(
+        self, request: AuthRequest, *, timeout: float | Deadline = DEFAULT_RULE_TIMEOUT
+    ) -> RuleMatch:
         """Like :meth:`matches`, and say which part failed.
 
         Args:
             request: the request; ``path`` still percent-encoded.
-            timeout: seconds all regex matching of this call may take together.
+            timeout: seconds all regex matching of this call may take together, or
+                a :class:`Deadline` shared with other calls (one budget for all).
 
         Returns:
             ``RuleMatch(True, "")`` or ``RuleMatch(False, reason)``.
         """
-        view = RequestView(request, Deadline(timeout))
+        deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
+        view = RequestView(request, deadline)
         if view.path_error:
             return RuleMatch(False, view.path_error)
         try:

@@ -89,6 +89,7 @@ def _rule_check(visit: Visit) -> Response:
         data.get("path", "/"),
         body=data.get("body", ""),
         scope=data.get("scope", ""),
+        timeout=visit.tokens.policy.rule_timeout,
     )
     return Response.json(200, result.as_json())
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from apitokens._errors import RuleSyntaxError
 from apitokens._model import Scope
-from apitokens.rules import RestrictionRule, check_request
+from apitokens.rules import DEFAULT_RULE_TIMEOUT, Deadline, RestrictionRule, check_request
 
 from ._forms import lines
 
@@ -18,6 +18,8 @@ __all__ = ["RuleVerdict", "TesterResult", "run_tester"]
 
 _MAX_RULES = 100
 """Rules the tester reads at once: it answers as a user types, so it stays cheap."""
+_MAX_BODY = 64 * 1024
+"""The largest test body: each rule reads it again, and a tester body is typed by hand."""
 
 
 @dataclass(frozen=True)
@@ -47,19 +49,25 @@ class TesterResult:
         }
 
 
-def _verdict(text: str, method: str, path: str, body: bytes) -> RuleVerdict:
+def _verdict(text: str, method: str, path: str, body: bytes, deadline: Deadline) -> RuleVerdict:
     try:
         rule = RestrictionRule.parse(text)
     except RuleSyntaxError as exc:
         return RuleVerdict(
             text, False, f"does not parse: column {exc.column}: {exc.reason}", exc.column
         )
-    found = check_request(rule, method, path, body=body)
+    found = check_request(rule, method, path, body=body, timeout=deadline)
     return RuleVerdict(str(rule), found.matched, found.reason)
 
 
 def run_tester(
-    rules: str, method: str, path: str, *, body: str = "", scope: str = ""
+    rules: str,
+    method: str,
+    path: str,
+    *,
+    body: str = "",
+    scope: str = "",
+    timeout: float = DEFAULT_RULE_TIMEOUT,
 ) -> TesterResult:
     """Test a request against the rules typed in the create form (one a line).
 
@@ -69,11 +77,17 @@ def run_tester(
         path: its path, with an optional ``?query``.
         body: its JSON body, if any.
         scope: the scope chosen in the form (``""``: not taken into account).
+        timeout: the regex budget of the whole test request, for all its rules
+            together, as the API gives a request (``Policy.rule_timeout``).
     """
     method = method.strip().upper() or "GET"
     path = path.strip() or "/"
     texts = lines(rules)[:_MAX_RULES]
-    verdicts = tuple(_verdict(text, method, path, body.encode("utf-8")) for text in texts)
+    raw = body.encode("utf-8")
+    if len(raw) > _MAX_BODY:
+        return TesterResult(False, f"The test body is over {_MAX_BODY // 1024} KiB", ())
+    deadline = Deadline(timeout)  # one budget for every rule, as a request has
+    verdicts = tuple(_verdict(text, method, path, raw, deadline) for text in texts)
     bad = [v for v in verdicts if v.column is not None]
     in_scope = scope not in {s.value for s in Scope} or Scope(scope).allows(method)
     if bad:

@@ -145,7 +145,12 @@ def create(visit: Visit, again: FormPage | None = None) -> Response:
     form = CreateForm.read(visit.request.form)
     if visit.request.form.get("action") == "check":
         tester = run_tester(
-            form.rules, form.check_method, form.check_path, body=form.check_body, scope=form.scope
+            form.rules,
+            form.check_method,
+            form.check_path,
+            body=form.check_body,
+            scope=form.scope,
+            timeout=visit.tokens.policy.rule_timeout,
         )
         return index(visit, form, tester=tester)
     try:
