@@ -239,6 +239,18 @@ def test_the_rule_tester_without_javascript(page_without_js: Page, site: Site) -
     assert site.tokens.list(actor="alice", user="alice") == []  # a check creates nothing
 
 
+def test_copy_buttons_only_when_javascript_can_copy(
+    page: Page, page_without_js: Page, site: Site
+) -> None:
+    sign_in(page, site, "alice")
+    create_token(page, "with script")
+    expect(page.get_by_role("button", name="Copy", exact=True).first).to_be_visible()
+
+    sign_in(page_without_js, site, "bob")
+    create_token(page_without_js, "without script")
+    expect(page_without_js.get_by_role("button", name="Copy", exact=True)).to_have_count(0)
+
+
 def test_a_form_without_its_csrf_token_is_refused(page: Page, site: Site) -> None:
     sign_in(page, site, "alice")
     page.locator("input[name=csrf_token]").evaluate_all("fields => fields.forEach(f => f.remove())")
