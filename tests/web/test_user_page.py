@@ -305,3 +305,13 @@ def test_the_snippets_default_to_this_host_when_it_is_a_host(pages: Pages, host:
     assert response.status_code == 200
     shown = host if " " not in host else "localhost"
     assert f"http://{shown}/rest/" in response.text
+
+
+def test_opening_a_forms_address_says_what_to_do(pages: Pages) -> None:
+    # The address bar shows /create after the secret page; opening it again is a GET.
+    response = pages.get("/create")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "Back to your tokens" in response.text
+    assert "only takes a form sent from these pages" in response.text
+    assert pages.request("DELETE", "/").headers["allow"] == "GET, HEAD"

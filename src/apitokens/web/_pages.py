@@ -169,7 +169,9 @@ class TokenPages:
         try:
             return self._answer(request)
         except PageError as exc:
-            return self._error(request, exc.status, exc.message)
+            response = self._error(request, exc.status, exc.message)
+            response.headers.extend(exc.headers)
+            return response
         except StorageError:
             log.warning("token pages: the token store is unavailable", exc_info=True)
             return self._error(request, 503, message_of(StorageError()))
@@ -199,19 +201,25 @@ class TokenPages:
             if found is None:
                 raise PageError(404, "No such page.")
             return found
-        route, params, allowed = None, {}, False
+        route, params, allowed = None, {}, []
         for candidate in self._routes:
             match = candidate.pattern.match(request.path)
             if match:
-                allowed = True
+                allowed.append(candidate.method)
                 if candidate.method == method:
                     route, params = candidate, match.groupdict()
                     break
+        if route is None and not allowed:
+            raise PageError(404, "No such page.")
         if route is None:
-            raise PageError(
-                405 if allowed else 404,
-                "No such page." if not allowed else "That does not work here.",
+            # Typically /create opened again from the address bar after the secret page.
+            methods = ", ".join(sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])}))
+            message = (
+                "This address only takes a form sent from these pages: go back to your tokens."
+                if "GET" not in allowed
+                else "This page is only opened, not sent to: go back to your tokens."
             )
+            raise PageError(405, message, [("allow", methods)])
         if self._carries_token(request):
             # Whatever current_user says: a token authenticates API calls, never the pages.
             raise PageError(403, "An API token is not a sign-in for these pages.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,10 +28,11 @@ __all__ = ["PageError", "Visit", "is_token_id", "message_of", "status_of"]
 class PageError(Exception):
     """Answer with an error page: ``status`` and a message for the user."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = list(headers)
 
 
 def is_token_id(value: str) -> bool:
