@@ -83,12 +83,12 @@ def test_create_is_audited_with_its_actor(pages: Pages) -> None:
 @pytest.mark.parametrize(
     ("fields", "status", "message"),
     [
-        ({"name": ""}, 400, "Name must be a non-empty string."),
+        ({"name": ""}, 400, "The name must be a non-empty string."),
         ({"rules": "[GET.*"}, 400, "The rule &#39;[GET.*&#39; does not parse: column"),
-        ({"ips": "10.0.0.300"}, 400, "is not an IP address or CIDR network"),
+        ({"ips": "10.0.0.300"}, 400, "Allowed IP addresses: &#39;10.0.0.300&#39; is not an IP"),
         ({"expires_on": "2030-01-01"}, 400, "The policy does not allow this: expiry beyond"),
         ({"expires_on": "yesterday"}, 400, "Expires on: &#39;yesterday&#39; is not a date"),
-        ({"expires_on": "2025-01-01"}, 400, "Expires_at is in the past."),
+        ({"expires_on": "2025-01-01"}, 400, "The expiry date is in the past."),
         ({"scope": "read_write"}, 403, "Not allowed: read_only_for_users"),
         ({"user": "bob"}, 403, "Not allowed: only token_admins may create tokens for other"),
         ({"expires": "never"}, 400, "Choose an expiry from the list, or a date."),  # not offered

@@ -63,7 +63,20 @@ def message_of(error: Exception) -> str:
         return f"Not allowed: {error}."
     if isinstance(error, PolicyViolation):
         return f"The policy does not allow this: {error}."
-    return f"{str(error)[:1].upper()}{str(error)[1:]}."
+    text = str(error)
+    # The API names its arguments; the page names the fields the user filled in.
+    for argument, label in _FIELD_LABELS:
+        if text.startswith(argument):
+            text = label + text[len(argument) :]
+            break
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+_FIELD_LABELS = (
+    ("allowed_ips:", "Allowed IP addresses:"),
+    ("expires_at is", "the expiry date is"),
+    ("name must be", "the name must be"),
+)
 
 
 @dataclass
