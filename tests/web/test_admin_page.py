@@ -125,6 +125,9 @@ def test_revoke_unused_shows_the_list_first(pages: Pages) -> None:
     assert (event.actor, event.user) == ("root", "bob")
     none = pages.get("/admin/revoke-unused", user="root", params={"days": "90"})
     assert "No active token is unused for 90 days." in none.text
+    one = pages.get("/admin/revoke-unused", user="root", params={"days": "1"})
+    assert "No active token is unused for 1 day." in one.text
+    assert "Active tokens unused for 1 day</h1>" in one.text
     bad = pages.get("/admin/revoke-unused", user="root", params={"days": "-1"})
     assert bad.status_code == 400
 

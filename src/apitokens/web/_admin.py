@@ -98,7 +98,7 @@ def confirm_unused(visit: Visit) -> Response:
     days = visit.request.args.get("days", "90")
     since = _since(visit, visit.request.args)
     stale = visit.tokens.list(actor=visit.user, status="active", unused_since=since)
-    return visit.page("unused.html", tokens=stale, days=days, since=since, active="admin")
+    return visit.page("unused.html", tokens=stale, days=int(days), since=since, active="admin")
 
 
 def revoke_unused(visit: Visit) -> Response:
