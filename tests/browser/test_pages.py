@@ -251,6 +251,14 @@ def test_copy_buttons_only_when_javascript_can_copy(
     expect(page_without_js.get_by_role("button", name="Copy", exact=True)).to_have_count(0)
 
 
+def test_the_heading_has_room_below_the_top_bar(page: Page, site: Site) -> None:
+    page.goto(site.pages("/no/such/page"))  # any page: they share the layout
+    bar = page.locator("header").bounding_box()
+    heading = page.get_by_role("heading", level=1).bounding_box()
+    assert bar is not None and heading is not None
+    assert heading["y"] - (bar["y"] + bar["height"]) >= 16
+
+
 def test_a_form_without_its_csrf_token_is_refused(page: Page, site: Site) -> None:
     sign_in(page, site, "alice")
     page.locator("input[name=csrf_token]").evaluate_all("fields => fields.forEach(f => f.remove())")
