@@ -315,3 +315,13 @@ def test_opening_a_forms_address_says_what_to_do(pages: Pages) -> None:
     assert "Back to your tokens" in response.text
     assert "only takes a form sent from these pages" in response.text
     assert pages.request("DELETE", "/").headers["allow"] == "GET, HEAD"
+
+
+def test_error_pages_say_what_to_do(pages: Pages) -> None:
+    signed_out = pages.get("/", user=None)
+    assert signed_out.status_code == 401
+    assert "Sign in to this site first" in signed_out.text
+    assert "Back to your tokens" not in signed_out.text  # it would lead here again
+    stale = pages.post("/create", data={"name": "x"}, user="alice")
+    assert stale.status_code == 403
+    assert "send it again" in stale.text  # not "reload": that sends the same stale form

@@ -270,12 +270,14 @@ class TokenPages:
         token = request.headers.get("x-csrf-token") or request.form.get("csrf_token")
         if not token or not self._csrf.valid(user, token):
             raise PageError(
-                403, "This form has expired or was not sent from these pages. Reload and try again."
+                403,
+                "This form has expired or was not sent from these pages. "
+                "Go back to your tokens and send it again.",
             )
 
     def _sign_in(self, request: Request) -> Response:
         if self._login_url is None:
-            raise PageError(401, "Sign in to manage your API tokens.")
+            raise PageError(401, "Sign in to this site first, then open this page again.")
         target = request.url(request.path) + (f"?{request.query}" if request.query else "")
         joiner = "&" if "?" in self._login_url else "?"
         return Response.redirect(self._login_url + joiner + urlencode({"next": target}))
