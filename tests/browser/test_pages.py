@@ -236,6 +236,7 @@ def test_the_rule_tester_without_javascript(page_without_js: Page, site: Site) -
     page.get_by_label("Path", exact=True).fill("/api/reports/7")
     page.get_by_role("button", name="Check request").click()
     expect(page.locator("#tester-result")).to_contain_text("allowed by the rule", ignore_case=True)
+    expect(page.locator("#tester-result")).to_be_in_viewport()  # not back at the page's top
     assert site.tokens.list(actor="alice", user="alice") == []  # a check creates nothing
 
 
