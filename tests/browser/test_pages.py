@@ -236,7 +236,28 @@ def test_the_rule_tester_without_javascript(page_without_js: Page, site: Site) -
     page.get_by_label("Path", exact=True).fill("/api/reports/7")
     page.get_by_role("button", name="Check request").click()
     expect(page.locator("#tester-result")).to_contain_text("allowed by the rule", ignore_case=True)
+    expect(page.locator("#tester-result")).to_be_in_viewport()  # not back at the page's top
     assert site.tokens.list(actor="alice", user="alice") == []  # a check creates nothing
+
+
+def test_copy_buttons_only_when_javascript_can_copy(
+    page: Page, page_without_js: Page, site: Site
+) -> None:
+    sign_in(page, site, "alice")
+    create_token(page, "with script")
+    expect(page.get_by_role("button", name="Copy", exact=True).first).to_be_visible()
+
+    sign_in(page_without_js, site, "bob")
+    create_token(page_without_js, "without script")
+    expect(page_without_js.get_by_role("button", name="Copy", exact=True)).to_have_count(0)
+
+
+def test_the_heading_has_room_below_the_top_bar(page: Page, site: Site) -> None:
+    page.goto(site.pages("/no/such/page"))  # any page: they share the layout
+    bar = page.locator("header").bounding_box()
+    heading = page.get_by_role("heading", level=1).bounding_box()
+    assert bar is not None and heading is not None
+    assert heading["y"] - (bar["y"] + bar["height"]) >= 16
 
 
 def test_a_form_without_its_csrf_token_is_refused(page: Page, site: Site) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
-from apitokens import TOKEN_PATTERN, AuthRequest
-from tests.web.conftest import Pages, make_pages
+from apitokens import TOKEN_PATTERN, AuthRequest, Policy
+from tests.web.conftest import ADMINS, Pages, make_pages
 
 
 def names(html: str) -> list[str]:
@@ -125,6 +126,9 @@ def test_revoke_unused_shows_the_list_first(pages: Pages) -> None:
     assert (event.actor, event.user) == ("root", "bob")
     none = pages.get("/admin/revoke-unused", user="root", params={"days": "90"})
     assert "No active token is unused for 90 days." in none.text
+    one = pages.get("/admin/revoke-unused", user="root", params={"days": "1"})
+    assert "No active token is unused for 1 day." in one.text
+    assert "Active tokens unused for 1 day</h1>" in one.text
     bad = pages.get("/admin/revoke-unused", user="root", params={"days": "-1"})
     assert bad.status_code == 400
 
@@ -175,3 +179,19 @@ def test_the_policy_page_shows_the_policy_read_only(pages: Pages) -> None:
     assert "<dt><code>protected_paths</code></dt><dd>/rest/</dd>" in page.text
     assert "<dt><code>max_lifetime</code></dt><dd>not set</dd>" in page.text
     assert "<form" not in page.text.split("<main")[1]
+
+
+def test_the_policy_page_shows_durations_in_words(driver: str) -> None:
+    policy = Policy(
+        token_admins={ADMINS},
+        max_lifetime=timedelta(days=365),
+        failure_window=timedelta(seconds=90),
+    )
+    made = make_pages(driver, policy=policy)
+    try:
+        page = made.get("/admin/policy", user="root").text
+        assert "<dt><code>max_lifetime</code></dt><dd>365 days</dd>" in page
+        assert "<dt><code>failure_window</code></dt><dd>90 seconds</dd>" in page
+        assert "<dt><code>rule_timeout</code></dt><dd>0.05 seconds</dd>" in page
+    finally:
+        made.tokens.close()

@@ -83,12 +83,12 @@ def test_create_is_audited_with_its_actor(pages: Pages) -> None:
 @pytest.mark.parametrize(
     ("fields", "status", "message"),
     [
-        ({"name": ""}, 400, "Name must be a non-empty string."),
+        ({"name": ""}, 400, "The name must be a non-empty string."),
         ({"rules": "[GET.*"}, 400, "The rule &#39;[GET.*&#39; does not parse: column"),
-        ({"ips": "10.0.0.300"}, 400, "is not an IP address or CIDR network"),
+        ({"ips": "10.0.0.300"}, 400, "Allowed IP addresses: &#39;10.0.0.300&#39; is not an IP"),
         ({"expires_on": "2030-01-01"}, 400, "The policy does not allow this: expiry beyond"),
         ({"expires_on": "yesterday"}, 400, "Expires on: &#39;yesterday&#39; is not a date"),
-        ({"expires_on": "2025-01-01"}, 400, "Expires_at is in the past."),
+        ({"expires_on": "2025-01-01"}, 400, "The expiry date is in the past."),
         ({"scope": "read_write"}, 403, "Not allowed: read_only_for_users"),
         ({"user": "bob"}, 403, "Not allowed: only token_admins may create tokens for other"),
         ({"expires": "never"}, 400, "Choose an expiry from the list, or a date."),  # not offered
@@ -305,3 +305,23 @@ def test_the_snippets_default_to_this_host_when_it_is_a_host(pages: Pages, host:
     assert response.status_code == 200
     shown = host if " " not in host else "localhost"
     assert f"http://{shown}/rest/" in response.text
+
+
+def test_opening_a_forms_address_says_what_to_do(pages: Pages) -> None:
+    # The address bar shows /create after the secret page; opening it again is a GET.
+    response = pages.get("/create")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "Back to your tokens" in response.text
+    assert "only takes a form sent from these pages" in response.text
+    assert pages.request("DELETE", "/").headers["allow"] == "GET, HEAD"
+
+
+def test_error_pages_say_what_to_do(pages: Pages) -> None:
+    signed_out = pages.get("/", user=None)
+    assert signed_out.status_code == 401
+    assert "Sign in to this site first" in signed_out.text
+    assert "Back to your tokens" not in signed_out.text  # it would lead here again
+    stale = pages.post("/create", data={"name": "x"}, user="alice")
+    assert stale.status_code == 403
+    assert "send it again" in stale.text  # not "reload": that sends the same stale form

@@ -103,7 +103,7 @@ def confirm_unused(visit: Visit) -> Response:
     days = visit.request.args.get("days", "90")
     since = _since(visit, visit.request.args)
     stale = visit.tokens.list(actor=visit.user, status="active", unused_since=since)
-    return visit.page("unused.html", tokens=stale, days=days, since=since, active="admin")
+    return visit.page("unused.html", tokens=stale, days=int(days), since=since, active="admin")
 
 
 def revoke_unused(visit: Visit) -> Response:
@@ -150,18 +150,32 @@ def audit(visit: Visit) -> Response:
 def policy(visit: Visit) -> Response:
     """The policy in force, read-only."""
     fields = [
-        (field.name, _shown(getattr(visit.tokens.policy, field.name)))
+        (field.name, _shown(getattr(visit.tokens.policy, field.name), field.name))
         for field in dataclasses.fields(visit.tokens.policy)
         if not field.name.startswith("_")
     ]
     return visit.page("admin_policy.html", fields=fields, active="policy")
 
 
-def _shown(value: object) -> str:
+def _shown(value: object, name: str) -> str:
     if value is None:
         return "not set"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, timedelta):
+        return _span(value)
+    if name == "rule_timeout" and isinstance(value, (int, float)):
+        return f"{value:g} seconds"
     if isinstance(value, (frozenset, set, tuple, list)):
         return ", ".join(sorted(str(item) for item in value)) or "none"
     return str(value)
+
+
+def _span(span: timedelta) -> str:
+    """``"365 days"``, ``"90 seconds"``: exact, in the largest unit that divides it."""
+    seconds = span.total_seconds()
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        if seconds and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} seconds"

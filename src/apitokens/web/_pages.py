@@ -170,7 +170,9 @@ class TokenPages:
         try:
             return self._answer(request)
         except PageError as exc:
-            return self._error(request, exc.status, exc.message)
+            response = self._error(request, exc.status, exc.message)
+            response.headers.extend(exc.headers)
+            return response
         except TooManyFields:
             return self._error(request, 400, "This request has too many fields.")
         except StorageError:
@@ -202,19 +204,25 @@ class TokenPages:
             if found is None:
                 raise PageError(404, "No such page.")
             return found
-        route, params, allowed = None, {}, False
+        route, params, allowed = None, {}, []
         for candidate in self._routes:
             match = candidate.pattern.match(request.path)
             if match:
-                allowed = True
+                allowed.append(candidate.method)
                 if candidate.method == method:
                     route, params = candidate, match.groupdict()
                     break
+        if route is None and not allowed:
+            raise PageError(404, "No such page.")
         if route is None:
-            raise PageError(
-                405 if allowed else 404,
-                "No such page." if not allowed else "That does not work here.",
+            # Typically /create opened again from the address bar after the secret page.
+            methods = ", ".join(sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])}))
+            message = (
+                "This address only takes a form sent from these pages: go back to your tokens."
+                if "GET" not in allowed
+                else "This page is only opened, not sent to: go back to your tokens."
             )
+            raise PageError(405, message, [("allow", methods)])
         if self._carries_token(request):
             # Whatever current_user says: a token authenticates API calls, never the pages.
             raise PageError(403, "An API token is not a sign-in for these pages.")
@@ -265,12 +273,14 @@ class TokenPages:
         token = request.headers.get("x-csrf-token") or request.form.get("csrf_token")
         if not token or not self._csrf.valid(user, token):
             raise PageError(
-                403, "This form has expired or was not sent from these pages. Reload and try again."
+                403,
+                "This form has expired or was not sent from these pages. "
+                "Go back to your tokens and send it again.",
             )
 
     def _sign_in(self, request: Request) -> Response:
         if self._login_url is None:
-            raise PageError(401, "Sign in to manage your API tokens.")
+            raise PageError(401, "Sign in to this site first, then open this page again.")
         target = request.url(request.path) + (f"?{request.query}" if request.query else "")
         joiner = "&" if "?" in self._login_url else "?"
         return Response.redirect(self._login_url + joiner + urlencode({"next": target}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,10 +28,11 @@ __all__ = ["PageError", "Visit", "is_token_id", "message_of", "status_of"]
 class PageError(Exception):
     """Answer with an error page: ``status`` and a message for the user."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = list(headers)
 
 
 def is_token_id(value: str) -> bool:
@@ -62,7 +63,20 @@ def message_of(error: Exception) -> str:
         return f"Not allowed: {error}."
     if isinstance(error, PolicyViolation):
         return f"The policy does not allow this: {error}."
-    return f"{str(error)[:1].upper()}{str(error)[1:]}."
+    text = str(error)
+    # The API names its arguments; the page names the fields the user filled in.
+    for argument, label in _FIELD_LABELS:
+        if text.startswith(argument):
+            text = label + text[len(argument) :]
+            break
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+_FIELD_LABELS = (
+    ("allowed_ips:", "Allowed IP addresses:"),
+    ("expires_at is", "the expiry date is"),
+    ("name must be", "the name must be"),
+)
 
 
 @dataclass
