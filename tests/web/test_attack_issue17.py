@@ -226,24 +226,12 @@ def test_the_rule_tester_spends_one_regex_budget_per_request(site: Site) -> None
     assert elapsed < 0.5, f"the tester spent {elapsed:.2f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a whole token pasted in the audit log's Token filter (a GET form) is echoed "
-    "back in the field and the paging links; it should be read as its id (as "
-    "ApiTokens' own calls do) and the page should 303 to the id-only URL",
-)
 def test_a_token_pasted_in_a_filter_is_not_echoed(site: Site) -> None:
     secret = site.pages.tokens.create(actor="alice", name="leaked").secret
     response = site.request("GET", "/admin/audit", user="root", params={"token": secret})
     assert secret not in response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the notice after a redirect is read from the query string alone: a link "
-    "?done=revoked&token=<id> tells a user their still-active token was revoked "
-    "(bait for a phishing mail); check the token's state, or sign the notice",
-)
 def test_a_crafted_link_cannot_claim_a_revocation(site: Site) -> None:
     token = site.pages.tokens.create(actor="alice", name="leaked").token
     page = site.request("GET", f"/?done=revoked&token={token.id}")

@@ -63,9 +63,16 @@ def notice(visit: Visit) -> str:
     """The line saying what the action before the redirect did (an id, never a secret)."""
     args = visit.request.args
     done, token_id = args.get("done"), args.get("token")
-    if done in _DONE and is_token_id(token_id):
-        return _DONE[done].format(id=token_id)
-    return ""
+    if done not in _DONE or not is_token_id(token_id):
+        return ""
+    # Said only when true: a crafted link must not tell a user that a live token of
+    # theirs was revoked (bait for a phishing mail), nor name someone else's token.
+    token = visit.tokens.get(token_id)
+    if token is None or (token.user != visit.user and not visit.admin):
+        return ""
+    if done == "revoked" and token.status != "revoked":
+        return ""
+    return _DONE[done].format(id=token_id)
 
 
 def form_values(visit: Visit, form: CreateForm) -> dict[str, Any]:
