@@ -44,9 +44,9 @@ from ._credentials import (
 from ._errors import StorageError
 from ._hashing import SecretVerifier
 from ._ledger import SharedFailures
-from ._model import AuthEntry, Outcome, StoredToken, Token, TokenStatus
+from ._model import Action, AuditEvent, AuthEntry, Outcome, StoredToken, Token, TokenStatus, Usage
 from ._policy import AuthScheme, Policy
-from ._request import METHOD_OVERRIDES, AuthRequest, shown_method, unquoted_fully
+from ._request import METHOD_OVERRIDES, RUN_AS, AuthRequest, shown_method, unquoted_fully
 from ._result import AuthResult, refusal
 from .rules import Deadline, NeedsThreadError
 from .storage import FailureLedger, TokenStore
@@ -68,6 +68,8 @@ _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
 _MAX_OVERRIDES = len(METHOD_OVERRIDES)
 # Control characters and spaces, which RFC 9112 allows nowhere in a request target.
 _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
+# What no user name in X-Run-As holds: control characters (a name is bounded apart).
+_NOT_IN_A_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class WouldBlock(Exception):
@@ -98,6 +100,7 @@ class _Attempt:
     token_id: str | None = None
     user: str | None = None
     patient: bool = True  # may wait for a place to verify (see Authenticator.decide)
+    actor: str | None = None  # the token's owner, when the request runs as ``user``
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,15 +251,21 @@ class Authenticator:
         client_ip = self.client_ip(request) if policy.trusted_proxies else request.client_ip
         # request.header_values("authorization"), without its two calls (every request):
         # the names in AuthRequest.headers are lower-cased, which header_values relies on too.
+        # X-Run-As is noted in the same scan: a request without it pays nothing more.
         values = []
+        run_as = False
         for name, value in request.headers:
             if name == "authorization":
                 values.append(value)
+            elif name == RUN_AS:
+                run_as = True
         fingerprint = None
         if len(values) == 1 and len(values[0]) <= MAX_AUTHORIZATION_LENGTH:
             fingerprint = self.verifier.cache.header_fingerprint(values[0])
             hot = self.hot.get(fingerprint)
-            if hot is not None and self._stands(hot, now):
+            # Running as another user takes the token path (its checks are there); the
+            # verification cache still spares it the hash.
+            if hot is not None and not run_as and self._stands(hot, now):
                 return self._granted(
                     request,
                     now,
@@ -287,6 +296,10 @@ class Authenticator:
                 reason = "token sent as the Basic username"
                 return self._refuse(attempt, refusal(policy, 401, reason))
             if policy.allow_other_auth or not by_policy:
+                if run_as:
+                    # Never ignored: an app of its own reading it would act on it unchecked.
+                    reason = "X-Run-As sent without a token"
+                    return self._refuse(attempt, refusal(policy, 403, reason))
                 # allow_other_auth=False holds on the policy's paths; elsewhere a route that
                 # requires a token refuses the rest itself (the flow's Requirement).
                 return _PASS
@@ -304,7 +317,9 @@ class Authenticator:
         if username is not None and token_format.contains(username):
             username = None  # a token as the username: never stored or logged
         attempt.user = username
-        return self._decide_token(attempt, creds, fingerprint, body_read=body_read, block=block)
+        return self._decide_token(
+            attempt, creds, fingerprint, body_read=body_read, block=block, run_as=run_as
+        )
 
     def _mount_trusted(self, request: AuthRequest) -> bool:
         """False when a SCRIPT_NAME or PATH_INFO request header came from no trusted proxy."""
@@ -362,6 +377,7 @@ class Authenticator:
         *,
         body_read: bool,
         block: bool,
+        run_as: bool = False,
     ) -> Decision:
         policy = self.policy
         if creds.scheme is AuthScheme.BASIC and not policy.auth_schemes.basic:
@@ -417,6 +433,14 @@ class Authenticator:
                 return self._refuse(attempt, refusal(policy, 503, f"user check failed: {exc}"))
             if not active:
                 return self._fail(attempt, 401, f"user {user!r} is unknown or inactive")
+        if run_as:
+            target = self._run_as(attempt, token, user, block)
+            if isinstance(target, Decision):
+                return target
+            result = AuthResult(
+                _SUCCESS, 200, target, token, _AUTHENTICATED, scheme=creds.scheme, real_user=user
+            )
+            user = target
         return self._granted(
             attempt.request,
             attempt.now,
@@ -428,7 +452,59 @@ class Authenticator:
             block,
             verified.rehash,
             token,
+            attempt.actor,
         )
+
+    def _run_as(self, attempt: _Attempt, token: Token, owner: str, block: bool) -> str | Decision:
+        """The user named in ``X-Run-As``, when the owner may act as them; else a refusal.
+
+        Refused with 403 (never ignored): no group may run as others, the owner is in
+        none of them, the token is unbound, or the user named may not use tokens; 400
+        for two such headers or a value that is no user name. Once a name is read the
+        audit event names both: ``user`` the one acted as, ``actor`` the owner.
+        """
+        policy = self.policy
+        values = attempt.request.header_values(RUN_AS)
+        if len(values) != 1:
+            return self._refuse(attempt, refusal(policy, 400, "more than one X-Run-As header"))
+        target = values[0].strip()
+        if (
+            not target
+            or len(target) > _MAX_AUDIT_TEXT
+            or _NOT_IN_A_NAME.search(target)
+            or policy.token_format.contains(target)
+        ):
+            return self._refuse(attempt, refusal(policy, 400, "X-Run-As is not a user name"))
+        attempt.actor, attempt.user = owner, target
+
+        def forbid(reason: str) -> Decision:
+            return self._refuse(attempt, refusal(policy, 403, reason, token=token))
+
+        if token.user is None:
+            return forbid("an unbound token cannot run as another user")
+        if not policy.run_as_groups:
+            return forbid("X-Run-As sent, but no group may run as another user")
+        try:
+            if not policy.may_run_as(self._groups_for(owner, block)):
+                return forbid(f"user {owner!r} may not run as another user")
+            if policy.token_users is not None and not policy.may_use_tokens(
+                self._groups_for(target, block)
+            ):
+                return forbid(f"run-as user {target!r} may not use tokens")
+        except WouldBlock:
+            raise
+        except Exception as exc:  # the app's directory failed: fail closed
+            return self._refuse(attempt, refusal(policy, 503, f"groups lookup failed: {exc}"))
+        if self._user_checks:
+            try:
+                active = self._active_for(target, block)
+            except WouldBlock:
+                raise
+            except Exception as exc:  # the app's user directory failed: fail closed
+                return self._refuse(attempt, refusal(policy, 503, f"user check failed: {exc}"))
+            if not active:
+                return forbid(f"run-as user {target!r} is unknown or inactive")
+        return target
 
     def _user(self, attempt: _Attempt, token: Token, creds: Credentials) -> str | Decision:
         if token.user is None:
@@ -455,10 +531,12 @@ class Authenticator:
         block: bool,
         rehash: Rehash | None,
         token: Token | None = None,
+        actor: str | None = None,
     ) -> Decision:
         """The one gate both paths end in: the checks about the request itself, then success.
 
-        ``token`` is the record as of ``now`` (the cached one when not given).
+        ``token`` is the record as of ``now`` (the cached one when not given); ``actor``
+        the owner when the request runs as ``user`` (X-Run-As).
 
         Raises:
             WouldBlock: not ``block``, and a rule's match needs more than a slice of
@@ -470,11 +548,11 @@ class Authenticator:
         if problem is not None:
             if isinstance(problem, Decision):
                 return problem
-            attempt = _Attempt(request, now, client_ip, token.id, user)
+            attempt = _Attempt(request, now, client_ip, token.id, user, actor=actor)
             return self._refuse(attempt, refusal(self.policy, *problem, token=token))
         entry = self._entry(request, now, _SUCCESS, token.id, user, client_ip, _AUTHENTICATED, True)
-        records = (entry,) if rehash is None else (entry, rehash)
-        return Decision(result, records)
+        records: tuple[Record, ...] = (entry,) if actor is None else self._acting(entry, actor)
+        return Decision(result, records if rehash is None else (*records, rehash))
 
     def _problem(
         self,
@@ -691,21 +769,48 @@ class Authenticator:
             result.reason,
             False,
         )
+        if attempt.actor is not None:
+            return Decision(result, self._acting(entry, attempt.actor))
         return Decision(result, (entry,))
 
+    def _acting(self, entry: AuthEntry, actor: str) -> tuple[Record, ...]:
+        """``entry`` as its event (and use) with ``actor`` named: a request run as ``user``.
+
+        An AuthEntry has no actor (most requests have none); these few are written whole.
+        """
+        at, outcome, token_id, user, ip, method, path, reason, used = entry
+        actor = self.policy.token_format.redact(actor)[:_MAX_AUDIT_TEXT]
+        event = AuditEvent(
+            at, Action.AUTHENTICATE, outcome, token_id, user, actor, ip, method, path, reason
+        )
+        if used and token_id is not None:
+            return (event, Usage(token_id, at, ip))
+        return (event,)
+
     def refuse(
-        self, request: AuthRequest, result: AuthResult, *, user: str | None = None
+        self,
+        request: AuthRequest,
+        result: AuthResult,
+        *,
+        user: str | None = None,
+        actor: str | None = None,
     ) -> Decision:
         """``result``, a refusal decided beside the decision proper, audited like any other.
 
         For the request flow's own refusals: a route's requirement not met, or a
-        body that a JSON rule needs and the adapter cannot read.
+        body that a JSON rule needs and the adapter cannot read. ``actor``: the
+        owner, when ``user`` is the user a request runs as.
         """
         token = result.token
         if user is None and token is not None:
             user = token.user
         attempt = _Attempt(
-            request, self.clock(), self.client_ip(request), token.id if token else None, user
+            request,
+            self.clock(),
+            self.client_ip(request),
+            token.id if token else None,
+            user,
+            actor=actor,
         )
         return self._refuse(attempt, result)
 

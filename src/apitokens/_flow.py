@@ -222,7 +222,10 @@ class RequestFlow:
             )
         reason = "route requires a READ_WRITE token"
         return self._auth.refuse(
-            request, refusal(self.policy, 403, reason, token=result.token), user=result.user
+            request,
+            refusal(self.policy, 403, reason, token=result.token),
+            user=result.user,
+            actor=result.real_user,
         )
 
     def _record(self, decision: Decision) -> AuthResult:

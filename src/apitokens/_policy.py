@@ -84,6 +84,9 @@ class Policy:
         token_admins: groups whose members may create tokens for others, see
             and revoke every token, and create read-write tokens when
             ``read_only_for_users`` is on.
+        run_as_groups: groups whose members' tokens may send ``X-Run-As: <user>``
+            to act as that user (who must be allowed to use tokens). Empty (the
+            default): nobody may, and the header is refused (403) on protected paths.
         read_only_for_users: only admins may create READ_WRITE tokens.
         allow_unbound_tokens: allow tokens without an owner (Basic only).
         max_lifetime: longest time from creation to expiry a token may have.
@@ -106,6 +109,7 @@ class Policy:
     token_users: AbstractSet[str] | None = None
     token_creators: AbstractSet[str] | None = None
     token_admins: AbstractSet[str] = frozenset()
+    run_as_groups: AbstractSet[str] = frozenset()
     read_only_for_users: bool = False
     allow_unbound_tokens: bool = False
     max_lifetime: timedelta | None = None
@@ -138,6 +142,7 @@ class Policy:
         set_(self, "token_users", _groups(self.token_users, "token_users"))
         set_(self, "token_creators", _groups(self.token_creators, "token_creators"))
         set_(self, "token_admins", _groups(self.token_admins, "token_admins") or frozenset())
+        set_(self, "run_as_groups", _groups(self.run_as_groups, "run_as_groups") or frozenset())
         if isinstance(self.trusted_proxies, str):
             raise TypeError("trusted_proxies must be a collection of CIDRs")
         set_(self, "trusted_proxies", tuple(self.trusted_proxies))
@@ -202,6 +207,10 @@ class Policy:
             or not self.token_creators.isdisjoint(groups)
             or self.is_admin(groups)
         )
+
+    def may_run_as(self, groups: frozenset[str]) -> bool:
+        """Return whether a token of a user in ``groups`` may act as another user."""
+        return not self.run_as_groups.isdisjoint(groups)
 
     def is_admin(self, groups: frozenset[str]) -> bool:
         """Return whether a user in ``groups`` is a token admin."""

@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote
 __all__ = [
     "METHOD_OVERRIDES",
     "READ_HEADERS",
+    "RUN_AS",
     "AuthRequest",
     "Headers",
     "quote_path",
@@ -22,9 +23,12 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 """Headers through which common middleware (Flask's docs, Rails-style, Google's) lets a
 request act as another method: the core checks the request as each of them says too."""
-READ_HEADERS = ("authorization", "x-forwarded-for", "content-type", *METHOD_OVERRIDES)
+RUN_AS = "x-run-as"
+"""The header through which a token of an owner in ``Policy.run_as_groups`` acts as
+another user (never ignored: refused from anyone else)."""
+READ_HEADERS = ("authorization", "x-forwarded-for", "content-type", *METHOD_OVERRIDES, RUN_AS)
 """The headers the core reads (credentials, the proxy chain, the body's media type for
-JSON rules, the method overrides): all an adapter needs to put in an AuthRequest."""
+JSON rules, the method overrides, run-as): all an adapter needs to put in an AuthRequest."""
 
 # Characters left as they are when quoting a decoded path: RFC 3986 pchar and "/".
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"

@@ -37,13 +37,17 @@ class AuthResult:
     Attributes:
         outcome: SUCCESS, FAILED, FORBIDDEN or PASS_THROUGH.
         status_code: 200 for success and pass-through, else the refusal's status.
-        user: the user the request acts as (on success).
+        user: the user the request acts as (on success): the token's owner, the
+            Basic username of an unbound token, or the ``X-Run-As`` user.
         token: the token record used (on success, and on 403/413 refusals).
         reason: the precise reason, as written to the audit log; never send
             it to the client.
         headers: response headers of a refusal (``Content-Type``,
             ``WWW-Authenticate``, ``Retry-After``).
         error: the RFC 6750 error code of a refusal (``invalid_token``, ...).
+        scheme: the scheme that carried the token (on success).
+        real_user: on a request run as another user (``X-Run-As``), the token's
+            owner, who sent it (``user`` is the user acted as); ``None`` otherwise.
     """
 
     outcome: Outcome
@@ -54,6 +58,7 @@ class AuthResult:
     headers: tuple[tuple[str, str], ...] = ()
     error: str | None = None
     scheme: AuthScheme | None = field(default=None, repr=False)
+    real_user: str | None = None
 
     @property
     def authenticated(self) -> bool:

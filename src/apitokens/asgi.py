@@ -12,7 +12,7 @@ from typing import Any
 
 from ._flow import RequestFlow, Requirement
 from ._lifespan import other_scope
-from ._request import METHOD_OVERRIDES, READ_HEADERS, AuthRequest, quote_path
+from ._request import METHOD_OVERRIDES, READ_HEADERS, RUN_AS, AuthRequest, quote_path
 from ._result import AuthResult
 from ._users import ANONYMOUS, NO_AUTH, AnonymousUser, TokenAuth, TokenUser
 
@@ -47,11 +47,11 @@ def decided_here(scope: Scope, flow: RequestFlow) -> AuthResult | None:
 
 # The headers the core reads, by the name an ASGI server passes (lower case).
 _WANTED = {name.encode(): name for name in READ_HEADERS}
-# The method overrides also as spelt with "_": an ASGI-to-WSGI bridge (Starlette's
-# WSGIMiddleware, a2wsgi) hands ``X_HTTP_Method_Override`` to a WSGI app as
+# The method overrides and X-Run-As also as spelt with "_": an ASGI-to-WSGI bridge
+# (Starlette's WSGIMiddleware, a2wsgi) hands ``X_HTTP_Method_Override`` to a WSGI app as
 # HTTP_X_HTTP_METHOD_OVERRIDE, so the core must check it too. (Not X-Forwarded-For:
 # a proxy appends to its own header, never to a client's X_Forwarded_For.)
-_OVERRIDES = {name.encode(): name for name in METHOD_OVERRIDES}
+_OVERRIDES = {name.encode(): name for name in (*METHOD_OVERRIDES, RUN_AS)}
 
 
 def _raw_path(scope: Mapping[str, Any]) -> str:
