@@ -331,6 +331,35 @@ class AdapterContract:
         [event] = rows(tokens)
         assert (event.outcome, event.user, event.method) == (Outcome.SUCCESS, "bob", "POST")
 
+    @pytest.mark.parametrize("header", ["X-Run-As", "x_run_as", "X_Run_As"])
+    def test_a_token_may_run_as_another_user(self, build: Build, clock: Clock, header: str) -> None:
+        """``Policy.run_as_groups``: the app sees the user acted as; the owner in the audit."""
+        directory = {"alice": {"support"}, "bob": set()}
+        with make_tokens(
+            clock=clock,
+            groups=lambda user: directory.get(user, set()),
+            protected_paths=["/rest/"],
+            run_as_groups=frozenset({"support"}),
+        ) as tokens:
+            client = build(tokens)
+            support = tokens.create(actor="alice", name="support")
+            reply = client.send(
+                "GET", "/rest/x", headers=[*bearer(support.secret), (header, "bob")]
+            )
+            assert reply.status == 200, reply.body
+            self.assert_app_saw_user(reply.seen, "bob", ["authenticated", "read"])
+            assert reply.seen is not None and reply.seen.result is not None
+            assert reply.seen.result.real_user == "alice"
+            [event] = rows(tokens)
+            assert (event.outcome, event.user, event.actor) == (Outcome.SUCCESS, "bob", "alice")
+            # Anyone else sending it is refused, never ignored (bob is in no run-as group).
+            other = tokens.create(actor="bob", name="mine")
+            refused = client.send(
+                "GET", "/rest/x", headers=[*bearer(other.secret), (header, "alice")]
+            )
+            self.assert_refused(refused, 403, INSUFFICIENT_SCOPE)
+            assert (rows(tokens)[0].user, rows(tokens)[0].actor) == ("alice", "bob")
+
     def test_the_app_gets_the_decision(
         self, client: ContractClient, issued: dict[str, IssuedToken]
     ) -> None:
