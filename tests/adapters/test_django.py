@@ -20,7 +20,14 @@ from django.test import override_settings
 
 from apitokens import ApiTokens, AuthResult, Scope
 from tests.adapters import django_app
-from tests.adapters.contract import JSON, AdapterContract, Build, bearer
+from tests.adapters.contract import (
+    INSUFFICIENT_SCOPE,
+    JSON,
+    AdapterContract,
+    Build,
+    bearer,
+    rows,
+)
 from tests.adapters.harness import (
     CLIENT_IP,
     ASGIContractClient,
@@ -32,6 +39,7 @@ from tests.adapters.harness import (
     Seen,
     WSGIContractClient,
 )
+from tests.support import Clock, Monotonic, make_tokens
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "zoe")
 """The contract's token owners (and the Basic user of its unbound token), as Django users."""
@@ -150,7 +158,9 @@ class DjangoContract(AdapterContract):
         """The owners of the contract's tokens are active Django users (DESIGN §9)."""
         model = get_user_model()
         for name in USERS:
-            model._default_manager.get_or_create(**{model.USERNAME_FIELD: name})
+            model._default_manager.update_or_create(
+                defaults={"is_active": True}, **{model.USERNAME_FIELD: name}
+            )
 
     @pytest.fixture
     def build(self) -> Iterator[Build]:
@@ -197,6 +207,42 @@ class DjangoContract(AdapterContract):
         assert not person.is_authenticated
         assert seen.native["auth"] is None
         assert seen.native["REMOTE_USER"] is None
+
+    def test_run_as_needs_an_active_django_user(self, build: Build) -> None:
+        """``X-Run-As`` names a Django user: ``request.user`` is that user, only while it is
+        active (Django's user check holds for the user acted as, as for the owner)."""
+        model = get_user_model()
+        directory = {"alice": {"support"}}
+        ticks = Monotonic()
+        with make_tokens(
+            clock=Clock(),
+            monotonic=ticks,
+            groups=lambda user: directory.get(user, set()),
+            protected_paths=["/rest/"],
+            run_as_groups=frozenset({"support"}),
+        ) as tokens:
+            client = build(tokens)
+            support = tokens.create(actor="alice", name="support")
+            headers = [*bearer(support.secret), ("X-Run-As", "bob")]
+            reply = client.send("GET", "/rest/x", headers=headers)
+            assert reply.status == 200, reply.body
+            self.assert_app_saw_user(reply.seen, "bob", ["authenticated", "read"])
+            bob = model._default_manager.get(**{model.USERNAME_FIELD: "bob"})
+            assert reply.seen is not None and reply.seen.native["user"].pk == bob.pk
+            bob.is_active = False
+            bob.save()
+            ticks.advance(1.01)  # the check's answer is reused for cache_ttl (1 s)
+            refused = client.send("GET", "/rest/x", headers=headers)
+            self.assert_refused(refused, 403, INSUFFICIENT_SCOPE)
+            nobody = client.send(
+                "GET", "/rest/x", headers=[*bearer(support.secret), ("X-Run-As", "ghost")]
+            )
+            self.assert_refused(nobody, 403, INSUFFICIENT_SCOPE)
+            reasons = [event.reason for event in rows(tokens)]
+            assert reasons[:2] == [
+                "run-as user 'ghost' is unknown or inactive",
+                "run-as user 'bob' is unknown or inactive",
+            ]
 
 
 class TestDjangoWSGI(DjangoContract):
