@@ -160,8 +160,8 @@ class StoredToken:
             a secure-mode token that carries one. Protect it like a password.
         retired_hashes: the hashes of the secrets rotated out before
             ``previous_hash``, newest first, never accepted again: kept (at most
-            two: with ``previous_hash``, the last three secrets) only to recognise their reuse. Opaque, like
-            ``secret_hash``; a store keeps them in order.
+            two; with ``previous_hash``, the last three secrets) only to recognise
+            their reuse. Opaque, like ``secret_hash``; a store keeps their order.
     """
 
     token: Token

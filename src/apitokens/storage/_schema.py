@@ -50,7 +50,8 @@ RECORD_COLUMNS = (
     " secure, last_used_at, last_used_ip, use_count, revoked_at"
 )
 STORED_COLUMNS = (
-    RECORD_COLUMNS + ", secret_hash, previous_hash, previous_valid_until, revealable, retired_hashes"
+    RECORD_COLUMNS
+    + ", secret_hash, previous_hash, previous_valid_until, revealable, retired_hashes"
 )
 EVENT_COLUMNS = "at, action, outcome, token_id, user, actor, client_ip, method, path, reason"
 
