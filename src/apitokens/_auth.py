@@ -42,7 +42,7 @@ from ._credentials import (
     MalformedCredentials,
     read_credentials,
 )
-from ._errors import StorageError
+from ._errors import StorageError, TokenNotFound
 from ._hashing import SecretVerifier
 from ._ledger import SharedFailures
 from ._model import (
@@ -648,7 +648,7 @@ class Authenticator:
     def _earlier(self, stored: StoredToken, now: datetime) -> list[str]:
         """The hashes of secrets rotated out of the token and no longer accepted.
 
-        None when ``Policy.revoke_on_reuse`` is off: such a secret is then just wrong.
+        Empty when ``Policy.revoke_on_reuse`` is off: such a secret is then just wrong.
         """
         if not self.policy.revoke_on_reuse:
             return []
@@ -670,16 +670,29 @@ class Authenticator:
         token = stored.token
         try:
             revoked = self.store.revoke(token.id, attempt.now)
+        except TokenNotFound:  # deleted meanwhile: nothing left to revoke
+            self.forget(token.id)
+            return self._fail(attempt, 401, f"{_REUSE}; the token is gone")
         except Exception as exc:  # a store's failure: refuse, fail closed
-            log.warning("apitokens: revoking token %s for reuse failed: %r", token.id, exc)
-            reason = f"{_REUSE}; revoking the token failed: {type(exc).__name__}"
+            # Its name only: a third-party store's message may hold anything.
+            name = type(exc).__name__
+            log.warning("apitokens: revoking token %s for reuse failed: %s", token.id, name)
+            reason = f"{_REUSE}; revoking the token failed: {name}"
             return self._refuse(attempt, refusal(self.policy, 503, reason))
         self.forget(token.id)
         if not revoked:  # revoked already: nothing more to record
             return self._fail(attempt, 401, f"{_REUSE}; the token is revoked")
-        decision = self._fail(attempt, 401, f"{_REUSE}; token revoked")
-        entry = decision.records[0]
-        assert isinstance(entry, AuthEntry)
+        result = refusal(self.policy, 401, f"{_REUSE}; token revoked")
+        entry = self._entry(
+            attempt.request,
+            attempt.now,
+            result.outcome,
+            attempt.token_id,
+            attempt.user,
+            attempt.client_ip,
+            result.reason,
+            False,
+        )
         event = AuditEvent(
             at=attempt.now,
             action=Action.REVOKE,
@@ -692,7 +705,7 @@ class Authenticator:
             path=entry.path,
             reason=f"{_REUSE}; revoked",
         )
-        return Decision(decision.result, (entry, event))
+        return Decision(result, (entry, event))
 
     def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
         """Refuse a token whose id is unknown, after a verification's worth of work."""
