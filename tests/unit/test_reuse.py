@@ -18,6 +18,7 @@ from apitokens import (
     Outcome,
     SQLiteStore,
     StorageError,
+    TokenNotFound,
     TokenStatus,
     TokenStore,
 )
@@ -153,3 +154,16 @@ def test_a_reuse_that_cannot_be_revoked_is_refused_503(clock: Clock) -> None:
         assert status(tokens, old.secret) == 503
         assert last_event(tokens).reason.startswith("reuse_detected")
         assert "revoking the token failed" in last_event(tokens).reason
+
+
+class _GoneOnRevoke(MemoryStore):
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        raise TokenNotFound(f"no token has id {token_id!r}")
+
+
+def test_a_reuse_of_a_token_deleted_meanwhile_is_401(clock: Clock) -> None:
+    with make_tokens(_GoneOnRevoke(), clock=clock) as tokens:
+        old = tokens.create(actor="alice", name="ci")
+        tokens.rotate(actor="alice", token_id=old.token.id)
+        assert status(tokens, old.secret) == 401
+        assert last_event(tokens).reason.endswith("the token is gone")
