@@ -1,6 +1,7 @@
 """The Authenticator: AuthRequest in, AuthResult out (DESIGN §4, §7).
 
-It does no I/O of its own beyond reading the store on a cache miss; the
+It does no I/O of its own beyond reading the store on a cache miss (and revoking
+a token whose rotated-out secret is presented again, DESIGN §11); the
 records it produces (audit event, usage, re-hash) are returned for the caller
 to hand to the buffered writer. Every step that could block (a store read,
 an uncached hash verification, a groups lookup) can be refused with
@@ -41,10 +42,20 @@ from ._credentials import (
     MalformedCredentials,
     read_credentials,
 )
-from ._errors import StorageError
+from ._errors import StorageError, TokenNotFound
 from ._hashing import SecretVerifier
 from ._ledger import SharedFailures
-from ._model import Action, AuditEvent, AuthEntry, Outcome, StoredToken, Token, TokenStatus, Usage
+from ._model import (
+    RETIRED_HASHES_KEPT,
+    Action,
+    AuditEvent,
+    AuthEntry,
+    Outcome,
+    StoredToken,
+    Token,
+    TokenStatus,
+    Usage,
+)
 from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, RUN_AS, AuthRequest, shown_method, unquoted_fully
 from ._result import AuthResult, refusal
@@ -61,6 +72,10 @@ _MAX_AUDIT_PATH = 2048
 _MAX_AUDIT_TEXT = 256
 _MAX_AUDIT_REASON = 1024
 _AUTHENTICATED = "authenticated"
+# The actor of a revocation for reuse: apitokens itself, not the owner (who did not ask
+# for it) nor the client (who may be a thief).
+REUSE_ACTOR = "apitokens"
+_REUSE = "reuse_detected: a secret rotated out of the token was presented"
 _SUCCESS = Outcome.SUCCESS
 _ACTIVE = TokenStatus.ACTIVE
 _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
@@ -697,9 +712,79 @@ class Authenticator:
                     if result.rehash is not None and i == 0:
                         return _Verified(Rehash(stored.token.id, hashed, result.rehash), until)
                     return _Verified(None, until)
+            # Only a secret that matches nothing current costs these (one verification
+            # each, a bounded few), in the same place in line and counted as one failure.
+            reused = any(
+                self.verifier.verify(value, hashed).ok
+                for hashed in self._earlier(stored, attempt.now)
+            )
         finally:
             self._admission.done(admitted, failed=failed)
+        if reused:
+            return self._reused(stored, attempt)
         return self._refuse(attempt, refusal(self.policy, 401, "wrong secret"))
+
+    def _earlier(self, stored: StoredToken, now: datetime) -> list[str]:
+        """The hashes of secrets rotated out of the token and no longer accepted.
+
+        Empty when ``Policy.revoke_on_reuse`` is off: such a secret is then just wrong.
+        """
+        if not self.policy.revoke_on_reuse:
+            return []
+        earlier = []
+        until = stored.previous_valid_until
+        if stored.previous_hash is not None and (until is None or now >= until):
+            earlier.append(stored.previous_hash)
+        # Bounded here too: a store edited by hand must not make a guess cost more.
+        earlier.extend(stored.retired_hashes[:RETIRED_HASHES_KEPT])
+        return earlier
+
+    def _reused(self, stored: StoredToken, attempt: _Attempt) -> Decision:
+        """Revoke the token whose rotated-out secret was presented; refuse (401).
+
+        The revocation is written at once, not queued: the token must stop working
+        now, here and (through the store) in every other process. If it cannot be
+        written the request gets 503 and the next reuse tries again.
+        """
+        token = stored.token
+        try:
+            revoked = self.store.revoke(token.id, attempt.now)
+        except TokenNotFound:  # deleted meanwhile: nothing left to revoke
+            self.forget(token.id)
+            return self._fail(attempt, 401, f"{_REUSE}; the token is gone")
+        except Exception as exc:  # a store's failure: refuse, fail closed
+            # Its name only: a third-party store's message may hold anything.
+            name = type(exc).__name__
+            log.warning("apitokens: revoking token %s for reuse failed: %s", token.id, name)
+            reason = f"{_REUSE}; revoking the token failed: {name}"
+            return self._refuse(attempt, refusal(self.policy, 503, reason))
+        self.forget(token.id)
+        if not revoked:  # revoked already: nothing more to record
+            return self._fail(attempt, 401, f"{_REUSE}; the token is revoked")
+        result = refusal(self.policy, 401, f"{_REUSE}; token revoked")
+        entry = self._entry(
+            attempt.request,
+            attempt.now,
+            result.outcome,
+            attempt.token_id,
+            attempt.user,
+            attempt.client_ip,
+            result.reason,
+            False,
+        )
+        event = AuditEvent(
+            at=attempt.now,
+            action=Action.REVOKE,
+            outcome=Outcome.SUCCESS,
+            token_id=token.id,
+            user=token.user,
+            actor=REUSE_ACTOR,
+            client_ip=entry.client_ip,
+            method=entry.method,
+            path=entry.path,
+            reason=f"{_REUSE}; revoked",
+        )
+        return Decision(result, (entry, event))
 
     def _unknown(self, value: str, attempt: _Attempt, block: bool) -> Decision:
         """Refuse a token whose id is unknown, after a verification's worth of work."""

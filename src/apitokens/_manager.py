@@ -11,6 +11,7 @@ from ._audit import Record
 from ._errors import PermissionDenied, PolicyViolation, TokenImmutable, TokenNotFound
 from ._hashing import SecretVerifier
 from ._model import (
+    RETIRED_HASHES_KEPT,
     Action,
     AuditEvent,
     IssuedToken,
@@ -292,13 +293,19 @@ class TokenManager:
         now = self.clock()
         issued = self.policy.token_format.issue(token.id)
         keep_old = grace > timedelta(0)
+        # Every replaced secret keeps its hash, grace or not: accepted until the grace
+        # ends, then recognised if presented again (reuse, DESIGN §11).
+        retired = stored.retired_hashes
+        if stored.previous_hash is not None:
+            retired = (stored.previous_hash, *retired)[:RETIRED_HASHES_KEPT]
         self.store.update(
             dataclasses.replace(
                 stored,
                 secret_hash=self.verifier.hash(issued.value),
-                previous_hash=stored.secret_hash if keep_old else None,
-                previous_valid_until=now + grace if keep_old else None,
+                previous_hash=stored.secret_hash,
+                previous_valid_until=now + grace,
                 revealable=None if token.secure else issued.value,
+                retired_hashes=retired,
             )
         )
         self._changed(token.id)

@@ -23,6 +23,11 @@ __all__ = [
     "Usage",
 ]
 
+# How many secrets rotated out before the previous one keep their hash (to recognise their
+# reuse, DESIGN §11): with the previous one, the last three. Bounded because a wrong secret
+# is checked against each of them (one hash verification each).
+RETIRED_HASHES_KEPT = 2
+
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -142,14 +147,21 @@ class StoredToken:
             example ``$argon2id$...``): opaque text, stored unchanged. ``update()``
             replaces it; ``replace_hash()`` swaps it only if it is still the
             expected one.
-        previous_hash: the hash of the secret the last rotation replaced, while
-            it is still valid (``None`` otherwise); opaque, like ``secret_hash``.
+        previous_hash: the hash of the secret the last rotation replaced
+            (``None`` before any rotation); opaque, like ``secret_hash``. It is
+            accepted until ``previous_valid_until``; after that it is kept so that
+            presenting it again is recognised as reuse (DESIGN §11).
         previous_valid_until: when ``previous_hash`` stops being accepted (the
-            end of the rotation's grace period), aware, or ``None``.
+            end of the rotation's grace period; the rotation's own time when it
+            had none), aware, or ``None``.
         revealable: the token string itself, kept only for standard-mode
             (``secure=False``) tokens so that it can be revealed again; always
             ``None`` for a secure-mode token, and a store refuses (``ValueError``)
             a secure-mode token that carries one. Protect it like a password.
+        retired_hashes: the hashes of the secrets rotated out before
+            ``previous_hash``, newest first, never accepted again: kept (at most
+            two; with ``previous_hash``, the last three secrets) only to recognise
+            their reuse. Opaque, like ``secret_hash``; a store keeps their order.
     """
 
     token: Token
@@ -157,6 +169,7 @@ class StoredToken:
     previous_hash: str | None = field(default=None, repr=False)
     previous_valid_until: datetime | None = None
     revealable: str | None = field(default=None, repr=False)
+    retired_hashes: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,11 @@ class Policy:
             public, and a secret this process has verified is never refused.
         failure_window: the window those failures are counted in.
         realm: the realm named in ``WWW-Authenticate``.
+        revoke_on_reuse: a secret that was rotated out, presented after its
+            grace period (one of the last three secrets), revokes the token at
+            once (audited as ``reuse_detected``), as GitLab does: either the
+            client or a thief kept the old secret, and the new one may be the
+            thief's. ``False``: it is only refused (401), as any wrong secret.
     """
 
     protected_paths: Sequence[str] = ("/",)
@@ -121,6 +126,7 @@ class Policy:
     max_failed_attempts: int = 10
     failure_window: timedelta = timedelta(minutes=1)
     realm: str = "api"
+    revoke_on_reuse: bool = True
     _proxy_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     # protected_paths typed as the tuple str.startswith takes, for protects().
     _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)

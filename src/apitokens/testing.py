@@ -154,6 +154,7 @@ class StoreContract:
             previous_hash=secret_hash("previous"),
             previous_valid_until=NOW + timedelta(minutes=5),
             revealable="apt_fullAAAAAAAAsecretsecret",
+            retired_hashes=(secret_hash("older"), secret_hash("oldest")),
         )
         unbound = stored("unbound", user=None, secure=True, restrictions=(), allowed_ips=())
         store.add(full)
@@ -176,6 +177,7 @@ class StoreContract:
         assert got_unbound.token.unbound
         assert got_unbound.revealable is None
         assert got_unbound.previous_hash is None
+        assert got_unbound.retired_hashes == ()
 
     def test_get_unknown_id_is_none(self, store: TokenStore) -> None:
         assert store.get("nope") is None
@@ -229,6 +231,7 @@ class StoreContract:
                 previous_hash=secret_hash("before"),
                 previous_valid_until=NOW + 2 * SECOND,
                 revealable="apt_revealable",
+                retired_hashes=(secret_hash("older"), secret_hash("oldest")),
             )
         )
         got = store.get("t")
@@ -246,6 +249,8 @@ class StoreContract:
             NOW + 2 * SECOND,
         )
         assert got.revealable == "apt_revealable"
+        # In order, newest first (reuse detection, DESIGN §11).
+        assert got.retired_hashes == (secret_hash("older"), secret_hash("oldest"))
         # Untouched: owner, creation, usage, revocation.
         assert (token.user, token.created_by, token.created_at) == ("alice", "alice", NOW - DAY)
         assert (token.use_count, token.last_used_at, token.last_used_ip) == (3, NOW, "10.0.0.1")
@@ -260,7 +265,9 @@ class StoreContract:
     # --- replace_hash --------------------------------------------------------------
 
     def test_replace_hash_swaps_only_a_current_hash(self, store: TokenStore) -> None:
-        original = stored("t", use_count=2, previous_hash=secret_hash("p"))
+        original = stored(
+            "t", use_count=2, previous_hash=secret_hash("p"), retired_hashes=(secret_hash("r"),)
+        )
         store.add(original)
         assert store.replace_hash("t", old=secret_hash("stale"), new=secret_hash("x")) is False
         assert store.get("t") == original

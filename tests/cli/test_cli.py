@@ -237,8 +237,10 @@ def test_rotate_without_grace_ends_the_old_token(cli: Cli) -> None:
     token_id, old = cli.create("--name", "CI")
     result = cli.ok("rotate", token_id)
     assert result.lines[-1] == "The old token no longer works."
-    assert authenticate(cli.db, old).outcome == Outcome.FAILED
     assert authenticate(cli.db, result.lines[4]).outcome == Outcome.SUCCESS
+    # The old one presented again is reuse (DESIGN §11): refused, and the token revoked.
+    assert authenticate(cli.db, old).outcome == Outcome.FAILED
+    assert authenticate(cli.db, result.lines[4]).outcome == Outcome.FAILED
 
 
 def test_reveal_and_snippet_show_a_standard_mode_token_again(cli: Cli) -> None:

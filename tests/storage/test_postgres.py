@@ -6,6 +6,7 @@ Every test gets a fresh database on the session's throwaway server
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import string
@@ -94,6 +95,31 @@ def test_reopening_keeps_data_and_takes_no_migration(postgres_database: str) -> 
     assert len(_rows(postgres_database, "SELECT version FROM apitokens_schema")) == LATEST_VERSION
 
 
+def test_a_version_3_database_gains_retired_hashes(postgres_database: str) -> None:
+    from apitokens.postgres import MIGRATIONS
+    from apitokens.postgres._sql import _SCHEMA_TABLE
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(_SCHEMA_TABLE)
+        for version, statements in enumerate(MIGRATIONS[:3]):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO apitokens_schema (version) VALUES (%s)", (version + 1,))
+        conn.execute(
+            "INSERT INTO apitokens_tokens (id, name, name_folded, created_by, created_at, scope,"
+            " secret_hash, previous_hash) VALUES ('old', 'n', 'n', 'alice', now(), 'read_only',"
+            " %s, %s)",
+            (secret_hash("current"), secret_hash("previous")),
+        )
+    with PostgresStore(postgres_database) as store:
+        got = store.get("old")
+        assert got is not None
+        assert (got.previous_hash, got.retired_hashes) == (secret_hash("previous"), ())
+        store.update(dataclasses.replace(got, retired_hashes=(secret_hash("older"),)))
+        again = store.get("old")
+        assert again is not None and again.retired_hashes == (secret_hash("older"),)
+
+
 def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database: str) -> None:
     from apitokens.postgres import MIGRATIONS
     from apitokens.postgres._sql import _SCHEMA_TABLE
@@ -114,7 +140,7 @@ def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database
         assert heard.wait(10)
     assert told == ["t"]
     versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
-    assert versions == [(1,), (2,), (3,)] and LATEST_VERSION == 3
+    assert versions == [(1,), (2,), (3,), (4,)] and LATEST_VERSION == 4
 
 
 def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:

@@ -114,6 +114,7 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
             None,
             None,
         )
+        assert got.retired_hashes == ()
         [old_event] = store.events()
         assert old_event.token_id == "old"
         # The new columns work.
@@ -123,12 +124,14 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
                 secret_hash="$sha256$new",
                 previous_hash="$sha256$abc",
                 previous_valid_until=NOW + SECOND,
+                retired_hashes=("$sha256$older",),
             )
         )
         got = store.get("old")
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
-    assert user_version(path) == _migrations.LATEST_VERSION == 5
+        assert got.retired_hashes == ("$sha256$older",)
+    assert user_version(path) == _migrations.LATEST_VERSION == 6
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:

@@ -331,11 +331,23 @@ def test_rotate_without_grace(tokens: ApiTokens) -> None:
     assert new.token.id == old.token.id
     assert new.token.restrictions == old.token.restrictions
     assert new.secret != old.secret
-    assert tokens.authenticate(get("/rest/a", bearer(old.secret))).status_code == 401
     assert tokens.authenticate(get("/rest/a", bearer(new.secret))).authenticated
     used = tokens.get(old.token.id)
     assert used is not None
     assert used.use_count == 2  # history kept
+    # The old secret presented again is reuse (DESIGN §11): refused, and the token revoked.
+    assert tokens.authenticate(get("/rest/a", bearer(old.secret))).status_code == 401
+    assert tokens.authenticate(get("/rest/a", bearer(new.secret))).status_code == 401
+
+
+def test_rotate_without_grace_old_secret_just_refused_without_reuse_detection(
+    store: TokenStore, clock: Clock
+) -> None:
+    with tokens_for(store, clock, revoke_on_reuse=False) as tokens:
+        old = tokens.create(actor="alice", name="x")
+        new = tokens.rotate(actor="alice", token_id=old.token.id)
+        assert tokens.authenticate(get("/rest/a", bearer(old.secret))).status_code == 401
+        assert tokens.authenticate(get("/rest/a", bearer(new.secret))).authenticated
 
 
 def test_rotate_with_grace(tokens: ApiTokens, clock: Clock) -> None:
@@ -344,15 +356,22 @@ def test_rotate_with_grace(tokens: ApiTokens, clock: Clock) -> None:
     assert tokens.authenticate(get("/x", bearer(old.secret))).authenticated
     assert tokens.authenticate(get("/x", bearer(new.secret))).authenticated
     clock.advance(minutes=10)
-    assert tokens.authenticate(get("/x", bearer(old.secret))).status_code == 401
     assert tokens.authenticate(get("/x", bearer(new.secret))).authenticated
-    # A second rotation ends the first one's grace for good.
-    newer = tokens.rotate(actor="alice", token_id=old.token.id, grace=timedelta(hours=1))
-    assert tokens.authenticate(get("/x", bearer(new.secret))).authenticated
+    # After the grace the old secret is reuse: refused, and the token revoked.
     assert tokens.authenticate(get("/x", bearer(old.secret))).status_code == 401
-    assert tokens.authenticate(get("/x", bearer(newer.secret))).authenticated
+    assert tokens.authenticate(get("/x", bearer(new.secret))).status_code == 401
     with pytest.raises(ValueError, match="grace"):
         tokens.rotate(actor="alice", token_id=old.token.id, grace=timedelta(seconds=-1))
+
+
+def test_a_second_rotation_ends_the_first_grace(store: TokenStore, clock: Clock) -> None:
+    with tokens_for(store, clock, revoke_on_reuse=False) as tokens:
+        old = tokens.create(actor="alice", name="x")
+        new = tokens.rotate(actor="alice", token_id=old.token.id, grace=timedelta(minutes=10))
+        newer = tokens.rotate(actor="alice", token_id=old.token.id, grace=timedelta(hours=1))
+        assert tokens.authenticate(get("/x", bearer(new.secret))).authenticated
+        assert tokens.authenticate(get("/x", bearer(old.secret))).status_code == 401
+        assert tokens.authenticate(get("/x", bearer(newer.secret))).authenticated
 
 
 def test_rotate_standard_token_reveals_the_new_secret(tokens: ApiTokens) -> None:

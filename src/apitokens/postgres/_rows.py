@@ -84,6 +84,7 @@ def _token_params(stored: StoredToken) -> tuple[object, ...]:
         stored.previous_hash,
         stored.previous_valid_until,
         stored.revealable,
+        list(stored.retired_hashes),
         token.name.casefold(),
     )
 
@@ -128,6 +129,7 @@ def _stored_from_row(row: Sequence[Any]) -> StoredToken:
         previous_hash=row[15],
         previous_valid_until=_utc(row[16]),
         revealable=row[17],
+        retired_hashes=tuple(row[18]),
     )
 
 

@@ -133,7 +133,14 @@ _V3 = (
     "CREATE INDEX apitokens_batches_by_at ON apitokens_batches (at)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3)
+_V4 = (
+    # Reuse detection (DESIGN §11): the hashes of the secrets rotated out before the
+    # previous one, newest first. A rotation always changes secret_hash too, so the
+    # change trigger need not watch this column.
+    "ALTER TABLE apitokens_tokens ADD COLUMN retired_hashes text[] NOT NULL DEFAULT '{}'",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
 
 A released migration is never edited: changes are new entries appended.
@@ -175,17 +182,20 @@ _RECORD_COLUMNS = (
     'id, name, "user", created_by, created_at, expires_at, scope, restrictions, allowed_ips,'
     " secure, last_used_at, last_used_ip, use_count, revoked_at"
 )
-_STORED_COLUMNS = _RECORD_COLUMNS + ", secret_hash, previous_hash, previous_valid_until, revealable"
+_STORED_COLUMNS = (
+    _RECORD_COLUMNS
+    + ", secret_hash, previous_hash, previous_valid_until, revealable, retired_hashes"
+)
 _EVENT_COLUMNS = 'at, action, outcome, token_id, "user", actor, client_ip, method, path, reason'
 
 _INSERT_RECORD = (
     f"INSERT INTO apitokens_tokens ({_STORED_COLUMNS}, name_folded)"  # noqa: S608
-    f" VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO NOTHING"
+    f" VALUES ({', '.join(['%s'] * 20)}) ON CONFLICT (id) DO NOTHING"
 )
 _UPDATE_RECORD = (
     "UPDATE apitokens_tokens SET name = %s, name_folded = %s, expires_at = %s, scope = %s,"
     " restrictions = %s, allowed_ips = %s, secure = %s, secret_hash = %s, previous_hash = %s,"
-    " previous_valid_until = %s, revealable = %s WHERE id = %s"
+    " previous_valid_until = %s, revealable = %s, retired_hashes = %s WHERE id = %s"
 )
 # Each change to a token tells every listening process through the trigger of schema
 # version 3 (apitokens_notify_change), in the same transaction: the notice goes out

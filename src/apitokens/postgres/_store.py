@@ -382,6 +382,7 @@ class PostgresStore:
             stored.previous_hash,
             stored.previous_valid_until,
             stored.revealable,
+            list(stored.retired_hashes),
             token.id,
         )
         updated = self._call("update", lambda conn: conn.execute(_UPDATE_RECORD, params).rowcount)

@@ -125,6 +125,7 @@ def normalize_stored(stored: StoredToken) -> StoredToken:
         stored,
         token=token,
         previous_valid_until=optional_utc(stored.previous_valid_until, "previous_valid_until"),
+        retired_hashes=tuple(stored.retired_hashes),
     )
 
 

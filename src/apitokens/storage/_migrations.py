@@ -113,7 +113,13 @@ _V5 = (
     "CREATE INDEX failures_by_second ON failures (second)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5)
+_V6 = (
+    # Reuse detection (DESIGN §11): the hashes of the secrets rotated out before the
+    # previous one, newest first, as a JSON array.
+    "ALTER TABLE tokens ADD COLUMN retired_hashes TEXT NOT NULL DEFAULT '[]'",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -69,7 +69,7 @@ class TokenStore(Protocol):
 
         Replaces ``name``, ``expires_at``, ``scope``, ``restrictions``,
         ``allowed_ips``, ``secure``, ``secret_hash``, ``previous_hash``,
-        ``previous_valid_until`` and ``revealable``. Never touches usage
+        ``previous_valid_until``, ``revealable`` and ``retired_hashes``. Never touches usage
         (``last_used_at``, ``last_used_ip``, ``use_count``), ``user``,
         ``created_by``, ``created_at`` or ``revoked_at``: those belong to
         :meth:`write` and :meth:`revoke`, which may run concurrently.

@@ -49,14 +49,17 @@ RECORD_COLUMNS = (
     "id, name, user, created_by, created_at, expires_at, scope, restrictions, allowed_ips,"
     " secure, last_used_at, last_used_ip, use_count, revoked_at"
 )
-STORED_COLUMNS = RECORD_COLUMNS + ", secret_hash, previous_hash, previous_valid_until, revealable"
+STORED_COLUMNS = (
+    RECORD_COLUMNS
+    + ", secret_hash, previous_hash, previous_valid_until, revealable, retired_hashes"
+)
 EVENT_COLUMNS = "at, action, outcome, token_id, user, actor, client_ip, method, path, reason"
 
-INSERT_RECORD = f"INSERT INTO tokens ({STORED_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608
+INSERT_RECORD = f"INSERT INTO tokens ({STORED_COLUMNS}) VALUES ({', '.join('?' * 19)})"  # noqa: S608
 UPDATE_RECORD = (
     "UPDATE tokens SET name = ?, expires_at = ?, scope = ?, restrictions = ?, allowed_ips = ?,"
-    " secure = ?, secret_hash = ?, previous_hash = ?, previous_valid_until = ?, revealable = ?"
-    " WHERE id = ?"
+    " secure = ?, secret_hash = ?, previous_hash = ?, previous_valid_until = ?, revealable = ?,"
+    " retired_hashes = ? WHERE id = ?"
 )
 # SET expressions all see the row as it was, so the order of the two CASEs is irrelevant.
 FOLD_USAGE = (
@@ -109,6 +112,7 @@ def token_params(stored: StoredToken) -> tuple[object, ...]:
         stored.previous_hash,
         _micros(stored.previous_valid_until),
         stored.revealable,
+        json.dumps(list(stored.retired_hashes)),
     )
 
 
@@ -126,6 +130,7 @@ def update_params(stored: StoredToken) -> tuple[object, ...]:
         stored.previous_hash,
         _micros(stored.previous_valid_until),
         stored.revealable,
+        json.dumps(list(stored.retired_hashes)),
         token.id,
     )
 
@@ -259,12 +264,17 @@ def stored_from_row(row: Sequence[Any]) -> StoredToken:
         previous_valid_until = _optional_datetime(row[16])
     except (ValueError, TypeError, OverflowError):
         raise StorageError(f"token {row[0]!r} has an unreadable grace period") from None
+    try:
+        retired_hashes = _strings(row[18])
+    except (ValueError, TypeError):
+        raise StorageError(f"token {row[0]!r} has unreadable retired hashes") from None
     return StoredToken(
         token=token_from_row(row),
         secret_hash=row[14],
         previous_hash=row[15],
         previous_valid_until=previous_valid_until,
         revealable=row[17],
+        retired_hashes=retired_hashes,
     )
 
 
