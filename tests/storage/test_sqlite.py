@@ -128,7 +128,7 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         got = store.get("old")
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
-    assert user_version(path) == _migrations.LATEST_VERSION == 5
+    assert user_version(path) == _migrations.LATEST_VERSION == 6
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:
