@@ -16,8 +16,8 @@ from ._flow import RequestFlow, Requirement
 from ._hashing import Hasher, SecretVerifier
 from ._journal import SUPPORTED, FilePositions, Positions
 from ._manager import TokenManager
-from ._notices import DEFAULT_THRESHOLDS, expiring, notify_expiring
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
+from ._notices import DEFAULT_THRESHOLDS, expiring, notify_expiring
 from ._policy import Policy
 from ._request import AuthRequest
 from ._result import AuthResult

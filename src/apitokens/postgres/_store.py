@@ -75,9 +75,9 @@ from apitokens.postgres._sql import (
 )
 from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
+    NOTICES_KEPT_AFTER_EXPIRY,
     failure_rows,
     fold_usage,
-    NOTICES_KEPT_AFTER_EXPIRY,
     kept_seconds,
     normalize_stored,
     notice_key,
