@@ -387,6 +387,7 @@ class ApiTokens:
         Raises:
             ValueError: ``within`` is not a positive timedelta.
         """
+        self._writer.flush()  # usage columns include every use so far
         return expiring(self._store, self._clock(), within)
 
     def notify_expiring(
@@ -412,6 +413,7 @@ class ApiTokens:
             ValueError: no threshold, or one that is not a positive timedelta.
             StorageError: the store records no notices, or failed.
         """
+        self._writer.flush()  # the tokens given to ``notify`` show every use so far
         return notify_expiring(self._store, self._clock(), notify, thresholds)
 
     def audit(

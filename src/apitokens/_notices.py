@@ -85,9 +85,13 @@ def notify_expiring(
         try:
             notify(token, threshold)
         except Exception as exc:
-            store.release_notice(token.id, token.expires_at, threshold)
             log.warning("expiry notice for token %s failed: %r", token.id, exc)
             failure = failure or exc
+            try:
+                store.release_notice(token.id, token.expires_at, threshold)
+            except StorageError as lost:
+                # Still claimed: this notice is lost rather than ever sent twice.
+                log.error("expiry notice for token %s not released: %s", token.id, lost)
             continue
         sent.append((token, threshold))
     if failure is not None:
