@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -174,3 +174,25 @@ def test_a_store_without_a_notice_ledger_is_refused() -> None:
     with pytest.raises(StorageError, match="NoticeLedger"):
         tokens.notify_expiring(notify=outbox)
     assert outbox.sent == []
+
+
+class _Unreleasing(MemoryStore):
+    """A store whose releases fail (the database went away after the claim)."""
+
+    def release_notice(self, token_id: str, expires_at: datetime, threshold: timedelta) -> None:
+        raise StorageError("the database went away")
+
+
+def test_a_notice_that_cannot_be_released_is_lost_never_sent_twice() -> None:
+    tokens = make_tokens(_Unreleasing())
+    token = tokens.create(actor="alice", name="ci", expires_in=DAY).token
+    calls: list[str] = []
+
+    def broken(token: Token, threshold: timedelta) -> None:
+        calls.append(token.id)
+        raise OSError("mail server down")
+
+    with pytest.raises(OSError, match="mail server down"):  # the hook's error, not the store's
+        tokens.notify_expiring(notify=broken)
+    assert tokens.notify_expiring(notify=broken) == []  # still claimed: at most once
+    assert calls == [token.id]
