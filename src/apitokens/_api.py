@@ -17,6 +17,7 @@ from ._hashing import Hasher, SecretVerifier
 from ._journal import SUPPORTED, FilePositions, Positions
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
+from ._notices import DEFAULT_THRESHOLDS, expiring, notify_expiring
 from ._policy import Policy
 from ._request import AuthRequest
 from ._result import AuthResult
@@ -379,6 +380,41 @@ class ApiTokens:
             PermissionDenied: not the actor's token and the actor is no admin.
         """
         return self._manager.revoke(actor=actor, token_id=token_id)
+
+    def expiring(self, *, within: timedelta) -> builtins.list[Token]:
+        """Active tokens that expire within ``within`` from now (not yet expired), soonest first.
+
+        Raises:
+            ValueError: ``within`` is not a positive timedelta.
+        """
+        self._writer.flush()  # usage columns include every use so far
+        return expiring(self._store, self._clock(), within)
+
+    def notify_expiring(
+        self,
+        *,
+        notify: Callable[[Token, timedelta], object],
+        thresholds: Iterable[timedelta] = DEFAULT_THRESHOLDS,
+    ) -> builtins.list[tuple[Token, timedelta]]:
+        """Call ``notify(token, threshold)`` once per token and threshold, ever.
+
+        For a cron job, on one host or several: each notice is claimed in the store
+        (a :class:`~apitokens.storage.NoticeLedger`) before it is sent, so two runs,
+        here or elsewhere, never send the same one. When several thresholds are
+        crossed at once only the tightest is sent; a new expiry (``edit``) resets a
+        token's notices. A notice whose ``notify`` raised is not recorded as sent
+        (a later run tries again); the others are still sent, then the first error
+        is raised. ``notify`` never sees a secret: a :class:`Token` has none.
+
+        Returns:
+            The ``(token, threshold)`` notices this call sent.
+
+        Raises:
+            ValueError: no threshold, or one that is not a positive timedelta.
+            StorageError: the store records no notices, or failed.
+        """
+        self._writer.flush()  # the tokens given to ``notify`` show every use so far
+        return notify_expiring(self._store, self._clock(), notify, thresholds)
 
     def audit(
         self,

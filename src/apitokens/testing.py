@@ -54,7 +54,7 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage import FailureLedger, TokenStore
+from apitokens.storage import FailureLedger, NoticeLedger, TokenStore
 
 try:
     import pytest
@@ -779,6 +779,70 @@ class StoreContract:
         assert ledger.failures_since("b", NOW - SECOND) == workers * batches
         assert ledger.failures_since("w2", NOW - SECOND) == batches
 
+    # --- the optional expiry notices (NoticeLedger) ----------------------------------------
+
+    # A store that offers none of it passes these: notify_expiring then refuses to run.
+
+    def test_notice_claimed_once_per_token_expiry_and_threshold(self, store: TokenStore) -> None:
+        if not _offers_notices(store):
+            return
+        token_id, week = f"n-{uuid.uuid4().hex}", timedelta(days=7)
+        expires = NOW + 5 * DAY
+        assert store.claim_notice(token_id, expires, week, NOW) is True
+        assert store.claim_notice(token_id, expires, week, NOW + SECOND) is False
+        # Another threshold, another expiry (a new expires_at resets) or token: new notices.
+        assert store.claim_notice(token_id, expires, 30 * DAY, NOW) is True
+        assert store.claim_notice(token_id, expires + DAY, week, NOW) is True
+        assert store.claim_notice(f"{token_id}-2", expires, week, NOW) is True
+        # Released (the notice could not be sent): it may be claimed again, once.
+        store.release_notice(token_id, expires, week)
+        store.release_notice(token_id, expires, timedelta(hours=1))  # never claimed: harmless
+        assert store.claim_notice(token_id, expires, week, NOW) is True
+        assert store.claim_notice(token_id, expires, week, NOW) is False
+        # The same instant in another time zone is the same notice.
+        other = expires.astimezone(timezone(timedelta(hours=5)))
+        assert store.claim_notice(token_id, other, week, NOW) is False
+        with pytest.raises(ValueError, match="timezone"):
+            store.claim_notice(token_id, expires.replace(tzinfo=None), week, NOW)
+        with pytest.raises(ValueError, match="timezone"):
+            store.claim_notice(token_id, expires, week, NOW.replace(tzinfo=None))
+        with pytest.raises(ValueError, match="threshold"):
+            store.claim_notice(token_id, expires, timedelta(0), NOW)
+
+    def test_notice_claims_of_expiries_long_past_are_forgotten(self, store: TokenStore) -> None:
+        if not _offers_notices(store):
+            return
+        token_id, week = f"n-{uuid.uuid4().hex}", timedelta(days=7)
+        old, recent = NOW - 3 * DAY, NOW - timedelta(hours=1)
+        assert store.claim_notice(token_id, old, week, old - DAY) is True
+        assert store.claim_notice(token_id, recent, week, recent - DAY) is True
+        # Kept a day past the expiry, then pruned by any later claim.
+        assert store.claim_notice(f"{token_id}-x", NOW + DAY, week, NOW) is True
+        assert store.claim_notice(token_id, recent, week, NOW) is False
+        assert store.claim_notice(token_id, old, week, NOW) is True
+
+    def test_notice_concurrent_claims_exactly_one_wins(self, store: TokenStore) -> None:
+        if not _offers_notices(store):
+            return
+        ledger = store
+        workers, tokens = 4, 20
+        base = f"n-{uuid.uuid4().hex}"
+        start = threading.Barrier(workers, timeout=60)
+
+        def claim(worker: int) -> list[str]:
+            order = [f"{base}-{i}" for i in range(tokens)]
+            random.Random(worker).shuffle(order)
+            start.wait()
+            return [
+                token_id
+                for token_id in order
+                if ledger.claim_notice(token_id, NOW + DAY, timedelta(days=7), NOW)
+            ]
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            won = [token_id for claimed in pool.map(claim, range(workers)) for token_id in claimed]
+        assert sorted(won) == sorted(f"{base}-{i}" for i in range(tokens))
+
     # --- the filters against a reference model ----------------------------------------------
 
     # One store serves every example (each owns a fresh user name), and each
@@ -846,6 +910,16 @@ class StoreContract:
             offset=offset,
         )
         assert [t.id for t in found] == [t.id for t in expected[offset:end]]
+
+
+def _offers_notices(store: TokenStore) -> TypeGuard[NoticeLedger]:
+    """Whether ``store`` offers the optional NoticeLedger: all of it, or none of it."""
+    methods = [callable(getattr(store, name, None)) for name in ("claim_notice", "release_notice")]
+    assert all(methods) or not any(methods), (
+        f"{type(store).__name__} has only part of NoticeLedger (claim_notice and "
+        "release_notice go together)"
+    )
+    return all(methods)
 
 
 def _offers_ledger(store: TokenStore) -> TypeGuard[FailureLedger]:

@@ -99,6 +99,7 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
         "EntryWriter",
         "FailureLedger",
         "MemoryStore",
+        "NoticeLedger",
         "SQLiteStore",
         "StoredToken",
         "TokenStore",

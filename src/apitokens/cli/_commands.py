@@ -9,6 +9,9 @@ into one line on stderr by :func:`apitokens.cli.main`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,7 +58,9 @@ __all__ = [
     "create",
     "describe",
     "edit",
+    "expiring",
     "list_tokens",
+    "notify_expiring",
     "prune_audit",
     "reveal",
     "revoke",
@@ -290,6 +295,106 @@ def prune_audit(session: Session, args: argparse.Namespace) -> int:
     plural = "" if count == 1 else "s"
     _print(f"Deleted {count} audit event{plural} from before {format_time(before)}.")
     return 0
+
+
+def expiring(session: Session, args: argparse.Namespace) -> int:
+    """``expiring --within``: active tokens that expire within that time, soonest first."""
+    within: timedelta = args.within
+    found = session.tokens.expiring(within=within)
+    if args.json:
+        _print(json_text([token_json(token) for token in found]))
+    elif found:
+        _print(tokens_table(found))
+    else:
+        _print(f"No token expires within {format_duration(within)}.")
+    return 0
+
+
+class _HookFailed(Exception):
+    """The ``--exec`` command of ``notify-expiring`` failed for one token."""
+
+
+def notice_environment(token: Token, threshold: timedelta) -> dict[str, str]:
+    """The environment of a ``notify-expiring --exec`` command: never the secret.
+
+    The inherited ``APITOKENS_*`` variables are left out (``APITOKENS_DB`` may hold a
+    database password), and the token's own are added.
+    """
+    assert token.expires_at is not None  # only expiring tokens get notices
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("APITOKENS_")}
+    environment.update(
+        APITOKENS_TOKEN_ID=token.id,
+        APITOKENS_TOKEN_OWNER=token.user or "",
+        APITOKENS_TOKEN_NAME=token.name,
+        APITOKENS_TOKEN_EXPIRES_AT=token.expires_at.isoformat().replace("+00:00", "Z"),
+        APITOKENS_THRESHOLD=format_duration(threshold),
+        APITOKENS_THRESHOLD_SECONDS=str(int(threshold.total_seconds())),
+    )
+    return environment
+
+
+def notify_expiring(session: Session, args: argparse.Namespace) -> int:
+    """``notify-expiring --exec CMD``: run CMD once per token and threshold, ever.
+
+    CMD runs through the shell, with the token's fields in its environment (never in
+    its command line, so a token's name cannot inject anything) and its output sent
+    to stderr. A CMD that fails or runs out of time is not recorded as sent: a later
+    run tries it again; the other notices still go, and the exit status is 1.
+    """
+    command: str = args.exec
+    timeout: timedelta = args.timeout
+    sent: list[tuple[Token, timedelta]] = []
+    failed: list[str] = []
+
+    def hook(token: Token, threshold: timedelta) -> None:
+        try:
+            done = subprocess.run(  # noqa: S602 - the admin's own command; data only in env
+                command,
+                shell=True,
+                env=notice_environment(token, threshold),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout.total_seconds(),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {format_duration(timeout)}"
+        except OSError as exc:
+            status = clean(exc.strerror or str(exc))
+        else:
+            # Its output goes to stderr: stdout is this command's report (or its JSON).
+            for output in (done.stdout, done.stderr):
+                if output:
+                    sys.stderr.write(output.decode(errors="backslashreplace"))
+            if done.returncode == 0:
+                sent.append((token, threshold))
+                return
+            status = f"exit status {done.returncode}"
+        failed.append(f"--exec failed for {describe(token)}: {status}")
+        raise _HookFailed(failed[-1])
+
+    thresholds: list[timedelta] = args.thresholds or [timedelta(days=30), timedelta(days=7)]
+    # Every failure is in ``failed``, and the notices that went are in ``sent``.
+    with contextlib.suppress(_HookFailed):
+        session.tokens.notify_expiring(notify=hook, thresholds=thresholds)
+    if args.json:
+        _print(
+            json_text(
+                [
+                    {"token": token_json(token), "threshold": format_duration(threshold)}
+                    for token, threshold in sent
+                ]
+            )
+        )
+    else:
+        lines = [
+            f"Sent the {format_duration(threshold)} notice for {describe(token)}."
+            for token, threshold in sent
+        ]
+        _print(lines or "No notice was due.")
+    for message in failed:
+        print(f"apitokens: error: {message}; a later run tries again", file=sys.stderr)
+    return EXIT_FAILURE if failed else 0
 
 
 def _new_expiry(args: argparse.Namespace) -> datetime | Unset | None:

@@ -18,7 +18,9 @@ from ._commands import (
     audit,
     create,
     edit,
+    expiring,
     list_tokens,
+    notify_expiring,
     prune_audit,
     reveal,
     revoke,
@@ -48,6 +50,17 @@ EDIT_DESCRIPTION = (
     "Change a standard-mode token's name, restriction rules, allowed addresses or "
     "expiry; only the options given change, and the next request sees the change. "
     "Secure-mode and revoked tokens cannot be edited: rotate or revoke them instead."
+)
+
+NOTIFY_DESCRIPTION = (
+    "For a cron job: run CMD through the shell once per token and threshold, ever, for "
+    "the active tokens whose expiry is within a threshold (only the tightest one when "
+    "several are crossed at once; a new expiry resets them). Each notice is recorded in "
+    "the database before CMD runs, so runs on several hosts never send one twice. CMD "
+    "gets APITOKENS_TOKEN_ID, APITOKENS_TOKEN_OWNER, APITOKENS_TOKEN_NAME, "
+    "APITOKENS_TOKEN_EXPIRES_AT, APITOKENS_THRESHOLD (1w) and APITOKENS_THRESHOLD_SECONDS "
+    "in its environment (never the secret); its output goes to stderr. A CMD that fails "
+    "is tried again by a later run."
 )
 
 
@@ -350,6 +363,44 @@ def build_parser(prog: str = "apitokens", *, store_options: bool = True) -> argp
     )
     events.add_argument(
         "--offset", type=_count, default=0, metavar="N", help="skip this many (default: 0)"
+    )
+
+    soon = _add(commands, "expiring", expiring, "list active tokens that expire soon")
+    soon.add_argument(
+        "--within",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help=f"tokens that expire within this time from now; {DURATION_HELP}",
+    )
+
+    notices = _add(
+        commands,
+        "notify-expiring",
+        notify_expiring,
+        "run a command once per token and threshold before it expires (for cron)",
+        description=NOTIFY_DESCRIPTION,
+    )
+    notices.add_argument(
+        "--exec",
+        required=True,
+        metavar="CMD",
+        help="the shell command to run for each notice due",
+    )
+    notices.add_argument(
+        "--threshold",
+        dest="thresholds",
+        type=parse_duration,
+        action="append",
+        metavar="DURATION",
+        help="warn this long before expiry; repeat for several (default: 30d and 7d)",
+    )
+    notices.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=parse_duration("60s"),
+        metavar="DURATION",
+        help="stop a command running longer than this; it counts as failed (default: 60s)",
     )
 
     prune = _add(commands, "prune-audit", prune_audit, "delete old audit events", json=False)

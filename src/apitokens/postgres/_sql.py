@@ -140,7 +140,23 @@ _V4 = (
     "ALTER TABLE apitokens_tokens ADD COLUMN retired_hashes text[] NOT NULL DEFAULT '{}'",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4)
+_V5 = (
+    # The expiry notices claimed (NoticeLedger): one row per token, expiry and
+    # threshold (in µs), inserted by the one caller that sends the notice. The primary
+    # key makes the claim atomic; the index on expires_at serves the pruning.
+    """
+    CREATE TABLE apitokens_notices (
+        token_id    text NOT NULL,
+        expires_at  timestamptz NOT NULL,
+        threshold   bigint NOT NULL,
+        claimed_at  timestamptz NOT NULL,
+        PRIMARY KEY (token_id, expires_at, threshold)
+    )
+    """,
+    "CREATE INDEX apitokens_notices_by_expiry ON apitokens_notices (expires_at)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
 
 A released migration is never edited: changes are new entries appended.
@@ -165,6 +181,20 @@ _CLAIM_BATCH = "INSERT INTO apitokens_batches (id) VALUES (%s) ON CONFLICT (id) 
 _PRUNE_BATCHES = "DELETE FROM apitokens_batches WHERE at < now() - interval '1 day'"
 _COUNT_FAILURES = (
     "SELECT coalesce(sum(count), 0) FROM apitokens_failures WHERE key = %s AND second >= %s"
+)
+
+_CLAIM_NOTICE = (
+    "INSERT INTO apitokens_notices (token_id, expires_at, threshold, claimed_at)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+# Claims of expiries long past go, by the older of the caller's clock and the server's
+# (a host whose clock runs ahead must not erase a claim another host still needs).
+_PRUNE_NOTICES = (
+    "DELETE FROM apitokens_notices WHERE expires_at < least(%s::timestamptz,"
+    " statement_timestamp()) - %s::interval"
+)
+_RELEASE_NOTICE = (
+    "DELETE FROM apitokens_notices WHERE token_id = %s AND expires_at = %s AND threshold = %s"
 )
 
 _SCHEMA_TABLE = """

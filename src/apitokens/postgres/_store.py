@@ -57,6 +57,7 @@ from apitokens.postgres._rows import (
 from apitokens.postgres._sql import (
     _ADD_FAILURES,
     _CLAIM_BATCH,
+    _CLAIM_NOTICE,
     _COPY_EVENTS,
     _COUNT_FAILURES,
     _EVENT_TYPES,
@@ -65,6 +66,8 @@ from apitokens.postgres._sql import (
     _LOCK_USED,
     _PRUNE_BATCHES,
     _PRUNE_FAILURES,
+    _PRUNE_NOTICES,
+    _RELEASE_NOTICE,
     _REPLACE_HASH,
     _REVOKE,
     _STORED_COLUMNS,
@@ -72,10 +75,12 @@ from apitokens.postgres._sql import (
 )
 from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
+    NOTICES_KEPT_AFTER_EXPIRY,
     failure_rows,
     fold_usage,
     kept_seconds,
     normalize_stored,
+    notice_key,
     require_utc,
     since_second,
 )
@@ -588,6 +593,44 @@ class PostgresStore:
             read=True,
         )
         return int(row[0]) if row is not None else 0
+
+    # -- the expiry notices (NoticeLedger) ---------------------------------------------
+
+    def claim_notice(
+        self, token_id: str, expires_at: datetime, threshold: timedelta, at: datetime
+    ) -> bool:
+        """Record a notice as sent unless it was (see :class:`~apitokens.storage.NoticeLedger`).
+
+        The insert that only one caller's transaction can make is the claim. A claim
+        whose answer was lost raises ``StorageError``: the notice is then not sent
+        (at most once, never twice).
+
+        Raises:
+            ValueError: a datetime is naive or ``threshold`` is not positive.
+            StorageError: the database failed.
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        expires, at = require_utc(expires_at, "expires_at"), require_utc(at, "at")
+        params = (token_id, expires, key[2], at)
+
+        def work(conn: _Conn) -> bool:
+            with conn.transaction():
+                won = conn.execute(_CLAIM_NOTICE, params).rowcount == 1
+                conn.execute(_PRUNE_NOTICES, (at, NOTICES_KEPT_AFTER_EXPIRY))
+            return won
+
+        return self._call("claim_notice", work)
+
+    def release_notice(self, token_id: str, expires_at: datetime, threshold: timedelta) -> None:
+        """Forget a claimed notice (see :class:`~apitokens.storage.NoticeLedger`).
+
+        Raises:
+            ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
+            StorageError: the database failed.
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        params = (token_id, require_utc(expires_at, "expires_at"), key[2])
+        self._call("release_notice", lambda conn: conn.execute(_RELEASE_NOTICE, params))
 
     def events(
         self,

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from apitokens._model import AuthEntry, StoredToken, Usage
 from apitokens.storage._open import open_store, redact_dsn
-from apitokens.storage._protocol import ChangeFeed, EntryWriter, FailureLedger, TokenStore
+from apitokens.storage._protocol import (
+    ChangeFeed,
+    EntryWriter,
+    FailureLedger,
+    NoticeLedger,
+    TokenStore,
+)
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
 
@@ -24,6 +30,7 @@ __all__ = [
     "EntryWriter",
     "FailureLedger",
     "MemoryStore",
+    "NoticeLedger",
     "SQLiteStore",
     "StoredToken",
     "TokenStore",

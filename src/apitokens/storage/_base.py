@@ -233,3 +233,38 @@ def failure_rows(
 def since_second(since: datetime) -> int:
     """The first second ``failures_since`` counts: rounded down, erring towards counting."""
     return math.floor(require_utc(since, "since").timestamp())
+
+
+# --- the expiry notices (NoticeLedger) ----------------------------------------------
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+NOTICES_KEPT_AFTER_EXPIRY = timedelta(days=1)
+"""How long after its expiry a token's claimed notices are kept.
+
+An expired token gets no notice, so its claims are no longer needed; a day's margin
+keeps them while a host whose clock runs behind may still see the token as expiring.
+"""
+
+
+def notice_key(token_id: str, expires_at: datetime, threshold: timedelta) -> tuple[str, int, int]:
+    """``(token_id, expiry in µs since the epoch, threshold in µs)``: a notice's name.
+
+    Raises:
+        ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
+    """
+    expires = require_utc(expires_at, "expires_at")
+    if not isinstance(threshold, timedelta) or threshold <= timedelta(0):
+        raise ValueError(f"a notice threshold must be a positive timedelta, not {threshold!r}")
+    micro = timedelta(microseconds=1)
+    return token_id, (expires - _EPOCH) // micro, threshold // micro
+
+
+def notices_kept_from(at: datetime) -> int:
+    """The oldest expiry (µs since the epoch) whose claimed notices are still kept at ``at``.
+
+    Raises:
+        ValueError: ``at`` is naive.
+    """
+    return (require_utc(at, "at") - NOTICES_KEPT_AFTER_EXPIRY - _EPOCH) // timedelta(microseconds=1)

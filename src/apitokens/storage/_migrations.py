@@ -119,7 +119,23 @@ _V6 = (
     "ALTER TABLE tokens ADD COLUMN retired_hashes TEXT NOT NULL DEFAULT '[]'",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+_V7 = (
+    # The expiry notices claimed (NoticeLedger): one row per token, expiry and
+    # threshold (both in µs), inserted by the one caller that sends the notice. The
+    # primary key makes the claim atomic; the index on expires_at serves the pruning.
+    """
+    CREATE TABLE notices (
+        token_id    TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        threshold   INTEGER NOT NULL,
+        claimed_at  INTEGER NOT NULL,
+        PRIMARY KEY (token_id, expires_at, threshold)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX notices_by_expiry ON notices (expires_at)",
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -4,7 +4,8 @@ Write your own backend (Postgres, Redis...) by implementing :class:`TokenStore`
 and subclassing ``apitokens.testing.StoreContract`` in its tests
 (``docs/storage.md``). :class:`EntryWriter` is an optional, faster way in for the
 audit writer's batches; :class:`ChangeFeed` and :class:`FailureLedger` share what one
-process knows with the others on the store.
+process knows with the others on the store; :class:`NoticeLedger` records the expiry
+notices sent, so that no two processes send the same one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from apitokens._model import (
     Usage,
 )
 
-__all__ = ["ChangeFeed", "EntryWriter", "FailureLedger", "TokenStore", "offers"]
+__all__ = ["ChangeFeed", "EntryWriter", "FailureLedger", "NoticeLedger", "TokenStore", "offers"]
 
 
 @runtime_checkable
@@ -303,6 +304,47 @@ class FailureLedger(Protocol):
 
         Raises:
             ValueError: ``since`` is naive.
+            StorageError: the backend failed.
+        """
+        ...
+
+
+@runtime_checkable
+class NoticeLedger(Protocol):
+    """Optional: a store that records which expiry notices were sent (DESIGN §11).
+
+    ``ApiTokens.notify_expiring`` sends each token's notice for a threshold once,
+    ever, though a cron job may run it on several hosts at once: before it sends
+    one it claims it here, and only the caller whose claim wins sends. A notice is
+    named by the token, the expiry it warns of and the threshold; a new expiry is a
+    new name, so editing ``expires_at`` resets a token's notices.
+    """
+
+    def claim_notice(
+        self, token_id: str, expires_at: datetime, threshold: timedelta, at: datetime
+    ) -> bool:
+        """Record the notice as sent at ``at``, unless it already was: atomically.
+
+        Of any number of concurrent callers (threads, processes, hosts on the same
+        store) with the same ``token_id``, ``expires_at`` and ``threshold``, exactly
+        one gets ``True``, and every later caller ``False``. Notices of expiries long
+        past (a day before ``at``) may be forgotten.
+
+        Raises:
+            ValueError: a datetime is naive or ``threshold`` is not positive
+                (nothing recorded).
+            StorageError: the backend failed (whether the claim was recorded may be
+                unknown: the caller must then not send the notice).
+        """
+        ...
+
+    def release_notice(self, token_id: str, expires_at: datetime, threshold: timedelta) -> None:
+        """Forget a claimed notice, so a later :meth:`claim_notice` may win it again.
+
+        For a notice that could not be sent. Forgetting one never claimed is harmless.
+
+        Raises:
+            ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
             StorageError: the backend failed.
         """
         ...

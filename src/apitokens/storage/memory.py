@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
@@ -16,6 +16,8 @@ from apitokens.storage._base import (
     fold_usage,
     normalize_event,
     normalize_stored,
+    notice_key,
+    notices_kept_from,
     require_utc,
 )
 from apitokens.storage._filters import EventQuery, TokenQuery
@@ -45,6 +47,8 @@ class MemoryStore:
         self._sequence = itertools.count()
         self._closed = False
         self._subscribers: builtins.list[Callable[[str], None]] = []
+        # The claimed expiry notices (NoticeLedger): notice_key -> when claimed.
+        self._notices: dict[tuple[str, int, int], datetime] = {}
 
     def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(token_id)`` after each change to a token; return the unsubscriber."""
@@ -287,9 +291,44 @@ class MemoryStore:
             self._events = kept
             return removed
 
+    # -- the expiry notices (NoticeLedger) ---------------------------------------------
+
+    def claim_notice(
+        self, token_id: str, expires_at: datetime, threshold: timedelta, at: datetime
+    ) -> bool:
+        """Record a notice as sent unless it was (see :class:`~apitokens.storage.NoticeLedger`).
+
+        Raises:
+            ValueError: a datetime is naive or ``threshold`` is not positive.
+            StorageError: the store is closed.
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        at = require_utc(at, "at")
+        oldest = notices_kept_from(at)
+        with self._lock:
+            self._check_open()
+            if key in self._notices:
+                return False
+            self._notices = {k: v for k, v in self._notices.items() if k[1] >= oldest}
+            self._notices[key] = at
+            return True
+
+    def release_notice(self, token_id: str, expires_at: datetime, threshold: timedelta) -> None:
+        """Forget a claimed notice (see :class:`~apitokens.storage.NoticeLedger`).
+
+        Raises:
+            ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
+            StorageError: the store is closed.
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        with self._lock:
+            self._check_open()
+            self._notices.pop(key, None)
+
     def close(self) -> None:
         """Drop everything; later calls raise ``StorageError``. Idempotent."""
         with self._lock:
             self._closed = True
             self._tokens.clear()
             self._events.clear()
+            self._notices.clear()

@@ -32,6 +32,8 @@ from apitokens.storage._base import (
     failure_rows,
     fold_usage,
     normalize_stored,
+    notice_key,
+    notices_kept_from,
     require_utc,
     since_second,
 )
@@ -46,6 +48,12 @@ _ADD_FAILURES = (
     " ON CONFLICT (key, second) DO UPDATE SET count = count + excluded.count"
 )
 _COUNT_FAILURES = "SELECT coalesce(sum(count), 0) FROM failures WHERE key = ? AND second >= ?"
+
+_CLAIM_NOTICE = (
+    "INSERT INTO notices (token_id, expires_at, threshold, claimed_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+_RELEASE_NOTICE = "DELETE FROM notices WHERE token_id = ? AND expires_at = ? AND threshold = ?"
 
 # A mark's usage position is None when the transaction wrote no usage: keep the old one.
 _MARK_JOURNAL = (
@@ -336,6 +344,38 @@ class SQLiteStore:
         with self._db.read("failures_since") as conn:
             row = conn.execute(_COUNT_FAILURES, (key, first)).fetchone()
         return int(row[0])
+
+    # -- the expiry notices (NoticeLedger) ---------------------------------------------
+
+    def claim_notice(
+        self, token_id: str, expires_at: datetime, threshold: timedelta, at: datetime
+    ) -> bool:
+        """Record a notice as sent unless it was (see :class:`~apitokens.storage.NoticeLedger`).
+
+        The insert that only one caller's transaction can make is the claim.
+
+        Raises:
+            ValueError: a datetime is naive or ``threshold`` is not positive.
+            StorageError: the database failed (nothing recorded).
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        claimed_at = to_micros(require_utc(at, "at"))
+        oldest = notices_kept_from(at)
+        with self._db.write("claim_notice") as conn:
+            won = conn.execute(_CLAIM_NOTICE, (*key, claimed_at)).rowcount == 1
+            conn.execute("DELETE FROM notices WHERE expires_at < ?", (oldest,))
+        return won
+
+    def release_notice(self, token_id: str, expires_at: datetime, threshold: timedelta) -> None:
+        """Forget a claimed notice (see :class:`~apitokens.storage.NoticeLedger`).
+
+        Raises:
+            ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
+            StorageError: the database failed.
+        """
+        key = notice_key(token_id, expires_at, threshold)
+        with self._db.write("release_notice") as conn:
+            conn.execute(_RELEASE_NOTICE, key)
 
     def events(
         self,
