@@ -36,6 +36,7 @@ from apitokens.cli import main as cli_main
 from apitokens.postgres import PostgresStore
 from apitokens.storage._open import locate, redact_dsn
 from tests.support.postgres import ADMIN, PASSWORD_USER, TEST_DATABASE, PostgresServer
+from tests.support.workers import uvicorn_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,34 +79,11 @@ def uvicorn_on(
     """``uvicorn --workers N`` serving APP on ``dsn``; yields the port and the process."""
     PostgresStore(dsn).close()  # the schema, before the workers start
     (tmp_path / "attack15_app.py").write_text(APP)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "APITOKENS_DB": dsn,
-        "CACHE_TTL": str(cache_ttl),
-        "STORE_TIMEOUT": str(store_timeout),
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    log = (tmp_path / "server.log").open("wb")
-    fd = sock.fileno()
-    command = [sys.executable, "-m", "uvicorn", "attack15_app:app", "--fd", str(fd)]
-    command += ["--workers", str(workers), "--log-level", "warning", *extra]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd]
-    )
-    sock.close()
-    try:
-        yield port, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=20)
-        log.close()
+    env = {"APITOKENS_DB": dsn, "CACHE_TTL": str(cache_ttl), "STORE_TIMEOUT": str(store_timeout)}
+    with uvicorn_workers(
+        "attack15_app:app", tmp_path, workers=workers, env=env, extra=extra
+    ) as served:
+        yield served
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

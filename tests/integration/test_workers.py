@@ -9,12 +9,9 @@ command replays what a worker's journal still holds).
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ import pytest
 
 from apitokens import ApiTokens, Policy, SQLiteStore
 from apitokens.cli import main as cli_main
+from tests.support.workers import uvicorn_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4
@@ -56,36 +54,8 @@ def served(tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]
     db = tmp_path / "tokens.db"
     SQLiteStore(str(db)).close()
     (tmp_path / "workers_app.py").write_text(APP.format(db=str(db), ttl=TTL))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    log = (tmp_path / "server.log").open("wb")
-    fd = sock.fileno()
-    command = [sys.executable, "-m", "uvicorn", "workers_app:app", "--fd", str(fd)]
-    command += ["--workers", str(WORKERS), "--log-level", "warning"]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        pass_fds=[fd],
-    )
-    sock.close()  # only the server holds it now
-    try:
+    with uvicorn_workers("workers_app:app", tmp_path, workers=WORKERS) as (port, process):
         yield port, db, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=20)
-        log.close()
 
 
 def get(port: int, path: str, secret: str | None = None) -> httpx.Response:

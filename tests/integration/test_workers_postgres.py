@@ -9,11 +9,8 @@ stops, no audit event of an answered request is missing.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +21,8 @@ import pytest
 from apitokens import ApiTokens, Policy
 from apitokens.cli import main as cli_main
 from apitokens.postgres import PostgresStore
-from tests.integration.test_workers import ROOT, WORKERS, get
+from tests.integration.test_workers import WORKERS, get
+from tests.support.workers import uvicorn_workers
 
 LATENCY = 0.1
 TTL = 60.0  # no cached record expires during the test: only the notice can do it
@@ -56,32 +54,9 @@ app = tokens.asgi(Starlette(routes=[Route("/rest/pid", whoami), Route("/pid", wh
 def served(postgres_database: str, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     PostgresStore(postgres_database).close()  # the schema, before the workers start
     (tmp_path / "workers_pg_app.py").write_text(APP.format(ttl=TTL))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "APITOKENS_DB": postgres_database,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    log = (tmp_path / "server.log").open("wb")
-    fd = sock.fileno()
-    command = [sys.executable, "-m", "uvicorn", "workers_pg_app:app", "--fd", str(fd)]
-    command += ["--workers", str(WORKERS), "--log-level", "warning"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd]
-    )
-    sock.close()  # only the server holds it now
-    try:
-        yield port, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=20)
-        log.close()
+    env = {"APITOKENS_DB": postgres_database}
+    with uvicorn_workers("workers_pg_app:app", tmp_path, workers=WORKERS, env=env) as served:
+        yield served
 
 
 def authenticate_rows(dsn: str) -> int:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ import pytest
 
 from apitokens import ApiTokens, Argon2Hasher, Policy, open_store
 from apitokens._ledger import CACHE_INTERVAL, FLUSH_INTERVAL
+from tests.support.workers import uvicorn_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4
@@ -70,35 +68,12 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
         db = request.getfixturevalue("postgres_database")
     open_store(db).close()  # the schema, before the workers start
     (tmp_path / "throttle_app.py").write_text(APP)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "APITOKENS_DB": db,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(tmp_path), str(ROOT / "src"), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    log = (tmp_path / "server.log").open("wb")
-    fd = sock.fileno()
-    command = [sys.executable, "-m", "uvicorn", "throttle_app:app", "--fd", str(fd)]
-    command += ["--workers", str(WORKERS), "--log-level", "warning"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd]
-    )
-    sock.close()  # only the server holds it now
-    try:
+    env = {"APITOKENS_DB": db}
+    with uvicorn_workers("throttle_app:app", tmp_path, workers=WORKERS, env=env, graceful=True) as (
+        port,
+        _process,
+    ):
         yield port, db
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
-        log.close()
 
 
 def _hash_seconds() -> float:
