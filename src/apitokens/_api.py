@@ -12,9 +12,11 @@ from pathlib import Path
 
 from ._audit import AuditWriter
 from ._auth import Authenticator
+from ._errors import TokenNotFound
 from ._flow import RequestFlow, Requirement
 from ._hashing import Hasher, SecretVerifier
 from ._journal import SUPPORTED, FilePositions, Positions
+from ._limits import Limits
 from ._manager import TokenManager
 from ._model import AuditEvent, IssuedToken, Outcome, Scope, Token
 from ._notices import DEFAULT_THRESHOLDS, expiring, notify_expiring
@@ -210,6 +212,9 @@ class ApiTokens:
         restrictions: Iterable[str] = (),
         allowed_ips: Iterable[str] = (),
         secure: bool = True,
+        rate_limit: str | None = None,
+        credits: int | None = None,
+        refill: str | None = None,
     ) -> IssuedToken:
         """Create a token and return it with its secret, shown this once.
 
@@ -225,12 +230,19 @@ class ApiTokens:
             restrictions: restriction rules, one per item (see docs/rules.md).
             allowed_ips: CIDRs or addresses (v4, v6) it may be used from.
             secure: secure mode (default): never shown or edited again.
+            rate_limit: at most so many requests per window: ``"100/min"``
+                (``N/s``, ``N/min``, ``N/h``, ``N/day``); over it, 429.
+            credits: uses in all; spent, 429.
+            refill: credits given back per period (``"1000/day"``), never above
+                ``credits``.
 
         Raises:
             PermissionDenied: the actor may not create this token.
             PolicyViolation: the token breaks a limit of the policy.
             RuleSyntaxError: a restriction rule does not parse.
-            ValueError: a bad argument (empty name, bad CIDR, past expiry).
+            ValueError: a bad argument (empty name, bad CIDR, past expiry, a
+                malformed limit, a refill without credits, limits on a store that
+                keeps no usage counts).
         """
         return self._manager.create(
             actor=actor,
@@ -243,6 +255,9 @@ class ApiTokens:
             restrictions=restrictions,
             allowed_ips=allowed_ips,
             secure=secure,
+            rate_limit=rate_limit,
+            credits=credits,
+            refill=refill,
         )
 
     def get(self, token_id: str) -> Token | None:
@@ -295,11 +310,16 @@ class ApiTokens:
         restrictions: Iterable[str] | Unset = UNSET,
         allowed_ips: Iterable[str] | Unset = UNSET,
         expires_at: datetime | Unset | None = UNSET,
+        rate_limit: str | Unset | None = UNSET,
+        credits: int | Unset | None = UNSET,
+        refill: str | Unset | None = UNSET,
     ) -> Token:
         """Change a standard-mode token; the next request sees the change.
 
         Only the fields passed change; ``expires_at=None`` removes the expiry
-        (if the policy allows tokens without one).
+        (if the policy allows tokens without one), ``rate_limit=None``,
+        ``credits=None`` and ``refill=None`` remove a limit. New ``credits`` start
+        a new allotment: the credits left become that many.
 
         Raises:
             TokenNotFound: no such token.
@@ -307,7 +327,7 @@ class ApiTokens:
             TokenImmutable: the token is in secure mode, or revoked.
             PolicyViolation: the new expiry breaks ``max_lifetime``/``require_expiry``.
             RuleSyntaxError: a restriction rule does not parse.
-            ValueError: a bad name, address or expiry.
+            ValueError: a bad name, address, expiry or limit.
         """
         return self._manager.edit(
             actor=actor,
@@ -316,6 +336,9 @@ class ApiTokens:
             restrictions=restrictions,
             allowed_ips=allowed_ips,
             expires_at=expires_at,
+            rate_limit=rate_limit,
+            credits=credits,
+            refill=refill,
         )
 
     def reveal(self, *, actor: str, token_id: str) -> str:
@@ -380,6 +403,28 @@ class ApiTokens:
             PermissionDenied: not the actor's token and the actor is no admin.
         """
         return self._manager.revoke(actor=actor, token_id=token_id)
+
+    def credits_left(self, token_id: str) -> int | None:
+        """The token's credits left now (refills included), or ``None`` if it has no credits.
+
+        Counts every use this process admitted; other processes' uses as far as they
+        have sent them (within a fraction of a second).
+
+        Raises:
+            TokenNotFound: no such token.
+            StorageError: the store failed.
+        """
+        token = self._manager.token(token_id)
+        if token is None:
+            raise TokenNotFound(token_id)
+        meter = self._authenticator.meter
+        try:
+            limits = Limits.of(token)
+        except ValueError:
+            return None
+        if limits is None or limits.credits is None or meter is None:
+            return None
+        return meter.credits_left(limits, self._clock().timestamp())
 
     def expiring(self, *, within: timedelta) -> builtins.list[Token]:
         """Active tokens that expire within ``within`` from now (not yet expired), soonest first.
@@ -454,11 +499,15 @@ class ApiTokens:
     def flush(self, timeout: float | None = None) -> bool:
         """Write buffered audit events and usage; ``False`` if ``timeout`` ran out.
 
-        Failed attempts not yet in a store's failure ledger are sent too.
+        Failed attempts not yet in a store's failure ledger, and uses of limited
+        tokens not yet in its usage ledger, are sent too.
         """
         shared = self._authenticator.shared_failures
         if shared is not None:
             shared.flush()
+        meter = self._authenticator.meter
+        if meter is not None:
+            meter.flush()
         return self._writer.flush(timeout)
 
     def close(self) -> None:

@@ -45,6 +45,8 @@ from ._credentials import (
 from ._errors import StorageError, TokenNotFound
 from ._hashing import SecretVerifier
 from ._ledger import SharedFailures
+from ._limits import Limits
+from ._meter import Meter, WouldBlockMeter
 from ._model import (
     RETIRED_HASHES_KEPT,
     Action,
@@ -58,9 +60,9 @@ from ._model import (
 )
 from ._policy import AuthScheme, Policy
 from ._request import METHOD_OVERRIDES, RUN_AS, AuthRequest, shown_method, unquoted_fully
-from ._result import AuthResult, refusal
+from ._result import AuthResult, limit_refusal, refusal
 from .rules import Deadline, NeedsThreadError
-from .storage import FailureLedger, TokenStore
+from .storage import FailureLedger, TokenStore, UsageLedger
 
 __all__ = ["Authenticator", "Decision", "WouldBlock"]
 
@@ -182,6 +184,12 @@ class Authenticator:
             verification_wait,
             monotonic,
             self.shared_failures,
+        )
+        # Rate limits and credits are counted with the store, when it can (DESIGN §11).
+        self.meter = (
+            Meter(store, lambda: clock().timestamp(), monotonic)
+            if isinstance(store, UsageLedger)
+            else None
         )
         self.hot = HotCredentials(verifier.cache.maxsize)
         self._dummy_hash: str | None = None  # for unknown ids: made at the first one
@@ -565,6 +573,12 @@ class Authenticator:
                 return problem
             attempt = _Attempt(request, now, client_ip, token.id, user, actor=actor)
             return self._refuse(attempt, refusal(self.policy, *problem, token=token))
+        if compiled.limits is not None:
+            # Last: a request refused for anything else spends nothing.
+            over = self._metered(compiled.limits, token, now, block)
+            if over is not None:
+                attempt = _Attempt(request, now, client_ip, token.id, user, actor=actor)
+                return self._refuse(attempt, over)
         entry = self._entry(request, now, _SUCCESS, token.id, user, client_ip, _AUTHENTICATED, True)
         records: tuple[Record, ...] = (entry,) if actor is None else self._acting(entry, actor)
         return Decision(result, records if rehash is None else (*records, rehash))
@@ -619,6 +633,33 @@ class Authenticator:
         except NeedsThreadError:
             raise WouldBlock from None
         return None if match.matched else (403, match.reason)
+
+    def _metered(
+        self, limits: Limits, token: Token, now: datetime, block: bool
+    ) -> AuthResult | None:
+        """Count one use against the token's limits: ``None`` if admitted, else the refusal.
+
+        Raises:
+            WouldBlock: not ``block``, and the count must be read from the store first.
+        """
+        meter = self.meter
+        if meter is None:  # a store without a usage ledger cannot hold a limit: fail closed
+            return refusal(self.policy, 503, "the store keeps no usage counts for limits")
+        try:
+            over = meter.take(limits, now.timestamp(), block)
+        except WouldBlockMeter:
+            raise WouldBlock from None
+        except StorageError as exc:
+            return refusal(self.policy, 503, f"token store unavailable: {exc}")
+        if over is None:
+            return None
+        return limit_refusal(
+            token,
+            over.reason,
+            credits=over.kind == "credits",
+            retry_after=over.retry_after,
+            headers=over.headers,
+        )
 
     # -- steps that may block ----------------------------------------------
 
@@ -951,11 +992,15 @@ class Authenticator:
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
         self.tokens.discard(token_id)
+        if self.meter is not None:
+            self.meter.forget(token_id)
 
     def close(self) -> None:
-        """Send the failures not yet in the store's ledger, and stop sending them."""
+        """Send the failures and uses not yet in the store's ledgers, and stop sending them."""
         if self.shared_failures is not None:
             self.shared_failures.close()
+        if self.meter is not None:
+            self.meter.close()
 
     def changed(self, token_id: str | None) -> None:
         """A store's change feed: drop ``token_id``, or every record if ``None``."""
@@ -963,3 +1008,5 @@ class Authenticator:
             self.tokens.clear()
         else:
             self.tokens.discard(token_id)
+            if self.meter is not None:  # its limits may have changed: read its counts again
+                self.meter.forget(token_id)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from ._errors import RuleSyntaxError
+from ._limits import Limits
 from ._model import StoredToken
 from ._policy import IPNetwork, parse_networks
 from ._result import AuthResult
@@ -82,14 +83,16 @@ class TTLCache(Generic[K, V]):
 class CompiledToken:
     """A stored token with its rules and networks compiled, ready for requests.
 
-    ``problem`` is set when the stored restrictions or addresses cannot be
-    compiled (say, written by a newer version): such a token allows nothing.
+    ``problem`` is set when the stored restrictions, addresses or limits cannot
+    be compiled (say, written by a newer version): such a token allows nothing.
+    ``limits`` is the token's rate limit and credits, if it has any.
     """
 
     stored: StoredToken
     rules: RuleSet | None
     networks: tuple[IPNetwork, ...]
     problem: str = ""
+    limits: Limits | None = None
 
 
 class TokenCache:
@@ -159,8 +162,12 @@ class TokenCache:
             networks = parse_networks(token.allowed_ips)
         except ValueError as exc:
             return CompiledToken(stored, None, (), f"stored allowed_ips unusable: {exc}")
+        try:
+            limits = Limits.of(token)
+        except ValueError as exc:
+            return CompiledToken(stored, None, (), f"stored limit unusable: {exc}")
         if not token.restrictions:
-            return CompiledToken(stored, None, networks)
+            return CompiledToken(stored, None, networks, limits=limits)
         key = token.restrictions
         with self._lock:
             rules = self._rulesets.get(key)
@@ -175,7 +182,7 @@ class TokenCache:
                 self._rulesets[key] = rules
                 while len(self._rulesets) > self._max_rulesets:
                     self._rulesets.popitem(last=False)
-        return CompiledToken(stored, rules, networks)
+        return CompiledToken(stored, rules, networks, limits=limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from ._audit import Record
 from ._errors import PermissionDenied, PolicyViolation, TokenImmutable, TokenNotFound
 from ._hashing import SecretVerifier
+from ._limits import check_credits, normalize_rate
 from ._model import (
     RETIRED_HASHES_KEPT,
     Action,
@@ -33,7 +34,7 @@ from ._validate import (
     normalize_ips,
     normalize_rules,
 )
-from .storage import TokenStore
+from .storage import TokenStore, UsageLedger
 
 __all__ = ["TokenManager"]
 
@@ -160,6 +161,26 @@ class TokenManager:
             raise self._refuse(action, actor, TokenImmutable("token is revoked"), token)
         return stored
 
+    def _limits(
+        self, rate_limit: str | None, credits: int | None, refill: str | None
+    ) -> tuple[str | None, int | None, str | None]:
+        """The limits' canonical values (DESIGN §11), or ``ValueError``."""
+        limits = (
+            normalize_rate(rate_limit),
+            check_credits(credits),
+            normalize_rate(refill, "refill"),
+        )
+        if refill is not None and credits is None:
+            raise ValueError("refill needs credits: it gives back spent credits")
+        if (rate_limit is not None or credits is not None) and not isinstance(
+            self.store, UsageLedger
+        ):
+            raise ValueError(
+                "this store keeps no usage counts (storage.UsageLedger),"
+                " so its tokens cannot have a rate limit or credits"
+            )
+        return limits
+
     # -- calls -----------------------------------------------------------------------
 
     def create(
@@ -175,12 +196,16 @@ class TokenManager:
         restrictions: Iterable[str] = (),
         allowed_ips: Iterable[str] = (),
         secure: bool = True,
+        rate_limit: str | None = None,
+        credits: int | None = None,
+        refill: str | None = None,
     ) -> IssuedToken:
         """Create a token."""
         policy = self.policy
         now = self.clock()
         name = check_name(name)
         scope = Scope(scope)
+        rate_limit, credits, refill = self._limits(rate_limit, credits, refill)
         if unbound and user is not None:
             raise ValueError("an unbound token has no user: pass user or unbound=True, not both")
         owner = None if unbound else (actor if user is None else user)
@@ -220,6 +245,9 @@ class TokenManager:
             restrictions=rules,
             allowed_ips=networks,
             secure=secure,
+            rate_limit=rate_limit,
+            credits=credits,
+            refill=refill,
         )
         stored = StoredToken(
             token=token,
@@ -239,11 +267,27 @@ class TokenManager:
         restrictions: Iterable[str] | Unset = UNSET,
         allowed_ips: Iterable[str] | Unset = UNSET,
         expires_at: datetime | Unset | None = UNSET,
+        rate_limit: str | Unset | None = UNSET,
+        credits: int | Unset | None = UNSET,
+        refill: str | Unset | None = UNSET,
     ) -> Token:
-        """Change a standard-mode token's name, rules, addresses or expiry."""
+        """Change a standard-mode token's name, rules, addresses, expiry or limits."""
         stored = self._mutable(Action.EDIT, actor, token_id)
         token = stored.token
         changes: dict[str, object] = {}
+        if not (
+            isinstance(rate_limit, Unset)
+            and isinstance(credits, Unset)
+            and isinstance(refill, Unset)
+        ):
+            limits = self._limits(
+                token.rate_limit if isinstance(rate_limit, Unset) else rate_limit,
+                token.credits if isinstance(credits, Unset) else credits,
+                token.refill if isinstance(refill, Unset) else refill,
+            )
+            for field, value in zip(("rate_limit", "credits", "refill"), limits, strict=True):
+                if getattr(token, field) != value:
+                    changes[field] = value
         if not isinstance(name, Unset):
             changes["name"] = check_name(name)
         if not isinstance(restrictions, Unset):
@@ -258,6 +302,9 @@ class TokenManager:
             changes["expires_at"] = expiry
         edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
         self.store.update(dataclasses.replace(stored, token=edited))
+        if "credits" in changes and isinstance(self.store, UsageLedger):
+            # New credits are a new allotment: the balance starts again from them.
+            self.store.reset_credits(token.id)
         self._changed(token.id)
         reason = "changed " + (", ".join(sorted(changes)) or "nothing")
         self._audit(Action.EDIT, Outcome.SUCCESS, actor, reason, edited)

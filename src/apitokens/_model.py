@@ -86,6 +86,11 @@ class Token:
 
     ``status`` is the token's status as of the moment the record was read (the
     ``ApiTokens`` clock's now); use :meth:`as_of` for another moment.
+
+    ``rate_limit`` (``"100/min"``: at most so many requests per window), ``credits``
+    (uses in all) and ``refill`` (``"1000/day"``: credits given back per period, never
+    above ``credits``) are its limits, in canonical text (DESIGN §11); the credits
+    left are not part of the record (``ApiTokens.credits_left``).
     """
 
     id: str
@@ -103,6 +108,9 @@ class Token:
     use_count: int = 0
     revoked_at: datetime | None = None
     status: TokenStatus = TokenStatus.ACTIVE
+    rate_limit: str | None = None
+    credits: int | None = None
+    refill: str | None = None
 
     def status_at(self, now: datetime) -> TokenStatus:
         """Return the token's status at ``now`` (revocation wins over expiry).

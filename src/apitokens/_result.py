@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ._model import Outcome, Scope, Token
 from ._policy import AuthScheme, Policy
 
-__all__ = ["AuthResult", "refusal"]
+__all__ = ["AuthResult", "limit_refusal", "refusal"]
 
 # What a client may be told. Never whether a token id exists: the precise
 # reason goes to the audit log only.
@@ -18,6 +18,8 @@ _DESCRIPTIONS = {
     "insufficient_scope": "The access token does not allow this request.",
     "request_too_large": "The request body is larger than this token's rules may inspect.",
     "too_many_requests": "Too many failed authentication attempts; try again later.",
+    "rate_limit_exceeded": "The access token's rate limit is reached; try again later.",
+    "credits_spent": "The access token's usage credits are spent.",
     "temporarily_unavailable": "Authentication is temporarily unavailable.",
 }
 _STATUS_ERROR = {
@@ -136,5 +138,36 @@ def refusal(
         token=token,
         reason=reason,
         headers=tuple(headers),
+        error=error,
+    )
+
+
+def limit_refusal(
+    token: Token,
+    reason: str,
+    *,
+    credits: bool,
+    retry_after: int | None,
+    headers: tuple[tuple[str, str], ...],
+) -> AuthResult:
+    """The 429 of a token over its rate limit or out of credits: a known caller, FORBIDDEN.
+
+    Args:
+        token: the token.
+        reason: for the audit log (which limit).
+        credits: the credits are spent (else the rate limit is reached).
+        retry_after: seconds until the limit allows a request again, if it will.
+        headers: the ``RateLimit-Policy`` and ``RateLimit`` fields.
+    """
+    error = "credits_spent" if credits else "rate_limit_exceeded"
+    sent: list[tuple[str, str]] = [("Content-Type", "application/json"), *headers]
+    if retry_after is not None:
+        sent.append(("Retry-After", str(retry_after)))
+    return AuthResult(
+        outcome=Outcome.FORBIDDEN,
+        status_code=429,
+        token=token,
+        reason=reason,
+        headers=tuple(sent),
         error=error,
     )

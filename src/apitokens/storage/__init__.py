@@ -16,10 +16,12 @@ from apitokens._model import AuthEntry, StoredToken, Usage
 from apitokens.storage._open import open_store, redact_dsn
 from apitokens.storage._protocol import (
     ChangeFeed,
+    CreditSpend,
     EntryWriter,
     FailureLedger,
     NoticeLedger,
     TokenStore,
+    UsageLedger,
 )
 from apitokens.storage.memory import MemoryStore
 from apitokens.storage.sqlite import SQLiteStore
@@ -27,6 +29,7 @@ from apitokens.storage.sqlite import SQLiteStore
 __all__ = [
     "AuthEntry",
     "ChangeFeed",
+    "CreditSpend",
     "EntryWriter",
     "FailureLedger",
     "MemoryStore",
@@ -35,6 +38,7 @@ __all__ = [
     "StoredToken",
     "TokenStore",
     "Usage",
+    "UsageLedger",
     "open_store",
     "redact_dsn",
 ]

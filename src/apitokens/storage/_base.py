@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from apitokens._limits import check_credits, normalize_rate
 from apitokens._model import (
     Action,
     AuditEvent,
@@ -102,9 +103,10 @@ def normalize_stored(stored: StoredToken) -> StoredToken:
     """Return ``stored`` with every datetime in UTC and the stored status derived.
 
     Raises:
-        ValueError: a datetime is naive, or a secure-mode token carries a
+        ValueError: a datetime is naive, a secure-mode token carries a
             revealable token string (secure mode promises the plaintext is
-            never stored, so the store enforces it too).
+            never stored, so the store enforces it too), or a limit is malformed
+            (a refill without credits included).
     """
     token = stored.token
     if token.secure and stored.revealable is not None:
@@ -120,7 +122,12 @@ def normalize_stored(stored: StoredToken) -> StoredToken:
         restrictions=tuple(token.restrictions),
         allowed_ips=tuple(token.allowed_ips),
         status=TokenStatus.ACTIVE if revoked_at is None else TokenStatus.REVOKED,
+        rate_limit=normalize_rate(token.rate_limit),
+        credits=check_credits(token.credits),
+        refill=normalize_rate(token.refill, "refill"),
     )
+    if token.refill is not None and token.credits is None:
+        raise ValueError(f"token {token.id!r} has a refill but no credits")
     return dataclasses.replace(
         stored,
         token=token,

@@ -5,7 +5,8 @@ and subclassing ``apitokens.testing.StoreContract`` in its tests
 (``docs/storage.md``). :class:`EntryWriter` is an optional, faster way in for the
 audit writer's batches; :class:`ChangeFeed` and :class:`FailureLedger` share what one
 process knows with the others on the store; :class:`NoticeLedger` records the expiry
-notices sent, so that no two processes send the same one.
+notices sent, so that no two processes send the same one; :class:`UsageLedger` counts
+rate-limited and credited tokens' uses for every process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from apitokens._model import (
     Action,
@@ -26,7 +27,16 @@ from apitokens._model import (
     Usage,
 )
 
-__all__ = ["ChangeFeed", "EntryWriter", "FailureLedger", "NoticeLedger", "TokenStore", "offers"]
+__all__ = [
+    "ChangeFeed",
+    "CreditSpend",
+    "EntryWriter",
+    "FailureLedger",
+    "NoticeLedger",
+    "TokenStore",
+    "UsageLedger",
+    "offers",
+]
 
 
 @runtime_checkable
@@ -345,6 +355,77 @@ class NoticeLedger(Protocol):
 
         Raises:
             ValueError: ``expires_at`` is naive or ``threshold`` is not positive.
+            StorageError: the backend failed.
+        """
+        ...
+
+
+class CreditSpend(NamedTuple):
+    """Credits used by one token since the last send, with what the ledger needs to refill.
+
+    Attributes:
+        spent: uses to take off (0: only read the balance).
+        credits: the token's credits: the balance of a token the ledger has never
+            seen, and the most a refill brings it back to.
+        refill: credits added per refill period (0: never refilled).
+        period: the current refill period's number (whole refill periods since the
+            Unix epoch; 0 without refill). A balance last written in an earlier
+            period gets ``refill`` for each period since, capped at ``credits``.
+    """
+
+    spent: int
+    credits: int
+    refill: int
+    period: int
+
+
+@runtime_checkable
+class UsageLedger(Protocol):
+    """Optional: counts of rate-limited and credited tokens' uses, shared by every process.
+
+    A token's rate limit (``"100/min"``) and credits hold across all the processes
+    that share a store only if the store counts for them: each process sends what it
+    admitted in batches (at most every 0.2 s) and reads the totals back, and reads
+    them again before deciding on a count more than a second old (DESIGN §11). A
+    token with limits can only be created on a store that offers these methods (the
+    built-in stores all do).
+
+    Both methods add and read in one transaction, so concurrent callers never lose
+    each other's counts.
+    """
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        """Add ``counts[(token_id, seconds, start)]`` requests; return each key's total after.
+
+        A key names one window: its length and its start, in whole seconds since the
+        Unix epoch. A count of 0 only reads. Windows that ended before
+        ``ended_before`` (Unix seconds) may be forgotten.
+
+        Raises:
+            ValueError: a count is negative (nothing written).
+            StorageError: the backend failed (nothing written).
+        """
+        ...
+
+    def spend_credits(self, spends: Mapping[str, CreditSpend]) -> dict[str, int]:
+        """Refill, then take off ``spent``, for each token id; return the credits left.
+
+        A token's balance starts at ``credits``; each period since the one it was last
+        written in adds ``refill``, never above ``credits``; then ``spent`` is taken
+        off, never below 0 (processes that overshot together cannot make it negative).
+
+        Raises:
+            ValueError: a negative or malformed spend (nothing written).
+            StorageError: the backend failed (nothing written).
+        """
+        ...
+
+    def reset_credits(self, token_id: str) -> None:
+        """Forget a token's balance: it starts again at its ``credits`` (after an edit).
+
+        Raises:
             StorageError: the backend failed.
         """
         ...

@@ -6,11 +6,12 @@ import builtins
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
+from apitokens._limits import check_count, settle
 from apitokens._model import Action, AuditEvent, Outcome, StoredToken, Token, TokenStatus, Usage
 from apitokens.storage._base import (
     fold_usage,
@@ -21,6 +22,7 @@ from apitokens.storage._base import (
     require_utc,
 )
 from apitokens.storage._filters import EventQuery, TokenQuery
+from apitokens.storage._protocol import CreditSpend
 
 __all__ = ["MemoryStore"]
 
@@ -49,6 +51,10 @@ class MemoryStore:
         self._subscribers: builtins.list[Callable[[str], None]] = []
         # The claimed expiry notices (NoticeLedger): notice_key -> when claimed.
         self._notices: dict[tuple[str, int, int], datetime] = {}
+        # The usage ledger: requests per (token id, window length, window start), and
+        # each credited token's (credits left, refill period of that balance).
+        self._requests: dict[tuple[str, int, int], int] = {}
+        self._credits: dict[str, tuple[int, int]] = {}
 
     def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(token_id)`` after each change to a token; return the unsubscriber."""
@@ -325,6 +331,58 @@ class MemoryStore:
             self._check_open()
             self._notices.pop(key, None)
 
+    # -- rate limits and credits (UsageLedger) -------------------------------------------
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        """Add requests per window; return the totals (see :class:`~apitokens.storage.UsageLedger`).
+
+        Raises:
+            ValueError: a negative count.
+            StorageError: the store is closed.
+        """
+        for count in counts.values():
+            check_count(count, "a request count")
+        with self._lock:
+            self._check_open()
+            totals = {}
+            for key, count in counts.items():
+                totals[key] = self._requests[key] = self._requests.get(key, 0) + count
+            self._requests = {
+                key: n for key, n in self._requests.items() if key[1] + key[2] >= ended_before
+            }
+            return totals
+
+    def spend_credits(self, spends: Mapping[str, CreditSpend]) -> dict[str, int]:
+        """Refill, then spend credits; return those left (:class:`~apitokens.storage.UsageLedger`).
+
+        Raises:
+            ValueError: a negative or malformed spend.
+            StorageError: the store is closed.
+        """
+        for spend in spends.values():
+            for value, what in zip(spend, CreditSpend._fields, strict=True):
+                check_count(value, what)
+        with self._lock:
+            self._check_open()
+            left = {}
+            for token_id, (spent, credits, refill, period) in spends.items():
+                balance = settle(self._credits.get(token_id), spent, credits, refill, period)
+                self._credits[token_id] = balance
+                left[token_id] = balance[0]
+            return left
+
+    def reset_credits(self, token_id: str) -> None:
+        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+
+        Raises:
+            StorageError: the store is closed.
+        """
+        with self._lock:
+            self._check_open()
+            self._credits.pop(token_id, None)
+
     def close(self) -> None:
         """Drop everything; later calls raise ``StorageError``. Idempotent."""
         with self._lock:
@@ -332,3 +390,5 @@ class MemoryStore:
             self._tokens.clear()
             self._events.clear()
             self._notices.clear()
+            self._requests.clear()
+            self._credits.clear()

@@ -1,0 +1,155 @@
+"""Per-token rate limits and usage credits: their text and their arithmetic (DESIGN §11).
+
+A rate limit ``"100/min"`` allows 100 requests in each fixed window of a minute;
+windows start at whole multiples of their length since the Unix epoch (a day at
+midnight UTC), so every process sharing a store counts in the same windows without
+talking to the others. ``credits=N`` allows N uses in all; ``refill="1000/day"``
+adds 1000 at the start of each day, never above N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._model import Token
+
+__all__ = [
+    "MAX_COUNT",
+    "Limits",
+    "Rate",
+    "check_credits",
+    "normalize_rate",
+    "parse_rate",
+]
+
+MAX_COUNT = 1_000_000_000
+"""The largest count a rate, a refill or credits may name."""
+
+# Unit spellings accepted, to their length in seconds; the first of each is canonical.
+_UNITS: dict[str, int] = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "day": 86400,
+    "d": 86400,
+}
+_CANONICAL = {1: "s", 60: "min", 3600: "h", 86400: "day"}
+_FORMS = "N/s, N/min, N/h or N/day"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` per ``seconds``: a rate limit, or a refill of credits."""
+
+    count: int
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_CANONICAL[self.seconds]}"
+
+
+def parse_rate(text: object, what: str = "rate_limit") -> Rate:
+    """Parse ``"100/min"`` (also ``N/s``, ``N/h``, ``N/day``).
+
+    Raises:
+        ValueError: not a string of that form, or a count not in 1..10**9.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string such as '100/min' ({_FORMS})")
+    count, slash, unit = text.strip().partition("/")
+    seconds = _UNITS.get(unit.strip().lower())
+    digits = count.strip()
+    if not slash or seconds is None or not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"{what} {text[:40]!r} is not of the form {_FORMS}")
+    number = int(digits)
+    if not 1 <= number <= MAX_COUNT:
+        raise ValueError(f"{what}: the count must be between 1 and {MAX_COUNT}")
+    return Rate(number, seconds)
+
+
+def normalize_rate(text: str | None, what: str = "rate_limit") -> str | None:
+    """The canonical text of a rate (``"100/min"``), or ``None`` for none.
+
+    Raises:
+        ValueError: as :func:`parse_rate`.
+    """
+    return None if text is None else str(parse_rate(text, what))
+
+
+def check_credits(credits: object) -> int | None:
+    """Return ``credits`` (an int in 1..10**9) or ``None``.
+
+    Raises:
+        ValueError: anything else (a bool, zero, a negative number, a float).
+    """
+    if credits is None:
+        return None
+    if isinstance(credits, bool) or not isinstance(credits, int):
+        raise ValueError("credits must be a whole number of uses")
+    if not 1 <= credits <= MAX_COUNT:
+        raise ValueError(f"credits must be between 1 and {MAX_COUNT}")
+    return credits
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A token's limits, parsed once per cached record.
+
+    Attributes:
+        token_id: whose.
+        rate: at most ``rate.count`` requests per window, or ``None``.
+        credits: uses in all (and the most a refill brings them back to), or ``None``.
+        refill: credits added at the start of each period, or ``None``.
+    """
+
+    token_id: str
+    rate: Rate | None
+    credits: int | None
+    refill: Rate | None
+
+    @classmethod
+    def of(cls, token: Token) -> Limits | None:
+        """The limits of ``token``, or ``None`` when it has none.
+
+        Raises:
+            ValueError: a stored limit does not parse (the caller fails closed).
+        """
+        if token.rate_limit is None and token.credits is None:
+            return None
+        rate = None if token.rate_limit is None else parse_rate(token.rate_limit)
+        credits = check_credits(token.credits)
+        refill = None if token.refill is None else parse_rate(token.refill, "refill")
+        if refill is not None and credits is None:
+            raise ValueError("refill without credits")
+        return cls(token.id, rate, credits, refill)
+
+
+def settle(
+    balance: tuple[int, int] | None, spent: int, credits: int, refill: int, period: int
+) -> tuple[int, int]:
+    """A credit balance after a spend: ``(left, period)`` from ``(left, period)`` or ``None``.
+
+    The arithmetic of :meth:`~apitokens.storage.UsageLedger.spend_credits`, for stores
+    that do it in Python: a new balance starts at ``credits``; each period since the
+    balance's own adds ``refill``, never above ``credits``; then ``spent`` is taken
+    off, never below 0.
+    """
+    if balance is None:
+        left, since = credits, period
+    else:
+        left, since = balance
+        if period > since and refill > 0:
+            left = max(left, min(credits, left + refill * (period - since)))
+        since = max(since, period)
+    return max(0, left - spent), since
+
+
+def check_count(value: object, what: str) -> int:
+    """``value`` if it is a non-negative int, else ``ValueError`` (for the ledgers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative whole number")
+    return value

@@ -1,0 +1,440 @@
+"""Counting the uses of tokens with a rate limit or credits (DESIGN §11).
+
+Exact within a process: every decision about a token is taken under one lock, on the
+count of this process's own admissions plus what the store said of everyone's. Across
+processes the store (:class:`~apitokens.storage.UsageLedger`) adds the counts up:
+
+- what this process admits is sent in batches, at most every ``FLUSH_INTERVAL``
+  seconds, and each send reads the totals back;
+- a decision on a count read more than ``STALE_AFTER`` seconds ago (or for a window
+  or refill period not read yet) first sends and reads that token's count, on the
+  request's thread (on an event loop: :class:`WouldBlock`, and a worker thread does it).
+
+So a process decides on everyone's count as of at most ``STALE_AFTER`` seconds ago,
+plus all of its own: a limit overshoots by at most what the other processes admitted
+within that second, and never when one process serves the token. A store that cannot
+be read fails the decision closed (``StorageError``: 503), once the count it last gave
+is stale; counts not yet sent are kept and sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+from ._errors import StorageError
+from ._limits import Limits
+from .storage import CreditSpend, UsageLedger
+
+__all__ = ["FLUSH_INTERVAL", "STALE_AFTER", "Meter", "Over", "WouldBlockMeter"]
+
+log = logging.getLogger("apitokens")
+
+FLUSH_INTERVAL = 0.2
+"""Most seconds between an admission and its send to the store."""
+STALE_AFTER = 1.0
+"""A count read longer ago than this is read again before a decision (the overshoot bound)."""
+# Most windows and balances kept; beyond it those read longest ago (and with nothing
+# left to send) are dropped, to be read again when needed.
+MAX_ENTRIES = 100_000
+
+
+class WouldBlockMeter(Exception):
+    """The decision needs the store (a count to read) and the caller may not block."""
+
+
+class Over(NamedTuple):
+    """A request over a token's limit: why, and the response headers that say so."""
+
+    kind: str  # "rate" or "credits"
+    reason: str
+    retry_after: int | None
+    headers: tuple[tuple[str, str], ...]
+
+
+class _Count:
+    """One token's count in one window (rate), or its credit balance (credits).
+
+    ``known`` is the store's total (rate: requests so far; credits: left) as of
+    ``read_at``; ``sending`` were admitted here and are being sent; ``unsent`` were
+    admitted here since.
+    """
+
+    __slots__ = ("known", "limits", "read_at", "sending", "unsent")
+
+    def __init__(self, limits: Limits) -> None:
+        self.known = 0
+        self.sending = 0
+        self.unsent = 0
+        self.read_at = -math.inf
+        self.limits = limits  # the token's limits when last counted (credits: what to send)
+
+
+_K = TypeVar("_K")
+# (token id, window length, window start)
+_WindowKey = tuple[str, int, int]
+# (token id, refill period: 0 without refill)
+_BalanceKey = tuple[str, int]
+
+
+class Meter:
+    """This process's counts of limited tokens' uses. Thread-safe.
+
+    Args:
+        ledger: the store's usage ledger.
+        clock: Unix seconds (windows that ended are dropped by it).
+        monotonic: the clock of ``flush_interval`` and ``stale_after``.
+    """
+
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        *,
+        flush_interval: float = FLUSH_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        self.ledger = ledger
+        self.flush_interval = flush_interval
+        self.stale_after = stale_after
+        self._clock = clock
+        self._monotonic = monotonic
+        self._start()
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()  # one send at a time: totals never go back
+        self._windows: dict[_WindowKey, _Count] = {}
+        self._balances: dict[_BalanceKey, _Count] = {}
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._failed = False
+        self._pid = os.getpid()
+
+    # -- the decision ---------------------------------------------------------------
+
+    def take(self, limits: Limits, now: float, block: bool = True) -> Over | None:
+        """Admit one use of the token at ``now`` (Unix seconds), or say which limit it is over.
+
+        Raises:
+            WouldBlockMeter: not ``block``, and a count must be read from the store.
+            StorageError: the store could not be read (fail closed).
+        """
+        if self._pid != os.getpid():  # forked: the parent's counts and thread are not ours
+            self._start()
+        window, balance = _keys(limits, now)
+        for attempt in (0, 1):
+            with self._lock:
+                rate = self._windows.get(window) if window is not None else None
+                credit = self._balances.get(balance) if balance is not None else None
+                mono = self._monotonic()
+                stale = self.stale_after
+                fresh = (window is None or (rate is not None and mono - rate.read_at < stale)) and (
+                    balance is None
+                    or (
+                        credit is not None
+                        and mono - credit.read_at < stale
+                        and (credit.limits is limits or credit.limits == limits)
+                    )
+                )
+                if fresh or attempt == 1:
+                    return self._admit(limits, now, window, rate, balance, credit)
+            if not block:
+                raise WouldBlockMeter
+            self._sync(limits, window, balance)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _admit(
+        self,
+        limits: Limits,
+        now: float,
+        window: _WindowKey | None,
+        rate: _Count | None,
+        balance: _BalanceKey | None,
+        credit: _Count | None,
+    ) -> Over | None:
+        """Decide under the lock on the counts as they are; count the use if admitted."""
+        if window is not None:
+            if rate is None:  # not read (the store failed): unknown, so refused
+                raise StorageError("the usage ledger could not be read")
+            assert limits.rate is not None
+            if rate.known + rate.sending + rate.unsent >= limits.rate.count:
+                return _over_rate(limits, now, window)
+        if balance is not None:
+            if credit is None:
+                raise StorageError("the usage ledger could not be read")
+            credit.limits = limits
+            if credit.known - credit.sending - credit.unsent <= 0:
+                return _over_credits(limits, now)
+        if rate is not None:
+            rate.unsent += 1
+        if credit is not None:
+            credit.unsent += 1
+        if not self._dirty:
+            self._dirty = True
+            self._wake.notify()
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="apitokens-meter", daemon=True
+                )
+                self._thread.start()
+        return None
+
+    def credits_left(self, limits: Limits, now: float) -> int | None:
+        """The token's credits left at ``now``, read from the store (``None``: no credits).
+
+        Raises:
+            StorageError: the store could not be read.
+        """
+        _, balance = _keys(limits, now)
+        if balance is None:
+            return None
+        self._sync(limits, None, balance)
+        with self._lock:
+            credit = self._balances.get(balance)
+            if credit is None:
+                raise StorageError("the usage ledger could not be read")
+            return max(0, credit.known - credit.sending - credit.unsent)
+
+    # -- sending and reading --------------------------------------------------------
+
+    def _sync(self, limits: Limits, window: _WindowKey | None, balance: _BalanceKey | None) -> None:
+        """Send one token's counts and read its totals, now (a decision waits for it)."""
+        with self._lock:
+            if window is not None:
+                self._windows.setdefault(window, _Count(limits))
+            if balance is not None:
+                self._balances.setdefault(balance, _Count(limits)).limits = limits
+        self._send({window} if window else set(), {balance} if balance else set(), raise_=True)
+
+    def _send(
+        self,
+        windows: set[_WindowKey] | None,
+        balances: set[_BalanceKey] | None,
+        *,
+        raise_: bool,
+    ) -> None:
+        """Send what was admitted (only these keys, or all when ``None``) and read totals.
+
+        Requests and credits are two writes; each one's counts are kept to be sent
+        again only if that write failed, so nothing is counted twice.
+        """
+        with self._send_lock:
+            with self._lock:
+                counts = _take(self._windows, windows)
+                spends = _take(self._balances, balances)
+                started = self._monotonic()
+            error: Exception | None = None
+            try:
+                if counts:
+                    ended = min(start for _, _, start in counts)  # none counted here is older
+                    totals = self.ledger.count_requests(counts, ended_before=ended)
+                    with self._lock:
+                        _settle(self._windows, counts, totals, started, rate=True)
+            except Exception as exc:
+                error = exc
+                with self._lock:
+                    _give_back(self._windows, counts)
+            try:
+                if spends:
+                    with self._lock:
+                        wanted = self._spends(spends)
+                    left = self.ledger.spend_credits(wanted)
+                    by_key = {key: left[key[0]] for key in spends if key[0] in left}
+                    with self._lock:
+                        _settle(self._balances, spends, by_key, started, rate=False)
+            except Exception as exc:
+                error = error or exc
+                with self._lock:
+                    _give_back(self._balances, spends)
+        if error is not None:
+            if raise_:
+                if isinstance(error, StorageError):
+                    raise error
+                raise StorageError(f"usage ledger: {type(error).__name__}") from error
+            if not self._failed:
+                self._failed = True
+                log.warning(
+                    "apitokens: the store's usage ledger could not be written; the counts"
+                    " are kept and sent again, and limited tokens get 503 once their"
+                    " counts are older than %.1f s",
+                    self.stale_after,
+                    exc_info=error,
+                )
+        elif self._failed and not raise_:
+            self._failed = False
+            log.warning("apitokens: the store's usage ledger can be written again")
+
+    def _run(self) -> None:
+        """The sending thread: waits for admissions, sends them at most every interval."""
+        while True:
+            with self._lock:
+                while not self._dirty and not self._closed:
+                    self._wake.wait()
+                if self._closed and not self._dirty:
+                    return
+                self._dirty = False
+                closing = self._closed
+            self._send(None, None, raise_=False)
+            self._prune(self._clock())
+            if closing:
+                return
+            time.sleep(self.flush_interval)
+
+    def _prune(self, now: float) -> None:
+        """Drop windows that ended and, beyond ``MAX_ENTRIES``, counts read longest ago."""
+        with self._lock:
+            for key in [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]:
+                del self._windows[key]
+            _trim(self._windows)
+            _trim(self._balances)
+
+    def _spends(self, spends: dict[_BalanceKey, int]) -> dict[str, CreditSpend]:
+        """The ledger's spends: one per token (two periods in one send add up)."""
+        out: dict[str, CreditSpend] = {}
+        for key, n in spends.items():
+            token_id, period = key
+            limits = self._balances[key].limits
+            assert limits.credits is not None
+            refill = 0 if limits.refill is None else limits.refill.count
+            previous = out.get(token_id)
+            if previous is not None:
+                n, period = n + previous.spent, max(period, previous.period)
+            out[token_id] = CreditSpend(n, limits.credits, refill, period)
+        return out
+
+    def forget(self, token_id: str) -> None:
+        """Read the token's counts again before the next decision (it changed)."""
+        with self._lock:
+            for window, count in self._windows.items():
+                if window[0] == token_id:
+                    count.read_at = -math.inf
+            for balance, count in self._balances.items():
+                if balance[0] == token_id:
+                    count.read_at = -math.inf
+
+    def flush(self) -> None:
+        """Send every count not sent yet, now (a failure is logged; the counts are kept)."""
+        self._send(None, None, raise_=False)
+
+    def close(self) -> None:
+        """Send what is left and stop the sending thread."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        else:
+            self._send(None, None, raise_=False)
+
+
+def _take(table: dict[_K, _Count], keys: set[_K] | None) -> dict[_K, int]:
+    """Move the unsent counts of ``keys`` (or of every key with some) to sending."""
+    taken = {}
+    for key, count in table.items():
+        if (key in keys) if keys is not None else count.unsent:
+            taken[key] = count.unsent
+            count.sending, count.unsent = count.sending + count.unsent, 0
+    return taken
+
+
+def _give_back(table: dict[_K, _Count], taken: dict[_K, int]) -> None:
+    """A send failed: what it carried is unsent again."""
+    for key, n in taken.items():
+        count = table.get(key)
+        if count is not None:
+            count.sending, count.unsent = count.sending - n, count.unsent + n
+
+
+def _settle(
+    table: dict[_K, _Count], taken: dict[_K, int], totals: dict[_K, int], at: float, *, rate: bool
+) -> None:
+    """A send succeeded: the store's totals (which include what it carried) are known."""
+    for key, n in taken.items():
+        count = table.get(key)
+        if count is None:
+            continue
+        count.sending -= n
+        if key in totals:
+            count.known = totals[key]
+            count.read_at = at
+        else:  # not answered: assume ours landed, and read again before the next decision
+            count.known = count.known + n if rate else max(0, count.known - n)
+            count.read_at = -math.inf
+
+
+def _idle(count: _Count) -> bool:
+    return count.unsent == 0 and count.sending == 0
+
+
+def _trim(table: dict[_K, _Count]) -> None:
+    """Beyond ``MAX_ENTRIES``, drop the counts read longest ago with nothing to send."""
+    excess = len(table) - MAX_ENTRIES
+    if excess > 0:
+        idle = sorted(
+            (key for key, count in table.items() if _idle(count)), key=lambda k: table[k].read_at
+        )
+        for key in idle[:excess]:
+            del table[key]
+
+
+def _keys(limits: Limits, now: float) -> tuple[_WindowKey | None, _BalanceKey | None]:
+    window = None
+    if limits.rate is not None:
+        seconds = limits.rate.seconds
+        window = (limits.token_id, seconds, int(now // seconds) * seconds)
+    balance = None
+    if limits.credits is not None:
+        period = 0 if limits.refill is None else int(now // limits.refill.seconds)
+        balance = (limits.token_id, period)
+    return window, balance
+
+
+def _over_rate(limits: Limits, now: float, window: _WindowKey) -> Over:
+    assert limits.rate is not None
+    _, seconds, start = window
+    reset = max(1, math.ceil(start + seconds - now))
+    return Over(
+        "rate",
+        f"rate limit exceeded ({limits.rate})",
+        reset,
+        (
+            ("RateLimit-Policy", f'"rate";q={limits.rate.count};w={seconds}'),
+            ("RateLimit", f'"rate";r=0;t={reset}'),
+        ),
+    )
+
+
+def _over_credits(limits: Limits, now: float) -> Over:
+    refill = limits.refill
+    what = f"credits spent ({limits.credits}"
+    if refill is None:
+        return Over(
+            "credits",
+            what + ", no refill)",
+            None,
+            (
+                ("RateLimit-Policy", f'"credits";q={limits.credits}'),
+                ("RateLimit", '"credits";r=0'),
+            ),
+        )
+    seconds = refill.seconds
+    reset = max(1, math.ceil((now // seconds + 1) * seconds - now))
+    return Over(
+        "credits",
+        what + f", refill {refill})",
+        reset,
+        (
+            ("RateLimit-Policy", f'"credits";q={limits.credits}'),
+            ("RateLimit", f'"credits";r=0;t={reset}'),
+        ),
+    )
