@@ -311,6 +311,21 @@ class Meter:
             out[token_id] = CreditSpend(n, limits.credits, refill, period)
         return out
 
+    def reset_credits(self, token_id: str) -> None:
+        """Start the token's credits again from its (new) ``credits``, after an edit.
+
+        Uses admitted before are sent first, so they are not taken off the new allotment.
+
+        Raises:
+            StorageError: the store failed.
+        """
+        self.flush()
+        with self._send_lock:
+            self.ledger.reset_credits(token_id)
+            with self._lock:
+                for key in [key for key in self._balances if key[0] == token_id]:
+                    del self._balances[key]
+
     def forget(self, token_id: str) -> None:
         """Read the token's counts again before the next decision (it changed)."""
         with self._lock:

@@ -79,7 +79,8 @@ class TokenStore(Protocol):
         """Replace a token's editable fields.
 
         Replaces ``name``, ``expires_at``, ``scope``, ``restrictions``,
-        ``allowed_ips``, ``secure``, ``secret_hash``, ``previous_hash``,
+        ``allowed_ips``, ``secure``, ``rate_limit``, ``credits``, ``refill``,
+        ``secret_hash``, ``previous_hash``,
         ``previous_valid_until``, ``revealable`` and ``retired_hashes``. Never touches usage
         (``last_used_at``, ``last_used_ip``, ``use_count``), ``user``,
         ``created_by``, ``created_at`` or ``revoked_at``: those belong to

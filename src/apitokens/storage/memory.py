@@ -139,6 +139,9 @@ class MemoryStore:
                 restrictions=new.token.restrictions,
                 allowed_ips=new.token.allowed_ips,
                 secure=new.token.secure,
+                rate_limit=new.token.rate_limit,
+                credits=new.token.credits,
+                refill=new.token.refill,
             )
             self._tokens[token.id] = dataclasses.replace(new, token=token)
         self._changed(token.id)
