@@ -131,7 +131,7 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
         assert got.retired_hashes == ("$sha256$older",)
-    assert user_version(path) == _migrations.LATEST_VERSION == 7
+    assert user_version(path) == _migrations.LATEST_VERSION == 8
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:

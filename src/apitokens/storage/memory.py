@@ -123,7 +123,8 @@ class MemoryStore:
         Raises:
             TokenNotFound: no token has this id.
             StorageError: the store is closed.
-            ValueError: a datetime is naive, or a secure token is revealable.
+            ValueError: a datetime is naive, a secure token is revealable, or a limit
+                is malformed.
         """
         new = normalize_stored(stored)
         with self._lock:
