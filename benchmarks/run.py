@@ -18,6 +18,7 @@ from benchmarks.common import DOC, QUICK, RESULTS, machine, render_table, run_mo
 
 BENCHMARKS = {
     "inprocess": "benchmarks.bench_inprocess",
+    "limits": "benchmarks.bench_limits",
     "scaling": "benchmarks.bench_scaling",
     "audit": "benchmarks.bench_audit",
     "e2e": "benchmarks.bench_e2e",
