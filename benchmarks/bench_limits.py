@@ -3,12 +3,12 @@
 One ``ApiTokens`` on the 100k-token SQLiteStore (its ``UsageLedger`` counts for every
 process), five tokens of the same shape as the in-process benchmark's (READ_WRITE, the
 same 5 restriction rules, argon2id), differing only in their limits: none; a rate limit;
-credits; a rate limit, credits and a refill; none (a second token: the noise floor). Every limit is far above what the run
-sends, so every request must be admitted (checked: every status is 200, and the
-store's counts equal the requests sent). Bare vs wrapped, WSGI and ASGI, the four
-cases' rounds interleaved (their order turning from one round to the next); each
-limited case's overhead minus the unlimited one's is taken round by round, each pair
-from the same moment of the run.
+credits; a rate limit, credits and a refill; none (a second token: the noise floor).
+Every limit is far above what the run sends, so every request must be admitted
+(checked: every status is 200, and the store's counts equal the requests sent). Bare
+vs wrapped, WSGI and ASGI, the five cases' rounds interleaved (their order turning from
+one round to the next); each case's overhead minus the unlimited one's is taken round
+by round, each pair from the same moment of the run.
 """
 
 from __future__ import annotations
