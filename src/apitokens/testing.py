@@ -851,7 +851,8 @@ class StoreContract:
     def test_limit_fields_roundtrip_through_add_get_update_and_list(
         self, store: TokenStore
     ) -> None:
-        if not _offers_usage(store):
+        offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
+        if not offered:
             return
         limited = stored("lim", rate_limit="100/min", credits=500, refill="50/day")
         store.add(limited)

@@ -140,7 +140,7 @@ def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database
         assert heard.wait(10)
     assert told == ["t"]
     versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,), (5,)] and LATEST_VERSION == 5
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,)] and LATEST_VERSION == 6
 
 
 def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
