@@ -851,7 +851,8 @@ class StoreContract:
     def test_limit_fields_roundtrip_through_add_get_update_and_list(
         self, store: TokenStore
     ) -> None:
-        if not _offers_usage(store):
+        offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
+        if not offered:
             return
         limited = stored("lim", rate_limit="100/min", credits=500, refill="50/day")
         store.add(limited)
@@ -982,6 +983,23 @@ class StoreContract:
                 store.spend_credits({once: CreditSpend(1, 4, 0, 0), daily: bad})
             assert spend(once, 0, 4, 0, 0) == 3
         assert spend(daily, 0, 10, 3, 105) == 1
+
+    def test_usage_ledger_of_a_closed_store_raises_storage_error(self, store: TokenStore) -> None:
+        offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
+        if not offered:
+            return
+        ledger: Any = store
+        store.close()
+        calls: list[Callable[[], object]] = [
+            lambda: ledger.count_requests({("t", 60, 0): 1}, ended_before=0),
+            lambda: ledger.count_requests({}, ended_before=0),
+            lambda: ledger.spend_credits({"t": CreditSpend(1, 5, 0, 0)}),
+            lambda: ledger.spend_credits({}),
+            lambda: ledger.reset_credits("t"),
+        ]
+        for call in calls:
+            with pytest.raises(StorageError):
+                call()
 
     def test_usage_ledger_concurrent_counts_and_spends_all_count(self, store: TokenStore) -> None:
         if not _offers_usage(store):
