@@ -3,7 +3,7 @@
 ``uvicorn --workers 4`` serves one app on one socket; fresh connections spread the
 requests over the workers. Every admission must reach the store's ledger (its total
 equals the 200s answered: no count is lost between processes), the fleet never admits
-more than each worker's own limit allows (P × N), and once the counts are a second
+more than each worker's own limit allows (P x N), and once the counts are a second
 old every worker refuses: the overshoot is bounded by what the others admitted within
 that second.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apitokens import ApiTokens, Policy, SQLiteStore
+from apitokens import ApiTokens, SQLiteStore
 from tests.support.workers import uvicorn_workers
 
 WORKERS = 4
