@@ -13,9 +13,10 @@ processes the store (:class:`~apitokens.storage.UsageLedger`) adds the counts up
 So a process decides on all of its own admissions plus everyone's count as of at most
 ``STALE_AFTER`` seconds ago, which holds what the others admitted until
 ``FLUSH_INTERVAL`` before that read: a limit overshoots by at most what the other
-processes admitted within the last second, and never when one process serves the token. A store that cannot
-be read fails the decision closed (``StorageError``: 503), once the count it last gave
-is stale; counts not yet sent are kept and sent again.
+processes admitted within the last second, and never when one process serves the
+token. A store that cannot be read fails the decision closed (``StorageError``: 503),
+once the count it last gave is stale; counts not yet sent are kept and sent again (a
+write whose answer was lost after it committed is counted twice: towards refusing).
 """
 
 from __future__ import annotations
