@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -82,10 +83,33 @@ class _Count:
 
 
 _K = TypeVar("_K")
+# Every meter of this process: a forked child starts each afresh (the parent's counts
+# are the parent's to send, and its sending thread does not exist in the child).
+_METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for meter in list(_METERS):
+        meter._start()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 # (token id, window length, window start)
 _WindowKey = tuple[str, int, int]
 # (token id, refill period: 0 without refill)
 _BalanceKey = tuple[str, int]
+
+
+class _Fast(NamedTuple):
+    """A token's counts as of its last decision, good until ``until`` (Unix seconds)."""
+
+    limits: Limits
+    since: float  # the start of its window and refill period, whichever is later
+    until: float  # the end of its window or refill period, whichever comes first
+    window: _WindowKey | None
+    rate: _Count | None
+    balance: _BalanceKey | None
+    credit: _Count | None
 
 
 class Meter:
@@ -123,7 +147,9 @@ class Meter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failed = False
-        self._pid = os.getpid()
+        # Per token: the counts of its last decision, while its window and period last.
+        self._fast: dict[str, _Fast] = {}
+        _METERS.add(self)
 
     # -- the decision ---------------------------------------------------------------
 
@@ -134,8 +160,18 @@ class Meter:
             WouldBlockMeter: not ``block``, and a count must be read from the store.
             StorageError: the store could not be read (fail closed).
         """
-        if self._pid != os.getpid():  # forked: the parent's counts and thread are not ours
-            self._start()
+        # The warm path: the same limits as the last decision, within the same window
+        # and refill period, so the same counts (one dict read, no keys to build).
+        fast = self._fast.get(limits.token_id)
+        if fast is not None and fast.limits is limits and fast.since <= now < fast.until:
+            rate, credit = fast.rate, fast.credit
+            with self._lock:
+                mono = self._monotonic()
+                stale = self.stale_after
+                if (rate is None or mono - rate.read_at < stale) and (
+                    credit is None or mono - credit.read_at < stale
+                ):
+                    return self._admit(limits, now, fast.window, rate, fast.balance, credit)
         window, balance = _keys(limits, now)
         for attempt in (0, 1):
             with self._lock:
@@ -152,6 +188,13 @@ class Meter:
                     )
                 )
                 if fresh or attempt == 1:
+                    if (window is None or rate is not None) and (
+                        balance is None or credit is not None
+                    ):
+                        since, until = _span(limits, now)
+                        self._fast[limits.token_id] = _Fast(
+                            limits, since, until, window, rate, balance, credit
+                        )
                     return self._admit(limits, now, window, rate, balance, credit)
             if not block:
                 raise WouldBlockMeter
@@ -298,10 +341,11 @@ class Meter:
     def _prune(self, now: float) -> None:
         """Drop windows that ended and, beyond ``MAX_ENTRIES``, counts read longest ago."""
         with self._lock:
-            for key in [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]:
+            ended = [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]
+            for key in ended:
                 del self._windows[key]
-            _trim(self._windows)
-            _trim(self._balances)
+            if ended or _trim(self._windows) or _trim(self._balances):
+                self._fast.clear()  # none may hold a count no longer in the tables
 
     def _spends(self, spends: dict[_BalanceKey, int]) -> dict[str, CreditSpend]:
         """The ledger's spends: one per token (two periods in one send add up)."""
@@ -331,6 +375,7 @@ class Meter:
             with self._lock:
                 for key in [key for key in self._balances if key[0] == token_id]:
                     del self._balances[key]
+                self._fast.pop(token_id, None)
 
     def forget(self, token_id: str) -> None:
         """Read the token's counts again before the next decision (it changed)."""
@@ -397,15 +442,27 @@ def _idle(count: _Count) -> bool:
     return count.unsent == 0 and count.sending == 0
 
 
-def _trim(table: dict[_K, _Count]) -> None:
+def _trim(table: dict[_K, _Count]) -> bool:
     """Beyond ``MAX_ENTRIES``, drop the counts read longest ago with nothing to send."""
     excess = len(table) - MAX_ENTRIES
-    if excess > 0:
-        idle = sorted(
-            (key for key, count in table.items() if _idle(count)), key=lambda k: table[k].read_at
-        )
-        for key in idle[:excess]:
-            del table[key]
+    if excess <= 0:
+        return False
+    idle = sorted(
+        (key for key, count in table.items() if _idle(count)), key=lambda k: table[k].read_at
+    )
+    for key in idle[:excess]:
+        del table[key]
+    return True
+
+
+def _span(limits: Limits, now: float) -> tuple[float, float]:
+    """From when until when the token's window and refill period (those it has) both last."""
+    since, until = -math.inf, math.inf
+    for rate in (limits.rate, limits.refill if limits.credits is not None else None):
+        if rate is not None:
+            start = now // rate.seconds * rate.seconds
+            since, until = max(since, start), min(until, start + rate.seconds)
+    return since, until
 
 
 def _keys(limits: Limits, now: float) -> tuple[_WindowKey | None, _BalanceKey | None]:
