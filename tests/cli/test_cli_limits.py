@@ -14,23 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, SQLiteStore
+from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome
 from apitokens.cli import run_on
-from apitokens.storage import UsageLedger
 from tests.support import CHEAP_HASHER, Clock
+from tests.support.limits import EDIT_NOT_KEPT, SQLITE_COUNTS
 
 from .conftest import Cli, authenticate
-
-SQLITE_COUNTS = pytest.mark.skipif(
-    not issubclass(SQLiteStore, UsageLedger),
-    reason="SQLiteStore keeps no usage counts yet (storage.UsageLedger)",
-)
-# ApiTokens.edit of a limit is audited but not kept: MemoryStore.update (and the
-# TokenStore.update contract) replace only the fields they name, not rate_limit, credits
-# or refill. Strict: these tests fail loudly once the store keeps them.
-EDIT_NOT_KEPT = pytest.mark.xfail(
-    strict=True, reason="MemoryStore.update does not keep rate_limit, credits, refill"
-)
 
 
 @pytest.fixture

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from apitokens import ApiTokens, MemoryStore
 from tests.support import CHEAP_HASHER
+from tests.support.limits import EDIT_NOT_KEPT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MemoryStore.update (and the TokenStore.update contract) do not replace "
-    "rate_limit, credits, refill: the edit is audited as made but not kept",
-)
+@EDIT_NOT_KEPT
 def test_an_edited_limit_is_kept() -> None:
     with ApiTokens(MemoryStore(), hasher=CHEAP_HASHER) as tokens:
         token_id = tokens.create(actor="a", name="t", secure=False, credits=5).token.id

@@ -9,14 +9,8 @@ import re
 import pytest
 
 from apitokens import AuthRequest, AuthResult, Outcome
+from tests.support.limits import EDIT_NOT_KEPT
 from tests.web.conftest import Pages
-
-# ApiTokens.edit of a limit is audited but not kept: MemoryStore.update (and the
-# TokenStore.update contract) replace only the fields they name (tests/unit/
-# test_limits_edit_kept.py). Strict: this fails loudly once the store keeps them.
-EDIT_NOT_KEPT = pytest.mark.xfail(
-    strict=True, reason="MemoryStore.update does not keep rate_limit, credits, refill"
-)
 
 
 def call(pages: Pages, secret: str) -> AuthResult:
