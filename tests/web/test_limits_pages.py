@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 
 import pytest
 
-from apitokens import AuthRequest, AuthResult, Outcome
+from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, StorageError
+from apitokens.storage import CreditSpend
+from apitokens.web import TokenPages
+from tests.support import CHEAP_HASHER, Clock
 from tests.support.limits import EDIT_NOT_KEPT
-from tests.web.conftest import Pages
+from tests.web.conftest import SECRET_KEY, Pages, signed_in
 
 
 def call(pages: Pages, secret: str) -> AuthResult:
@@ -148,3 +152,30 @@ def test_the_edit_form_changes_and_removes_limits(pages: Pages) -> None:
     after = pages.tokens.get(token.id)
     assert after is not None
     assert (after.rate_limit, after.credits, after.refill) == (None, None, None)
+
+
+class _LedgerDown(MemoryStore):
+    """A MemoryStore whose usage ledger fails once ``down`` is set."""
+
+    down = False
+
+    def spend_credits(self, spends: Mapping[str, CreditSpend]) -> dict[str, int]:
+        if self.down:
+            raise StorageError("the usage ledger is down")
+        return super().spend_credits(spends)
+
+
+def test_credits_left_the_store_cannot_give_are_unknown_not_an_error(driver: str) -> None:
+    store = _LedgerDown()
+    tokens = ApiTokens(store, groups=lambda user: set(), hasher=CHEAP_HASHER, clock=Clock())
+    pages = TokenPages(tokens, current_user=signed_in, secret_key=SECRET_KEY)
+    app = pages.asgi() if driver == "asgi" else pages.wsgi()
+    made = Pages(driver, tokens, pages, Clock(), app=app)
+    try:
+        made.create("metered", credits="10")
+        store.down = True
+        page = made.get("/")
+        assert page.status_code == 200
+        assert limits_cell(page.text) == ["Credits: 10 (left: unknown)"]
+    finally:
+        tokens.close()

@@ -197,7 +197,8 @@ def _add_create(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--refill",
         type=parse_rate_text,
         metavar="RATE",
-        help=f"credits given back per period, never above --credits (e.g. 1000/day; {RATE_HELP})",
+        help="credits given back at the start of each period, never above --credits "
+        "(N/s, N/min, N/h or N/day, e.g. 1000/day)",
     )
     _snippet_options(parser)
 
@@ -281,7 +282,8 @@ def _add_edit(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--refill",
         type=parse_rate_text,
         metavar="RATE",
-        help=f"credits given back per period, never above the credits ({RATE_HELP})",
+        help="credits given back at the start of each period, never above the credits "
+        "(N/s, N/min, N/h or N/day, e.g. 1000/day)",
     )
     refill.add_argument("--no-refill", action="store_true", help="remove the refill")
 
