@@ -133,6 +133,7 @@ class ApiTokens:
             groups,
             self._writer.submit,
             authenticator.forget,
+            None if authenticator.meter is None else authenticator.meter.reset_credits,
         )
 
     def __repr__(self) -> str:

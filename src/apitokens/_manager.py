@@ -66,6 +66,7 @@ class TokenManager:
         groups: Callable[[str], Iterable[str]] | None,
         submit: Callable[[Sequence[Record]], object],
         changed: Callable[[str], None],
+        reset_credits: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -74,6 +75,7 @@ class TokenManager:
         self._groups_of = groups
         self._submit = submit
         self._changed = changed
+        self._reset_credits = reset_credits
 
     # -- helpers ---------------------------------------------------------------
 
@@ -302,9 +304,9 @@ class TokenManager:
             changes["expires_at"] = expiry
         edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
         self.store.update(dataclasses.replace(stored, token=edited))
-        if "credits" in changes and isinstance(self.store, UsageLedger):
+        if "credits" in changes and self._reset_credits is not None:
             # New credits are a new allotment: the balance starts again from them.
-            self.store.reset_credits(token.id)
+            self._reset_credits(token.id)
         self._changed(token.id)
         reason = "changed " + (", ".join(sorted(changes)) or "nothing")
         self._audit(Action.EDIT, Outcome.SUCCESS, actor, reason, edited)

@@ -10,11 +10,13 @@ processes the store (:class:`~apitokens.storage.UsageLedger`) adds the counts up
   or refill period not read yet) first sends and reads that token's count, on the
   request's thread (on an event loop: :class:`WouldBlock`, and a worker thread does it).
 
-So a process decides on everyone's count as of at most ``STALE_AFTER`` seconds ago,
-plus all of its own: a limit overshoots by at most what the other processes admitted
-within that second, and never when one process serves the token. A store that cannot
-be read fails the decision closed (``StorageError``: 503), once the count it last gave
-is stale; counts not yet sent are kept and sent again.
+So a process decides on all of its own admissions plus everyone's count as of at most
+``STALE_AFTER`` seconds ago, which holds what the others admitted until
+``FLUSH_INTERVAL`` before that read: a limit overshoots by at most what the other
+processes admitted within the last second, and never when one process serves the
+token. A store that cannot be read fails the decision closed (``StorageError``: 503),
+once the count it last gave is stale; counts not yet sent are kept and sent again (a
+write whose answer was lost after it committed is counted twice: towards refusing).
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ log = logging.getLogger("apitokens")
 
 FLUSH_INTERVAL = 0.2
 """Most seconds between an admission and its send to the store."""
-STALE_AFTER = 1.0
-"""A count read longer ago than this is read again before a decision (the overshoot bound)."""
+STALE_AFTER = 0.8
+"""A count read longer ago than this is read again before a decision.
+
+With ``FLUSH_INTERVAL``, the bound on how late a process sees another's admission:
+sent within 0.2 s, read within 0.8 s of that — one second (plus a write's duration).
+"""
 # Most windows and balances kept; beyond it those read longest ago (and with nothing
 # left to send) are dropped, to be read again when needed.
 MAX_ENTRIES = 100_000
@@ -310,6 +316,21 @@ class Meter:
                 n, period = n + previous.spent, max(period, previous.period)
             out[token_id] = CreditSpend(n, limits.credits, refill, period)
         return out
+
+    def reset_credits(self, token_id: str) -> None:
+        """Start the token's credits again from its (new) ``credits``, after an edit.
+
+        Uses admitted before are sent first, so they are not taken off the new allotment.
+
+        Raises:
+            StorageError: the store failed.
+        """
+        self.flush()
+        with self._send_lock:
+            self.ledger.reset_credits(token_id)
+            with self._lock:
+                for key in [key for key in self._balances if key[0] == token_id]:
+                    del self._balances[key]
 
     def forget(self, token_id: str) -> None:
         """Read the token's counts again before the next decision (it changed)."""

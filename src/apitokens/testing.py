@@ -54,7 +54,7 @@ from apitokens._model import (
     TokenStatus,
     Usage,
 )
-from apitokens.storage import FailureLedger, NoticeLedger, TokenStore
+from apitokens.storage import CreditSpend, FailureLedger, NoticeLedger, TokenStore, UsageLedger
 
 try:
     import pytest
@@ -843,6 +843,195 @@ class StoreContract:
             won = [token_id for claimed in pool.map(claim, range(workers)) for token_id in claimed]
         assert sorted(won) == sorted(f"{base}-{i}" for i in range(tokens))
 
+    # --- the optional usage ledger (UsageLedger) --------------------------------------------
+
+    # A store that offers none of it passes these: tokens with a rate limit or credits
+    # cannot be created on it (ApiTokens refuses), so it need not keep their fields either.
+
+    def test_limit_fields_roundtrip_through_add_get_update_and_list(
+        self, store: TokenStore
+    ) -> None:
+        offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
+        if not offered:
+            return
+        limited = stored("lim", rate_limit="100/min", credits=500, refill="50/day")
+        store.add(limited)
+        store.add(stored("plain"))
+
+        def limits(token: Token) -> tuple[str | None, int | None, str | None]:
+            return token.rate_limit, token.credits, token.refill
+
+        def got(token_id: str) -> tuple[str | None, int | None, str | None]:
+            found = store.get(token_id)
+            assert found is not None
+            return limits(found.token)
+
+        assert store.get("lim") == limited
+        assert got("lim") == ("100/min", 500, "50/day")
+        assert got("plain") == (None, None, None)
+        listed = {token.id: limits(token) for token in store.list(now=NOW)}
+        assert listed == {"lim": ("100/min", 500, "50/day"), "plain": (None, None, None)}
+        # Stored in canonical text, whatever spelling came in.
+        store.add(stored("spelled", rate_limit=" 7 / Minute ", credits=3, refill="2/d"))
+        assert got("spelled") == ("7/min", 3, "2/day")
+        # update() sets, changes and removes them; the other fields stay.
+        store.update(stored("plain", rate_limit="5/s"))
+        assert got("plain") == ("5/s", None, None)
+        store.update(stored("lim", credits=7))
+        assert got("lim") == (None, 7, None)
+        store.update(stored("lim", rate_limit="1000/h", credits=1_000_000_000, refill="1/s"))
+        assert got("lim") == ("1000/h", 1_000_000_000, "1/s")
+        assert {t.id: limits(t) for t in store.list(now=NOW, user="alice", name="lim")} == {
+            "lim": ("1000/h", 1_000_000_000, "1/s")
+        }
+        store.update(stored("lim"))
+        assert got("lim") == (None, None, None)
+        # Malformed limits, and a refill without credits, are refused: nothing written.
+        for bad in (
+            {"rate_limit": "lots"},
+            {"rate_limit": "0/min"},
+            {"credits": 0},
+            {"credits": True},
+            {"refill": "1/day"},
+        ):
+            with pytest.raises(ValueError, match=r"rate_limit|credits|refill"):
+                store.add(stored("bad", **bad))
+            assert store.get("bad") is None
+            with pytest.raises(ValueError, match=r"rate_limit|credits|refill"):
+                store.update(stored("plain", **bad))
+            assert got("plain") == ("5/s", None, None)
+
+    def test_usage_ledger_counts_requests_per_window(self, store: TokenStore) -> None:
+        if not _offers_usage(store):
+            return
+        token_id = f"r-{uuid.uuid4().hex}"
+        start = 1_773_500_040  # a whole minute, in Unix seconds
+        minute = (token_id, 60, start)
+        other_token = (f"{token_id}-2", 60, start)
+        other_length = (token_id, 1, start)
+        next_minute = (token_id, 60, start + 60)
+        assert store.count_requests({minute: 2, other_token: 1}, ended_before=start) == {
+            minute: 2,
+            other_token: 1,
+        }
+        assert store.count_requests({minute: 3}, ended_before=start) == {minute: 5}
+        # A count of 0 only reads; a window never counted is 0; keys are independent.
+        assert store.count_requests(
+            {minute: 0, other_token: 0, other_length: 0, next_minute: 0}, ended_before=start
+        ) == {minute: 5, other_token: 1, other_length: 0, next_minute: 0}
+        assert store.count_requests({other_length: 4, next_minute: 1}, ended_before=start) == {
+            other_length: 4,
+            next_minute: 1,
+        }
+        assert store.count_requests({minute: 1}, ended_before=start) == {minute: 6}
+        # Windows that ended before ended_before are forgotten; one ending at it is kept.
+        assert store.count_requests({}, ended_before=start + 60) == {}
+        assert store.count_requests(
+            {minute: 0, other_length: 0, next_minute: 0, other_token: 0}, ended_before=start
+        ) == {minute: 6, other_length: 0, next_minute: 1, other_token: 1}
+        # A negative count is refused, and nothing of the batch is written.
+        with pytest.raises(ValueError, match="non-negative"):
+            store.count_requests({minute: 1, next_minute: -1}, ended_before=start)
+        assert store.count_requests({minute: 0, next_minute: 0}, ended_before=start) == {
+            minute: 6,
+            next_minute: 1,
+        }
+
+    def test_usage_ledger_spends_and_refills_credits(self, store: TokenStore) -> None:
+        if not _offers_usage(store):
+            return
+        base = f"c-{uuid.uuid4().hex}"
+        once, daily, raised = f"{base}-once", f"{base}-daily", f"{base}-raised"
+
+        def spend(token_id: str, spent: int, credits: int, refill: int, period: int) -> int:
+            left = store.spend_credits({token_id: CreditSpend(spent, credits, refill, period)})
+            assert set(left) == {token_id}
+            return left[token_id]
+
+        # A new balance starts at credits; spends come off it, never below 0.
+        assert spend(once, 0, 10, 0, 0) == 10
+        assert spend(once, 3, 10, 0, 0) == 7
+        assert spend(once, 10, 10, 0, 0) == 0
+        assert spend(once, 0, 10, 0, 0) == 0
+        # No refill: the period does not matter.
+        assert spend(once, 0, 10, 0, 5) == 0
+        # Refilled by `refill` for each period since the balance's own, capped at credits.
+        assert spend(daily, 8, 10, 3, 100) == 2
+        assert spend(daily, 0, 10, 3, 101) == 5
+        assert spend(daily, 0, 10, 3, 101) == 5  # the same period: no second refill
+        assert spend(daily, 1, 10, 3, 103) == 9  # 5 + 6 = 11, capped at 10, then 1 spent
+        assert spend(daily, 0, 10, 3, 104) == 10
+        assert spend(daily, 10, 10, 3, 104) == 0
+        assert spend(daily, 0, 10, 3, 102) == 0  # an earlier period (a clock behind): nothing
+        assert spend(daily, 0, 10, 3, 105) == 3
+        # A balance above credits (credits lowered) is not lowered by a refill.
+        assert spend(raised, 0, 20, 5, 1) == 20
+        assert spend(raised, 0, 10, 5, 2) == 20
+        assert spend(raised, 15, 10, 5, 3) == 5
+        assert spend(raised, 0, 10, 5, 4) == 10
+        # Many tokens in one call, each its own.
+        assert store.spend_credits(
+            {once: CreditSpend(0, 10, 0, 0), daily: CreditSpend(2, 10, 3, 105)}
+        ) == {once: 0, daily: 1}
+        # Reset: the balance starts again at credits; resetting an unknown id is harmless.
+        store.reset_credits(once)
+        store.reset_credits(f"{base}-never")
+        assert spend(once, 1, 4, 0, 0) == 3
+        # A negative or malformed spend is refused, and nothing of the batch is written.
+        for bad in (CreditSpend(-1, 10, 0, 0), CreditSpend(0, -10, 0, 0)):
+            with pytest.raises(ValueError, match="non-negative"):
+                store.spend_credits({once: CreditSpend(1, 4, 0, 0), daily: bad})
+            assert spend(once, 0, 4, 0, 0) == 3
+        assert spend(daily, 0, 10, 3, 105) == 1
+
+    def test_usage_ledger_of_a_closed_store_raises_storage_error(self, store: TokenStore) -> None:
+        offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
+        if not offered:
+            return
+        ledger: Any = store
+        store.close()
+        calls: list[Callable[[], object]] = [
+            lambda: ledger.count_requests({("t", 60, 0): 1}, ended_before=0),
+            lambda: ledger.count_requests({}, ended_before=0),
+            lambda: ledger.spend_credits({"t": CreditSpend(1, 5, 0, 0)}),
+            lambda: ledger.spend_credits({}),
+            lambda: ledger.reset_credits("t"),
+        ]
+        for call in calls:
+            with pytest.raises(StorageError):
+                call()
+
+    def test_usage_ledger_concurrent_counts_and_spends_all_count(self, store: TokenStore) -> None:
+        if not _offers_usage(store):
+            return
+        ledger = store
+        workers, batches = 4, 25
+        token_id = f"u-{uuid.uuid4().hex}"
+        window = (token_id, 60, 1_773_500_040)
+        start = threading.Barrier(workers, timeout=60)
+
+        def add(worker: int) -> None:
+            start.wait()
+            for i in range(batches):
+                # The same keys from every worker at once, in different orders.
+                keys = [window, (token_id, 1, i), (f"{token_id}-{worker}", 60, 0)]
+                random.Random(worker * 1000 + i).shuffle(keys)
+                ledger.count_requests(dict.fromkeys(keys, 1), ended_before=0)
+                ledger.spend_credits({token_id: CreditSpend(1, 1000, 0, 0)})
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(add, range(workers)))
+        totals = ledger.count_requests(
+            {window: 0, (token_id, 1, 3): 0, (f"{token_id}-2", 60, 0): 0}, ended_before=0
+        )
+        assert totals == {
+            window: workers * batches,
+            (token_id, 1, 3): workers,
+            (f"{token_id}-2", 60, 0): batches,
+        }
+        left = ledger.spend_credits({token_id: CreditSpend(0, 1000, 0, 0)})
+        assert left == {token_id: 1000 - workers * batches}
+
     # --- the filters against a reference model ----------------------------------------------
 
     # One store serves every example (each owns a fresh user name), and each
@@ -918,6 +1107,17 @@ def _offers_notices(store: TokenStore) -> TypeGuard[NoticeLedger]:
     assert all(methods) or not any(methods), (
         f"{type(store).__name__} has only part of NoticeLedger (claim_notice and "
         "release_notice go together)"
+    )
+    return all(methods)
+
+
+def _offers_usage(store: TokenStore) -> TypeGuard[UsageLedger]:
+    """Whether ``store`` offers the optional UsageLedger: all of it, or none of it."""
+    names = ("count_requests", "spend_credits", "reset_credits")
+    methods = [callable(getattr(store, name, None)) for name in names]
+    assert all(methods) or not any(methods), (
+        f"{type(store).__name__} has only part of UsageLedger (count_requests, spend_credits"
+        " and reset_credits go together)"
     )
     return all(methods)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -822,6 +823,52 @@ class AdapterContract:
                 Outcome.SUCCESS,
             ]
             assert events[2].reason == "too many failed attempts for this client address"
+
+    def test_a_token_over_its_rate_limit_is_429_with_ratelimit_headers(
+        self, build: Build, clock: Clock
+    ) -> None:
+        """DESIGN §11: a burst of N in a window, then 429 with Retry-After and RateLimit."""
+        with make_tokens(clock=clock, protected_paths=["/rest/"]) as tokens:
+            client = build(tokens)
+            limited = tokens.create(actor="alice", name="ci", rate_limit="3/min")
+            sent = [client.send("GET", "/rest/x", headers=bearer(limited.secret)) for _ in range(4)]
+            assert [reply.status for reply in sent] == [200, 200, 200, 429]
+            over = sent[3]
+            assert over.seen is None  # the app never saw it
+            assert json.loads(over.body)["error"] == "rate_limit_exceeded"
+            window_left = 60 - clock().second  # windows start at whole minutes
+            assert over.header("retry-after") == [str(window_left)]
+            assert over.header("ratelimit-policy") == ['"rate";q=3;w=60']
+            assert over.header("ratelimit") == [f'"rate";r=0;t={window_left}']
+            event = rows(tokens)[0]
+            assert (event.outcome, event.reason) == (
+                Outcome.FORBIDDEN,
+                "rate limit exceeded (3/min)",
+            )
+            clock.advance(seconds=window_left)  # the next window
+            assert client.send("GET", "/rest/x", headers=bearer(limited.secret)).status == 200
+
+    def test_a_token_whose_credits_are_spent_is_429(self, build: Build, clock: Clock) -> None:
+        with make_tokens(clock=clock, protected_paths=["/rest/"]) as tokens:
+            client = build(tokens)
+            credited = tokens.create(actor="alice", name="ci", credits=2, refill="1/h")
+            # A request refused for something else spends nothing.
+            write = client.send("POST", "/rest/x", headers=bearer(credited.secret))
+            self.assert_refused(write, 403, INSUFFICIENT_SCOPE)
+            sent = [
+                client.send("GET", "/rest/x", headers=bearer(credited.secret)) for _ in range(3)
+            ]
+            assert [reply.status for reply in sent] == [200, 200, 429]
+            spent = sent[2]
+            assert json.loads(spent.body)["error"] == "credits_spent"
+            assert spent.header("ratelimit-policy") == ['"credits";q=2']
+            [retry_after] = spent.header("retry-after")
+            assert spent.header("ratelimit") == [f'"credits";r=0;t={retry_after}']
+            assert rows(tokens)[0].reason == "credits spent (2, refill 1/h)"
+            assert tokens.credits_left(credited.token.id) == 0
+            clock.advance(seconds=int(retry_after))
+            assert client.send("GET", "/rest/x", headers=bearer(credited.secret)).status == 200
+            assert tokens.credits_left(credited.token.id) == 0
 
     @pytest.mark.parametrize(
         "error", [StorageError("disk on fire"), RuntimeError("a backend's own error")]

@@ -29,6 +29,7 @@ from apitokens import ApiTokens, AuthRequest
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import AuditEvent, AuthEntry, Outcome, TokenStatus, Usage
 from apitokens.postgres import LATEST_VERSION, PostgresStore
+from apitokens.storage import CreditSpend
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 from tests.support import CHEAP_HASHER, bearer
 from tests.support.postgres import ADMIN, TEST_DATABASE, PostgresServer
@@ -120,6 +121,49 @@ def test_a_version_3_database_gains_retired_hashes(postgres_database: str) -> No
         assert again is not None and again.retired_hashes == (secret_hash("older"),)
 
 
+def test_a_version_5_database_gains_limits_and_the_usage_ledger(postgres_database: str) -> None:
+    from apitokens.postgres import MIGRATIONS
+    from apitokens.postgres._sql import _SCHEMA_TABLE
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(_SCHEMA_TABLE)
+        for version, statements in enumerate(MIGRATIONS[:5]):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO apitokens_schema (version) VALUES (%s)", (version + 1,))
+        conn.execute(
+            "INSERT INTO apitokens_tokens (id, name, name_folded, created_by, created_at, scope,"
+            " secret_hash) VALUES ('old', 'n', 'n', 'alice', now(), 'read_only', %s)",
+            (secret_hash("current"),),
+        )
+    with PostgresStore(postgres_database) as store:
+        got = store.get("old")
+        assert got is not None
+        assert (got.token.rate_limit, got.token.credits, got.token.refill) == (None, None, None)
+        assert [t.credits for t in store.list(now=NOW)] == [None]
+        limited = dataclasses.replace(got.token, rate_limit="5/min", credits=3, refill="1/day")
+        store.update(dataclasses.replace(got, token=limited))
+        again = store.get("old")
+        assert again is not None
+        assert (again.token.rate_limit, again.token.credits, again.token.refill) == (
+            "5/min",
+            3,
+            "1/day",
+        )
+        assert store.count_requests({("old", 60, 0): 2}, ended_before=0) == {("old", 60, 0): 2}
+        assert store.spend_credits({"old": CreditSpend(1, 3, 1, 7)}) == {"old": 2}
+        # The change trigger now watches the limits: one changed by hand in SQL is told.
+        told: list[str | None] = []
+        heard = threading.Event()
+        store.subscribe(lambda token_id: (told.append(token_id), heard.set()))
+        with psycopg.connect(postgres_database, autocommit=True) as dba:
+            dba.execute("UPDATE apitokens_tokens SET rate_limit = '1/s'")
+        assert heard.wait(10)
+        assert told == ["old"]
+    versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
+    assert versions == [(v,) for v in range(1, 7)] and LATEST_VERSION == 6
+
+
 def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database: str) -> None:
     from apitokens.postgres import MIGRATIONS
     from apitokens.postgres._sql import _SCHEMA_TABLE
@@ -140,7 +184,7 @@ def test_a_version_2_database_is_upgraded_and_tells_of_changes(postgres_database
         assert heard.wait(10)
     assert told == ["t"]
     versions = _rows(postgres_database, "SELECT version FROM apitokens_schema ORDER BY 1")
-    assert versions == [(1,), (2,), (3,), (4,), (5,)] and LATEST_VERSION == 5
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,)] and LATEST_VERSION == 6
 
 
 def test_newer_schema_is_refused_untouched(postgres_database: str) -> None:
@@ -236,12 +280,39 @@ def test_the_queries_the_store_makes_use_the_indexes(postgres_database: str) -> 
         plan = _plan(postgres_database, sql, *params)
         assert index in plan, plan
     # The failure ledger's pruning (by two clocks) and the batches' ids.
-    from apitokens.postgres._sql import _CLAIM_BATCH, _PRUNE_BATCHES, _PRUNE_FAILURES
+    from apitokens.postgres._sql import (
+        _ADD_REQUESTS,
+        _CLAIM_BATCH,
+        _PRUNE_BATCHES,
+        _PRUNE_FAILURES,
+        _SPEND_CREDITS,
+    )
 
     assert "apitokens_failures_by_second" in _plan(postgres_database, _PRUNE_FAILURES, 0, 3601)
     assert "apitokens_batches_by_at" in _plan(postgres_database, _PRUNE_BATCHES)
     claim = _plan(postgres_database, _CLAIM_BATCH, uuid.uuid4())
     assert "apitokens_batches_pkey" in claim, claim
+    # The usage ledger: the pruning of ended windows (by two clocks), and the upserts'
+    # conflicts found by primary key (an INSERT's plan does not show its arbiter index:
+    # the upsert's row lookup is the same as this SELECT's).
+    from apitokens.postgres._sql import _PRUNE_REQUESTS, _RESET_CREDITS
+
+    prune = _plan(postgres_database, _PRUNE_REQUESTS, 1_773_500_000, 300)
+    assert "apitokens_requests_by_end" in prune, prune
+    window = _plan(
+        postgres_database,
+        "SELECT count FROM apitokens_requests WHERE token_id = 't' AND seconds = 60 AND start = 0",
+    )
+    assert "apitokens_requests_pkey" in window, window
+    assert "apitokens_credits_pkey" in _plan(postgres_database, _RESET_CREDITS, "t")
+    # The arbiter of each upsert is the primary key (a conflict on any other would fail).
+    for table, sql, params in (
+        ("apitokens_requests", _ADD_REQUESTS, (["t"], [60], [0], [1])),
+        ("apitokens_credits", _SPEND_CREDITS, (["t"], [1], [5], [0], [0])),
+    ):
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}", params).fetchall())
+        assert f"Conflict Arbiter Indexes: {table}_pkey" in plan, plan
 
 
 # --- writing in batches --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from apitokens._errors import SchemaVersionError, StorageError
 from apitokens._model import Usage
-from apitokens.storage import SQLiteStore, _migrations, _schema
+from apitokens.storage import CreditSpend, SQLiteStore, _migrations, _schema
 from apitokens.testing import NOW, SECOND, StoreContract, event, secret_hash, stored
 
 from .raw import raw
@@ -131,7 +132,48 @@ def test_v1_file_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
         assert got is not None
         assert got.previous_hash == "$sha256$abc"
         assert got.retired_hashes == ("$sha256$older",)
-    assert user_version(path) == _migrations.LATEST_VERSION == 7
+    assert user_version(path) == _migrations.LATEST_VERSION == 8
+
+
+def test_a_version_7_file_gains_limits_and_the_usage_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "v7.db"
+    with raw(path) as conn:
+        for statements in _migrations.MIGRATIONS[:7]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO tokens (id, name, user, created_by, created_at, scope, secret_hash)"
+            " VALUES ('old', 'legacy', 'alice', 'alice', ?, 'read_only', '$sha256$abc')",
+            (_schema.to_micros(NOW - SECOND),),
+        )
+        conn.execute("PRAGMA user_version = 7")
+    with SQLiteStore(path) as store:
+        got = store.get("old")
+        assert got is not None
+        assert (got.token.rate_limit, got.token.credits, got.token.refill) == (None, None, None)
+        assert [t.rate_limit for t in store.list(now=NOW)] == [None]
+        assert got.token.name == "legacy" and got.secret_hash == "$sha256$abc"
+        store.update(dataclasses.replace(got, token=dataclasses.replace(got.token, credits=5)))
+        again = store.get("old")
+        assert again is not None and again.token.credits == 5
+        assert store.count_requests({("old", 60, 0): 2}, ended_before=0) == {("old", 60, 0): 2}
+        assert store.spend_credits({"old": CreditSpend(1, 5, 0, 0)}) == {"old": 4}
+    assert user_version(path) == _migrations.LATEST_VERSION == 8
+
+
+def test_the_usage_ledger_s_queries_use_their_indexes(tmp_path: Path) -> None:
+    from apitokens.storage import sqlite
+
+    path = tmp_path / "plans.db"
+    SQLiteStore(path).close()
+
+    def plan(sql: str, *params: object) -> str:
+        with raw(path) as conn:
+            return " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+    assert "PRIMARY KEY" in plan(sqlite._READ_REQUESTS, "t", 60, 0)
+    assert "request_counts_by_end" in plan(sqlite._PRUNE_REQUESTS, 0)
+    assert "PRIMARY KEY" in plan(sqlite._READ_BALANCE, "t")
 
 
 def test_new_file_has_latest_schema_and_indexes(tmp_path: Path) -> None:

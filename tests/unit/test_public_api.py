@@ -96,6 +96,7 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
     assert set(apitokens.storage.__all__) == {
         "AuthEntry",
         "ChangeFeed",
+        "CreditSpend",
         "EntryWriter",
         "FailureLedger",
         "MemoryStore",
@@ -104,6 +105,7 @@ def test_a_backend_author_finds_what_a_store_stores_in_apitokens_storage() -> No
         "StoredToken",
         "TokenStore",
         "Usage",
+        "UsageLedger",
         "open_store",
         "redact_dsn",
     }

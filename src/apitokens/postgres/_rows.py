@@ -80,6 +80,9 @@ def _token_params(stored: StoredToken) -> tuple[object, ...]:
         token.last_used_ip,
         token.use_count,
         token.revoked_at,
+        token.rate_limit,
+        token.credits,
+        token.refill,
         stored.secret_hash,
         stored.previous_hash,
         stored.previous_valid_until,
@@ -117,6 +120,9 @@ def _token_from_row(row: Sequence[Any]) -> Token:
             use_count=row[12],
             revoked_at=revoked_at,
             status=TokenStatus.ACTIVE if revoked_at is None else TokenStatus.REVOKED,
+            rate_limit=row[14],
+            credits=row[15],
+            refill=row[16],
         )
     except (ValueError, TypeError, AssertionError) as exc:
         raise StorageError(f"token {row[0]!r} has an unreadable value: {exc}") from None
@@ -125,11 +131,11 @@ def _token_from_row(row: Sequence[Any]) -> Token:
 def _stored_from_row(row: Sequence[Any]) -> StoredToken:
     return StoredToken(
         token=_token_from_row(row),
-        secret_hash=row[14],
-        previous_hash=row[15],
-        previous_valid_until=_utc(row[16]),
-        revealable=row[17],
-        retired_hashes=tuple(row[18]),
+        secret_hash=row[17],
+        previous_hash=row[18],
+        previous_valid_until=_utc(row[19]),
+        revealable=row[20],
+        retired_hashes=tuple(row[21]),
     )
 
 

@@ -156,7 +156,49 @@ _V5 = (
     "CREATE INDEX apitokens_notices_by_expiry ON apitokens_notices (expires_at)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5)
+_V6 = (
+    # Per-token rate limits and credits (DESIGN §11): their canonical text ("100/min",
+    # "1000/day") and the credits, NULL for none; existing tokens get none. No index:
+    # the audit batches' usage updates stay HOT.
+    "ALTER TABLE apitokens_tokens ADD COLUMN rate_limit text",
+    "ALTER TABLE apitokens_tokens ADD COLUMN credits bigint",
+    "ALTER TABLE apitokens_tokens ADD COLUMN refill text",
+    # A limit changed by hand in SQL reaches every process too: the change trigger
+    # watches the new columns (still not retired_hashes, nor the usage columns).
+    "DROP TRIGGER apitokens_tokens_changed ON apitokens_tokens",
+    """
+    CREATE TRIGGER apitokens_tokens_changed
+    AFTER UPDATE OF id, name, "user", created_by, created_at, expires_at, scope,
+        restrictions, allowed_ips, secure, secret_hash, previous_hash,
+        previous_valid_until, revealable, revoked_at, rate_limit, credits, refill
+        OR DELETE ON apitokens_tokens
+    FOR EACH ROW EXECUTE FUNCTION apitokens_notify_change()
+    """,
+    # The usage ledger (UsageLedger): requests per token per window (its length and its
+    # start, in Unix seconds), added to by every process. The primary key serves the
+    # upsert; the index on the window's end, the pruning.
+    """
+    CREATE TABLE apitokens_requests (
+        token_id  text NOT NULL,
+        seconds   bigint NOT NULL,
+        start     bigint NOT NULL,
+        count     bigint NOT NULL,
+        PRIMARY KEY (token_id, seconds, start)
+    )
+    """,
+    "CREATE INDEX apitokens_requests_by_end ON apitokens_requests ((start + seconds))",
+    # And each credited token's balance: the credits left, as of a refill period (whole
+    # refill periods since the epoch; 0 without refill).
+    """
+    CREATE TABLE apitokens_credits (
+        token_id      text PRIMARY KEY,
+        credits_left  bigint NOT NULL,
+        period        bigint NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``.
 
 A released migration is never edited: changes are new entries appended.
@@ -197,6 +239,43 @@ _RELEASE_NOTICE = (
     "DELETE FROM apitokens_notices WHERE token_id = %s AND expires_at = %s AND threshold = %s"
 )
 
+# The usage ledger. Windows that ended go first, by the older of two cut-offs: the
+# caller's and the server's clock less REQUESTS_KEPT_AFTER_END (a host whose clock runs
+# ahead must not erase the windows the others still count in). Pruning before the
+# upsert, in the same transaction, takes every row lock in index order first, so two
+# callers queue rather than deadlock.
+_PRUNE_REQUESTS = (
+    "DELETE FROM apitokens_requests WHERE start + seconds < least(%s::bigint,"
+    " floor(extract(epoch FROM statement_timestamp()))::bigint - %s::bigint)"
+)
+# Adds and reads back in one statement; the rows come in key order (request_rows), so
+# two callers adding to the same windows lock them in the same order.
+_ADD_REQUESTS = (
+    "INSERT INTO apitokens_requests AS r (token_id, seconds, start, count)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])"
+    " ON CONFLICT (token_id, seconds, start) DO UPDATE SET count = r.count + excluded.count"
+    " RETURNING token_id, seconds, start, count"
+)
+# storage._limits.settle in SQL, in one statement: a new balance starts at credits less
+# the spend; an existing one gets refill per period since its own (the periods counted
+# at most `credits` times: beyond that the cap is reached anyway, and the product stays
+# within bigint), never above credits unless it already was, then the spend comes off,
+# never below 0. A balance's period never goes back (a caller whose clock runs behind).
+_SPEND_CREDITS = (
+    "WITH s (id, spent, credits, refill, period) AS ("
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]))"
+    " INSERT INTO apitokens_credits AS c (token_id, credits_left, period)"
+    " SELECT id, greatest(0, credits - spent), period FROM s ORDER BY id"
+    " ON CONFLICT (token_id) DO UPDATE SET"
+    " credits_left = (SELECT greatest(0, CASE WHEN s.period > c.period AND s.refill > 0"
+    " THEN greatest(c.credits_left, least(s.credits,"
+    " c.credits_left + s.refill * least(s.period - c.period, s.credits)))"
+    " ELSE c.credits_left END - s.spent) FROM s WHERE s.id = c.token_id),"
+    " period = greatest(c.period, excluded.period)"
+    " RETURNING token_id, credits_left"
+)
+_RESET_CREDITS = "DELETE FROM apitokens_credits WHERE token_id = %s"
+
 _SCHEMA_TABLE = """
     CREATE TABLE IF NOT EXISTS apitokens_schema (
         version     integer PRIMARY KEY,
@@ -210,7 +289,7 @@ _MIGRATION_LOCK = int.from_bytes(b"apitoken", "big")
 
 _RECORD_COLUMNS = (
     'id, name, "user", created_by, created_at, expires_at, scope, restrictions, allowed_ips,'
-    " secure, last_used_at, last_used_ip, use_count, revoked_at"
+    " secure, last_used_at, last_used_ip, use_count, revoked_at, rate_limit, credits, refill"
 )
 _STORED_COLUMNS = (
     _RECORD_COLUMNS
@@ -220,12 +299,13 @@ _EVENT_COLUMNS = 'at, action, outcome, token_id, "user", actor, client_ip, metho
 
 _INSERT_RECORD = (
     f"INSERT INTO apitokens_tokens ({_STORED_COLUMNS}, name_folded)"  # noqa: S608
-    f" VALUES ({', '.join(['%s'] * 20)}) ON CONFLICT (id) DO NOTHING"
+    f" VALUES ({', '.join(['%s'] * 23)}) ON CONFLICT (id) DO NOTHING"
 )
 _UPDATE_RECORD = (
     "UPDATE apitokens_tokens SET name = %s, name_folded = %s, expires_at = %s, scope = %s,"
     " restrictions = %s, allowed_ips = %s, secure = %s, secret_hash = %s, previous_hash = %s,"
-    " previous_valid_until = %s, revealable = %s, retired_hashes = %s WHERE id = %s"
+    " previous_valid_until = %s, revealable = %s, retired_hashes = %s, rate_limit = %s,"
+    " credits = %s, refill = %s WHERE id = %s"
 )
 # Each change to a token tells every listening process through the trigger of schema
 # version 3 (apitokens_notify_change), in the same transaction: the notice goes out

@@ -56,6 +56,7 @@ from apitokens.postgres._rows import (
 )
 from apitokens.postgres._sql import (
     _ADD_FAILURES,
+    _ADD_REQUESTS,
     _CLAIM_BATCH,
     _CLAIM_NOTICE,
     _COPY_EVENTS,
@@ -67,24 +68,30 @@ from apitokens.postgres._sql import (
     _PRUNE_BATCHES,
     _PRUNE_FAILURES,
     _PRUNE_NOTICES,
+    _PRUNE_REQUESTS,
     _RELEASE_NOTICE,
     _REPLACE_HASH,
+    _RESET_CREDITS,
     _REVOKE,
+    _SPEND_CREDITS,
     _STORED_COLUMNS,
     _UPDATE_RECORD,
 )
 from apitokens.postgres._watch import WATCHDOG, _ended
 from apitokens.storage._base import (
     NOTICES_KEPT_AFTER_EXPIRY,
+    credit_rows,
     failure_rows,
     fold_usage,
     kept_seconds,
     normalize_stored,
     notice_key,
+    request_rows,
     require_utc,
     since_second,
 )
 from apitokens.storage._filters import EventQuery, TokenQuery
+from apitokens.storage._protocol import CreditSpend
 
 log = logging.getLogger("apitokens")
 
@@ -99,6 +106,12 @@ _Conn = psycopg.Connection[Any]
 # the pruning an administrator runs, which may read or delete many rows, thirty.
 _CALL = 2.0
 _SLOW_CALL = 30.0
+
+REQUESTS_KEPT_AFTER_END = 300
+"""Seconds a window's count is kept after it ended by the server's clock, at least.
+
+Every process prunes the ledger with its own clock; one whose clock runs ahead must
+not erase the windows the others are still counting in."""
 
 # insufficient_privilege (most often no CREATE on the schema), and invalid_schema_name
 # ("no schema has been selected to create in": no schema of the search_path is usable).
@@ -388,6 +401,9 @@ class PostgresStore:
             stored.previous_valid_until,
             stored.revealable,
             list(stored.retired_hashes),
+            token.rate_limit,
+            token.credits,
+            token.refill,
             token.id,
         )
         updated = self._call("update", lambda conn: conn.execute(_UPDATE_RECORD, params).rowcount)
@@ -631,6 +647,71 @@ class PostgresStore:
         key = notice_key(token_id, expires_at, threshold)
         params = (token_id, require_utc(expires_at, "expires_at"), key[2])
         self._call("release_notice", lambda conn: conn.execute(_RELEASE_NOTICE, params))
+
+    # -- rate limits and credits (UsageLedger) -----------------------------------------
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        """Add requests per window; return the totals (see :class:`~apitokens.storage.UsageLedger`).
+
+        One transaction: windows that ended go (before ``ended_before``, and at least
+        ``REQUESTS_KEPT_AFTER_END`` seconds before the server's clock), then one upsert
+        adds every count and returns the totals, so concurrent callers on any number
+        of hosts never lose a count. Never retried: a call whose answer was lost may
+        have been committed (its counts are then sent again by the caller and counted
+        twice: towards refusing, never towards admitting).
+
+        Raises:
+            ValueError: a negative or malformed count (nothing written).
+            StorageError: the database failed.
+        """
+        rows, ended_before = request_rows(counts, ended_before)
+        columns = tuple([row[i] for row in rows] for i in range(4))
+
+        def work(conn: _Conn) -> builtins.list[tuple[Any, ...]]:
+            with conn.transaction():
+                conn.execute(_PRUNE_REQUESTS, (ended_before, REQUESTS_KEPT_AFTER_END))
+                if not rows:
+                    return []
+                return conn.execute(_ADD_REQUESTS, columns).fetchall()
+
+        totals = self._call("count_requests", work)
+        return {(token_id, seconds, start): count for token_id, seconds, start, count in totals}
+
+    def spend_credits(self, spends: Mapping[str, CreditSpend]) -> dict[str, int]:
+        """Refill, then spend credits; return those left (:class:`~apitokens.storage.UsageLedger`).
+
+        One statement (an upsert that does :func:`apitokens._limits.settle`'s arithmetic
+        on the row it locks), so concurrent callers never lose a spend. Never retried
+        (see :meth:`count_requests`).
+
+        Raises:
+            ValueError: a negative or malformed spend (nothing written).
+            StorageError: the database failed.
+        """
+        rows = credit_rows(spends)
+        if not rows:
+            if self._closed:
+                raise StorageError("the PostgreSQL store is closed")
+            return {}
+        columns = tuple([row[i] for row in rows] for i in range(5))
+        left = self._call(
+            "spend_credits", lambda conn: conn.execute(_SPEND_CREDITS, columns).fetchall()
+        )
+        return {token_id: int(n) for token_id, n in left}
+
+    def reset_credits(self, token_id: str) -> None:
+        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        if "\x00" in token_id:  # text cannot hold one, so no balance has one
+            if self._closed:
+                raise StorageError("the PostgreSQL store is closed")
+            return
+        self._call("reset_credits", lambda conn: conn.execute(_RESET_CREDITS, (token_id,)))
 
     def events(
         self,

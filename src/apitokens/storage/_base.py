@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from apitokens._limits import check_credits, normalize_rate
+from apitokens._limits import check_count, check_credits, normalize_rate
 from apitokens._model import (
     Action,
     AuditEvent,
@@ -275,3 +275,60 @@ def notices_kept_from(at: datetime) -> int:
         ValueError: ``at`` is naive.
     """
     return (require_utc(at, "at") - NOTICES_KEPT_AFTER_EXPIRY - _EPOCH) // timedelta(microseconds=1)
+
+
+# --- the usage ledger (UsageLedger) -----------------------------------------------
+
+
+LEDGER_MAX = 2**53
+"""The largest count, window or period a SQL ledger takes: sums stay within 64 bits."""
+
+
+def _ledger_int(value: object, what: str) -> int:
+    number = check_count(value, what)
+    if number > LEDGER_MAX:
+        raise ValueError(f"{what} is too large")
+    return number
+
+
+def request_rows(
+    counts: Mapping[tuple[str, int, int], int], ended_before: object
+) -> tuple[list[tuple[str, int, int, int]], int]:
+    """``(token_id, seconds, start, count)`` rows for ``count_requests``, in key order.
+
+    In key order, so two processes adding to the same windows lock them in the same
+    order (PostgreSQL) and queue rather than deadlock.
+
+    Raises:
+        ValueError: a negative or malformed count or key, or ``ended_before`` not an int.
+    """
+    if isinstance(ended_before, bool) or not isinstance(ended_before, int):
+        raise ValueError("ended_before must be a whole number of Unix seconds")
+    rows = []
+    for key, count in counts.items():
+        if not isinstance(key, tuple) or len(key) != 3 or not isinstance(key[0], str):
+            raise ValueError("a window is named (token_id, seconds, start)")
+        token_id, seconds, start = key
+        if isinstance(start, bool) or not isinstance(start, int) or abs(start) > LEDGER_MAX:
+            raise ValueError("a window's start must be a whole number of Unix seconds")
+        seconds = _ledger_int(seconds, "a window's length")
+        rows.append((token_id, seconds, start, _ledger_int(count, "a request count")))
+    return sorted(rows), ended_before
+
+
+def credit_rows(spends: Mapping[str, object]) -> list[tuple[str, int, int, int, int]]:
+    """``(token_id, spent, credits, refill, period)`` rows for ``spend_credits``, by id.
+
+    Raises:
+        ValueError: a negative or malformed spend.
+    """
+    rows = []
+    for token_id, spend in spends.items():
+        if not isinstance(token_id, str) or not isinstance(spend, tuple) or len(spend) != 4:
+            raise ValueError("a spend is a CreditSpend(spent, credits, refill, period)")
+        spent, credits, refill, period = (
+            _ledger_int(value, what)
+            for value, what in zip(spend, ("spent", "credits", "refill", "period"), strict=True)
+        )
+        rows.append((token_id, spent, credits, refill, period))
+    return sorted(rows)

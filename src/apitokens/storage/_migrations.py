@@ -135,7 +135,37 @@ _V7 = (
     "CREATE INDEX notices_by_expiry ON notices (expires_at)",
 )
 
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+_V8 = (
+    # Per-token rate limits and credits (DESIGN §11): their canonical text ("100/min",
+    # "1000/day") and the credits, NULL for none; existing tokens get none.
+    "ALTER TABLE tokens ADD COLUMN rate_limit TEXT",
+    "ALTER TABLE tokens ADD COLUMN credits INTEGER",
+    "ALTER TABLE tokens ADD COLUMN refill TEXT",
+    # The usage ledger (UsageLedger): requests per token per window (its length and its
+    # start, in Unix seconds), added to by every process on the file. The primary key
+    # serves the upsert and the read back; the index on the window's end, the pruning.
+    """
+    CREATE TABLE request_counts (
+        token_id  TEXT NOT NULL,
+        seconds   INTEGER NOT NULL,
+        start     INTEGER NOT NULL,
+        count     INTEGER NOT NULL,
+        PRIMARY KEY (token_id, seconds, start)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX request_counts_by_end ON request_counts (start + seconds)",
+    # And each credited token's balance: the credits left, as of a refill period (whole
+    # refill periods since the epoch; 0 without refill).
+    """
+    CREATE TABLE credit_balances (
+        token_id      TEXT PRIMARY KEY NOT NULL,
+        credits_left  INTEGER NOT NULL,
+        period        INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 """``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1``."""
 
 LATEST_VERSION = len(MIGRATIONS)

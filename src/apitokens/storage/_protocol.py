@@ -61,8 +61,11 @@ class TokenStore(Protocol):
         Raises:
             StorageError: a token with this id already exists (nothing changed),
                 or the backend failed.
-            ValueError: a datetime is naive, or a secure-mode token carries a
-                revealable token string.
+            ValueError: a datetime is naive, a secure-mode token carries a
+                revealable token string, or a limit is malformed (``rate_limit`` or
+                ``refill`` not of the form ``N/unit``, ``credits`` not in 1..10**9,
+                a ``refill`` without ``credits``). A store keeps the limits in their
+                canonical text (``storage._base.normalize_stored`` gives it).
         """
 
     def get(self, token_id: str) -> StoredToken | None:
@@ -79,8 +82,9 @@ class TokenStore(Protocol):
         """Replace a token's editable fields.
 
         Replaces ``name``, ``expires_at``, ``scope``, ``restrictions``,
-        ``allowed_ips``, ``secure``, ``secret_hash``, ``previous_hash``,
-        ``previous_valid_until``, ``revealable`` and ``retired_hashes``. Never touches usage
+        ``allowed_ips``, ``secure``, ``rate_limit``, ``credits``, ``refill``,
+        ``secret_hash``, ``previous_hash``, ``previous_valid_until``, ``revealable``
+        and ``retired_hashes``. Never touches usage
         (``last_used_at``, ``last_used_ip``, ``use_count``), ``user``,
         ``created_by``, ``created_at`` or ``revoked_at``: those belong to
         :meth:`write` and :meth:`revoke`, which may run concurrently.

@@ -47,7 +47,7 @@ __all__ = [
 
 RECORD_COLUMNS = (
     "id, name, user, created_by, created_at, expires_at, scope, restrictions, allowed_ips,"
-    " secure, last_used_at, last_used_ip, use_count, revoked_at"
+    " secure, last_used_at, last_used_ip, use_count, revoked_at, rate_limit, credits, refill"
 )
 STORED_COLUMNS = (
     RECORD_COLUMNS
@@ -55,11 +55,11 @@ STORED_COLUMNS = (
 )
 EVENT_COLUMNS = "at, action, outcome, token_id, user, actor, client_ip, method, path, reason"
 
-INSERT_RECORD = f"INSERT INTO tokens ({STORED_COLUMNS}) VALUES ({', '.join('?' * 19)})"  # noqa: S608
+INSERT_RECORD = f"INSERT INTO tokens ({STORED_COLUMNS}) VALUES ({', '.join('?' * 22)})"  # noqa: S608
 UPDATE_RECORD = (
     "UPDATE tokens SET name = ?, expires_at = ?, scope = ?, restrictions = ?, allowed_ips = ?,"
     " secure = ?, secret_hash = ?, previous_hash = ?, previous_valid_until = ?, revealable = ?,"
-    " retired_hashes = ? WHERE id = ?"
+    " retired_hashes = ?, rate_limit = ?, credits = ?, refill = ? WHERE id = ?"
 )
 # SET expressions all see the row as it was, so the order of the two CASEs is irrelevant.
 FOLD_USAGE = (
@@ -108,6 +108,9 @@ def token_params(stored: StoredToken) -> tuple[object, ...]:
         token.last_used_ip,
         token.use_count,
         _micros(token.revoked_at),
+        token.rate_limit,
+        token.credits,
+        token.refill,
         stored.secret_hash,
         stored.previous_hash,
         _micros(stored.previous_valid_until),
@@ -131,6 +134,9 @@ def update_params(stored: StoredToken) -> tuple[object, ...]:
         _micros(stored.previous_valid_until),
         stored.revealable,
         json.dumps(list(stored.retired_hashes)),
+        token.rate_limit,
+        token.credits,
+        token.refill,
         token.id,
     )
 
@@ -249,6 +255,9 @@ def token_from_row(row: Sequence[Any]) -> Token:
             use_count=row[12],
             revoked_at=revoked_at,
             status=TokenStatus.ACTIVE if revoked_at is None else TokenStatus.REVOKED,
+            rate_limit=row[14],
+            credits=row[15],
+            refill=row[16],
         )
     except (ValueError, TypeError, OverflowError) as exc:
         raise StorageError(f"token {row[0]!r} has an unreadable value: {exc}") from None
@@ -261,19 +270,19 @@ def stored_from_row(row: Sequence[Any]) -> StoredToken:
         StorageError: the row holds values apitokens did not write.
     """
     try:
-        previous_valid_until = _optional_datetime(row[16])
+        previous_valid_until = _optional_datetime(row[19])
     except (ValueError, TypeError, OverflowError):
         raise StorageError(f"token {row[0]!r} has an unreadable grace period") from None
     try:
-        retired_hashes = _strings(row[18])
+        retired_hashes = _strings(row[21])
     except (ValueError, TypeError):
         raise StorageError(f"token {row[0]!r} has unreadable retired hashes") from None
     return StoredToken(
         token=token_from_row(row),
-        secret_hash=row[14],
-        previous_hash=row[15],
+        secret_hash=row[17],
+        previous_hash=row[18],
         previous_valid_until=previous_valid_until,
-        revealable=row[17],
+        revealable=row[20],
         retired_hashes=retired_hashes,
     )
 

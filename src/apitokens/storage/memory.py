@@ -123,7 +123,8 @@ class MemoryStore:
         Raises:
             TokenNotFound: no token has this id.
             StorageError: the store is closed.
-            ValueError: a datetime is naive, or a secure token is revealable.
+            ValueError: a datetime is naive, a secure token is revealable, or a limit
+                is malformed.
         """
         new = normalize_stored(stored)
         with self._lock:
@@ -139,6 +140,9 @@ class MemoryStore:
                 restrictions=new.token.restrictions,
                 allowed_ips=new.token.allowed_ips,
                 secure=new.token.secure,
+                rate_limit=new.token.rate_limit,
+                credits=new.token.credits,
+                refill=new.token.refill,
             )
             self._tokens[token.id] = dataclasses.replace(new, token=token)
         self._changed(token.id)

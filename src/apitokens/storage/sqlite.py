@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
+from apitokens._limits import settle
 from apitokens._model import (
     Action,
     AuditEvent,
@@ -29,16 +30,19 @@ from apitokens._model import (
 )
 from apitokens.storage import _migrations, _queries, _schema
 from apitokens.storage._base import (
+    credit_rows,
     failure_rows,
     fold_usage,
     normalize_stored,
     notice_key,
     notices_kept_from,
+    request_rows,
     require_utc,
     since_second,
 )
 from apitokens.storage._database import Database
 from apitokens.storage._filters import EventQuery, TokenQuery
+from apitokens.storage._protocol import CreditSpend
 from apitokens.storage._schema import to_micros
 
 __all__ = ["SQLiteStore"]
@@ -54,6 +58,20 @@ _CLAIM_NOTICE = (
     " ON CONFLICT DO NOTHING"
 )
 _RELEASE_NOTICE = "DELETE FROM notices WHERE token_id = ? AND expires_at = ? AND threshold = ?"
+
+_ADD_REQUESTS = (
+    "INSERT INTO request_counts (token_id, seconds, start, count) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (token_id, seconds, start) DO UPDATE SET count = count + excluded.count"
+)
+_READ_REQUESTS = "SELECT count FROM request_counts WHERE token_id = ? AND seconds = ? AND start = ?"
+# The expression is the index's (request_counts_by_end), so the index serves it.
+_PRUNE_REQUESTS = "DELETE FROM request_counts WHERE start + seconds < ?"
+_READ_BALANCE = "SELECT credits_left, period FROM credit_balances WHERE token_id = ?"
+_WRITE_BALANCE = (
+    "INSERT INTO credit_balances (token_id, credits_left, period) VALUES (?, ?, ?)"
+    " ON CONFLICT (token_id) DO UPDATE SET credits_left = excluded.credits_left,"
+    " period = excluded.period"
+)
 
 # A mark's usage position is None when the transaction wrote no usage: keep the old one.
 _MARK_JOURNAL = (
@@ -376,6 +394,63 @@ class SQLiteStore:
         key = notice_key(token_id, expires_at, threshold)
         with self._db.write("release_notice") as conn:
             conn.execute(_RELEASE_NOTICE, key)
+
+    # -- rate limits and credits (UsageLedger) -----------------------------------------
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        """Add requests per window; return the totals (see :class:`~apitokens.storage.UsageLedger`).
+
+        One write transaction adds and reads back, so two processes adding to one
+        window at once never lose a count. Not fsynced (as audit batches): a power
+        cut may forget the last counts of a window, never corrupt them.
+
+        Raises:
+            ValueError: a negative or malformed count (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        rows, ended_before = request_rows(counts, ended_before)
+        with self._db.write("count_requests", durable=False) as conn:
+            conn.executemany(_ADD_REQUESTS, rows)
+            totals = {
+                (token_id, seconds, start): int(
+                    conn.execute(_READ_REQUESTS, (token_id, seconds, start)).fetchone()[0]
+                )
+                for token_id, seconds, start, _ in rows
+            }
+            conn.execute(_PRUNE_REQUESTS, (ended_before,))
+        return totals
+
+    def spend_credits(self, spends: Mapping[str, CreditSpend]) -> dict[str, int]:
+        """Refill, then spend credits; return those left (:class:`~apitokens.storage.UsageLedger`).
+
+        Each balance is read, settled (:func:`apitokens._limits.settle`) and written in
+        one write transaction, which no other process's can interleave with.
+
+        Raises:
+            ValueError: a negative or malformed spend (nothing written).
+            StorageError: the database failed (nothing written).
+        """
+        rows = credit_rows(spends)
+        left: dict[str, int] = {}
+        with self._db.write("spend_credits") as conn:
+            for token_id, spent, credits, refill, period in rows:
+                row = conn.execute(_READ_BALANCE, (token_id,)).fetchone()
+                balance = None if row is None else (int(row[0]), int(row[1]))
+                now_left, since = settle(balance, spent, credits, refill, period)
+                conn.execute(_WRITE_BALANCE, (token_id, now_left, since))
+                left[token_id] = now_left
+        return left
+
+    def reset_credits(self, token_id: str) -> None:
+        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._db.write("reset_credits") as conn:
+            conn.execute("DELETE FROM credit_balances WHERE token_id = ?", (token_id,))
 
     def events(
         self,
