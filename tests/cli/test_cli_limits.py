@@ -2,8 +2,8 @@
 ``show`` and ``list`` show them, a malformed one is a usage error and creates nothing.
 
 Most tests run the command's own code on a MemoryStore through ``run_on`` (what
-``manage.py apitokens`` runs); those through the installed command's ``main`` need a
-SQLite store that keeps usage counts, and are skipped until ``SQLiteStore`` does.
+``manage.py apitokens`` runs), with a clock the tests move; the last ones run the
+installed command's ``main`` on a SQLite file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome
 from apitokens.cli import run_on
 from tests.support import CHEAP_HASHER, Clock
-from tests.support.limits import EDIT_NOT_KEPT, SQLITE_COUNTS
 
 from .conftest import Cli, authenticate
 
@@ -173,7 +172,6 @@ def test_a_malformed_limit_is_a_usage_error_and_creates_nothing(
     assert tokens.list(actor="root") == []
 
 
-@EDIT_NOT_KEPT
 def test_edit_sets_and_removes_each_limit(
     tokens: ApiTokens, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,7 +252,6 @@ def test_limits_are_in_the_help(tokens: ApiTokens, capsys: pytest.CaptureFixture
 # -- the installed command's main, on a SQLite file ----------------------------------------
 
 
-@SQLITE_COUNTS
 def test_the_command_creates_and_shows_limits_on_sqlite(cli: Cli) -> None:
     token_id, secret = cli.create("--name", "ci", "--credits", "2", "--rate-limit", "100/min")
     assert authenticate(cli.db, secret).outcome is Outcome.SUCCESS
@@ -266,8 +263,6 @@ def test_the_command_creates_and_shows_limits_on_sqlite(cli: Cli) -> None:
     assert (spent.status_code, spent.outcome) == (429, Outcome.FORBIDDEN)
 
 
-@SQLITE_COUNTS
-@EDIT_NOT_KEPT
 def test_the_command_edits_limits_on_sqlite(cli: Cli) -> None:
     token_id, _ = cli.create("--name", "ci", "--standard", "--credits", "2")
     edited = cli.json("edit", token_id, "--credits", "9", "--rate-limit", "3/s")

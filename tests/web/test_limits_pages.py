@@ -13,7 +13,6 @@ from apitokens import ApiTokens, AuthRequest, AuthResult, MemoryStore, Outcome, 
 from apitokens.storage import CreditSpend
 from apitokens.web import TokenPages
 from tests.support import CHEAP_HASHER, Clock
-from tests.support.limits import EDIT_NOT_KEPT
 from tests.web.conftest import SECRET_KEY, Pages, signed_in
 
 
@@ -133,7 +132,6 @@ def test_an_edit_form_without_the_limit_fields_keeps_the_limits(pages: Pages) ->
     assert (after.name, after.rate_limit, after.credits) == ("renamed", "100/min", 50)
 
 
-@EDIT_NOT_KEPT
 def test_the_edit_form_changes_and_removes_limits(pages: Pages) -> None:
     secret = pages.create("metered", mode="standard", credits="1")
     token = pages.tokens.list(actor="alice")[0]
