@@ -180,6 +180,9 @@ def earlier_tokens(tokens: ApiTokens, user: str) -> None:
         expires_in=timedelta(days=90),
         restrictions=["[GET].*/api/reports.*"],
         allowed_ips=["203.0.113.0/24"],
+        rate_limit="60/min",
+        credits=5000,
+        refill="1000/day",
     )
     old = tokens.create(actor=user, name="old laptop", scope=Scope.READ_WRITE)
     tokens.revoke(actor=user, token_id=old.token.id)
@@ -333,3 +336,16 @@ def test_a_user_who_is_no_admin_sees_only_their_own(
             assert answer is not None
             assert answer.status == 403
             expect(bob.get_by_text("alice's report")).to_have_count(0)
+
+
+def test_a_token_created_with_a_rate_limit_gets_429_over_it(page: Page, site: Site) -> None:
+    sign_in(page, site, "alice")
+    page.get_by_label("Rate limit", exact=True).fill("1/min")
+    secret = create_token(page, "rate-limited")
+    assert site.api(secret).status_code == 200
+    over = site.api(secret)  # the tests' clock stands still: the same minute
+    assert over.status_code == 429
+    assert over.headers["ratelimit-policy"] == '"rate";q=1;w=60'
+    assert over.headers["retry-after"].isdigit()
+    page.goto(site.pages())
+    expect(row(page, "rate-limited")).to_contain_text("Rate limit 1/min")

@@ -15,7 +15,7 @@ from apitokens.cli import main
 
 from .conftest import Cli, authenticate
 
-HEADER = ["ID", "NAME", "USER", "SCOPE", "STATUS", "EXPIRES", "LAST USED", "USES"]
+HEADER = ["ID", "NAME", "USER", "SCOPE", "STATUS", "EXPIRES", "LAST USED", "LIMITS", "USES"]
 
 
 def test_create_prints_the_token_once_with_a_snippet_and_it_authenticates(cli: Cli) -> None:
@@ -80,6 +80,9 @@ def test_create_takes_every_option_of_the_api(cli: Cli) -> None:
         "use_count": 0,
         "revoked_at": None,
         "status": "active",
+        "rate_limit": None,  # the limits: tests/cli/test_cli_limits.py
+        "credits": None,
+        "refill": None,
     }
     # The rules and the IP ranges really apply.
     secret, inside = issued["secret"], "203.0.113.9"
@@ -128,6 +131,7 @@ def test_list_prints_an_aligned_table_newest_first(cli: Cli) -> None:
         "active",
         "never",
         "never",
+        "-",
         "0",
     ]
     assert re.split(r"  +", lines[2]) == [
@@ -138,6 +142,7 @@ def test_list_prints_an_aligned_table_newest_first(cli: Cli) -> None:
         "active",
         "2999-01-01 00:00:00Z",
         "never",
+        "-",
         "0",
     ]
     # Aligned: every column starts at the same offset on every line.

@@ -112,7 +112,8 @@ ERRORS = [
     (
         [],
         "nothing to change: give --name, --rule, --no-rules, --ip, --no-ips, --expires-in,"
-        " --expires-at or --no-expiry (see: apitokens edit --help)",
+        " --expires-at, --no-expiry, --rate-limit, --no-rate-limit, --credits, --no-credits,"
+        " --refill or --no-refill (see: apitokens edit --help)",
     ),
     (
         ["--rule", ".*", "--no-rules"],

@@ -81,6 +81,25 @@ def test_list_revoke_and_audit() -> None:
     assert revoked is not None and revoked.status_at(datetime.now(UTC)) is TokenStatus.REVOKED
 
 
+def test_limits_set_by_the_command_hold_on_the_projects_api() -> None:
+    user = make_user("cmd")
+    code, out, err = command("--actor", "root", "create", "--name", "metered", "--user",
+                             user.username, "--credits", "1", "--rate-limit", "100/min",
+                             "--json")  # fmt: skip
+    assert (code, err) == (0, "")
+    issued = json.loads(out)
+    assert (issued["token"]["credits"], issued["token"]["rate_limit"]) == (1, "100/min")
+    client = Client()
+    assert client.get("/plain/whoami", **bearer(issued["secret"])).status_code == 200
+    spent = client.get("/plain/whoami", **bearer(issued["secret"]))
+    assert spent.status_code == 429
+    assert spent["RateLimit-Policy"] == '"credits";q=1'
+    code, out, _ = command("--actor", "root", "show", issued["token"]["id"], "--json")
+    assert (code, json.loads(out)["credits_left"]) == (0, 0)
+    code, _, err = command("--actor", "root", "create", "--name", "x", "--rate-limit", "fast")
+    assert code == 2 and "argument --rate-limit: rate 'fast' is not of the form" in err
+
+
 def test_help_is_the_commands_own_and_options_may_come_first() -> None:
     code, out, err = command("--help")
     assert (code, err) == (0, "")

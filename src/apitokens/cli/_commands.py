@@ -38,6 +38,7 @@ from ._output import (
     events_table,
     format_time,
     json_text,
+    limits_text,
     token_details,
     token_json,
     tokens_table,
@@ -79,7 +80,10 @@ EXIT_USAGE = 2
 """Every user error: a bad option, a rule that does not parse, a library refusal."""
 EXIT_INTERRUPTED = 130
 
-_CHANGES = "--name, --rule, --no-rules, --ip, --no-ips, --expires-in, --expires-at or --no-expiry"
+_CHANGES = (
+    "--name, --rule, --no-rules, --ip, --no-ips, --expires-in, --expires-at, --no-expiry, "
+    "--rate-limit, --no-rate-limit, --credits, --no-credits, --refill or --no-refill"
+)
 
 
 class CommandError(Exception):
@@ -156,14 +160,19 @@ def create(session: Session, args: argparse.Namespace) -> int:
         restrictions=rules,
         allowed_ips=args.ips,
         secure=not args.standard,
+        rate_limit=args.rate_limit,
+        credits=args.credits,
+        refill=args.refill,
     )
     if args.json:
         _print(json_text({"secret": issued.secret, "token": token_json(issued.token)}))
         return 0
     token = issued.token
     expires = format_time(token.expires_at, "never")
+    limits = limits_text(token)
     lines = [
         f"Created token {describe(token)}: {token.scope}, expires {expires}, "
+        + (f"limits {limits}, " if limits else "")
         + ("secure mode." if token.secure else "standard mode."),
         "",
         *_one_time(issued, "Your new token"),
@@ -198,9 +207,15 @@ def list_tokens(session: Session, args: argparse.Namespace) -> int:
 
 
 def show(session: Session, args: argparse.Namespace) -> int:
-    """``show ID``: every field of one token."""
+    """``show ID``: every field of one token, and its credits left if it has credits."""
     token = _token_or_fail(session, token_id(args.id))
-    _print(json_text(token_json(token)) if args.json else token_details(token))
+    left = None if token.credits is None else session.tokens.credits_left(token.id)
+    if args.json:
+        # As `list` shows it, plus the credits left of a token with credits.
+        extra = {} if token.credits is None else {"credits_left": left}
+        _print(json_text({**token_json(token), **extra}))
+    else:
+        _print(token_details(token, left))
     return 0
 
 
@@ -430,7 +445,42 @@ def _changes(before: Token | None, token: Token, args: argparse.Namespace) -> li
         said.append(f"usable from {ips}" if ips else "usable from any address")
     if args.no_expiry or args.expires_in is not None or args.expires_at is not None:
         said.append(f"expires {format_time(token.expires_at, 'never')}")
+    if args.rate_limit is not None or args.no_rate_limit:
+        rate = token.rate_limit
+        said.append("no rate limit" if rate is None else f"rate limit {clean(rate)}")
+    if args.credits is not None or args.no_credits:
+        said.append("no credits" if token.credits is None else f"{token.credits} credits")
+    if args.refill is not None or args.no_refill or (args.no_credits and before and before.refill):
+        said.append("no refill" if token.refill is None else f"refill {clean(token.refill)}")
     return said
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The limits ``edit`` passes: a value, ``None`` (remove it) or ``UNSET`` (keep it)."""
+
+    rate_limit: str | Unset | None = UNSET
+    credits: int | Unset | None = UNSET
+    refill: str | Unset | None = UNSET
+
+    @property
+    def given(self) -> bool:
+        return not all(isinstance(value, Unset) for value in vars(self).values())
+
+
+def _new_limits(args: argparse.Namespace) -> _Limits:
+    """The limits to pass to ``edit``: only those whose options were given."""
+    if args.no_credits and args.refill is not None:
+        raise CommandError("--refill needs credits: give --credits, or leave out --no-credits")
+    given = args.rate_limit is not None or args.no_rate_limit
+    credits = args.credits is not None or args.no_credits
+    # A refill gives back spent credits: with the credits gone it has nothing to give.
+    refill = args.refill is not None or args.no_refill or args.no_credits
+    return _Limits(
+        rate_limit=args.rate_limit if given else UNSET,
+        credits=args.credits if credits else UNSET,
+        refill=args.refill if refill else UNSET,
+    )
 
 
 def edit(session: Session, args: argparse.Namespace) -> int:
@@ -439,7 +489,9 @@ def edit(session: Session, args: argparse.Namespace) -> int:
     rules: list[str] | None = [] if args.no_rules else args.rules
     ips: list[str] | None = [] if args.no_ips else args.ips
     expires_at = _new_expiry(args)
-    if name is None and rules is None and ips is None and isinstance(expires_at, Unset):
+    limits = _new_limits(args)
+    unchanged = name is None and rules is None and ips is None and not limits.given
+    if unchanged and isinstance(expires_at, Unset):
         # A no-op edit would still be audited as one; more likely an option was forgotten.
         raise CommandError(f"nothing to change: give {_CHANGES} (see: apitokens edit --help)")
     if rules:
@@ -453,6 +505,9 @@ def edit(session: Session, args: argparse.Namespace) -> int:
         restrictions=UNSET if rules is None else rules,
         allowed_ips=UNSET if ips is None else ips,
         expires_at=expires_at,
+        rate_limit=limits.rate_limit,
+        credits=limits.credits,
+        refill=limits.refill,
     )
     if args.json:
         _print(json_text(token_json(token)))

@@ -28,6 +28,7 @@ __all__ = [
     "events_table",
     "format_time",
     "json_text",
+    "limits_text",
     "one_line",
     "table",
     "token_details",
@@ -43,7 +44,17 @@ __all__ = [
 _UNSAFE: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _GAP: Final = "  "
 
-TOKEN_HEADERS: Final = ("ID", "NAME", "USER", "SCOPE", "STATUS", "EXPIRES", "LAST USED", "USES")
+TOKEN_HEADERS: Final = (
+    "ID",
+    "NAME",
+    "USER",
+    "SCOPE",
+    "STATUS",
+    "EXPIRES",
+    "LAST USED",
+    "LIMITS",
+    "USES",
+)
 EVENT_HEADERS: Final = (
     "AT",
     "ACTION",
@@ -141,6 +152,17 @@ def _owner(user: str | None) -> str:
     return "(unbound)" if user is None else clean(user)
 
 
+def limits_text(token: Token) -> str:
+    """``100/min, 5000 credits +1000/day``: the token's limits, or ``""`` for none."""
+    parts = []
+    if token.rate_limit is not None:
+        parts.append(clean(token.rate_limit))
+    if token.credits is not None:
+        refill = "" if token.refill is None else f" +{clean(token.refill)}"
+        parts.append(f"{token.credits} credits{refill}")
+    return ", ".join(parts)
+
+
 def token_row(token: Token) -> list[str]:
     """One row of :data:`TOKEN_HEADERS` for ``token``."""
     return [
@@ -151,6 +173,7 @@ def token_row(token: Token) -> list[str]:
         str(token.status),
         format_time(token.expires_at, "never"),
         format_time(token.last_used_at, "never"),
+        limits_text(token) or "-",
         str(token.use_count),
     ]
 
@@ -181,8 +204,11 @@ def events_table(events: Iterable[AuditEvent]) -> list[str]:
     return table(EVENT_HEADERS, (event_row(event) for event in events))
 
 
-def token_details(token: Token) -> list[str]:
-    """Every field of ``token``, one ``label: value`` per line (rules and IPs one per line)."""
+def token_details(token: Token, credits_left: int | None = None) -> list[str]:
+    """Every field of ``token``, one ``label: value`` per line (rules and IPs one per line).
+
+    ``credits_left`` (read from the store by the caller) is shown for a token with credits.
+    """
     rules = [clean(rule) for rule in token.restrictions] or ["none (any request in scope)"]
     ips = [clean(ip) for ip in token.allowed_ips] or ["any"]
     fields: list[tuple[str, list[str]]] = [
@@ -201,7 +227,12 @@ def token_details(token: Token) -> list[str]:
         ("last used at", [format_time(token.last_used_at, "never")]),
         ("last used ip", [clean(token.last_used_ip or "-")]),
         ("uses", [str(token.use_count)]),
+        ("rate limit", [clean(token.rate_limit or "none")]),
+        ("credits", ["none" if token.credits is None else str(token.credits)]),
+        ("refill", [clean(token.refill or "none")]),
     ]
+    if token.credits is not None:
+        fields.append(("credits left", ["-" if credits_left is None else str(credits_left)]))
     label_width = max(len(label) for label, _ in fields) + 2
     lines = []
     for label, values in fields:

@@ -34,10 +34,13 @@ from ._output import one_line
 from ._values import (
     DURATION_HELP,
     MOMENT_HELP,
+    RATE_HELP,
+    parse_credits,
     parse_datetime,
     parse_duration,
     parse_moment,
     parse_network,
+    parse_rate_text,
     parse_scope,
     parse_url,
 )
@@ -47,8 +50,8 @@ __all__ = ["DEFAULT_DB", "build_parser"]
 DEFAULT_DB = "apitokens.db"
 DEFAULT_URL = "https://example.com/rest/"
 EDIT_DESCRIPTION = (
-    "Change a standard-mode token's name, restriction rules, allowed addresses or "
-    "expiry; only the options given change, and the next request sees the change. "
+    "Change a standard-mode token's name, restriction rules, allowed addresses, "
+    "expiry or limits; only the options given change, and the next request sees the change. "
     "Secure-mode and revoked tokens cannot be edited: rotate or revoke them instead."
 )
 
@@ -178,6 +181,25 @@ def _add_create(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="standard mode: can be revealed again later (default: secure mode, shown once)",
     )
+    parser.add_argument(
+        "--rate-limit",
+        type=parse_rate_text,
+        metavar="RATE",
+        help=f"at most so many requests per window ({RATE_HELP}); over it: 429",
+    )
+    parser.add_argument(
+        "--credits",
+        type=parse_credits,
+        metavar="N",
+        help="uses in all; spent: 429 (until a --refill, if any)",
+    )
+    parser.add_argument(
+        "--refill",
+        type=parse_rate_text,
+        metavar="RATE",
+        help="credits given back at the start of each period, never above --credits "
+        "(N/s, N/min, N/h or N/day, e.g. 1000/day)",
+    )
     _snippet_options(parser)
 
 
@@ -198,7 +220,7 @@ def _add_edit(commands: argparse._SubParsersAction[_Parser]) -> None:
         commands,
         "edit",
         edit,
-        "change a token's name, rules, addresses or expiry",
+        "change a token's name, rules, addresses, expiry or limits",
         token=True,
         description=EDIT_DESCRIPTION,
     )
@@ -237,6 +259,33 @@ def _add_edit(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--expires-at", type=parse_datetime, metavar="DATE", help="expiry, ISO 8601 (naive: UTC)"
     )
     expiry.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--rate-limit",
+        type=parse_rate_text,
+        metavar="RATE",
+        help=f"at most so many requests per window ({RATE_HELP})",
+    )
+    rate.add_argument("--no-rate-limit", action="store_true", help="remove the rate limit")
+    credits = parser.add_mutually_exclusive_group()
+    credits.add_argument(
+        "--credits",
+        type=parse_credits,
+        metavar="N",
+        help="uses in all, from now: a new allotment (the credits left become N)",
+    )
+    credits.add_argument(
+        "--no-credits", action="store_true", help="remove the credits (and their refill)"
+    )
+    refill = parser.add_mutually_exclusive_group()
+    refill.add_argument(
+        "--refill",
+        type=parse_rate_text,
+        metavar="RATE",
+        help="credits given back at the start of each period, never above the credits "
+        "(N/s, N/min, N/h or N/day, e.g. 1000/day)",
+    )
+    refill.add_argument("--no-refill", action="store_true", help="remove the refill")
 
 
 def _add_rule_check(commands: argparse._SubParsersAction[_Parser]) -> None:

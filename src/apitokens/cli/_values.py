@@ -13,17 +13,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from apitokens import Scope
+from apitokens._limits import check_credits, parse_rate
 from apitokens._snippets import render_snippet
 from apitokens._tokens import ID_LENGTH
 
 __all__ = [
     "DURATION_HELP",
     "MOMENT_HELP",
+    "RATE_HELP",
     "format_duration",
+    "parse_credits",
     "parse_datetime",
     "parse_duration",
     "parse_moment",
     "parse_network",
+    "parse_rate_text",
     "parse_scope",
     "parse_url",
     "token_id",
@@ -32,6 +36,7 @@ __all__ = [
 
 DURATION_HELP: Final = "e.g. 30d, 12h, 10m, 45s, 2w, or combined: 1h30m"
 MOMENT_HELP: Final = "a duration ago (90d) or an ISO 8601 date (2026-01-31, 2026-01-31T12:00Z)"
+RATE_HELP: Final = "N/s, N/min, N/h or N/day, e.g. 100/min"
 
 _UNITS: Final = {
     "w": timedelta(weeks=1),
@@ -134,6 +139,28 @@ def parse_url(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def parse_rate_text(text: str) -> str:
+    """Check a rate (``100/min``; also ``N/s``, ``N/h``, ``N/day``); return its canonical text."""
+    try:
+        return str(parse_rate(text, "rate"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_credits(text: str) -> int:
+    """Check a number of credits: a whole number from 1 to 10**9."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"invalid credits {text!r} (a whole number of uses)")
+    try:
+        # Too many digits is out of range anyway (and int() of thousands is refused).
+        credits = check_credits(int(digits) if len(digits) <= 12 else 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert credits is not None
+    return credits
 
 
 def token_id(text: str) -> str:

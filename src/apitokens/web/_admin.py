@@ -71,6 +71,7 @@ def tokens(
         "admin_tokens.html",
         status,
         tokens=found[:size],
+        credits_left=visit.credits_left(found[:size]),
         filters={name: args.get(name) for name in names},
         statuses=_STATUSES,
         page=page,
@@ -103,7 +104,14 @@ def confirm_unused(visit: Visit) -> Response:
     days = visit.request.args.get("days", "90")
     since = _since(visit, visit.request.args)
     stale = visit.tokens.list(actor=visit.user, status="active", unused_since=since)
-    return visit.page("unused.html", tokens=stale, days=int(days), since=since, active="admin")
+    return visit.page(
+        "unused.html",
+        tokens=stale,
+        credits_left=visit.credits_left(stale),
+        days=int(days),
+        since=since,
+        active="admin",
+    )
 
 
 def revoke_unused(visit: Visit) -> Response:

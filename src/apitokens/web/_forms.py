@@ -22,6 +22,8 @@ __all__ = [
     "describe",
     "expiry_choices",
     "lines",
+    "optional",
+    "parse_credits",
     "parse_date",
     "parse_grace",
 ]
@@ -98,6 +100,26 @@ def parse_date(text: str, *, what: str) -> datetime | None:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
+def parse_credits(text: str) -> int | None:
+    """The credits field: a whole number, or ``None`` if blank (the API checks its range).
+
+    Raises:
+        ValueError: not a whole number.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    # Too many digits is out of range anyway (and int() of thousands is refused).
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        raise ValueError(f"Credits: {text[:40]!r} is not a whole number of uses (1 or more)")
+    return int(text)
+
+
+def optional(text: str) -> str | None:
+    """A text field's value, stripped, or ``None`` if blank (a rate limit or refill)."""
+    return text.strip() or None
+
+
 def parse_grace(text: str) -> timedelta:
     """The rotate form's grace period: one of :data:`GRACE_CHOICES`, in seconds."""
     if text not in {value for value, _ in GRACE_CHOICES}:
@@ -118,6 +140,9 @@ class CreateForm:
     ips: str = ""
     mode: str = "secure"
     unbound: bool = False
+    rate_limit: str = ""
+    credits: str = ""
+    refill: str = ""
     check_method: str = "GET"
     check_path: str = ""
     check_body: str = ""
@@ -135,6 +160,9 @@ class CreateForm:
             ips=form.get("ips"),
             mode=form.get("mode", "secure"),
             unbound=form.get("unbound") == "yes",
+            rate_limit=form.get("rate_limit"),
+            credits=form.get("credits"),
+            refill=form.get("refill"),
             check_method=form.get("check_method", "GET"),
             check_path=form.get("check_path"),
             check_body=form.get("check_body"),
@@ -170,6 +198,9 @@ class CreateForm:
             "restrictions": lines(self.rules),
             "allowed_ips": lines(self.ips),
             "secure": self.mode == "secure",
+            "rate_limit": optional(self.rate_limit),
+            "credits": parse_credits(self.credits),
+            "refill": optional(self.refill),
         }
         if self.unbound:
             arguments["unbound"] = True

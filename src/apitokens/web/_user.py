@@ -8,7 +8,7 @@ secret is shown once, in the body of the response to the POST that made it
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from apitokens._errors import ApiTokensError
 from apitokens._model import IssuedToken, Scope, Token, TokenStatus
@@ -20,10 +20,12 @@ from ._forms import (
     describe,
     expiry_choices,
     lines,
+    optional,
+    parse_credits,
     parse_date,
     parse_grace,
 )
-from ._http import Response
+from ._http import FormData, Response
 from ._tester import TesterResult, run_tester
 from ._visit import PageError, Visit, is_token_id, message_of, status_of
 
@@ -108,6 +110,7 @@ def index(
         "user.html",
         status,
         tokens=tokens,
+        credits_left=visit.credits_left(tokens),
         notice=notice(visit),
         error=error,
         tester=tester,
@@ -228,7 +231,15 @@ def reveal(visit: Visit, token_id: str) -> Response:
 def _edit_page(
     visit: Visit, token: Token, values: dict[str, str], status: int = 200, error: str = ""
 ) -> Response:
-    return visit.page("edit.html", status, token=token, values=values, error=error, active="")
+    return visit.page(
+        "edit.html",
+        status,
+        token=token,
+        values=values,
+        error=error,
+        active="",
+        credits_left=visit.credits_left([token]),
+    )
 
 
 def edit_form(visit: Visit, token_id: str) -> Response:
@@ -241,15 +252,39 @@ def edit_form(visit: Visit, token_id: str) -> Response:
         "rules": "\n".join(token.restrictions),
         "ips": "\n".join(token.allowed_ips),
         "expires_on": token.expires_at.date().isoformat() if token.expires_at else "",
+        "rate_limit": token.rate_limit or "",
+        "credits": "" if token.credits is None else str(token.credits),
+        "refill": token.refill or "",
         "back": visit.request.args.get("back"),
     }
     return _edit_page(visit, token, values)
 
 
+class _Limits(TypedDict, total=False):
+    rate_limit: str | None
+    credits: int | None
+    refill: str | None
+
+
+def _limits(form: FormData) -> _Limits:
+    """The limits the edit form changes: an empty field removes one; the same credits as
+    now keep the credits left. A field the form did not send (a page from before limits
+    were on it) keeps its limit."""
+    limits = _Limits()
+    if "rate_limit" in form:
+        limits["rate_limit"] = optional(form.get("rate_limit"))
+    if "credits" in form:
+        limits["credits"] = parse_credits(form.get("credits"))
+    if "refill" in form:
+        limits["refill"] = optional(form.get("refill"))
+    return limits
+
+
 def edit(visit: Visit, token_id: str) -> Response:
-    """Change a standard-mode token's name, rules, addresses and expiry."""
+    """Change a standard-mode token's name, rules, addresses, expiry and limits."""
     form = visit.request.form
-    values = {key: form.get(key) for key in ("name", "rules", "ips", "expires_on", "back")}
+    fields = ("name", "rules", "ips", "expires_on", "rate_limit", "credits", "refill", "back")
+    values = {key: form.get(key) for key in fields}
     try:
         expires_at = parse_date(values["expires_on"], what="Expires on")
         # An empty date removes the expiry (the API refuses it if the policy must have one).
@@ -260,6 +295,7 @@ def edit(visit: Visit, token_id: str) -> Response:
             restrictions=lines(values["rules"]),
             allowed_ips=lines(values["ips"]),
             expires_at=expires_at,
+            **_limits(form),
         )
     except (ApiTokensError, ValueError) as exc:
         refusal = visit.refused(exc)

@@ -74,6 +74,7 @@ def message_of(error: Exception) -> str:
 
 _FIELD_LABELS = (
     ("allowed_ips:", "Allowed IP addresses:"),
+    ("rate_limit", "rate limit"),
     ("expires_at is", "the expiry date is"),
     ("name must be", "the name must be"),
 )
@@ -105,9 +106,25 @@ class Visit:
             "title": self.title,
             "notice": "",
             "error": "",
+            "credits_left": {},
         }
         common.update(values)
         return Response.html(status, self.templates.render(template, common))
+
+    def credits_left(self, tokens: Sequence[Token]) -> dict[str, int | None]:
+        """The credits left of each token with credits (``None``: the store could not say).
+
+        A store that cannot be read now must not take the whole list down with it:
+        the page says "unknown" for those tokens instead.
+        """
+        left: dict[str, int | None] = {}
+        for token in tokens:
+            if token.credits is not None:
+                try:
+                    left[token.id] = self.tokens.credits_left(token.id)
+                except (StorageError, TokenNotFound):
+                    left[token.id] = None
+        return left
 
     def token(self, token_id: str) -> Token:
         """The token, if the user may see it (theirs, or any for an admin); else 404.
