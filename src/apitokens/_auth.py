@@ -475,12 +475,15 @@ class Authenticator:
 
         Refused with 403 (never ignored): no group may run as others, the owner is in
         none of them, the token is unbound, or the user named may not use tokens; 400
-        for two such headers or a value that is no user name. Once a name is read the
-        audit event names both: ``user`` the one acted as, ``actor`` the owner.
+        for two such headers (or one holding a comma, as servers fold two) or a value
+        that is no user name. Once a name is read the audit event names both: ``user``
+        the one acted as, ``actor`` the owner.
         """
         policy = self.policy
         values = attempt.request.header_values(RUN_AS)
-        if len(values) != 1:
+        # A comma is two headers folded into one (RFC 9110 §5.3), as WSGI servers and
+        # proxies fold them: refused like two, never run as the user "alice,bob".
+        if len(values) != 1 or "," in values[0]:
             return self._refuse(attempt, refusal(policy, 400, "more than one X-Run-As header"))
         target = values[0].strip()
         if (
