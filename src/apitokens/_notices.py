@@ -35,7 +35,10 @@ def expiring(store: TokenStore, now: datetime, within: timedelta) -> list[Token]
     Raises:
         ValueError: ``within`` is not a positive timedelta.
     """
-    until = now + _positive(within, "within")
+    try:
+        until = now + _positive(within, "within")
+    except OverflowError:  # past the year 9999: every expiry is within it
+        until = datetime.max.replace(tzinfo=now.tzinfo)
     found = [
         token
         for token in store.list(now=now, status=TokenStatus.ACTIVE)

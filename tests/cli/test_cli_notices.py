@@ -99,3 +99,17 @@ def test_a_failing_command_is_reported_and_tried_again(cli: Cli, tmp_path: Path)
     retried = cli.ok("notify-expiring", "--exec", command)
     assert retried.out == f"Sent the 1w notice for {broken} ('broken', user admin).\n"
     assert [n["APITOKENS_TOKEN_ID"] for n in _sent(sent)] == [fine, broken]
+
+
+def test_very_long_durations_are_no_traceback(cli: Cli, tmp_path: Path) -> None:
+    """Found by the issue 18 attack (fixed): ``--within`` or ``--threshold`` reaching past
+    the year 9999 raised OverflowError (a traceback), and so did any ``--timeout`` over
+    24.8 days (poll's limit), even for a command that ends at once. A window past 9999
+    holds every expiry; a command is waited for at most 20 days."""
+    token, _ = cli.create("--name", "ci", "--expires-in", "2d")
+    assert [t["id"] for t in cli.json("expiring", "--within", "99999999d")] == [token]
+    command, sent = _hook(tmp_path)
+    given = ("notify-expiring", "--exec", command, "--threshold", "99999999d", "--timeout", "30d")
+    [notice] = cli.json(*given)
+    assert notice["token"]["id"] == token
+    assert [n["APITOKENS_TOKEN_ID"] for n in _sent(sent)] == [token]

@@ -334,6 +334,10 @@ def notice_environment(token: Token, threshold: timedelta) -> dict[str, str]:
     return environment
 
 
+_LONGEST_HOOK_WAIT = 20 * 24 * 3600.0
+"""The longest a ``--exec`` command is waited for, in seconds, whatever ``--timeout`` says."""
+
+
 def _run_hook(
     command: str, environment: dict[str, str], timeout: timedelta
 ) -> tuple[int, tuple[bytes, bytes]]:
@@ -357,7 +361,9 @@ def _run_hook(
         start_new_session=True,
     ) as process:
         try:
-            stdout, stderr = process.communicate(timeout=timeout.total_seconds())
+            # poll() takes at most 2**31 - 1 ms (24.8 days); no notice needs more than 20.
+            seconds = min(timeout.total_seconds(), _LONGEST_HOOK_WAIT)
+            stdout, stderr = process.communicate(timeout=seconds)
         except BaseException:
             # The group's id is the shell's pid (start_new_session): not waited for
             # yet, or still the id of its children's group, so no other group is hit.
