@@ -155,6 +155,41 @@ def test_two_run_as_headers_never_run_as_a_user_named_by_both(
     assert [event.reason for event in refused] == ["more than one X-Run-As header"] * 3
 
 
+def utf8(text: str) -> str:
+    """``text``'s UTF-8 bytes as the latin-1 text ``send`` writes: what a client sends."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+@pytest.mark.parametrize("kind", ["werkzeug", "uvicorn"])
+def test_a_run_as_name_is_read_as_utf8_and_printable(run_as_tokens: ApiTokens, kind: str) -> None:
+    """Found (fixed): the name was the header's bytes as latin-1, and only C0 controls
+    were refused. A UTF-8 name reached the app as mojibake ("jÃ¼rgen", never the user
+    meant, while a Basic username is read as UTF-8), and C1 controls (NEL, which
+    ``str.splitlines`` and log viewers break lines at; CSI), a no-break space or a
+    zero-width space ("ali\u200bce", shown as "alice") reached the app and the audit
+    log. The name is now UTF-8 and printable, as a Basic username must be; else 400."""
+    app = App()
+    secret = run_as_tokens.create(actor="helper", name="support").secret
+    auth = f"Authorization: Bearer {secret}"
+    with served(kind, run_as_tokens, app) as port:
+        assert send(port, auth, "X-Run-As: " + utf8("jürgen"))[0] == 200
+        for name in [
+            "a\x85ce",  # NEL, and no UTF-8
+            "j\xfcrgen",  # latin-1: no UTF-8
+            utf8("a\x85ce"),
+            utf8("a\x9b31mce"),  # CSI
+            utf8("ali\u200bce"),
+            utf8("ali\u00a0ce"),
+            utf8("alice\u2028x"),
+        ]:
+            status, body = send(port, auth, "X-Run-As: " + name)
+            assert status == 400, (name, body)
+    assert app.seen == [("jürgen", "helper")]
+    refused = events(run_as_tokens, outcome=Outcome.FAILED)
+    assert {event.reason for event in refused} == {"X-Run-As is not a user name"}
+    assert {event.user for event in refused} == {"helper"}  # the name was never read
+
+
 def test_gunicorn_mapping_x_run_as_with_underscores_is_refused_too(tmp_path: Path) -> None:
     """gunicorn ``--header-map dangerous`` maps ``X_Run_As`` to ``HTTP_X_RUN_AS`` and
     joins it to an ``X-Run-As`` sent too: the app must not run as "alice,bob" (fixed
