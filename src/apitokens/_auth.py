@@ -485,8 +485,8 @@ class Authenticator:
         Refused with 403 (never ignored): no group may run as others, the owner is in
         none of them, the token is unbound, or the user named may not use tokens; 400
         for two such headers (or one holding a comma, as servers fold two) or a value
-        that is no user name (read as UTF-8, it must be printable). Once a name is read the audit event names both: ``user``
-        the one acted as, ``actor`` the owner.
+        that is no user name (read as UTF-8, it must be printable). Once a name is read
+        the audit event names both: ``user`` the one acted as, ``actor`` the owner.
         """
         policy = self.policy
         values = attempt.request.header_values(RUN_AS)
