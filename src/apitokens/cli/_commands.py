@@ -393,6 +393,8 @@ def notify_expiring(session: Session, args: argparse.Namespace) -> int:
             status = f"timed out after {format_duration(timeout)}"
         except OSError as exc:
             status = clean(exc.strerror or str(exc))
+        except ValueError as exc:  # a NUL in the owner's name: no environment holds it
+            status = clean(str(exc))
         else:
             # Its output goes to stderr: stdout is this command's report (or its JSON).
             for output in outputs:
