@@ -684,3 +684,50 @@ def test_a_rotated_tokens_wrong_secret_costs_what_an_unknown_id_costs(tmp_path: 
         unknown = cost(token_format.issue().value)
         wrong = cost(token_format.issue(issued.token.id).value)
     assert wrong == unknown, f"a wrong secret costs {wrong} verifications, an unknown id {unknown}"
+
+
+BLOCKING_HOOK = """
+import sys, time
+
+with open(sys.argv[1], "w") as fifo:  # the test reads this: the command runs now
+    fifo.write("running\\n")
+time.sleep(60)
+"""
+
+
+def test_an_interrupted_notify_run_sends_that_notice_later(tmp_path: Path) -> None:
+    """Found (fixed): Ctrl-C (SIGINT) while ``notify-expiring``'s command ran kept the
+    notice claimed though it was never sent: no later run sent it. The docs promise
+    that a notice whose ``notify`` raised is not recorded; an interrupt now releases
+    it too (and the command, in its own process group, is killed with the run)."""
+    db = tmp_path / "tokens.db"
+    with SQLiteStore(db) as store, ApiTokens(store, hasher=CHEAP_HASHER) as tokens:
+        [token_id] = make_expiring(tokens, 1)
+    fifo, script = tmp_path / "running", tmp_path / "hook.py"
+    os.mkfifo(fifo)
+    script.write_text(BLOCKING_HOOK)
+    command = " ".join(shlex.quote(str(part)) for part in (sys.executable, script, fifo))
+    run = subprocess.Popen(
+        notify_command(str(db), command),
+        env=cli_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with fifo.open() as running:  # opened once the command opens it
+            assert running.readline() == "running\n"
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, (out, err)
+    sent = tmp_path / "sent.txt"
+    retried = run_concurrently(
+        [notify_command(str(db), f'echo "$APITOKENS_TOKEN_ID" >> {shlex.quote(str(sent))}')],
+        tmp_path,
+    )[0]
+    assert retried.returncode == 0, retried.stderr
+    assert notice_lines(sent) == [token_id]
