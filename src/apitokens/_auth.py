@@ -87,13 +87,12 @@ _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 def _header_text(value: str) -> str:
     """A header value's bytes (latin-1 text, as servers hand them) read as UTF-8, as a
-    Basic username is (RFC 7617): ``""`` when they are no UTF-8 (so no user name)."""
+    Basic username is (RFC 7617); the value as it is when they are no UTF-8 (a latin-1
+    client, or text given to an AuthRequest by hand)."""
     try:
         return value.encode("latin-1").decode("utf-8")
-    except UnicodeEncodeError:
-        return value  # text already: an AuthRequest made by hand
-    except UnicodeDecodeError:
-        return ""
+    except UnicodeError:
+        return value
 
 
 class WouldBlock(Exception):

@@ -167,15 +167,16 @@ def test_a_run_as_name_is_read_as_utf8_and_printable(run_as_tokens: ApiTokens, k
     meant, while a Basic username is read as UTF-8), and C1 controls (NEL, which
     ``str.splitlines`` and log viewers break lines at; CSI), a no-break space or a
     zero-width space ("ali\u200bce", shown as "alice") reached the app and the audit
-    log. The name is now UTF-8 and printable, as a Basic username must be; else 400."""
+    log. The name is now read as UTF-8 (latin-1 when it is no UTF-8) and must be
+    printable, as a Basic username must be; else 400."""
     app = App()
     secret = run_as_tokens.create(actor="helper", name="support").secret
     auth = f"Authorization: Bearer {secret}"
     with served(kind, run_as_tokens, app) as port:
         assert send(port, auth, "X-Run-As: " + utf8("jürgen"))[0] == 200
+        assert send(port, auth, "X-Run-As: j\xfcrgen")[0] == 200  # no UTF-8: latin-1
         for name in [
-            "a\x85ce",  # NEL, and no UTF-8
-            "j\xfcrgen",  # latin-1: no UTF-8
+            "a\x85ce",  # NEL (latin-1)
             utf8("a\x85ce"),
             utf8("a\x9b31mce"),  # CSI
             utf8("ali\u200bce"),
@@ -184,7 +185,7 @@ def test_a_run_as_name_is_read_as_utf8_and_printable(run_as_tokens: ApiTokens, k
         ]:
             status, body = send(port, auth, "X-Run-As: " + name)
             assert status == 400, (name, body)
-    assert app.seen == [("jürgen", "helper")]
+    assert app.seen == [("jürgen", "helper"), ("jürgen", "helper")]
     refused = events(run_as_tokens, outcome=Outcome.FAILED)
     assert {event.reason for event in refused} == {"X-Run-As is not a user name"}
     assert {event.user for event in refused} == {"helper"}  # the name was never read
