@@ -105,6 +105,19 @@ def uvicorn_thread(app: Any) -> Iterator[int]:
 def served(kind: str, tokens: ApiTokens, app: App) -> Iterator[int]:
     if kind == "werkzeug":
         yield from serve_wsgi(tokens.wsgi(app.wsgi))
+    elif kind == "waitress":
+        import waitress.server
+
+        server = waitress.server.create_server(
+            tokens.wsgi(app.wsgi), host="127.0.0.1", port=0, threads=2
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            yield server.effective_port  # type: ignore[union-attr]
+        finally:
+            server.close()
+            thread.join(5)
     else:
         with uvicorn_thread(tokens.asgi(app.asgi)) as port:
             yield port
@@ -134,12 +147,12 @@ def events(tokens: ApiTokens, **query: Any) -> list[AuditEvent]:
 # -- run-as -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["werkzeug", "uvicorn"])
+@pytest.mark.parametrize("kind", ["werkzeug", "waitress", "uvicorn"])
 def test_two_run_as_headers_never_run_as_a_user_named_by_both(
     run_as_tokens: ApiTokens, kind: str
 ) -> None:
-    """Found (fixed): werkzeug (and gunicorn) fold two ``X-Run-As`` headers into one
-    environ value, ``alice,bob``; the core saw one header and the app ran as the user
+    """Found (fixed): werkzeug, waitress (and gunicorn) fold two ``X-Run-As`` headers
+    into one environ value, ``alice,bob``; the core saw one header and the app ran as the user
     "alice,bob" (200), where uvicorn's two headers got the documented 400. A proxy that
     folds gave the same under ASGI. A comma in the value is now refused like two."""
     app = App()
