@@ -350,6 +350,7 @@ def _run_hook(
     Raises:
         subprocess.TimeoutExpired: it ran longer than ``timeout``.
         OSError: it could not be started.
+        ValueError: ``environment`` holds a NUL, which no environment can.
     """
     with subprocess.Popen(  # noqa: S602 - the admin's own command; data only in env
         command,
