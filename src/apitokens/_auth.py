@@ -85,8 +85,16 @@ _METHOD_OVERRIDES = frozenset(METHOD_OVERRIDES)
 _MAX_OVERRIDES = len(METHOD_OVERRIDES)
 # Control characters and spaces, which RFC 9112 allows nowhere in a request target.
 _NOT_IN_A_TARGET = re.compile(r"[\x00-\x20\x7f]")
-# What no user name in X-Run-As holds: control characters (a name is bounded apart).
-_NOT_IN_A_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _header_text(value: str) -> str:
+    """A header value's bytes (latin-1 text, as servers hand them) read as UTF-8, as a
+    Basic username is (RFC 7617); the value as it is when they are no UTF-8 (a latin-1
+    client, or text given to an AuthRequest by hand)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 class WouldBlock(Exception):
@@ -483,18 +491,23 @@ class Authenticator:
 
         Refused with 403 (never ignored): no group may run as others, the owner is in
         none of them, the token is unbound, or the user named may not use tokens; 400
-        for two such headers or a value that is no user name. Once a name is read the
-        audit event names both: ``user`` the one acted as, ``actor`` the owner.
+        for two such headers (or one holding a comma, as servers fold two) or a value
+        that is no user name (read as UTF-8, it must be printable). Once a name is read
+        the audit event names both: ``user`` the one acted as, ``actor`` the owner.
         """
         policy = self.policy
         values = attempt.request.header_values(RUN_AS)
-        if len(values) != 1:
+        # A comma is two headers folded into one (RFC 9110 §5.3), as WSGI servers and
+        # proxies fold them: refused like two, never run as the user "alice,bob".
+        if len(values) != 1 or "," in values[0]:
             return self._refuse(attempt, refusal(policy, 400, "more than one X-Run-As header"))
-        target = values[0].strip()
+        target = _header_text(values[0]).strip()
         if (
             not target
             or len(target) > _MAX_AUDIT_TEXT
-            or _NOT_IN_A_NAME.search(target)
+            # As a Basic username: no control character (C1's NEL breaks log lines
+            # too), no invisible one (a zero-width space in "ali\u200bce").
+            or not target.isprintable()
             or policy.token_format.contains(target)
         ):
             return self._refuse(attempt, refusal(policy, 400, "X-Run-As is not a user name"))

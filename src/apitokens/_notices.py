@@ -35,7 +35,10 @@ def expiring(store: TokenStore, now: datetime, within: timedelta) -> list[Token]
     Raises:
         ValueError: ``within`` is not a positive timedelta.
     """
-    until = now + _positive(within, "within")
+    try:
+        until = now + _positive(within, "within")
+    except OverflowError:  # past the year 9999: every expiry is within it
+        until = datetime.max.replace(tzinfo=now.tzinfo)
     found = [
         token
         for token in store.list(now=now, status=TokenStatus.ACTIVE)
@@ -55,7 +58,8 @@ def notify_expiring(
     A token's notice is due for the tightest threshold its expiry is within (the
     looser ones crossed at the same time are never sent). A notice whose ``notify``
     raised is released, so a later run sends it again; the others are still sent,
-    and the first error is raised at the end.
+    and the first error is raised at the end (an interrupt, such as
+    ``KeyboardInterrupt``, at once).
 
     Returns:
         The ``(token, threshold)`` notices sent by this call, soonest expiry first.
@@ -87,13 +91,24 @@ def notify_expiring(
         except Exception as exc:
             log.warning("expiry notice for token %s failed: %r", token.id, exc)
             failure = failure or exc
-            try:
-                store.release_notice(token.id, token.expires_at, threshold)
-            except StorageError as lost:
-                # Still claimed: this notice is lost rather than ever sent twice.
-                log.error("expiry notice for token %s not released: %s", token.id, lost)
+            _release(store, token.id, token.expires_at, threshold)
             continue
+        except BaseException:
+            # Interrupted (Ctrl-C, SystemExit): this notice was not sent, so it is not
+            # recorded either, and no other is sent.
+            _release(store, token.id, token.expires_at, threshold)
+            raise
         sent.append((token, threshold))
     if failure is not None:
         raise failure
     return sent
+
+
+def _release(
+    store: NoticeLedger, token_id: str, expires_at: datetime, threshold: timedelta
+) -> None:
+    try:
+        store.release_notice(token_id, expires_at, threshold)
+    except StorageError as lost:
+        # Still claimed: this notice is lost rather than ever sent twice.
+        log.error("expiry notice for token %s not released: %s", token_id, lost)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from datetime import timedelta
 from pathlib import Path
+
+from apitokens import ApiTokens, SQLiteStore
+from tests.support import CHEAP_HASHER
 
 from .conftest import Cli
 
@@ -99,3 +103,34 @@ def test_a_failing_command_is_reported_and_tried_again(cli: Cli, tmp_path: Path)
     retried = cli.ok("notify-expiring", "--exec", command)
     assert retried.out == f"Sent the 1w notice for {broken} ('broken', user admin).\n"
     assert [n["APITOKENS_TOKEN_ID"] for n in _sent(sent)] == [fine, broken]
+
+
+def test_very_long_durations_are_no_traceback(cli: Cli, tmp_path: Path) -> None:
+    """Found by the issue 18 attack (fixed): ``--within`` or ``--threshold`` reaching past
+    the year 9999 raised OverflowError (a traceback), and so did any ``--timeout`` over
+    24.8 days (poll's limit), even for a command that ends at once. A window past 9999
+    holds every expiry; a command is waited for at most 20 days."""
+    token, _ = cli.create("--name", "ci", "--expires-in", "2d")
+    assert [t["id"] for t in cli.json("expiring", "--within", "99999999d")] == [token]
+    command, sent = _hook(tmp_path)
+    given = ("notify-expiring", "--exec", command, "--threshold", "99999999d", "--timeout", "30d")
+    [notice] = cli.json(*given)
+    assert notice["token"]["id"] == token
+    assert [n["APITOKENS_TOKEN_ID"] for n in _sent(sent)] == [token]
+
+
+def test_an_owner_no_environment_can_hold_fails_only_its_own_notice(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Found by the issue 18 attack (fixed): an owner's name with a NUL (the API takes
+    the app's user names as they are) cannot be put in an environment. Popen's
+    ValueError ended the run with "embedded null byte" (exit 2), naming no token; it is
+    now that notice's failure, reported like any other (exit 1), retried by later runs."""
+    with SQLiteStore(cli.db) as store, ApiTokens(store, hasher=CHEAP_HASHER) as tokens:
+        odd = tokens.create(actor="a\x00b", name="odd", expires_in=timedelta(days=2)).token.id
+    fine, _ = cli.create("--name", "fine", "--expires-in", "3d")
+    command, sent = _hook(tmp_path)
+    failed = cli("notify-expiring", "--exec", command)
+    assert failed.code == 1
+    assert f"--exec failed for {odd} ('odd', user a\\x00b): embedded null byte" in failed.err
+    assert [n["APITOKENS_TOKEN_ID"] for n in _sent(sent)] == [fine]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -348,6 +349,46 @@ def notice_environment(token: Token, threshold: timedelta) -> dict[str, str]:
     return environment
 
 
+_LONGEST_HOOK_WAIT = 20 * 24 * 3600.0
+"""The longest a ``--exec`` command is waited for, in seconds, whatever ``--timeout`` says."""
+
+
+def _run_hook(
+    command: str, environment: dict[str, str], timeout: timedelta
+) -> tuple[int, tuple[bytes, bytes]]:
+    """Run one ``--exec`` command; its exit status and its output (stdout, stderr).
+
+    It runs in a process group of its own, and on a timeout (or an interrupt) the
+    whole group is killed: a notice that counts as failed, and is sent again by a later
+    run, must not still be sent by a child the shell left behind (a script's ``mail``).
+
+    Raises:
+        subprocess.TimeoutExpired: it ran longer than ``timeout``.
+        OSError: it could not be started.
+        ValueError: ``environment`` holds a NUL, which no environment can.
+    """
+    with subprocess.Popen(  # noqa: S602 - the admin's own command; data only in env
+        command,
+        shell=True,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as process:
+        try:
+            # poll() takes at most 2**31 - 1 ms (24.8 days); no notice needs more than 20.
+            seconds = min(timeout.total_seconds(), _LONGEST_HOOK_WAIT)
+            stdout, stderr = process.communicate(timeout=seconds)
+        except BaseException:
+            # The group's id is the shell's pid (start_new_session): not waited for
+            # yet, or still the id of its children's group, so no other group is hit.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+        return process.returncode, (stdout, stderr)
+
+
 def notify_expiring(session: Session, args: argparse.Namespace) -> int:
     """``notify-expiring --exec CMD``: run CMD once per token and threshold, ever.
 
@@ -363,28 +404,22 @@ def notify_expiring(session: Session, args: argparse.Namespace) -> int:
 
     def hook(token: Token, threshold: timedelta) -> None:
         try:
-            done = subprocess.run(  # noqa: S602 - the admin's own command; data only in env
-                command,
-                shell=True,
-                env=notice_environment(token, threshold),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout.total_seconds(),
-                check=False,
-            )
+            returncode, outputs = _run_hook(command, notice_environment(token, threshold), timeout)
         except subprocess.TimeoutExpired:
             status = f"timed out after {format_duration(timeout)}"
         except OSError as exc:
             status = clean(exc.strerror or str(exc))
+        except ValueError as exc:  # a NUL in the owner's name: no environment holds it
+            status = clean(str(exc))
         else:
             # Its output goes to stderr: stdout is this command's report (or its JSON).
-            for output in (done.stdout, done.stderr):
+            for output in outputs:
                 if output:
                     sys.stderr.write(output.decode(errors="backslashreplace"))
-            if done.returncode == 0:
+            if returncode == 0:
                 sent.append((token, threshold))
                 return
-            status = f"exit status {done.returncode}"
+            status = f"exit status {returncode}"
         failed.append(f"--exec failed for {describe(token)}: {status}")
         raise _HookFailed(failed[-1])
 
