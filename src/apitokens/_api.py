@@ -320,7 +320,8 @@ class ApiTokens:
         Only the fields passed change; ``expires_at=None`` removes the expiry
         (if the policy allows tokens without one), ``rate_limit=None``,
         ``credits=None`` and ``refill=None`` remove a limit. New ``credits`` start
-        a new allotment: the credits left become that many.
+        a new allotment: the credits left become that many; so does a ``refill``
+        added or given a new period (``"100/h"`` to ``"100/day"``).
 
         Raises:
             TokenNotFound: no such token.

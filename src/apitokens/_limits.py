@@ -18,6 +18,7 @@ __all__ = [
     "Limits",
     "Rate",
     "check_credits",
+    "new_allotment",
     "normalize_rate",
     "parse_rate",
 ]
@@ -146,6 +147,26 @@ def settle(
             left = max(left, min(credits, left + refill * (period - since)))
         since = max(since, period)
     return max(0, left - spent), since
+
+
+def new_allotment(before: Token, after: Token) -> bool:
+    """Whether an edit from ``before`` to ``after`` starts the credits again from ``credits``.
+
+    New credits do; so does a refill added or given a new period length (``"100/h"``
+    to ``"100/day"``): a balance is dated by its refill period's number (hours since
+    the epoch, then days; 0 without refill), and dated in another unit it would be
+    refilled in full at once (0 or days to hours) or, the other way, never again for
+    centuries. A refill removed or given a new count keeps the credits left.
+    """
+    if after.credits is None:
+        return False
+    if before.credits != after.credits:
+        return True
+    if after.refill is None:
+        return False
+    if before.refill is None:
+        return True
+    return parse_rate(before.refill, "refill").seconds != parse_rate(after.refill, "refill").seconds
 
 
 def check_count(value: object, what: str) -> int:

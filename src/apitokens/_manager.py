@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from ._audit import Record
 from ._errors import PermissionDenied, PolicyViolation, TokenImmutable, TokenNotFound
 from ._hashing import SecretVerifier
-from ._limits import check_credits, normalize_rate
+from ._limits import check_credits, new_allotment, normalize_rate
 from ._model import (
     RETIRED_HASHES_KEPT,
     Action,
@@ -304,8 +304,8 @@ class TokenManager:
             changes["expires_at"] = expiry
         edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
         self.store.update(dataclasses.replace(stored, token=edited))
-        if "credits" in changes and self._reset_credits is not None:
-            # New credits are a new allotment: the balance starts again from them.
+        if self._reset_credits is not None and new_allotment(token, edited):
+            # New credits (or a refill period) are a new allotment: the balance starts again.
             self._reset_credits(token.id)
         self._changed(token.id)
         reason = "changed " + (", ".join(sorted(changes)) or "nothing")

@@ -1,0 +1,206 @@
+"""Attacks on issue 18's per-token rate limits and credits (DESIGN §11), through real
+servers (uvicorn, werkzeug) on real SQLite files and PostgreSQL.
+
+Each test names what it attacks. A test whose docstring starts "Found (fixed)" failed on
+the code before its fix; the others pin a property the attack could not break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from apitokens import ApiTokens, Outcome, Policy, SQLiteStore
+from tests.support import CHEAP_HASHER, Clock, Monotonic, bearer, get, make_tokens, serve_wsgi
+from tests.support.workers import uvicorn_workers
+
+APP = """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from apitokens import ApiTokens, Policy, {store}
+
+METHODS = ["GET", "HEAD", "OPTIONS", "POST", "DELETE"]
+
+
+async def ok(request):
+    return PlainTextResponse("ok")
+
+
+tokens = ApiTokens({store}({db!r}), policy=Policy(protected_paths=["/rest/"]))
+app = tokens.asgi(Starlette(routes=[Route("/rest/x", ok, methods=METHODS)]))
+"""
+
+
+def serve(tmp_path: Path, db: str, store: str = "SQLiteStore") -> Any:
+    """One uvicorn process serving the app on ``db``."""
+    (tmp_path / "limits_app.py").write_text(APP.format(store=store, db=db))
+    return uvicorn_workers("limits_app:app", tmp_path, workers=1)
+
+
+def basic(user: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def ledger_total(db: Path, token_id: str) -> int:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT sum(count) FROM request_counts WHERE token_id = ?", (token_id,)
+        ).fetchone()
+    conn.close()
+    return int(row[0] or 0)
+
+
+def settled(read: Any, expected: int) -> None:
+    """Wait (bounded) until the server's counts in the store reach ``expected``."""
+    deadline = time.monotonic() + 10
+    while (got := read()) != expected:
+        assert time.monotonic() < deadline, f"the store holds {got}, not {expected}"
+        time.sleep(0.05)
+
+
+def variants(secret: str) -> list[tuple[str, str, dict[str, str]]]:
+    """The same admissible request spelled every way a limit might be slipped past."""
+    header = f"Bearer {secret}"
+    return [
+        ("GET", "/rest/x", {"Authorization": header}),  # the hot path
+        ("GET", "/rest/x", {"Authorization": f"bearer {secret}"}),  # another fingerprint
+        ("GET", "/rest/x", {"Authorization": basic("alice", secret)}),  # Basic: cold
+        ("HEAD", "/rest/x", {"Authorization": header}),
+        ("OPTIONS", "/rest/x", {"Authorization": header}),
+        ("GET", "/%72est/x", {"Authorization": header}),  # percent-encoded
+        ("GET", "/rest/x?a=1", {"Authorization": header}),
+        ("GET", "/rest/x", {"Authorization": header, "X-HTTP-Method-Override": "GET"}),
+    ]
+
+
+async def fire(port: int, requests: list[tuple[str, str, dict[str, str]]]) -> list[httpx.Response]:
+    """All at once, on separate connections: the server decides them concurrently."""
+    limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+    ) as client:
+        return list(
+            await asyncio.gather(*(client.request(m, p, headers=h) for m, p, h in requests))
+        )
+
+
+def test_one_process_admits_exactly_n_however_the_request_is_spelled(tmp_path: Path) -> None:
+    """Concurrency on one event loop (the WouldBlock path to a thread and back), the hot
+    and cold paths, HEAD, OPTIONS, a method override, Basic and a percent-encoded path:
+    one process admits exactly N, and its count reaches the store whole. The 429s say
+    nothing of the secret, and Retry-After is within the window, never 0."""
+    db = tmp_path / "tokens.db"
+    with ApiTokens(SQLiteStore(str(db)), hasher=CHEAP_HASHER) as tokens:
+        issued = tokens.create(actor="alice", user="alice", name="ci", rate_limit="25/day")
+    with serve(tmp_path, str(db)) as (port, _):
+        # One at a time first: each credential verified once (a storm of first
+        # verifications is turned away with 503 by the line of hashes, limits or not).
+        warm = [asyncio.run(fire(port, [v]))[0] for v in variants(issued.secret)[:3]]
+        assert [r.status_code for r in warm] == [200] * 3
+        requests = variants(issued.secret) * 12  # 96 requests, 22 more allowed
+        answers = asyncio.run(fire(port, requests))
+        statuses = [r.status_code for r in answers]
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses.count(200) == 22
+        settled(lambda: ledger_total(db, issued.token.id), 25)
+        # Every spelling is refused now, whichever path it takes.
+        later = asyncio.run(fire(port, variants(issued.secret)))
+        assert [r.status_code for r in later] == [429] * len(later)
+    for refused in [r for r in answers if r.status_code == 429] + later:
+        shown = str(refused.headers) + refused.text
+        assert issued.secret not in shown and issued.secret[-12:] not in shown
+        retry = int(refused.headers["Retry-After"])
+        assert 1 <= retry <= 86400
+        assert refused.headers["RateLimit"] == f'"rate";r=0;t={retry}'
+        assert refused.headers["RateLimit-Policy"] == '"rate";q=25;w=86400'
+    log = (tmp_path / "server.log").read_text()
+    assert issued.secret not in log
+
+
+def test_refused_requests_spend_no_credit(tmp_path: Path) -> None:
+    """A request refused for anything else (scope, method override, X-Run-As with no
+    group, a wrong Basic username, a wrong secret) spends nothing: after forty such
+    refusals the token still has all its credits (werkzeug, threaded)."""
+    tokens = ApiTokens(
+        SQLiteStore(str(tmp_path / "t.db")),
+        hasher=CHEAP_HASHER,
+        policy=Policy(protected_paths=["/rest/"]),
+    )
+    issued = tokens.create(actor="alice", user="alice", name="ci", credits=3)
+    wrong = issued.secret[:-1] + ("A" if issued.secret[-1] != "A" else "B")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    auth = f"Bearer {issued.secret}"
+    refused = [
+        ("POST", {"Authorization": auth}),
+        ("GET", {"Authorization": auth, "X-HTTP-Method-Override": "DELETE"}),
+        ("GET", {"Authorization": auth, "X-Run-As": "bob"}),
+        ("GET", {"Authorization": basic("bob", issued.secret)}),
+        ("GET", {"Authorization": f"Bearer {wrong}"}),
+    ]
+    try:
+        with (
+            contextlib.contextmanager(serve_wsgi)(tokens.wsgi(app)) as port,
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
+            statuses = [
+                client.request(method, "/rest/x", headers=headers).status_code
+                for _ in range(8)
+                for method, headers in refused
+            ]
+            assert 200 not in statuses and 429 not in statuses, statuses
+            assert tokens.credits_left(issued.token.id) == 3
+            spent = [client.get("/rest/x", headers={"Authorization": auth}) for _ in range(5)]
+            assert [r.status_code for r in spent] == [200, 200, 200, 429, 429]
+            assert spent[-1].json()["error"] == "credits_spent"
+            assert "Retry-After" not in spent[-1].headers
+        assert tokens.credits_left(issued.token.id) == 0
+        event = tokens.audit(limit=1)[0]
+        assert event.outcome is Outcome.FORBIDDEN and "credits spent" in (event.reason or "")
+    finally:
+        tokens.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("2/h", "2/day"), ("2/min", "2/h"), ("2/s", "2/min"), (None, "2/day")]
+)
+def test_a_refill_given_a_new_period_refills_in_it(before: str | None, after: str) -> None:
+    """Found (fixed): a refill edited to a longer period ("2/h" to "2/day") left the
+    balance dated in the old, shorter periods (hours since 1970 outnumber days since
+    1970), so no refill came again for centuries: the token was dead for good. (The
+    other way, and for a refill added, the whole balance came back at once.) A new
+    refill period now starts a new allotment, as new credits do, and refills in it."""
+    clock, monotonic = Clock(), Monotonic()
+    tokens = make_tokens(clock=clock, monotonic=monotonic, protected_paths=["/rest/"])
+    issued = tokens.create(
+        actor="alice", user="alice", name="ci", credits=2, refill=before, secure=False
+    )
+
+    def statuses() -> list[int]:
+        request = get("/rest/x", bearer(issued.secret))
+        return [tokens.authenticate(request).status_code for _ in range(3)]
+
+    assert statuses() == [200, 200, 429]
+    tokens.flush()  # the uses are in the store, dated in the old period
+    tokens.edit(actor="alice", token_id=issued.token.id, refill=after)
+    assert statuses() == [200, 200, 429]  # a new allotment
+    for _ in range(2):
+        clock.advance(days=1)
+        monotonic.advance(5)  # every count read again
+        assert statuses() == [200, 200, 429]  # refilled in the new period
+    tokens.edit(actor="alice", token_id=issued.token.id, refill=after.replace("2/", "1/"))
+    assert statuses() == [429] * 3  # a new count, the same period: the balance is kept
+    tokens.close()
