@@ -21,6 +21,7 @@ __all__ = [
     "new_allotment",
     "normalize_rate",
     "parse_rate",
+    "shown",
 ]
 
 MAX_COUNT = 1_000_000_000
@@ -40,6 +41,15 @@ _UNITS: dict[str, int] = {
 }
 _CANONICAL = {1: "s", 60: "min", 3600: "h", 86400: "day"}
 _FORMS = "N/s, N/min, N/h or N/day"
+# The longest value an error message repeats: a token string's prefix and id are
+# public, what follows is its secret (a secret pasted into a limit's field must not
+# reach the message, a log or a page).
+_SHOWN = 16
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message, or only its length when it is long."""
+    return repr(text) if len(text) <= _SHOWN else f"({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ def parse_rate(text: object, what: str = "rate_limit") -> Rate:
     seconds = _UNITS.get(unit.strip().lower())
     digits = count.strip()
     if not slash or seconds is None or not digits.isascii() or not digits.isdigit():
-        raise ValueError(f"{what} {text[:40]!r} is not of the form {_FORMS}")
+        raise ValueError(f"{what} {shown(text)} is not of the form {_FORMS}")
     number = int(digits)
     if not 1 <= number <= MAX_COUNT:
         raise ValueError(f"{what}: the count must be between 1 and {MAX_COUNT}")

@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from apitokens import ApiTokens, Outcome, Policy, SQLiteStore
+from apitokens.cli import run_on
+from apitokens.web._forms import parse_credits as parse_form_credits
 from tests.support import CHEAP_HASHER, Clock, Monotonic, bearer, get, make_tokens, serve_wsgi
 from tests.support.workers import uvicorn_workers
 
@@ -203,4 +205,35 @@ def test_a_refill_given_a_new_period_refills_in_it(before: str | None, after: st
         assert statuses() == [200, 200, 429]  # refilled in the new period
     tokens.edit(actor="alice", token_id=issued.token.id, refill=after.replace("2/", "1/"))
     assert statuses() == [429] * 3  # a new count, the same period: the balance is kept
+    tokens.close()
+
+
+def test_a_secret_pasted_into_a_limit_is_not_repeated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found (fixed): a token string given as a limit (a paste into the wrong field or
+    flag) came back in the ValueError, the CLI's error and the pages' message: its
+    first 40 characters, or whole. Now a long value is named by its length only."""
+    tokens = make_tokens(protected_paths=["/rest/"])
+    secret = tokens.create(actor="alice", user="alice", name="ci").secret
+    said = []
+    for field in ("rate_limit", "refill"):
+        with pytest.raises(ValueError, match="not of the form") as caught:
+            tokens.create(actor="alice", name="x", credits=5, **{field: secret})
+        said.append(str(caught.value))
+    with pytest.raises(ValueError, match="not a whole number") as caught:
+        parse_form_credits(secret)
+    said.append(str(caught.value))
+    with ApiTokens(SQLiteStore(str(tmp_path / "t.db")), hasher=CHEAP_HASHER) as cli_tokens:
+        for flag in ("--rate-limit", "--credits", "--refill"):
+            extra = ["--credits", "5"] if flag == "--refill" else []
+            code = run_on(
+                cli_tokens, ["--actor", "root", "create", "--name", "x", *extra, flag, secret]
+            )
+            out, err = capsys.readouterr()
+            assert code == 2
+            said.append(out + err)
+    for text in said:
+        assert secret[16:24] not in text, text
+        assert "characters)" in text, text
     tokens.close()

@@ -81,7 +81,7 @@ def test_a_rate_limit_only_needs_no_credits(pages: Pages) -> None:
         ({"rate_limit": "0/s"}, "Rate limit: the count must be between 1 and 1000000000."),
         ({"credits": "lots"}, "Credits: &#39;lots&#39; is not a whole number of uses (1 or more)."),
         ({"credits": "0"}, "Credits must be between 1 and 1000000000."),
-        ({"credits": "9" * 400}, "Credits: &#39;"),
+        ({"credits": "9" * 400}, "Credits: (400 characters) is not a whole number of uses"),
         ({"credits": "5", "refill": "5 a day"}, "Refill &#39;5 a day&#39; is not of the form"),
         ({"refill": "1000/day"}, "Refill needs credits: it gives back spent credits."),
     ],

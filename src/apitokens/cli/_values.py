@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from apitokens import Scope
-from apitokens._limits import check_credits, parse_rate
+from apitokens._limits import check_credits, parse_rate, shown
 from apitokens._snippets import render_snippet
 from apitokens._tokens import ID_LENGTH
 
@@ -153,7 +153,7 @@ def parse_credits(text: str) -> int:
     """Check a number of credits: a whole number from 1 to 10**9."""
     digits = text.strip()
     if not (digits.isascii() and digits.isdigit()):
-        raise argparse.ArgumentTypeError(f"invalid credits {text!r} (a whole number of uses)")
+        raise argparse.ArgumentTypeError(f"invalid credits {shown(text)} (a whole number of uses)")
     try:
         # Too many digits is out of range anyway (and int() of thousands is refused).
         credits = check_credits(int(digits) if len(digits) <= 12 else 0)

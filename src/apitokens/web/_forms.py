@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
+from apitokens._limits import shown
 from apitokens._model import Scope
 from apitokens._policy import Policy
 
@@ -111,7 +112,7 @@ def parse_credits(text: str) -> int | None:
         return None
     # Too many digits is out of range anyway (and int() of thousands is refused).
     if not (text.isascii() and text.isdigit()) or len(text) > 12:
-        raise ValueError(f"Credits: {text[:40]!r} is not a whole number of uses (1 or more)")
+        raise ValueError(f"Credits: {shown(text)} is not a whole number of uses (1 or more)")
     return int(text)
 
 
