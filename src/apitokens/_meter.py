@@ -49,6 +49,11 @@ sent within 0.2 s, read within 0.8 s of that — one second (plus a write's dura
 # Most windows and balances kept; beyond it those read longest ago (and with nothing
 # left to send) are dropped, to be read again when needed.
 MAX_ENTRIES = 100_000
+# The tables are pruned when a new count would make them this large (then at twice
+# what is left): the sending thread prunes only after it sent something, and a
+# process that admits nothing (every request over its limit, or the store down)
+# would otherwise keep a window for every second a per-second limit was asked about.
+PRUNE_AT = 1024
 
 
 class WouldBlockMeter(Exception):
@@ -149,6 +154,7 @@ class Meter:
         self._failed = False
         # Per token: the counts of its last decision, while its window and period last.
         self._fast: dict[str, _Fast] = {}
+        self._prune_at = PRUNE_AT
         _METERS.add(self)
 
     # -- the decision ---------------------------------------------------------------
@@ -258,6 +264,11 @@ class Meter:
     def _sync(self, limits: Limits, window: _WindowKey | None, balance: _BalanceKey | None) -> None:
         """Send one token's counts and read its totals, now (a decision waits for it)."""
         with self._lock:
+            new = (window is not None and window not in self._windows) or (
+                balance is not None and balance not in self._balances
+            )
+            if new and len(self._windows) + len(self._balances) >= self._prune_at:
+                self._prune_locked(self._clock())
             if window is not None:
                 self._windows.setdefault(window, _Count(limits))
             if balance is not None:
@@ -341,11 +352,19 @@ class Meter:
     def _prune(self, now: float) -> None:
         """Drop windows that ended and, beyond ``MAX_ENTRIES``, counts read longest ago."""
         with self._lock:
-            ended = [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]
-            for key in ended:
-                del self._windows[key]
-            if ended or _trim(self._windows) or _trim(self._balances):
-                self._fast.clear()  # none may hold a count no longer in the tables
+            self._prune_locked(now)
+
+    def _prune_locked(self, now: float) -> None:
+        """:meth:`_prune`, the lock held; balances of refill periods that ended go too."""
+        ended = [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]
+        for key in ended:
+            del self._windows[key]
+        past = [k for k, c in self._balances.items() if _period_ended(k, c, now) and _idle(c)]
+        for balance in past:
+            del self._balances[balance]
+        if ended or past or _trim(self._windows) or _trim(self._balances):
+            self._fast.clear()  # none may hold a count no longer in the tables
+        self._prune_at = max(PRUNE_AT, 2 * (len(self._windows) + len(self._balances)))
 
     def _spends(self, spends: dict[_BalanceKey, int]) -> dict[str, CreditSpend]:
         """The ledger's spends: one per token (two periods in one send add up)."""
@@ -436,6 +455,12 @@ def _settle(
         else:  # not answered: assume ours landed, and read again before the next decision
             count.known = count.known + n if rate else max(0, count.known - n)
             count.read_at = -math.inf
+
+
+def _period_ended(key: _BalanceKey, count: _Count, now: float) -> bool:
+    """Whether the balance's refill period ended (one without refill never does)."""
+    refill = count.limits.refill
+    return key[1] != 0 and refill is not None and (key[1] + 1) * refill.seconds <= now
 
 
 def _idle(count: _Count) -> bool:

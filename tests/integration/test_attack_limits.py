@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from apitokens import ApiTokens, Outcome, Policy, SQLiteStore
+from apitokens._meter import PRUNE_AT
 from apitokens.cli import run_on
 from apitokens.web._forms import parse_credits as parse_form_credits
 from tests.support import CHEAP_HASHER, Clock, Monotonic, bearer, get, make_tokens, serve_wsgi
@@ -29,7 +30,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from apitokens import ApiTokens, Policy, {store}
+from apitokens import ApiTokens, Policy, SQLiteStore
+from apitokens.postgres import PostgresStore
 
 METHODS = ["GET", "HEAD", "OPTIONS", "POST", "DELETE"]
 
@@ -236,4 +238,86 @@ def test_a_secret_pasted_into_a_limit_is_not_repeated(
     for text in said:
         assert secret[16:24] not in text, text
         assert "characters)" in text, text
+    tokens.close()
+
+
+def test_a_ledger_that_fails_closes_limited_tokens_only_and_keeps_their_counts(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL's request counts become unwritable mid-run (the table renamed away):
+    the limited token gets 503 once its count is stale, never a 200 on a count not
+    read; the unlimited token keeps working. Back again, every admission the server
+    answered 200 reaches the ledger (the counts were kept and sent later)."""
+    import psycopg
+
+    from apitokens.postgres import PostgresStore
+
+    dsn = request.getfixturevalue("postgres_database")
+    with ApiTokens(PostgresStore(dsn), hasher=CHEAP_HASHER) as tokens:
+        limited = tokens.create(actor="alice", user="alice", name="ci", rate_limit="100000/day")
+        free = tokens.create(actor="alice", user="alice", name="free")
+    admin = psycopg.connect(dsn, autocommit=True)
+
+    def total() -> int:
+        row = admin.execute(
+            "SELECT sum(count) FROM apitokens_requests WHERE token_id = %s", (limited.token.id,)
+        ).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def status(client: httpx.Client, issued: Any) -> int:
+        headers = {"Authorization": f"Bearer {issued.secret}"}
+        return client.get("/rest/x", headers=headers).status_code
+
+    with (
+        serve(tmp_path, dsn, "PostgresStore") as (port, _),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        admitted = sum(status(client, limited) == 200 for _ in range(5))
+        assert admitted == 5 and status(client, free) == 200
+        settled(total, admitted)
+        admin.execute("ALTER TABLE apitokens_requests RENAME TO apitokens_requests_away")
+        try:
+            seen: list[int] = []
+            deadline = time.monotonic() + 10
+            while 503 not in seen:
+                assert time.monotonic() < deadline, "the limited token was never refused"
+                seen.append(status(client, limited))
+                assert status(client, free) == 200
+            assert set(seen) <= {200, 503}
+            admitted += seen.count(200)
+            assert status(client, limited) == 503  # stays closed while the ledger fails
+        finally:
+            admin.execute("ALTER TABLE apitokens_requests_away RENAME TO apitokens_requests")
+        deadline = time.monotonic() + 10
+        while (answer := status(client, limited)) != 200:
+            assert answer == 503 and time.monotonic() < deadline
+        admitted += 1
+        settled(total, admitted)
+    admin.close()
+
+
+def test_the_meter_stays_bounded_while_every_request_is_refused() -> None:
+    """Found (fixed): a process whose limited requests are all refused (credits spent,
+    with a per-second rate limit; or the store down) sent nothing, so its sending
+    thread never pruned: one window kept per second the token was tried, without end.
+    (Refill periods that ended were only dropped beyond 100,000 entries.)"""
+    clock, monotonic = Clock(), Monotonic()
+    tokens = make_tokens(clock=clock, monotonic=monotonic, protected_paths=["/rest/"])
+    spent = tokens.create(actor="alice", user="alice", name="spent", credits=1, rate_limit="5/s")
+    # Its one request a day spent: every second a new refill period is asked about.
+    daily = tokens.create(
+        actor="alice", user="alice", name="daily", rate_limit="1/day", credits=5, refill="1/s"
+    )
+
+    def status(issued: Any) -> int:
+        return tokens.authenticate(get("/rest/x", bearer(issued.secret))).status_code
+
+    assert [status(spent), status(spent), status(daily), status(daily)] == [200, 429, 200, 429]
+    meter = tokens._authenticator.meter
+    assert meter is not None
+    for _ in range(3 * PRUNE_AT):
+        clock.advance(seconds=1)
+        monotonic.advance(1)  # every count is read again: a new window, a new period
+        assert [status(spent), status(daily)] == [429, 429]
+        assert len(meter._windows) + len(meter._balances) <= 2 * PRUNE_AT
     tokens.close()
