@@ -204,7 +204,7 @@ class Meter:
                     return self._admit(limits, now, window, rate, balance, credit)
             if not block:
                 raise WouldBlockMeter
-            self._sync(limits, window, balance)
+            self._sync(limits, window, balance, only_if_stale=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _admit(
@@ -261,8 +261,20 @@ class Meter:
 
     # -- sending and reading --------------------------------------------------------
 
-    def _sync(self, limits: Limits, window: _WindowKey | None, balance: _BalanceKey | None) -> None:
-        """Send one token's counts and read its totals, now (a decision waits for it)."""
+    def _sync(
+        self,
+        limits: Limits,
+        window: _WindowKey | None,
+        balance: _BalanceKey | None,
+        *,
+        only_if_stale: bool = False,
+    ) -> None:
+        """Send one token's counts and read its totals, now (a decision waits for it).
+
+        ``only_if_stale``: not if another thread read them while this one waited its
+        turn (the requests that find a count stale at once would each make a round trip
+        to the store, one after the other, however many they are).
+        """
         with self._lock:
             new = (window is not None and window not in self._windows) or (
                 balance is not None and balance not in self._balances
@@ -273,7 +285,30 @@ class Meter:
                 self._windows.setdefault(window, _Count(limits))
             if balance is not None:
                 self._balances.setdefault(balance, _Count(limits)).limits = limits
-        self._send({window} if window else set(), {balance} if balance else set(), raise_=True)
+        windows = {window} if window else set()
+        balances = {balance} if balance else set()
+        with self._send_lock:
+            if only_if_stale and self._fresh(limits, window, balance):
+                return
+            error = self._exchange(windows, balances)
+        self._report(error, raise_=True)
+
+    def _fresh(
+        self, limits: Limits, window: _WindowKey | None, balance: _BalanceKey | None
+    ) -> bool:
+        """Whether the token's counts were read less than ``stale_after`` ago."""
+        with self._lock:
+            mono = self._monotonic()
+            stale = self.stale_after
+            if window is not None:
+                rate = self._windows.get(window)
+                if rate is None or mono - rate.read_at >= stale:
+                    return False
+            if balance is not None:
+                credit = self._balances.get(balance)
+                if credit is None or mono - credit.read_at >= stale or credit.limits != limits:
+                    return False
+            return True
 
     def _send(
         self,
@@ -288,33 +323,44 @@ class Meter:
         again only if that write failed, so nothing is counted twice.
         """
         with self._send_lock:
+            error = self._exchange(windows, balances)
+        self._report(error, raise_=raise_)
+
+    def _exchange(
+        self, windows: set[_WindowKey] | None, balances: set[_BalanceKey] | None
+    ) -> Exception | None:
+        """:meth:`_send`'s writes and reads, ``_send_lock`` held: the error, if one failed."""
+        with self._lock:
+            counts = _take(self._windows, windows)
+            spends = _take(self._balances, balances)
+            started = self._monotonic()
+        error: Exception | None = None
+        try:
+            if counts:
+                ended = min(start for _, _, start in counts)  # none counted here is older
+                totals = self.ledger.count_requests(counts, ended_before=ended)
+                with self._lock:
+                    _settle(self._windows, counts, totals, started, rate=True)
+        except Exception as exc:
+            error = exc
             with self._lock:
-                counts = _take(self._windows, windows)
-                spends = _take(self._balances, balances)
-                started = self._monotonic()
-            error: Exception | None = None
-            try:
-                if counts:
-                    ended = min(start for _, _, start in counts)  # none counted here is older
-                    totals = self.ledger.count_requests(counts, ended_before=ended)
-                    with self._lock:
-                        _settle(self._windows, counts, totals, started, rate=True)
-            except Exception as exc:
-                error = exc
+                _give_back(self._windows, counts)
+        try:
+            if spends:
                 with self._lock:
-                    _give_back(self._windows, counts)
-            try:
-                if spends:
-                    with self._lock:
-                        wanted = self._spends(spends)
-                    left = self.ledger.spend_credits(wanted)
-                    by_key = {key: left[key[0]] for key in spends if key[0] in left}
-                    with self._lock:
-                        _settle(self._balances, spends, by_key, started, rate=False)
-            except Exception as exc:
-                error = error or exc
+                    wanted = self._spends(spends)
+                left = self.ledger.spend_credits(wanted)
+                by_key = {key: left[key[0]] for key in spends if key[0] in left}
                 with self._lock:
-                    _give_back(self._balances, spends)
+                    _settle(self._balances, spends, by_key, started, rate=False)
+        except Exception as exc:
+            error = error or exc
+            with self._lock:
+                _give_back(self._balances, spends)
+        return error
+
+    def _report(self, error: Exception | None, *, raise_: bool) -> None:
+        """Raise a send's error (``raise_``), or log the first of a run and the recovery."""
         if error is not None:
             if raise_:
                 if isinstance(error, StorageError):

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import sqlite3
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from apitokens import ApiTokens, Outcome, Policy, Requirement, SQLiteStore
+from apitokens import ApiTokens, MemoryStore, Outcome, Policy, Requirement, SQLiteStore
 from apitokens._meter import PRUNE_AT
 from apitokens.cli import run_on
 from apitokens.web._forms import parse_credits as parse_form_credits
@@ -358,3 +361,46 @@ def test_a_request_refused_by_the_routes_requirement_spends_no_credit(tmp_path: 
         assert tokens.credits_left(issued.token.id) == 3
     finally:
         tokens.close()
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the ledger's round trips (each a few milliseconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.round_trips = 0
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        self.round_trips += 1
+        time.sleep(0.002)  # a database's round trip: the other requests queue behind it
+        return super().count_requests(counts, ended_before=ended_before)
+
+
+def test_requests_finding_a_count_stale_together_read_it_once() -> None:
+    """Found (fixed): every request that found a token's count stale at the same moment
+    made its own round trip to the store, one after the other under the send lock: a
+    client holding a token over its limit, with 50 connections, made 50 writes to the
+    store every 0.8 s (and the last request waited for all of them)."""
+    store = CountingStore()
+    clock, monotonic = Clock(), Monotonic()
+    tokens = make_tokens(store, clock=clock, monotonic=monotonic, protected_paths=["/rest/"])
+    issued = tokens.create(actor="alice", user="alice", name="ci", rate_limit="1/day")
+    request = get("/rest/x", bearer(issued.secret))
+    assert [tokens.authenticate(request).status_code for _ in range(2)] == [200, 429]
+    tokens.flush()
+    for _ in range(3):
+        monotonic.advance(1)  # the count is stale: the next decision reads it again
+        before = store.round_trips
+        start = threading.Barrier(50)
+
+        def one(start: threading.Barrier) -> int:
+            start.wait()
+            return tokens.authenticate(request).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            statuses = list(pool.map(one, [start] * 50))
+        assert statuses == [429] * 50
+        assert store.round_trips - before <= 2
+    tokens.close()
