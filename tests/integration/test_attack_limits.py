@@ -11,7 +11,10 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -25,8 +28,9 @@ from apitokens import ApiTokens, MemoryStore, Outcome, Policy, Requirement, SQLi
 from apitokens._meter import PRUNE_AT
 from apitokens.cli import run_on
 from apitokens.web._forms import parse_credits as parse_form_credits
+from tests.integration.test_durability import listening
 from tests.support import CHEAP_HASHER, Clock, Monotonic, bearer, get, make_tokens, serve_wsgi
-from tests.support.workers import uvicorn_workers
+from tests.support.workers import ROOT, uvicorn_workers
 
 APP = """
 from starlette.applications import Starlette
@@ -404,3 +408,78 @@ def test_requests_finding_a_count_stale_together_read_it_once() -> None:
         assert statuses == [429] * 50
         assert store.round_trips - before <= 2
     tokens.close()
+
+
+PRELOADED = """
+from apitokens import ApiTokens, AuthRequest, Policy, SQLiteStore
+from tests.support import CHEAP_HASHER
+
+tokens = ApiTokens(
+    SQLiteStore({db!r}), hasher=CHEAP_HASHER, policy=Policy(protected_paths=["/rest/"])
+)
+# In gunicorn's master (--preload), before it forks: two uses, this process's to send.
+for _ in range(2):
+    warm = AuthRequest("GET", "/rest/x", headers=[("Authorization", "Bearer {secret}")])
+    assert tokens.authenticate(warm).authenticated
+
+
+def ok(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+app = tokens.wsgi(ok)
+"""
+
+
+def test_gunicorn_preload_children_neither_resend_nor_reuse_the_masters_counts(
+    tmp_path: Path,
+) -> None:
+    """gunicorn ``--preload --workers 2 --threads 8``: the master admitted two uses
+    before forking. Each child starts its counts afresh (register_at_fork): none sends
+    the master's again, none admits on them; under concurrent threads the fleet admits
+    at most P x N, and the ledger holds exactly what was answered 200 plus the two."""
+    db = tmp_path / "tokens.db"
+    with ApiTokens(SQLiteStore(str(db)), hasher=CHEAP_HASHER) as tokens:
+        issued = tokens.create(actor="alice", user="alice", name="ci", rate_limit="10/day")
+    (tmp_path / "preloaded.py").write_text(PRELOADED.format(db=str(db), secret=issued.secret))
+    sock = listening()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(
+                None, [str(tmp_path), str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH")]
+            )
+        ),
+    }
+    command = [sys.executable, "-m", "gunicorn", "-b", f"fd://{sock.fileno()}", "--preload"]
+    command += ["--workers", "2", "--threads", "8", "--control-socket", str(tmp_path / "g.ctl")]
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [*command, "preloaded:app"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=[sock.fileno()],
+    )
+    port = sock.getsockname()[1]
+    sock.close()  # only gunicorn holds it now: requests wait in its backlog
+    try:
+        header = {"Authorization": f"Bearer {issued.secret}", "Connection": "close"}
+
+        def one(_: int) -> int:
+            url = f"http://127.0.0.1:{port}/rest/x"
+            return httpx.get(url, headers=header, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(48)))
+        assert set(statuses) <= {200, 429}, statuses
+        admitted = statuses.count(200)
+        assert 8 <= admitted <= 2 * 10
+        settled(lambda: ledger_total(db, issued.token.id), admitted + 2)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+    assert issued.secret not in (tmp_path / "server.log").read_text()
