@@ -54,6 +54,10 @@ MAX_ENTRIES = 100_000
 # process that admits nothing (every request over its limit, or the store down)
 # would otherwise keep a window for every second a per-second limit was asked about.
 PRUNE_AT = 1024
+# Seconds a window (or refill period) is kept after it ended: a decision reads the clock
+# when it starts, and may count a use in that window after a hash's wait and a store's
+# round trip; a count dropped under it meanwhile would make it fail (503).
+PRUNE_GRACE = 60
 
 
 class WouldBlockMeter(Exception):
@@ -402,7 +406,9 @@ class Meter:
 
     def _prune_locked(self, now: float) -> None:
         """:meth:`_prune`, the lock held; balances of refill periods that ended go too."""
-        ended = [k for k, c in self._windows.items() if k[1] + k[2] < now and _idle(c)]
+        ended = [
+            k for k, c in self._windows.items() if k[1] + k[2] + PRUNE_GRACE < now and _idle(c)
+        ]
         for key in ended:
             del self._windows[key]
         past = [k for k, c in self._balances.items() if _period_ended(k, c, now) and _idle(c)]
@@ -506,7 +512,7 @@ def _settle(
 def _period_ended(key: _BalanceKey, count: _Count, now: float) -> bool:
     """Whether the balance's refill period ended (one without refill never does)."""
     refill = count.limits.refill
-    return key[1] != 0 and refill is not None and (key[1] + 1) * refill.seconds <= now
+    return key[1] != 0 and refill is not None and (key[1] + 1) * refill.seconds + PRUNE_GRACE <= now
 
 
 def _idle(count: _Count) -> bool:

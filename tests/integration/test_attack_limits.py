@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from apitokens import ApiTokens, MemoryStore, Outcome, Policy, Requirement, SQLiteStore
-from apitokens._meter import PRUNE_AT
+from apitokens._limits import Limits, Rate
+from apitokens._meter import PRUNE_AT, Meter
 from apitokens.cli import run_on
 from apitokens.web._forms import parse_credits as parse_form_credits
 from tests.integration.test_durability import listening
@@ -483,3 +484,31 @@ def test_gunicorn_preload_children_neither_resend_nor_reuse_the_masters_counts(
         server.wait(timeout=20)
         log.close()
     assert issued.secret not in (tmp_path / "server.log").read_text()
+
+
+class PruningLedger(MemoryStore):
+    """A ledger during whose read the meter's sending thread takes its turn and prunes."""
+
+    meter: Meter | None = None
+
+    def count_requests(
+        self, counts: Mapping[tuple[str, int, int], int], *, ended_before: int
+    ) -> dict[tuple[str, int, int], int]:
+        totals = super().count_requests(counts, ended_before=ended_before)
+        assert self.meter is not None
+        self.meter._prune(self.meter._clock())
+        return totals
+
+
+def test_a_window_ending_during_the_decision_is_not_pruned_under_it() -> None:
+    """Found (fixed): a decision reads the clock when it starts (here 0.9 s into a
+    per-second window) and counts after its hash and the store's read; when the
+    sending thread pruned in between (the window had ended by its clock, 1.6 s
+    later), the count vanished under the decision, which failed with 503."""
+    ledger = PruningLedger()
+    start = 1_767_268_800
+    meter = Meter(ledger, clock=lambda: start + 2.5, monotonic=Monotonic())
+    ledger.meter = meter
+    limits = Limits("tid", Rate(5, 1), None, None)
+    assert meter.take(limits, start + 0.9) is None
+    meter.close()
