@@ -563,3 +563,39 @@ def test_four_workers_on_postgresql_never_drive_credits_below_zero(
         assert burst(credited, 8) == [429] * 8
         assert burst(rated, 8) == [429] * 8
     admin.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DRF answers TokenRefused through its exception handler, which sends only"
+    " WWW-Authenticate (auth_header) and Retry-After (wait): the RateLimit-Policy and"
+    " RateLimit fields of the 429 are dropped. The fix is in apitokens.drf (not this"
+    " part): e.g. an exception handler of its own, or the middleware adding them",
+)
+def test_drf_429s_carry_the_ratelimit_fields() -> None:
+    """Found (not fixed here): outside the middleware's protected paths, where DRF's
+    TokenAuthentication decides (the test project's /drf/token-only, werkzeug), an
+    over-limit token gets 429 with Retry-After but without ``RateLimit-Policy`` and
+    ``RateLimit`` (DESIGN §11); under /api/ the middleware sends them."""
+    from django.core.wsgi import get_wsgi_application
+
+    from tests.support.django import make_user, setup
+
+    setup()
+    from tests.django_project.tokens import tokens as project_tokens
+
+    user = make_user("limited-drf")
+    issued = project_tokens.create(actor=user.username, name="r", rate_limit="1/day")
+    headers = {"Authorization": f"Bearer {issued.secret}"}
+    with (
+        contextlib.contextmanager(serve_wsgi)(get_wsgi_application()) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        for path in ("/api/drf/token-only", "/drf/token-only", "/drf/needs-token"):
+            refused = client.get(path, headers=headers)
+            if path == "/api/drf/token-only":
+                assert refused.status_code == 200
+                refused = client.get(path, headers=headers)
+            assert refused.status_code == 429, (path, refused.text)
+            assert refused.headers["RateLimit-Policy"] == '"rate";q=1;w=86400', path
+            assert refused.headers["RateLimit"].startswith('"rate";r=0;t='), path
