@@ -186,6 +186,9 @@ def test_refused_requests_spend_no_credit(tmp_path: Path) -> None:
             assert [r.status_code for r in spent] == [200, 200, 200, 429, 429]
             assert spent[-1].json()["error"] == "credits_spent"
             assert "Retry-After" not in spent[-1].headers
+            # Spent or not, a wrong secret learns nothing of the token: 401, never 429.
+            guess = client.get("/rest/x", headers={"Authorization": f"Bearer {wrong}"})
+            assert guess.status_code == 401 and "RateLimit" not in guess.headers
         assert tokens.credits_left(issued.token.id) == 0
         event = tokens.audit(limit=1)[0]
         assert event.outcome is Outcome.FORBIDDEN and "credits spent" in (event.reason or "")
