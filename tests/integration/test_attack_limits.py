@@ -27,6 +27,7 @@ import pytest
 from apitokens import ApiTokens, MemoryStore, Outcome, Policy, Requirement, SQLiteStore
 from apitokens._limits import Limits, Rate
 from apitokens._meter import PRUNE_AT, Meter
+from apitokens._tokens import CHECKSUM_LENGTH, checksum
 from apitokens.cli import run_on
 from apitokens.postgres import PostgresStore
 from apitokens.web._forms import parse_credits as parse_form_credits
@@ -156,7 +157,10 @@ def test_refused_requests_spend_no_credit(tmp_path: Path) -> None:
         policy=Policy(protected_paths=["/rest/"]),
     )
     issued = tokens.create(actor="alice", user="alice", name="ci", credits=3)
-    wrong = issued.secret[:-1] + ("A" if issued.secret[-1] != "A" else "B")
+    # The same id, another secret, a valid checksum: only the hash can tell it wrong.
+    head = issued.secret[:-CHECKSUM_LENGTH]
+    head = head[:-1] + ("A" if head[-1] != "A" else "B")
+    wrong = head + checksum(head)
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -186,12 +190,13 @@ def test_refused_requests_spend_no_credit(tmp_path: Path) -> None:
             assert [r.status_code for r in spent] == [200, 200, 200, 429, 429]
             assert spent[-1].json()["error"] == "credits_spent"
             assert "Retry-After" not in spent[-1].headers
+            event = tokens.audit(limit=1)[0]
+            assert event.outcome is Outcome.FORBIDDEN and "credits spent" in (event.reason or "")
             # Spent or not, a wrong secret learns nothing of the token: 401, never 429.
             guess = client.get("/rest/x", headers={"Authorization": f"Bearer {wrong}"})
             assert guess.status_code == 401 and "RateLimit" not in guess.headers
+            assert tokens.audit(limit=1)[0].reason == "wrong secret"
         assert tokens.credits_left(issued.token.id) == 0
-        event = tokens.audit(limit=1)[0]
-        assert event.outcome is Outcome.FORBIDDEN and "credits spent" in (event.reason or "")
     finally:
         tokens.close()
 
