@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -607,3 +608,33 @@ def test_drf_429s_carry_the_ratelimit_fields() -> None:
             assert refused.status_code == 429, (path, refused.text)
             assert refused.headers["RateLimit-Policy"] == '"rate";q=1;w=86400', path
             assert refused.headers["RateLimit"].startswith('"rate";r=0;t='), path
+
+
+def test_per_second_windows_rolling_over_under_concurrency_hold_each_window(
+    tmp_path: Path,
+) -> None:
+    """One uvicorn process, a per-second limit, 20 requests at a time for about two
+    seconds: every rollover sends the decisions off the event loop to read the new
+    window (WouldBlock) while others arrive. No window ever admits more than N (the
+    audit log's successes, by the second of the decision's clock)."""
+    db = tmp_path / "tokens.db"
+    with ApiTokens(SQLiteStore(str(db)), hasher=CHEAP_HASHER) as tokens:
+        issued = tokens.create(actor="alice", user="alice", name="ci", rate_limit="3/s")
+    burst = [("GET", "/rest/x", {"Authorization": f"Bearer {issued.secret}"})] * 20
+    statuses: list[int] = []
+    with serve(tmp_path, str(db)) as (port, _):
+        deadline = time.monotonic() + 2.2
+        while time.monotonic() < deadline:
+            statuses += [answer.status_code for answer in asyncio.run(fire(port, burst))]
+        assert set(statuses) <= {200, 429}, statuses
+        with ApiTokens(SQLiteStore(str(db))) as reader:
+
+            def admitted() -> list[int]:
+                found = reader.audit(
+                    token_id=issued.token.id, action="authenticate", outcome="success", limit=1000
+                )
+                return [int(event.at.timestamp()) for event in found]
+
+            settled(lambda: len(admitted()), statuses.count(200))
+            per_second = collections.Counter(admitted())
+    assert len(per_second) >= 2 and max(per_second.values()) == 3, per_second
