@@ -168,7 +168,14 @@ class RequestFlow:
         return recorded
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write buffered audit events and usage; ``False`` if ``timeout`` ran out."""
+        """Write buffered audit events and usage; ``False`` if ``timeout`` ran out.
+
+        Limited tokens' uses not yet in the store's ledger are sent too (the ASGI
+        lifespan's shutdown flushes here: nothing later runs under uvicorn).
+        """
+        meter = self._auth.meter
+        if meter is not None:
+            meter.flush()
         return self._writer.flush(timeout)
 
     # -- steps ------------------------------------------------------------------

@@ -21,6 +21,7 @@ write whose answer was lost after it committed is counted twice: towards refusin
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -145,6 +146,18 @@ class Meter:
         self._clock = clock
         self._monotonic = monotonic
         self._start()
+        # Send what is left when the interpreter exits (a gunicorn worker stopped or
+        # recycled): uses admitted in the last interval would otherwise never reach the
+        # store, and their credits would come back. Without keeping the meter alive.
+        ref = weakref.ref(self)
+
+        def at_exit() -> None:
+            meter = ref()
+            if meter is not None:
+                meter.close()
+
+        self._atexit = at_exit
+        atexit.register(at_exit)
 
     def _start(self) -> None:
         self._lock = threading.Lock()
@@ -464,6 +477,7 @@ class Meter:
 
     def close(self) -> None:
         """Send what is left and stop the sending thread."""
+        atexit.unregister(self._atexit)
         with self._lock:
             self._closed = True
             self._wake.notify()

@@ -638,3 +638,78 @@ def test_per_second_windows_rolling_over_under_concurrency_hold_each_window(
             settled(lambda: len(admitted()), statuses.count(200))
             per_second = collections.Counter(admitted())
     assert len(per_second) >= 2 and max(per_second.values()) == 3, per_second
+
+
+WSGI_APP = """
+from apitokens import ApiTokens, Policy, SQLiteStore
+
+tokens = ApiTokens(SQLiteStore({db!r}), policy=Policy(protected_paths=["/rest/"]))
+
+
+def ok(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+app = tokens.wsgi(ok)
+"""
+
+
+def gunicorn(tmp_path: Path, target: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """One gunicorn sync worker serving ``target`` (its module in ``tmp_path``)."""
+    sock = listening()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(
+                None, [str(tmp_path), str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH")]
+            )
+        ),
+    }
+    command = [sys.executable, "-m", "gunicorn", "-b", f"fd://{sock.fileno()}", "--workers", "1"]
+    command += ["--control-socket", str(tmp_path / "g.ctl"), target]
+    server = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=[sock.fileno()],
+    )
+    port = sock.getsockname()[1]
+    sock.close()  # only gunicorn holds it now: requests wait in its backlog
+    return port, server
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_a_stopping_worker_sends_the_uses_it_admitted_last(tmp_path: Path, server: str) -> None:
+    """Found (fixed): the uses a process admitted in its last fifth of a second were
+    still waiting for the sending thread when it stopped (a deploy, gunicorn's
+    --max-requests recycling a worker, which a client drives by sending requests):
+    they never reached the store, so their credits came back, without bound over
+    many restarts. A graceful stop now sends them (atexit, and the ASGI lifespan)."""
+    db = tmp_path / "tokens.db"
+    with ApiTokens(SQLiteStore(str(db)), hasher=CHEAP_HASHER) as tokens:
+        issued = tokens.create(actor="alice", user="alice", name="ci", credits=1000)
+    header = {"Authorization": f"Bearer {issued.secret}"}
+
+    def use(port: int) -> int:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            return sum(client.get("/rest/x", headers=header).status_code == 200 for _ in range(30))
+
+    if server == "uvicorn":
+        with serve(tmp_path, str(db)) as (port, process):
+            admitted = use(port)
+            process.terminate()  # at once: the last uses are still this process's
+            process.wait(timeout=20)
+    else:
+        (tmp_path / "wsgi_app.py").write_text(WSGI_APP.format(db=str(db)))
+        port, process = gunicorn(tmp_path, "wsgi_app:app")
+        try:
+            admitted = use(port)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    assert admitted == 30
+    with ApiTokens(SQLiteStore(str(db))) as tokens:
+        assert tokens.credits_left(issued.token.id) == 1000 - admitted
