@@ -643,25 +643,21 @@ class _RotatedMeanwhile(SQLiteStore):
     other: ApiTokens | None = None
     new_secret = ""
 
-    def update(self, stored: Any) -> None:
+    def update(self, stored: Any, **guard: Any) -> bool:
         if self.other is not None:
             other, self.other = self.other, None
             self.new_secret = other.rotate(actor="alice", token_id=stored.token.id).secret
-        super().update(stored)
+        return super().update(stored, **guard)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edit writes back the hashes it read (store.update replaces them): a rotation"
-    " made in between is undone; the fix is in _manager.edit / TokenStore.update (not"
-    " this part): edit must not write secret_hash, previous_hash or retired_hashes",
-)
 def test_an_edit_racing_a_rotation_never_brings_the_old_secret_back(tmp_path: Path) -> None:
-    """Not fixed (outside this part): a standard-mode token is rotated because its secret
-    leaked, while its owner renames it in another process (the token pages, the CLI).
-    ``edit`` read the record before the rotation and wrote all of it back after: the
-    leaked secret is the token's secret again, and the one the rotation handed out is
-    refused. Reuse detection cannot catch it (nothing is "rotated out" any more)."""
+    """Found (fixed): a standard-mode token is rotated because its secret leaked, while
+    its owner renames it in another process (the token pages, the CLI). ``edit`` read
+    the record before the rotation and wrote all of it back after: the leaked secret was
+    the token's secret again, and the one the rotation handed out was refused. Reuse
+    detection could not catch it (nothing was "rotated out" any more). ``edit`` now
+    writes only over the hash it read (``update(expected_hash=...)``) and, having lost,
+    renames the rotated record."""
     db = tmp_path / "tokens.db"
     clock = Clock()
     with (
@@ -682,6 +678,8 @@ def test_an_edit_racing_a_rotation_never_brings_the_old_secret_back(tmp_path: Pa
 
             assert racing.new_secret and status(racing.new_secret) == 200
             assert status(leaked.secret) == 401
+            renamed = fresh.get(leaked.token.id)
+            assert renamed is not None and renamed.name == "ci (renamed)"
 
 
 def test_a_rotated_tokens_wrong_secret_costs_at_most_its_kept_hashes(tmp_path: Path) -> None:
