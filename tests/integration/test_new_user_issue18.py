@@ -109,3 +109,30 @@ def test_the_cli_edit_audits_only_what_changed(tmp_path: Path) -> None:
     tokens.edit(actor="alice", token_id=issued.token.id, rate_limit="2/s")
     [event] = tokens.audit(token_id=issued.token.id, action=Action.EDIT)
     assert event.reason == "changed rate_limit"
+
+
+def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="new user (issue 18): a token whose rate limit and credits (no refill) run out"
+    " together answers rate_limit_exceeded with a Retry-After, but waiting never helps: the"
+    " retry after it gets credits_spent",
+)
+def test_spent_credits_without_refill_never_promise_a_retry(tmp_path: Path) -> None:
+    tokens = _tokens(tmp_path)
+    issued = tokens.create(
+        actor="alice", name="one shot", expires_in=timedelta(days=30), rate_limit="1/h", credits=1
+    )
+    headers = {"Authorization": f"Bearer {issued.secret}"}
+    with contextlib.contextmanager(serve_wsgi)(tokens.wsgi(_ok)) as port:
+        url = f"http://127.0.0.1:{port}/rest/x"
+        assert httpx.get(url, headers=headers, timeout=10).status_code == 200
+        refused = httpx.get(url, headers=headers, timeout=10)
+    assert refused.status_code == 429
+    # The docs: spent credits without a refill get credits_spent and no Retry-After.
+    assert refused.json()["error"] == "credits_spent"
+    assert "Retry-After" not in refused.headers
