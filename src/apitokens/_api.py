@@ -320,7 +320,8 @@ class ApiTokens:
         Only the fields passed change; ``expires_at=None`` removes the expiry
         (if the policy allows tokens without one), ``rate_limit=None``,
         ``credits=None`` and ``refill=None`` remove a limit. New ``credits`` start
-        a new allotment: the credits left become that many.
+        a new allotment (even the same number: a top-up): the credits left become
+        that many. The audit event names the fields that changed.
 
         Raises:
             TokenNotFound: no such token.

@@ -371,13 +371,17 @@ class TokenManager:
                 for field, value in zip(("rate_limit", "credits", "refill"), limits, strict=True):
                     if getattr(token, field) != value:
                         changes[field] = value
-            if not isinstance(name, Unset):
+                if not isinstance(credits, Unset) and credits is not None:
+                    # Credits given, even the same number: a new allotment (a top-up).
+                    changes["credits"] = limits[1]
+            # Only what differs is a change (and audited as one): a form sends every field.
+            if not isinstance(name, Unset) and name != token.name:
                 changes["name"] = name
-            if not isinstance(restrictions, Unset):
+            if not isinstance(restrictions, Unset) and restrictions != token.restrictions:
                 changes["restrictions"] = restrictions
-            if not isinstance(allowed_ips, Unset):
+            if not isinstance(allowed_ips, Unset) and allowed_ips != token.allowed_ips:
                 changes["allowed_ips"] = allowed_ips
-            if not isinstance(expiry, Unset):
+            if not isinstance(expiry, Unset) and expiry != token.expires_at:
                 refusal = lifetime_violation(self.policy, token.created_at, expiry)
                 if refusal is not None:
                     raise self._refuse(Action.EDIT, actor, refusal, token)

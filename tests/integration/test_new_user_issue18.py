@@ -1,6 +1,6 @@
 """What a new user of issue 18 (limits, notices, run-as, reuse) found, following only the
-README and docs/: behaviour the docs do not lead a user to expect. Each test is marked
-``xfail(strict=True)`` until the lead fixes it, so it fails the suite once it passes.
+README and docs/: behaviour the docs do not lead a user to expect. Each was fixed since;
+each test failed before its fix.
 
 Real servers on 127.0.0.1 (werkzeug) and a real SQLite file, as a user runs them.
 """
@@ -73,12 +73,6 @@ def _edit_rate_limit_through_the_pages(tmp_path: Path) -> tuple[ApiTokens, str, 
     return tokens, issued.token.id, before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="new user (issue 18): the pages' edit form sends the expiry back as a date, so"
-    " saving a token after changing only its limits moves its expiry to midnight (hours"
-    " earlier) and resets its expiry notices",
-)
 def test_editing_only_the_limits_on_the_pages_keeps_the_expiry(tmp_path: Path) -> None:
     tokens, token_id, before = _edit_rate_limit_through_the_pages(tmp_path)
     after = tokens.get(token_id)
@@ -88,11 +82,6 @@ def test_editing_only_the_limits_on_the_pages_keeps_the_expiry(tmp_path: Path) -
     assert after.expires_at == before.expires_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="new user (issue 18): an edit through the pages is audited as changing every"
-    " field of the form (name, rules, addresses), not the ones that changed",
-)
 def test_an_edit_on_the_pages_audits_only_what_changed(tmp_path: Path) -> None:
     tokens, token_id, _ = _edit_rate_limit_through_the_pages(tmp_path)
     [event] = tokens.audit(token_id=token_id, action=Action.EDIT)
@@ -116,12 +105,6 @@ def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="new user (issue 18): a token whose rate limit and credits (no refill) run out"
-    " together answers rate_limit_exceeded with a Retry-After, but waiting never helps: the"
-    " retry after it gets credits_spent",
-)
 def test_spent_credits_without_refill_never_promise_a_retry(tmp_path: Path) -> None:
     tokens = _tokens(tmp_path)
     issued = tokens.create(
@@ -138,12 +121,6 @@ def test_spent_credits_without_refill_never_promise_a_retry(tmp_path: Path) -> N
     assert "Retry-After" not in refused.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="new user (issue 18): `apitokens edit --credits N` with the token's current N"
-    " says 'Edited ... N credits.' but leaves the credits spent (audited 'changed nothing');"
-    " docs/cli.md says the credits left become N, so an admin cannot top a token up",
-)
 def test_cli_edit_credits_tops_up_a_spent_token(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
