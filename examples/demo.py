@@ -160,6 +160,8 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
             "[post].*/rest/api/2/issue/DEMO-1/comment[JsonData::visibility==public]",
         ],
     )
+    # Credits, not a rate limit: no window can roll over between the tries.
+    limited = tokens.create(actor="alice", name="demo: two uses in all", credits=2)
     wrong = tokens.policy.token_format.issue().value
     tries = [
         Try("read-only token, Bearer", "GET", "/rest/api/2/issue/DEMO-1", 200, reader.secret),
@@ -175,6 +177,10 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
             restricted.secret, body={"visibility": "public", "body": "hi"}),
         Try("restricted token, private comment", "POST", "/rest/api/2/issue/DEMO-1/comment",
             403, restricted.secret, body={"visibility": "private", "body": "hi"}),
+        Try("token with 2 credits, first use", "GET", "/rest/whoami", 200, limited.secret),
+        Try("second use", "GET", "/rest/whoami", 200, limited.secret),
+        Try("credits spent: 429 (see RateLimit and RateLimit-Policy with curl -i)", "GET",
+            "/rest/whoami", 429, limited.secret),
         Try("outside /rest/: untouched", "GET", "/", 200),
     ]  # fmt: skip
 
@@ -204,7 +210,8 @@ def serve(args: argparse.Namespace, example: ModuleType, workdir: Path) -> int:
     print("(a database of this run only: it is deleted when the demo stops)\n")
     print(f"read-only token for alice:   {reader.secret}")
     print(f"restricted token for alice:  {restricted.secret}")
-    print(f"  rule: {restricted.token.restrictions[0]}\n")
+    print(f"  rule: {restricted.token.restrictions[0]}")
+    print(f"token with 2 credits:        {limited.secret}\n")
     print(f"token pages: {base}{PAGES}/ (sign in as alice, or as admin)\n")
     failures = 0
     with httpx.Client(base_url=base) as client:

@@ -320,8 +320,9 @@ class ApiTokens:
         Only the fields passed change; ``expires_at=None`` removes the expiry
         (if the policy allows tokens without one), ``rate_limit=None``,
         ``credits=None`` and ``refill=None`` remove a limit. New ``credits`` start
-        a new allotment: the credits left become that many; so does a ``refill``
-        added or given a new period (``"100/h"`` to ``"100/day"``).
+        a new allotment (even the same number: a top-up): the credits left become
+        that many; so does a ``refill`` added or given a new period (``"100/h"`` to
+        ``"100/day"``). The audit event names the fields that changed.
 
         Raises:
             TokenNotFound: no such token.

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import inspect
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from ._audit import Record
-from ._errors import PermissionDenied, PolicyViolation, TokenImmutable, TokenNotFound
+from ._errors import (
+    PermissionDenied,
+    PolicyViolation,
+    StorageError,
+    TokenImmutable,
+    TokenNotFound,
+)
 from ._hashing import SecretVerifier
 from ._limits import check_credits, new_allotment, normalize_rate
 from ._model import (
@@ -36,11 +44,30 @@ from ._validate import (
 )
 from .storage import TokenStore, UsageLedger
 
-__all__ = ["TokenManager"]
+__all__ = ["CHANGE_TRIES", "TokenManager"]
+
+_log = logging.getLogger("apitokens")
+
+CHANGE_TRIES = 5
+"""How often ``edit`` and ``rotate`` read and write a token whose secret keeps changing
+under them (another process rotating it) before they give up with ``StorageError``."""
 
 
 def _looks_like_id(value: str) -> bool:
     return len(value) == ID_LENGTH and all(ch in BASE62 for ch in value)
+
+
+def _takes_expected_hash(store: TokenStore) -> bool:
+    """Whether ``store.update`` accepts the ``expected_hash`` guard (a store written
+    against the protocol before it had one does not)."""
+    try:
+        parameters = inspect.signature(store.update).parameters
+    except (TypeError, ValueError):  # no signature to read (a C callable): assume current
+        return True
+    given = parameters.get("expected_hash")
+    if given is not None:
+        return given.kind in (given.KEYWORD_ONLY, given.POSITIONAL_OR_KEYWORD)
+    return any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 class TokenManager:
@@ -76,6 +103,14 @@ class TokenManager:
         self._submit = submit
         self._changed = changed
         self._reset_credits = reset_credits
+        self._guarded = _takes_expected_hash(store)
+        if not self._guarded:
+            _log.warning(
+                "%s.update takes no expected_hash: edit and rotate check the token's"
+                " secret just before writing, not atomically, so one racing a rotation in"
+                " another process may undo it (docs/storage.md)",
+                type(store).__name__,
+            )
 
     # -- helpers ---------------------------------------------------------------
 
@@ -162,6 +197,36 @@ class TokenManager:
         if token.status is TokenStatus.REVOKED:
             raise self._refuse(action, actor, TokenImmutable("token is revoked"), token)
         return stored
+
+    def _write_if_unchanged(self, stored: StoredToken, expected_hash: str) -> bool:
+        """``store.update(stored)`` if the token's ``secret_hash`` is still ``expected_hash``.
+
+        Atomic on a store whose ``update`` takes ``expected_hash`` (every built-in
+        one). On an older store, the hash is read again just before the write: the
+        window left is small but not closed (documented in ``docs/storage.md``).
+        """
+        if not self._guarded:
+            current = self.store.get(stored.token.id)
+            if current is not None and current.secret_hash != expected_hash:
+                return False
+            self.store.update(stored)
+            return True
+        changed = self.store.update(stored, expected_hash=expected_hash)
+        if not isinstance(changed, bool):
+            # Fail closed: a store that takes the guard but does not say whether it held.
+            raise StorageError(
+                f"{type(self.store).__name__}.update(expected_hash=...) returned"
+                f" {type(changed).__name__}, not a bool"
+            )
+        return changed
+
+    @staticmethod
+    def _gave_up(action: Action, token: Token) -> StorageError:
+        """The error when the token kept being rotated under ``action``: it changed nothing."""
+        return StorageError(
+            f"{action.value} of token {token.id} gave up: another caller rotated it each of"
+            f" the {CHANGE_TRIES} times it tried to write; nothing was changed, try again"
+        )
 
     def _limits(
         self, rate_limit: str | None, credits: int | None, refill: str | None
@@ -273,38 +338,66 @@ class TokenManager:
         credits: int | Unset | None = UNSET,
         refill: str | Unset | None = UNSET,
     ) -> Token:
-        """Change a standard-mode token's name, rules, addresses, expiry or limits."""
+        """Change a standard-mode token's name, rules, addresses, expiry or limits.
+
+        The change is written only over the secret it was read with: if another caller
+        rotates the token in between, the record is read again (and checked again) and
+        the change applied to it, so an edit never brings a replaced secret back.
+        """
         stored = self._mutable(Action.EDIT, actor, token_id)
-        token = stored.token
-        changes: dict[str, object] = {}
-        if not (
-            isinstance(rate_limit, Unset)
-            and isinstance(credits, Unset)
-            and isinstance(refill, Unset)
-        ):
-            limits = self._limits(
-                token.rate_limit if isinstance(rate_limit, Unset) else rate_limit,
-                token.credits if isinstance(credits, Unset) else credits,
-                token.refill if isinstance(refill, Unset) else refill,
-            )
-            for field, value in zip(("rate_limit", "credits", "refill"), limits, strict=True):
-                if getattr(token, field) != value:
-                    changes[field] = value
+        # Checked once, before any write: the same arguments give the same values.
         if not isinstance(name, Unset):
-            changes["name"] = check_name(name)
+            name = check_name(name)
         if not isinstance(restrictions, Unset):
-            changes["restrictions"] = normalize_rules(restrictions)
+            restrictions = normalize_rules(restrictions)
         if not isinstance(allowed_ips, Unset):
-            changes["allowed_ips"] = normalize_ips(allowed_ips)
+            allowed_ips = normalize_ips(allowed_ips)
+        expiry: datetime | Unset | None = UNSET
         if not isinstance(expires_at, Unset):
             expiry = expiry_from(self.clock(), None, expires_at)
-            refusal = lifetime_violation(self.policy, token.created_at, expiry)
-            if refusal is not None:
-                raise self._refuse(Action.EDIT, actor, refusal, token)
-            changes["expires_at"] = expiry
-        edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
-        self.store.update(dataclasses.replace(stored, token=edited))
-        if self._reset_credits is not None and new_allotment(token, edited):
+        for _ in range(CHANGE_TRIES):
+            token = stored.token
+            changes: dict[str, object] = {}
+            if not (
+                isinstance(rate_limit, Unset)
+                and isinstance(credits, Unset)
+                and isinstance(refill, Unset)
+            ):
+                limits = self._limits(
+                    token.rate_limit if isinstance(rate_limit, Unset) else rate_limit,
+                    token.credits if isinstance(credits, Unset) else credits,
+                    token.refill if isinstance(refill, Unset) else refill,
+                )
+                for field, value in zip(("rate_limit", "credits", "refill"), limits, strict=True):
+                    if getattr(token, field) != value:
+                        changes[field] = value
+                if not isinstance(credits, Unset) and credits is not None:
+                    # Credits given, even the same number: a new allotment (a top-up).
+                    changes["credits"] = limits[1]
+            # Only what differs is a change (and audited as one): a form sends every field.
+            if not isinstance(name, Unset) and name != token.name:
+                changes["name"] = name
+            if not isinstance(restrictions, Unset) and restrictions != token.restrictions:
+                changes["restrictions"] = restrictions
+            if not isinstance(allowed_ips, Unset) and allowed_ips != token.allowed_ips:
+                changes["allowed_ips"] = allowed_ips
+            if not isinstance(expiry, Unset) and expiry != token.expires_at:
+                refusal = lifetime_violation(self.policy, token.created_at, expiry)
+                if refusal is not None:
+                    raise self._refuse(Action.EDIT, actor, refusal, token)
+                changes["expires_at"] = expiry
+            edited = dataclasses.replace(token, **changes)  # type: ignore[arg-type]
+            if self._write_if_unchanged(
+                dataclasses.replace(stored, token=edited), stored.secret_hash
+            ):
+                break
+            # Rotated meanwhile: apply the change to the record as it is now.
+            stored = self._mutable(Action.EDIT, actor, token.id)
+        else:
+            raise self._gave_up(Action.EDIT, stored.token)
+        if self._reset_credits is not None and (
+            "credits" in changes or new_allotment(token, edited)
+        ):
             # New credits (or a refill period) are a new allotment: the balance starts again.
             self._reset_credits(token.id)
         self._changed(token.id)
@@ -337,26 +430,33 @@ class TokenManager:
             raise ValueError("grace must be a timedelta >= 0")
         stored = self._owned(Action.ROTATE, actor, token_id)
         token = stored.token
-        if token.status is TokenStatus.REVOKED:
-            raise self._refuse(Action.ROTATE, actor, TokenImmutable("token is revoked"), token)
-        now = self.clock()
         issued = self.policy.token_format.issue(token.id)
-        keep_old = grace > timedelta(0)
-        # Every replaced secret keeps its hash, grace or not: accepted until the grace
-        # ends, then recognised if presented again (reuse, DESIGN §11).
-        retired = stored.retired_hashes
-        if stored.previous_hash is not None:
-            retired = (stored.previous_hash, *retired)[:RETIRED_HASHES_KEPT]
-        self.store.update(
-            dataclasses.replace(
+        secret_hash = self.verifier.hash(issued.value)  # once, whatever the tries
+        for _ in range(CHANGE_TRIES):
+            if token.status is TokenStatus.REVOKED:
+                raise self._refuse(Action.ROTATE, actor, TokenImmutable("token is revoked"), token)
+            # Every replaced secret keeps its hash, grace or not: accepted until the grace
+            # ends, then recognised if presented again (reuse, DESIGN §11).
+            retired = stored.retired_hashes
+            if stored.previous_hash is not None:
+                retired = (stored.previous_hash, *retired)[:RETIRED_HASHES_KEPT]
+            rotated = dataclasses.replace(
                 stored,
-                secret_hash=self.verifier.hash(issued.value),
+                secret_hash=secret_hash,
                 previous_hash=stored.secret_hash,
-                previous_valid_until=now + grace,
+                previous_valid_until=self.clock() + grace,
                 revealable=None if token.secure else issued.value,
                 retired_hashes=retired,
             )
-        )
+            # Written only over the secret read: a rotation made in between is kept, and
+            # this one goes on top of it (its secret retired with the others).
+            if self._write_if_unchanged(rotated, stored.secret_hash):
+                break
+            stored = self._owned(Action.ROTATE, actor, token.id)
+            token = stored.token
+        else:
+            raise self._gave_up(Action.ROTATE, token)
+        keep_old = grace > timedelta(0)
         self._changed(token.id)
         reason = f"rotated, old secret valid for {grace}" if keep_old else "rotated"
         self._audit(Action.ROTATE, Outcome.SUCCESS, actor, reason, token)

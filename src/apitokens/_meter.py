@@ -233,19 +233,23 @@ class Meter:
         balance: _BalanceKey | None,
         credit: _Count | None,
     ) -> Over | None:
-        """Decide under the lock on the counts as they are; count the use if admitted."""
-        if window is not None:
-            if rate is None:  # not read (the store failed): unknown, so refused
-                raise StorageError("the usage ledger could not be read")
-            assert limits.rate is not None
-            if rate.known + rate.sending + rate.unsent >= limits.rate.count:
-                return _over_rate(limits, now, window)
+        """Decide under the lock on the counts as they are; count the use if admitted.
+
+        Credits first: spent credits without a refill never come back, so a client is
+        told so (no ``Retry-After``) rather than to wait for the rate limit's window.
+        """
         if balance is not None:
             if credit is None:
                 raise StorageError("the usage ledger could not be read")
             credit.limits = limits
             if credit.known - credit.sending - credit.unsent <= 0:
                 return _over_credits(limits, now)
+        if window is not None:
+            if rate is None:  # not read (the store failed): unknown, so refused
+                raise StorageError("the usage ledger could not be read")
+            assert limits.rate is not None
+            if rate.known + rate.sending + rate.unsent >= limits.rate.count:
+                return _over_rate(limits, now, window)
         if rate is not None:
             rate.unsent += 1
         if credit is not None:

@@ -262,6 +262,70 @@ class StoreContract:
             store.update(stored("ghost"))
         assert store.get("ghost") is None
 
+    def test_update_without_a_guard_says_it_changed(self, store: TokenStore) -> None:
+        store.add(stored("t"))
+        assert store.update(stored("t", name="renamed", secret_hash=secret_hash("x"))) is True
+        got = store.get("t")
+        assert got is not None and (got.token.name, got.secret_hash) == (
+            "renamed",
+            secret_hash("x"),
+        )
+
+    def test_guarded_update_writes_over_the_expected_hash(self, store: TokenStore) -> None:
+        original = stored("t", use_count=2)
+        store.add(original)
+        rotated = stored(
+            "t",
+            name="rotated",
+            use_count=2,
+            secret_hash=secret_hash("new"),
+            previous_hash=original.secret_hash,
+            previous_valid_until=NOW,
+            retired_hashes=(secret_hash("older"),),
+        )
+        assert store.update(rotated, expected_hash=original.secret_hash) is True
+        assert store.get("t") == rotated
+
+    def test_guarded_update_over_another_hash_changes_nothing(self, store: TokenStore) -> None:
+        # The caller read the record before someone rotated it: writing it back would
+        # bring the replaced secret back (an edit racing a rotation).
+        rotated = stored(
+            "t",
+            secret_hash=secret_hash("new"),
+            previous_hash=secret_hash("old"),
+            previous_valid_until=NOW,
+            retired_hashes=(secret_hash("older"),),
+        )
+        store.add(rotated)
+        stale = stored("t", name="renamed", secret_hash=secret_hash("old"))
+        assert store.update(stale, expected_hash=secret_hash("old")) is False
+        assert store.get("t") == rotated
+        # The guard is the stored secret_hash, not previous_hash nor a retired one.
+        for hash_ in (secret_hash("older"), secret_hash("nothing")):
+            assert store.update(stale, expected_hash=hash_) is False
+        assert store.get("t") == rotated
+
+    def test_guarded_update_of_an_unknown_id_raises(self, store: TokenStore) -> None:
+        with pytest.raises(TokenNotFound):
+            store.update(stored("ghost"), expected_hash=secret_hash("ghost"))
+        assert store.get("ghost") is None
+
+    def test_guarded_updates_racing_over_one_hash_let_one_win(self, store: TokenStore) -> None:
+        original = stored("t")
+        store.add(original)
+        tries = [stored("t", secret_hash=secret_hash(f"rotation {i}")) for i in range(8)]
+        barrier = threading.Barrier(len(tries))
+
+        def rotate(record: StoredToken) -> bool:
+            barrier.wait(timeout=10)
+            return store.update(record, expected_hash=original.secret_hash)
+
+        with ThreadPoolExecutor(len(tries)) as pool:
+            won = list(pool.map(rotate, tries))
+        assert won.count(True) == 1 and won.count(False) == len(tries) - 1
+        got = store.get("t")
+        assert got is not None and got.secret_hash == tries[won.index(True)].secret_hash
+
     # --- replace_hash --------------------------------------------------------------
 
     def test_replace_hash_swaps_only_a_current_hash(self, store: TokenStore) -> None:

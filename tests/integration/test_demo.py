@@ -21,6 +21,6 @@ def test_demo_serves_and_every_curl_line_gets_what_it_promises() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all as expected" in done.stderr
     outcomes = [line.split("-> ")[1] for line in done.stdout.splitlines() if "#   -> " in line]
-    assert sorted(set(outcomes)) == ["200", "401", "403"]
+    assert sorted(set(outcomes)) == ["200", "401", "403", "429"]
     assert "curl -i -H 'Authorization: Bearer apt_" in done.stdout
     assert "authenticate" in done.stdout  # the audit log it prints at the end

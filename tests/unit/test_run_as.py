@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from apitokens import ApiTokens, AuditEvent, Outcome, Policy
+from apitokens import ApiTokens, AuditEvent, MemoryStore, Outcome, Policy, TokenStore
+from apitokens.postgres import PostgresStore
 from apitokens.storage import SQLiteStore
 from tests.support import CHEAP_HASHER, Clock, Monotonic, basic, bearer, get, make_tokens
 
@@ -26,10 +27,32 @@ def groups(user: str) -> Iterable[str]:
     return DIRECTORY.get(user, set())
 
 
+# The store of the test running: every test runs on each store (DESIGN §11's proof).
+_STORE: list[TokenStore] = []
+
+
+@pytest.fixture(autouse=True, params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore]:
+    made: TokenStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "run-as.db")
+    else:
+        made = PostgresStore(request.getfixturevalue("postgres_database"))
+    _STORE[:] = [made]
+    yield made
+    _STORE.clear()
+    made.close()
+
+
 def run_as_tokens(ticks: Monotonic | None = None, **policy: object) -> ApiTokens:
+    """An ApiTokens on the test's store, with a run-as group and token users."""
     policy.setdefault("run_as_groups", frozenset({"support"}))
     policy.setdefault("token_users", frozenset({"api"}))
-    return make_tokens(clock=Clock(), monotonic=ticks or Monotonic(), groups=groups, **policy)
+    return make_tokens(
+        _STORE[0], clock=Clock(), monotonic=ticks or Monotonic(), groups=groups, **policy
+    )
 
 
 def events(tokens: ApiTokens) -> list[AuditEvent]:

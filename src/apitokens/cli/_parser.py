@@ -398,7 +398,9 @@ def build_parser(prog: str = "apitokens", *, store_options: bool = True) -> argp
 
     events = _add(commands, "audit", audit, "show audit events, newest first")
     events.add_argument("--token", metavar="ID", help="only this token's events")
-    events.add_argument("--user", help="only events about this user's tokens")
+    events.add_argument(
+        "--user", help="only events about this user: their tokens, and requests run as them"
+    )
     events.add_argument("--action", choices=[str(action) for action in Action])
     events.add_argument("--outcome", choices=[str(outcome) for outcome in Outcome])
     events.add_argument(

@@ -378,8 +378,12 @@ class PostgresStore:
         row = self._call("get", lambda conn: conn.execute(query, (token_id,)).fetchone(), read=True)
         return None if row is None else _stored_from_row(row)
 
-    def update(self, stored: StoredToken) -> None:
+    def update(self, stored: StoredToken, *, expected_hash: str | None = None) -> bool:
         """Replace a token's editable fields (see :meth:`TokenStore.update`).
+
+        Returns:
+            ``True`` if the token was changed; ``False`` if its ``secret_hash`` is
+            not ``expected_hash`` (nothing changed).
 
         Raises:
             TokenNotFound: no token has this id.
@@ -406,9 +410,18 @@ class PostgresStore:
             token.refill,
             token.id,
         )
-        updated = self._call("update", lambda conn: conn.execute(_UPDATE_RECORD, params).rowcount)
-        if updated == 0:
+        query = _UPDATE_RECORD
+        values: tuple[object, ...] = params
+        if expected_hash is not None:
+            # One statement: the check and the write are one step for every process.
+            query, values = _UPDATE_RECORD + " AND secret_hash = %s", (*params, expected_hash)
+        updated = self._call("update", lambda conn: conn.execute(query, values).rowcount)
+        if updated:
+            return True
+        # Tokens are never deleted, so one found now was there when the UPDATE ran.
+        if self.get(token.id) is None:
             raise TokenNotFound(f"no token has id {token.id!r}")
+        return False
 
     def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
         """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).

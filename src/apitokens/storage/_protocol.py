@@ -78,8 +78,8 @@ class TokenStore(Protocol):
             StorageError: the backend failed.
         """
 
-    def update(self, stored: StoredToken) -> None:
-        """Replace a token's editable fields.
+    def update(self, stored: StoredToken, *, expected_hash: str | None = None) -> bool:
+        """Replace a token's editable fields, if its secret is still ``expected_hash``.
 
         Replaces ``name``, ``expires_at``, ``scope``, ``restrictions``,
         ``allowed_ips``, ``secure``, ``rate_limit``, ``credits``, ``refill``,
@@ -89,8 +89,22 @@ class TokenStore(Protocol):
         ``created_by``, ``created_at`` or ``revoked_at``: those belong to
         :meth:`write` and :meth:`revoke`, which may run concurrently.
 
+        With ``expected_hash``, the row is changed only if its stored
+        ``secret_hash`` is still ``expected_hash``, checked and written atomically
+        for every handle on the store (one ``UPDATE ... WHERE id = ? AND
+        secret_hash = ?``; under the store's lock in memory). ``TokenManager``
+        passes the hash it read, so an ``edit`` or ``rotate`` that read the record
+        before another process rotated it can never write the replaced hashes
+        back (it reads again and re-applies its change). Without it, the row is
+        replaced unconditionally, as before the guard existed.
+
+        Returns:
+            ``True`` if the token was changed (always, without ``expected_hash``);
+            ``False`` if its ``secret_hash`` is no longer ``expected_hash``
+            (nothing changed).
+
         Raises:
-            TokenNotFound: no token has ``stored.token.id``.
+            TokenNotFound: no token has ``stored.token.id`` (guarded or not).
             StorageError: the backend failed.
             ValueError: as for :meth:`add`.
         """

@@ -117,8 +117,12 @@ class MemoryStore:
             self._check_open()
             return self._tokens.get(token_id)
 
-    def update(self, stored: StoredToken) -> None:
+    def update(self, stored: StoredToken, *, expected_hash: str | None = None) -> bool:
         """Replace a token's editable fields (see :meth:`TokenStore.update`).
+
+        Returns:
+            ``True`` if the token was changed; ``False`` if its ``secret_hash`` is
+            not ``expected_hash`` (nothing changed).
 
         Raises:
             TokenNotFound: no token has this id.
@@ -132,6 +136,8 @@ class MemoryStore:
             old = self._tokens.get(new.token.id)
             if old is None:
                 raise TokenNotFound(f"no token has id {new.token.id!r}")
+            if expected_hash is not None and old.secret_hash != expected_hash:
+                return False
             token = dataclasses.replace(
                 old.token,
                 name=new.token.name,
@@ -146,6 +152,7 @@ class MemoryStore:
             )
             self._tokens[token.id] = dataclasses.replace(new, token=token)
         self._changed(token.id)
+        return True
 
     def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
         """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).

@@ -159,8 +159,12 @@ class SQLiteStore:
             row = conn.execute(query, (token_id,)).fetchone()
         return None if row is None else _schema.stored_from_row(row)
 
-    def update(self, stored: StoredToken) -> None:
+    def update(self, stored: StoredToken, *, expected_hash: str | None = None) -> bool:
         """Replace a token's editable fields (see :meth:`TokenStore.update`).
+
+        Returns:
+            ``True`` if the token was changed; ``False`` if its ``secret_hash`` is
+            not ``expected_hash`` (nothing changed).
 
         Raises:
             TokenNotFound: no token has this id.
@@ -169,10 +173,20 @@ class SQLiteStore:
         """
         stored = normalize_stored(stored)
         token = stored.token
+        params = _schema.update_params(stored)
         with self._db.write("update") as conn:
-            cursor = conn.execute(_schema.UPDATE_RECORD, _schema.update_params(stored))
-            if cursor.rowcount == 0:
+            if expected_hash is None:
+                cursor = conn.execute(_schema.UPDATE_RECORD, params)
+            else:
+                # One statement: the check and the write are one step for every process.
+                guarded = _schema.UPDATE_RECORD + " AND secret_hash = ?"
+                cursor = conn.execute(guarded, (*params, expected_hash))
+            if cursor.rowcount == 1:
+                return True
+            # In the same write transaction: nothing can add or change the row meanwhile.
+            if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token.id,)).fetchone() is None:
                 raise TokenNotFound(f"no token has id {token.id!r}")
+            return False
 
     def replace_hash(self, token_id: str, *, old: str, new: str) -> bool:
         """Swap a token's hash if it is still ``old`` (see :meth:`TokenStore.replace_hash`).

@@ -8,11 +8,13 @@ secret is shown once, in the body of the response to the POST that made it
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol, TypedDict
 
 from apitokens._errors import ApiTokensError
 from apitokens._model import IssuedToken, Scope, Token, TokenStatus
 from apitokens._snippets import LANGUAGES, render_snippet
+from apitokens._validate import UNSET, Unset
 
 from ._forms import (
     GRACE_CHOICES,
@@ -266,15 +268,17 @@ class _Limits(TypedDict, total=False):
     refill: str | None
 
 
-def _limits(form: FormData) -> _Limits:
+def _limits(form: FormData, token: Token | None) -> _Limits:
     """The limits the edit form changes: an empty field removes one; the same credits as
-    now keep the credits left. A field the form did not send (a page from before limits
-    were on it) keeps its limit."""
+    now keep the credits left (given to ``edit``, credits start a new allotment). A field
+    the form did not send (a page from before limits were on it) keeps its limit."""
     limits = _Limits()
     if "rate_limit" in form:
         limits["rate_limit"] = optional(form.get("rate_limit"))
     if "credits" in form:
-        limits["credits"] = parse_credits(form.get("credits"))
+        credits = parse_credits(form.get("credits"))
+        if token is None or credits != token.credits:
+            limits["credits"] = credits
     if "refill" in form:
         limits["refill"] = optional(form.get("refill"))
     return limits
@@ -286,8 +290,16 @@ def edit(visit: Visit, token_id: str) -> Response:
     fields = ("name", "rules", "ips", "expires_on", "rate_limit", "credits", "refill", "back")
     values = {key: form.get(key) for key in fields}
     try:
-        expires_at = parse_date(values["expires_on"], what="Expires on")
-        # An empty date removes the expiry (the API refuses it if the policy must have one).
+        # Read without the pages' own check: the API decides (and audits) who may edit.
+        current = visit.tokens.get(token_id) if is_token_id(token_id) else None
+        day = parse_date(values["expires_on"], what="Expires on")
+        # An empty date removes the expiry (the API refuses it if the policy must have one);
+        # the day the token already expires on keeps its expiry to the second.
+        expires_at: datetime | Unset | None = day
+        if current is not None:
+            shown = current.expires_at.date() if current.expires_at is not None else None
+            if (day.date() if day is not None else None) == shown:
+                expires_at = UNSET
         token = visit.tokens.edit(
             actor=visit.user,
             token_id=token_id,
@@ -295,7 +307,7 @@ def edit(visit: Visit, token_id: str) -> Response:
             restrictions=lines(values["rules"]),
             allowed_ips=lines(values["ips"]),
             expires_at=expires_at,
-            **_limits(form),
+            **_limits(form, current),
         )
     except (ApiTokensError, ValueError) as exc:
         refusal = visit.refused(exc)

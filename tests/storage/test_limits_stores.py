@@ -1,6 +1,7 @@
-"""Per-token rate limits and credits held by two ApiTokens on one SQLite file (DESIGN §11).
+"""Per-token rate limits and credits held by two ApiTokens on one store (DESIGN §11).
 
-Two ``ApiTokens`` on one file stand for two worker processes. Both clocks are injected,
+Two ``ApiTokens`` on one SQLite file, or one PostgreSQL database, each with a store
+object of its own, stand for two worker processes. Both clocks are injected,
 so nothing sleeps: the wall clock places requests in windows and refill periods, and
 the monotonic one, moved past the meter's ``STALE_AFTER`` before each request, makes
 each instance read the counts the other sent (``flush()``) before it decides.
@@ -8,13 +9,14 @@ each instance read the counts the other sent (``flush()``) before it decides.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from apitokens import ApiTokens, AuthRequest, Outcome, SQLiteStore
+from apitokens import ApiTokens, AuthRequest, Outcome, SQLiteStore, TokenStore
 from apitokens._meter import STALE_AFTER
+from apitokens.postgres import PostgresStore
 from tests.support import START, Clock, Monotonic, bearer, make_tokens
 
 Pair = tuple[ApiTokens, ApiTokens]
@@ -30,12 +32,21 @@ def ticks() -> Monotonic:
     return Monotonic()
 
 
-@pytest.fixture
-def pair(tmp_path: Path, clock: Clock, ticks: Monotonic) -> Iterator[Pair]:
-    path = tmp_path / "tokens.db"
+def _open(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], TokenStore]:
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path / "tokens.db")
+    dsn = request.getfixturevalue("postgres_database")
+    return lambda: PostgresStore(dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock, ticks: Monotonic
+) -> Iterator[Pair]:
+    store = _open(request, tmp_path)
     with (
-        SQLiteStore(path) as one_store,
-        SQLiteStore(path) as other_store,
+        store() as one_store,
+        store() as other_store,
         make_tokens(one_store, clock=clock, monotonic=ticks) as one,
         make_tokens(other_store, clock=clock, monotonic=ticks) as other,
     ):
