@@ -349,8 +349,9 @@ def test_the_meter_stays_bounded_while_every_request_is_refused() -> None:
     strict=True,
     reason="a route's requirement (Requirement.READ_WRITE: tokens.wsgi/asgi(require=...),"
     " the Starlette dependency, DRF's HasReadWriteToken) is checked after the decision,"
-    " which has counted the use: the fix is in _flow._required / the decision (not this"
-    " part): pass the requirement into the decision's _problem, or give the use back",
+    " which has counted the use (documented as a limitation in docs/security.md): the fix"
+    " is in _flow._required / the decision (not this part): pass the requirement into"
+    " the decision's _problem, or give the use back",
 )
 def test_a_request_refused_by_the_routes_requirement_spends_no_credit(tmp_path: Path) -> None:
     """Found (not fixed here): a READ_ONLY token on an app that requires READ_WRITE
