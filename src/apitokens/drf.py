@@ -44,6 +44,10 @@ from apitokens.django._project import get_tokens
 
 __all__ = ["HasReadWriteToken", "HasToken", "TokenAuthentication", "TokenRefused"]
 
+# The refusal's headers DRF sends itself: the body's type, and the exception's
+# ``auth_header`` and ``wait``.
+_SENT_BY_DRF = frozenset({"content-type", "www-authenticate", "retry-after"})
+
 
 class TokenRefused(exceptions.APIException):
     """A refusal (DESIGN §4) as DRF answers it: the status, the body and the headers.
@@ -74,6 +78,15 @@ class TokenRefused(exceptions.APIException):
         """
         request.accepted_renderer = JSONRenderer()
         request.accepted_media_type = JSONRenderer.media_type
+        # DRF's exception handler sends only WWW-Authenticate and Retry-After of an
+        # exception; the view's own response headers (a dict made per request, put on
+        # every response it finalizes) carry the rest: a 429's RateLimit fields.
+        view = (request.parser_context or {}).get("view")
+        headers = getattr(view, "headers", None)
+        if isinstance(headers, dict):
+            for name, value in result.headers:
+                if name.lower() not in _SENT_BY_DRF:
+                    headers[name] = value
         return cls(result)
 
 

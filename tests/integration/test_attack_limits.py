@@ -575,15 +575,8 @@ def test_four_workers_on_postgresql_never_drive_credits_below_zero(
     admin.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DRF answers TokenRefused through its exception handler, which sends only"
-    " WWW-Authenticate (auth_header) and Retry-After (wait): the RateLimit-Policy and"
-    " RateLimit fields of the 429 are dropped. The fix is in apitokens.drf (not this"
-    " part): e.g. an exception handler of its own, or the middleware adding them",
-)
 def test_drf_429s_carry_the_ratelimit_fields() -> None:
-    """Found (not fixed here): outside the middleware's protected paths, where DRF's
+    """Found (fixed in apitokens.drf): outside the middleware's protected paths, where DRF's
     TokenAuthentication decides (the test project's /drf/token-only, werkzeug), an
     over-limit token gets 429 with Retry-After but without ``RateLimit-Policy`` and
     ``RateLimit`` (DESIGN §11); under /api/ the middleware sends them."""
