@@ -1002,6 +1002,21 @@ class Authenticator:
                 path = decoded
         return fmt.redact(path)[:_MAX_AUDIT_PATH]
 
+    def refund(self, token: Token) -> None:
+        """Give back the use a success of ``token`` counted against its limits.
+
+        For a request the flow refuses after the decision (a route's requirement).
+        """
+        if self.meter is None or (token.rate_limit is None and token.credits is None):
+            return
+        compiled = self.tokens.get(token.id)
+        try:
+            limits = compiled.limits if compiled is not None else Limits.of(token)
+        except ValueError:
+            return
+        if limits is not None:
+            self.meter.refund(limits, self.clock().timestamp())
+
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""
         self.tokens.discard(token_id)

@@ -228,6 +228,8 @@ class RequestFlow:
                 request, refusal(self.policy, 401, reason, challenge_error=sent)
             )
         reason = "route requires a READ_WRITE token"
+        if result.authenticated and result.token is not None:
+            self._auth.refund(result.token)  # refused after all: it spends nothing
         return self._auth.refuse(
             request,
             refusal(self.policy, 403, reason, token=result.token),

@@ -465,6 +465,21 @@ class Meter:
                     del self._balances[key]
                 self._fast.pop(token_id, None)
 
+    def refund(self, limits: Limits, now: float) -> None:
+        """Give back one use admitted at about ``now``: the request was refused after all.
+
+        For a route's own requirement, checked after the decision. The use is taken off
+        what this process counts; if it was sent to the store already, the store keeps
+        it (towards refusing) while this process counts it as given back.
+        """
+        window, balance = _keys(limits, now)
+        with self._lock:
+            rate = self._windows.get(window) if window is not None else None
+            credit = self._balances.get(balance) if balance is not None else None
+            for count in (rate, credit):
+                if count is not None:
+                    count.unsent -= 1
+
     def forget(self, token_id: str) -> None:
         """Read the token's counts again before the next decision (it changed)."""
         with self._lock:
@@ -493,12 +508,17 @@ class Meter:
 
 
 def _take(table: dict[_K, _Count], keys: set[_K] | None) -> dict[_K, int]:
-    """Move the unsent counts of ``keys`` (or of every key with some) to sending."""
+    """Move the unsent counts of ``keys`` (or of every key with some) to sending.
+
+    A negative ``unsent`` (uses given back after they were sent: :meth:`Meter.refund`)
+    is never sent; it stays, so this process counts them as given back.
+    """
     taken = {}
     for key, count in table.items():
-        if (key in keys) if keys is not None else count.unsent:
-            taken[key] = count.unsent
-            count.sending, count.unsent = count.sending + count.unsent, 0
+        n = max(count.unsent, 0)
+        if (key in keys) if keys is not None else n:
+            taken[key] = n
+            count.sending, count.unsent = count.sending + n, count.unsent - n
     return taken
 
 
@@ -534,7 +554,7 @@ def _period_ended(key: _BalanceKey, count: _Count, now: float) -> bool:
 
 
 def _idle(count: _Count) -> bool:
-    return count.unsent == 0 and count.sending == 0
+    return count.unsent <= 0 and count.sending == 0
 
 
 def _trim(table: dict[_K, _Count]) -> bool:

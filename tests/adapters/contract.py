@@ -1191,6 +1191,25 @@ class AdapterContract:
         )
 
     @requires("route_requirements")
+    def test_a_route_that_refuses_a_limited_token_spends_none_of_its_credits(
+        self, build: Build, clock: Clock
+    ) -> None:
+        """DESIGN §11: a request refused for anything else spends nothing (a route's own
+        requirement, checked after the decision, gives the use back)."""
+        with make_tokens(clock=clock, protected_paths=["/rest/"]) as tokens:
+            client = build(tokens)
+            limited = tokens.create(actor="alice", name="ci", credits=2)
+            for _ in range(3):
+                reply = client.send("GET", NEEDS_WRITE, headers=bearer(limited.secret))
+                self.assert_refused(reply, 403, INSUFFICIENT_SCOPE, [BEARER_403])
+            assert tokens.credits_left(limited.token.id) == 2
+            statuses = [
+                client.send("GET", NEEDS_TOKEN, headers=bearer(limited.secret)).status
+                for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429]
+
+    @requires("route_requirements")
     def test_routes_with_requirements_let_good_tokens_in_audited_once(
         self, client: ContractClient, tokens: ApiTokens, issued: dict[str, IssuedToken]
     ) -> None:

@@ -345,18 +345,11 @@ def test_the_meter_stays_bounded_while_every_request_is_refused() -> None:
     tokens.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a route's requirement (Requirement.READ_WRITE: tokens.wsgi/asgi(require=...),"
-    " the Starlette dependency, DRF's HasReadWriteToken) is checked after the decision,"
-    " which has counted the use (documented as a limitation in docs/security.md): the fix"
-    " is in _flow._required / the decision (not this part): pass the requirement into"
-    " the decision's _problem, or give the use back",
-)
 def test_a_request_refused_by_the_routes_requirement_spends_no_credit(tmp_path: Path) -> None:
-    """Found (not fixed here): a READ_ONLY token on an app that requires READ_WRITE
-    tokens gets 403 "route requires a READ_WRITE token", yet each 403 spends a credit
-    (and counts against the rate limit): three refusals and the token is spent."""
+    """Found (fixed: the flow gives the use back): a READ_ONLY token on an app that
+    requires READ_WRITE tokens gets 403 "route requires a READ_WRITE token", and each 403
+    spent a credit (and counted against the rate limit): three refusals and the token
+    was spent."""
     tokens = ApiTokens(
         SQLiteStore(str(tmp_path / "t.db")),
         hasher=CHEAP_HASHER,
