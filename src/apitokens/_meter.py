@@ -116,6 +116,7 @@ class _Fast(NamedTuple):
     limits: Limits
     since: float  # the start of its window and refill period, whichever is later
     until: float  # the end of its window or refill period, whichever comes first
+    cap: int  # the rate limit's count (0 without one)
     window: _WindowKey | None
     rate: _Count | None
     balance: _BalanceKey | None
@@ -194,6 +195,17 @@ class Meter:
                 if (rate is None or mono - rate.read_at < stale) and (
                     credit is None or mono - credit.read_at < stale
                 ):
+                    # Under the limits: counted here, as _admit would (no call: every use).
+                    if (credit is None or credit.known - credit.sending - credit.unsent > 0) and (
+                        rate is None or rate.known + rate.sending + rate.unsent < fast.cap
+                    ):
+                        if rate is not None:
+                            rate.unsent += 1
+                        if credit is not None:
+                            credit.unsent += 1
+                        if not self._dirty:
+                            self._wake_sender()
+                        return None
                     return self._admit(limits, now, fast.window, rate, fast.balance, credit)
         window, balance = _keys(limits, now)
         for attempt in (0, 1):
@@ -215,8 +227,9 @@ class Meter:
                         balance is None or credit is not None
                     ):
                         since, until = _span(limits, now)
+                        cap = limits.rate.count if limits.rate is not None else 0
                         self._fast[limits.token_id] = _Fast(
-                            limits, since, until, window, rate, balance, credit
+                            limits, since, until, cap, window, rate, balance, credit
                         )
                     return self._admit(limits, now, window, rate, balance, credit)
             if not block:
@@ -255,14 +268,16 @@ class Meter:
         if credit is not None:
             credit.unsent += 1
         if not self._dirty:
-            self._dirty = True
-            self._wake.notify()
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="apitokens-meter", daemon=True
-                )
-                self._thread.start()
+            self._wake_sender()
         return None
+
+    def _wake_sender(self) -> None:
+        """There is something to send: wake the sending thread (started the first time)."""
+        self._dirty = True
+        self._wake.notify()
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="apitokens-meter", daemon=True)
+            self._thread.start()
 
     def credits_left(self, limits: Limits, now: float) -> int | None:
         """The token's credits left at ``now``, read from the store (``None``: no credits).
