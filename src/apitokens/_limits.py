@@ -9,17 +9,22 @@ adds 1000 at the start of each day, never above N.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._model import Token
 
 __all__ = [
     "MAX_COUNT",
     "Limits",
+    "Over",
     "Rate",
     "check_credits",
     "new_allotment",
     "normalize_rate",
+    "over_credits",
+    "over_rate",
     "parse_rate",
     "shown",
 ]
@@ -184,3 +189,55 @@ def check_count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} must be a non-negative whole number")
     return value
+
+
+class Over(NamedTuple):
+    """A request over a token's limit: why, and the response headers that say so."""
+
+    kind: str  # "rate" or "credits"
+    reason: str
+    retry_after: int | None
+    headers: tuple[tuple[str, str], ...]
+
+
+def over_rate(limits: Limits, now: float, start: int) -> Over:
+    """The refusal of a request over the rate limit, in the window starting at ``start``."""
+    assert limits.rate is not None
+    seconds = limits.rate.seconds
+    reset = max(1, math.ceil(start + seconds - now))
+    return Over(
+        "rate",
+        f"rate limit exceeded ({limits.rate})",
+        reset,
+        (
+            ("RateLimit-Policy", f'"rate";q={limits.rate.count};w={seconds}'),
+            ("RateLimit", f'"rate";r=0;t={reset}'),
+        ),
+    )
+
+
+def over_credits(limits: Limits, now: float) -> Over:
+    """The refusal of a request whose token's credits are spent."""
+    refill = limits.refill
+    what = f"credits spent ({limits.credits}"
+    if refill is None:
+        return Over(
+            "credits",
+            what + ", no refill)",
+            None,
+            (
+                ("RateLimit-Policy", f'"credits";q={limits.credits}'),
+                ("RateLimit", '"credits";r=0'),
+            ),
+        )
+    seconds = refill.seconds
+    reset = max(1, math.ceil((now // seconds + 1) * seconds - now))
+    return Over(
+        "credits",
+        what + f", refill {refill})",
+        reset,
+        (
+            ("RateLimit-Policy", f'"credits";q={limits.credits}'),
+            ("RateLimit", f'"credits";r=0;t={reset}'),
+        ),
+    )

@@ -32,10 +32,10 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from ._errors import StorageError
-from ._limits import Limits
+from ._limits import Limits, Over, over_credits, over_rate
 from .storage import CreditSpend, UsageLedger
 
-__all__ = ["FLUSH_INTERVAL", "STALE_AFTER", "Meter", "Over", "WouldBlockMeter"]
+__all__ = ["FLUSH_INTERVAL", "STALE_AFTER", "Meter", "WouldBlockMeter"]
 
 log = logging.getLogger("apitokens")
 
@@ -63,15 +63,6 @@ PRUNE_GRACE = 60
 
 class WouldBlockMeter(Exception):
     """The decision needs the store (a count to read) and the caller may not block."""
-
-
-class Over(NamedTuple):
-    """A request over a token's limit: why, and the response headers that say so."""
-
-    kind: str  # "rate" or "credits"
-    reason: str
-    retry_after: int | None
-    headers: tuple[tuple[str, str], ...]
 
 
 class _Count:
@@ -256,13 +247,13 @@ class Meter:
                 raise StorageError("the usage ledger could not be read")
             credit.limits = limits
             if credit.known - credit.sending - credit.unsent <= 0:
-                return _over_credits(limits, now)
+                return over_credits(limits, now)
         if window is not None:
             if rate is None:  # not read (the store failed): unknown, so refused
                 raise StorageError("the usage ledger could not be read")
             assert limits.rate is not None
             if rate.known + rate.sending + rate.unsent >= limits.rate.count:
-                return _over_rate(limits, now, window)
+                return over_rate(limits, now, window[2])
         if rate is not None:
             rate.unsent += 1
         if credit is not None:
@@ -605,44 +596,3 @@ def _keys(limits: Limits, now: float) -> tuple[_WindowKey | None, _BalanceKey | 
         period = 0 if limits.refill is None else int(now // limits.refill.seconds)
         balance = (limits.token_id, period)
     return window, balance
-
-
-def _over_rate(limits: Limits, now: float, window: _WindowKey) -> Over:
-    assert limits.rate is not None
-    _, seconds, start = window
-    reset = max(1, math.ceil(start + seconds - now))
-    return Over(
-        "rate",
-        f"rate limit exceeded ({limits.rate})",
-        reset,
-        (
-            ("RateLimit-Policy", f'"rate";q={limits.rate.count};w={seconds}'),
-            ("RateLimit", f'"rate";r=0;t={reset}'),
-        ),
-    )
-
-
-def _over_credits(limits: Limits, now: float) -> Over:
-    refill = limits.refill
-    what = f"credits spent ({limits.credits}"
-    if refill is None:
-        return Over(
-            "credits",
-            what + ", no refill)",
-            None,
-            (
-                ("RateLimit-Policy", f'"credits";q={limits.credits}'),
-                ("RateLimit", '"credits";r=0'),
-            ),
-        )
-    seconds = refill.seconds
-    reset = max(1, math.ceil((now // seconds + 1) * seconds - now))
-    return Over(
-        "credits",
-        what + f", refill {refill})",
-        reset,
-        (
-            ("RateLimit-Policy", f'"credits";q={limits.credits}'),
-            ("RateLimit", f'"credits";r=0;t={reset}'),
-        ),
-    )
