@@ -133,11 +133,17 @@ class ApiTokens:
             groups,
             self._writer.submit,
             authenticator.forget,
-            None if authenticator.meter is None else authenticator.meter.reset_credits,
+            None if authenticator.meter is None else self._reset_credits,
         )
 
     def __repr__(self) -> str:
         return f"ApiTokens(store={self._store!r}, policy={self.policy!r})"
+
+    def _reset_credits(self, token: Token) -> None:
+        """After an edit gave ``token`` a new allotment: its balance starts again."""
+        meter = self._authenticator.meter
+        if meter is not None:
+            meter.reset_credits(token, self._clock().timestamp())
 
     def __enter__(self) -> ApiTokens:
         return self

@@ -1002,10 +1002,11 @@ class Authenticator:
                 path = decoded
         return fmt.redact(path)[:_MAX_AUDIT_PATH]
 
-    def refund(self, token: Token) -> None:
-        """Give back the use a success of ``token`` counted against its limits.
+    def refund(self, token: Token, at: datetime) -> None:
+        """Give back the use a success of ``token`` decided ``at`` counted against its limits.
 
-        For a request the flow refuses after the decision (a route's requirement).
+        For a request the flow refuses after the decision, before recording it (a
+        route's requirement). Called once per decision.
         """
         if self.meter is None or (token.rate_limit is None and token.credits is None):
             return
@@ -1015,7 +1016,7 @@ class Authenticator:
         except ValueError:
             return
         if limits is not None:
-            self.meter.refund(limits, self.clock().timestamp())
+            self.meter.refund(limits, at.timestamp())
 
     def forget(self, token_id: str) -> None:
         """Drop a token from the record cache (after a change in this process)."""

@@ -20,7 +20,7 @@ from dataclasses import replace
 from ._audit import AuditWriter
 from ._auth import Authenticator, Decision, WouldBlock
 from ._errors import StorageError
-from ._model import Outcome, Scope
+from ._model import AuditEvent, AuthEntry, Outcome, Scope
 from ._policy import Policy
 from ._request import AuthRequest
 from ._result import AuthResult, refusal
@@ -228,8 +228,12 @@ class RequestFlow:
                 request, refusal(self.policy, 401, reason, challenge_error=sent)
             )
         reason = "route requires a READ_WRITE token"
-        if result.authenticated and result.token is not None:
-            self._auth.refund(result.token)  # refused after all: it spends nothing
+        first = decision.records[0] if decision.records else None
+        if isinstance(first, AuthEntry | AuditEvent) and result.authenticated and result.token:
+            # Refused before the decision's success was recorded: the use it counted is
+            # given back, once, in the window of the decision (its event's time). A result
+            # recorded already (require(): a route behind the middleware) stays a use.
+            self._auth.refund(result.token, first.at)
         return self._auth.refuse(
             request,
             refusal(self.policy, 403, reason, token=result.token),

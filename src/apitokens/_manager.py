@@ -93,7 +93,7 @@ class TokenManager:
         groups: Callable[[str], Iterable[str]] | None,
         submit: Callable[[Sequence[Record]], object],
         changed: Callable[[str], None],
-        reset_credits: Callable[[str], None] | None = None,
+        reset_credits: Callable[[Token], None] | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -395,12 +395,13 @@ class TokenManager:
             stored = self._mutable(Action.EDIT, actor, token.id)
         else:
             raise self._gave_up(Action.EDIT, stored.token)
+        # This process's caches first: a request after the reset counts on the new limits.
+        self._changed(token.id)
         if self._reset_credits is not None and (
             "credits" in changes or new_allotment(token, edited)
         ):
             # New credits (or a refill period) are a new allotment: the balance starts again.
-            self._reset_credits(token.id)
-        self._changed(token.id)
+            self._reset_credits(edited)
         reason = "changed " + (", ".join(sorted(changes)) or "nothing")
         self._audit(Action.EDIT, Outcome.SUCCESS, actor, reason, edited)
         return self.token(token.id) or edited

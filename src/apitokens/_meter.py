@@ -33,6 +33,7 @@ from typing import NamedTuple, TypeVar
 
 from ._errors import StorageError
 from ._limits import Limits, Over, over_credits, over_rate
+from ._model import Token
 from .storage import CreditSpend, UsageLedger
 
 __all__ = ["FLUSH_INTERVAL", "STALE_AFTER", "Meter", "WouldBlockMeter"]
@@ -161,6 +162,7 @@ class Meter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failed = False
+        self._failures = 0  # exchanges that failed: a waiting request need not try again
         # Per token: the counts of its last decision, while its window and period last.
         self._fast: dict[str, _Fast] = {}
         self._prune_at = PRUNE_AT
@@ -183,8 +185,12 @@ class Meter:
             with self._lock:
                 mono = self._monotonic()
                 stale = self.stale_after
-                if (rate is None or mono - rate.read_at < stale) and (
-                    credit is None or mono - credit.read_at < stale
+                # Still the entry (a prune or reset between the read and the lock may
+                # have dropped its counts: a use counted on those would never be sent).
+                if (
+                    self._fast.get(limits.token_id) is fast
+                    and (rate is None or mono - rate.read_at < stale)
+                    and (credit is None or mono - credit.read_at < stale)
                 ):
                     # Under the limits: counted here, as _admit would (no call: every use).
                     if (credit is None or credit.known - credit.sending - credit.unsent > 0) and (
@@ -312,11 +318,18 @@ class Meter:
                 self._windows.setdefault(window, _Count(limits))
             if balance is not None:
                 self._balances.setdefault(balance, _Count(limits)).limits = limits
-        windows = {window} if window else set()
-        balances = {balance} if balance else set()
+            windows = {window} if window else set()
+            # Every balance of the token: uses of the period before, not sent yet, are
+            # taken off before the refill of the new one is read (exact at the boundary).
+            balances = {k for k in self._balances if k[0] == limits.token_id} if balance else set()
+            failures = self._failures
         with self._send_lock:
             if only_if_stale and self._fresh(limits, window, balance):
                 return
+            if only_if_stale and self._failures != failures:
+                # The store failed while this request waited its turn: answer now (503)
+                # rather than each waiting request trying, one after the other.
+                raise StorageError("the usage ledger could not be read")
             error = self._exchange(windows, balances)
         self._report(error, raise_=True)
 
@@ -364,7 +377,9 @@ class Meter:
         error: Exception | None = None
         try:
             if counts:
-                ended = min(start for _, _, start in counts)  # none counted here is older
+                # None counted here is older; a decision that read its clock before a
+                # long wait may still count in a window ended PRUNE_GRACE ago.
+                ended = min(start for _, _, start in counts) - PRUNE_GRACE
                 totals = self.ledger.count_requests(counts, ended_before=ended)
                 with self._lock:
                     _settle(self._windows, counts, totals, started, rate=True)
@@ -372,19 +387,29 @@ class Meter:
             error = exc
             with self._lock:
                 _give_back(self._windows, counts)
+                self._failed_to_send(bool(counts))
         try:
-            if spends:
-                with self._lock:
-                    wanted = self._spends(spends)
+            with self._lock:
+                batches = self._spends(spends)
+            for wanted, keys in batches:
                 left = self.ledger.spend_credits(wanted)
-                by_key = {key: left[key[0]] for key in spends if key[0] in left}
+                by_key = {key: left[key[0]] for key in keys if key[0] in left}
                 with self._lock:
-                    _settle(self._balances, spends, by_key, started, rate=False)
+                    _settle(self._balances, keys, by_key, started, rate=False)
+                for key in keys:
+                    del spends[key]  # sent: never given back
         except Exception as exc:
             error = error or exc
             with self._lock:
                 _give_back(self._balances, spends)
+                self._failed_to_send(bool(spends))
         return error
+
+    def _failed_to_send(self, kept: bool) -> None:
+        """An exchange failed (``_lock`` held): count it, and send what it kept again."""
+        self._failures += 1
+        if kept and not self._dirty:
+            self._wake_sender()  # the sending thread tries again after its interval
 
     def _report(self, error: Exception | None, *, raise_: bool) -> None:
         """Raise a send's error (``raise_``), or log the first of a run and the recovery."""
@@ -441,31 +466,46 @@ class Meter:
             self._fast.clear()  # none may hold a count no longer in the tables
         self._prune_at = max(PRUNE_AT, 2 * (len(self._windows) + len(self._balances)))
 
-    def _spends(self, spends: dict[_BalanceKey, int]) -> dict[str, CreditSpend]:
-        """The ledger's spends: one per token (two periods in one send add up)."""
-        out: dict[str, CreditSpend] = {}
-        for key, n in spends.items():
+    def _spends(
+        self, spends: dict[_BalanceKey, int]
+    ) -> list[tuple[dict[str, CreditSpend], dict[_BalanceKey, int]]]:
+        """The ledger's spends, in batches of one per token: a token's uses of an earlier
+        refill period go in an earlier batch, so they are taken off before the refill of
+        the next period is added (as they happened)."""
+        batches: list[tuple[dict[str, CreditSpend], dict[_BalanceKey, int]]] = []
+        for key in sorted(spends, key=lambda k: k[1]):
             token_id, period = key
             limits = self._balances[key].limits
             assert limits.credits is not None
             refill = 0 if limits.refill is None else limits.refill.count
-            previous = out.get(token_id)
-            if previous is not None:
-                n, period = n + previous.spent, max(period, previous.period)
-            out[token_id] = CreditSpend(n, limits.credits, refill, period)
-        return out
+            spend = CreditSpend(spends[key], limits.credits, refill, period)
+            batch = next((b for b in batches if token_id not in b[0]), None)
+            if batch is None:
+                batch = ({}, {})
+                batches.append(batch)
+            batch[0][token_id] = spend
+            batch[1][key] = spends[key]
+        return batches
 
-    def reset_credits(self, token_id: str) -> None:
-        """Start the token's credits again from its (new) ``credits``, after an edit.
+    def reset_credits(self, token: Token, now: float) -> None:
+        """Start ``token``'s credits again from its (new) ``credits``, after an edit.
 
         Uses admitted before are sent first, so they are not taken off the new allotment.
+        The new balance is written (not forgotten), so a use another process sends late,
+        counted on the old limits, is taken off it: it never brings the old one back.
 
         Raises:
             StorageError: the store failed.
         """
+        token_id = token.id
+        limits = Limits.of(token)
+        credits = limits.credits if limits is not None else None
+        period = 0
+        if limits is not None and limits.refill is not None:
+            period = int(now // limits.refill.seconds)
         self.flush()
         with self._send_lock:
-            self.ledger.reset_credits(token_id)
+            self.ledger.reset_credits(token_id, credits, period)
             with self._lock:
                 for key in [key for key in self._balances if key[0] == token_id]:
                     del self._balances[key]
@@ -509,8 +549,8 @@ class Meter:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
-        else:
-            self._send(None, None, raise_=False)
+        # What a failed send kept, or what came after the thread's last send: sent now.
+        self._send(None, None, raise_=False)
 
 
 def _take(table: dict[_K, _Count], keys: set[_K] | None) -> dict[_K, int]:
@@ -568,8 +608,10 @@ def _trim(table: dict[_K, _Count]) -> bool:
     excess = len(table) - MAX_ENTRIES
     if excess <= 0:
         return False
+    # Never read yet: a request is about to read it (a sync waiting for its turn).
     idle = sorted(
-        (key for key, count in table.items() if _idle(count)), key=lambda k: table[k].read_at
+        (key for key, c in table.items() if _idle(c) and c.read_at != -math.inf),
+        key=lambda k: table[k].read_at,
     )
     for key in idle[:excess]:
         del table[key]

@@ -1041,6 +1041,16 @@ class StoreContract:
         store.reset_credits(once)
         store.reset_credits(f"{base}-never")
         assert spend(once, 1, 4, 0, 0) == 3
+        # Reset to a number: the balance is written, so a spend sent late on the old,
+        # larger credits is taken off it (never bringing the old balance back).
+        assert spend(daily, 0, 1000, 3, 106) == 4  # 1 + 3
+        store.reset_credits(daily, 5, 106)
+        assert spend(daily, 1, 1000, 3, 106) == 4  # not 999 (from the old 1000)
+        assert spend(daily, 0, 5, 3, 107) == 5  # refills on, capped at the new credits
+        for bad_reset in ((-1, 0), (5, -1)):
+            with pytest.raises(ValueError, match="non-negative"):
+                store.reset_credits(daily, *bad_reset)
+        assert spend(daily, 0, 5, 3, 107) == 5
         # A negative or malformed spend is refused, and nothing of the batch is written.
         for bad in (CreditSpend(-1, 10, 0, 0), CreditSpend(0, -10, 0, 0)):
             with pytest.raises(ValueError, match="non-negative"):
@@ -1060,6 +1070,7 @@ class StoreContract:
             lambda: ledger.spend_credits({"t": CreditSpend(1, 5, 0, 0)}),
             lambda: ledger.spend_credits({}),
             lambda: ledger.reset_credits("t"),
+            lambda: ledger.reset_credits("t", 5, 0),
         ]
         for call in calls:
             with pytest.raises(StorageError):

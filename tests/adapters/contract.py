@@ -1191,23 +1191,24 @@ class AdapterContract:
         )
 
     @requires("route_requirements")
-    def test_a_route_that_refuses_a_limited_token_spends_none_of_its_credits(
+    def test_a_route_that_refuses_a_limited_token_after_its_decision_counts_the_use(
         self, build: Build, clock: Clock
     ) -> None:
-        """DESIGN §11: a request refused for anything else spends nothing (a route's own
-        requirement, checked after the decision, gives the use back)."""
+        """DESIGN §11: a request refused in the decision spends nothing; a route's own
+        requirement held to a decision recorded already (the middleware's: audited as a
+        success, then refused) counts the use, once (DRF checks a permission many times)."""
         with make_tokens(clock=clock, protected_paths=["/rest/"]) as tokens:
             client = build(tokens)
-            limited = tokens.create(actor="alice", name="ci", credits=2)
-            for _ in range(3):
-                reply = client.send("GET", NEEDS_WRITE, headers=bearer(limited.secret))
-                self.assert_refused(reply, 403, INSUFFICIENT_SCOPE, [BEARER_403])
-            assert tokens.credits_left(limited.token.id) == 2
+            limited = tokens.create(actor="alice", name="ci", credits=3)
+            reply = client.send("GET", NEEDS_WRITE, headers=bearer(limited.secret))
+            self.assert_refused(reply, 403, INSUFFICIENT_SCOPE, [BEARER_403])
+            left = 2 if self.requirement_after_decision else 3
+            assert tokens.credits_left(limited.token.id) == left
             statuses = [
                 client.send("GET", NEEDS_TOKEN, headers=bearer(limited.secret)).status
-                for _ in range(3)
+                for _ in range(left + 1)
             ]
-            assert statuses == [200, 200, 429]
+            assert statuses == [200] * left + [429]
 
     @requires("route_requirements")
     def test_routes_with_requirements_let_good_tokens_in_audited_once(

@@ -275,6 +275,11 @@ _SPEND_CREDITS = (
     " RETURNING token_id, credits_left"
 )
 _RESET_CREDITS = "DELETE FROM apitokens_credits WHERE token_id = %s"
+_SET_CREDITS = (
+    "INSERT INTO apitokens_credits (token_id, credits_left, period) VALUES (%s, %s, %s)"
+    " ON CONFLICT (token_id) DO UPDATE"
+    " SET credits_left = EXCLUDED.credits_left, period = EXCLUDED.period"
+)
 
 _SCHEMA_TABLE = """
     CREATE TABLE IF NOT EXISTS apitokens_schema (

@@ -23,6 +23,7 @@ import psycopg.sql
 import psycopg_pool
 
 from apitokens._errors import StorageError, TokenNotFound
+from apitokens._limits import check_count
 from apitokens._model import (
     Action,
     AuditEvent,
@@ -73,6 +74,7 @@ from apitokens.postgres._sql import (
     _REPLACE_HASH,
     _RESET_CREDITS,
     _REVOKE,
+    _SET_CREDITS,
     _SPEND_CREDITS,
     _STORED_COLUMNS,
     _UPDATE_RECORD,
@@ -714,17 +716,25 @@ class PostgresStore:
         )
         return {token_id: int(n) for token_id, n in left}
 
-    def reset_credits(self, token_id: str) -> None:
-        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+    def reset_credits(self, token_id: str, credits: int | None = None, period: int = 0) -> None:
+        """Start a token's credit balance again (see :class:`~apitokens.storage.UsageLedger`).
 
         Raises:
+            ValueError: ``credits`` or ``period`` negative.
             StorageError: the database failed.
         """
+        if credits is not None:
+            check_count(credits, "credits")
+            check_count(period, "period")
         if "\x00" in token_id:  # text cannot hold one, so no balance has one
             if self._closed:
                 raise StorageError("the PostgreSQL store is closed")
             return
-        self._call("reset_credits", lambda conn: conn.execute(_RESET_CREDITS, (token_id,)))
+        if credits is None:
+            self._call("reset_credits", lambda conn: conn.execute(_RESET_CREDITS, (token_id,)))
+        else:
+            values = (token_id, credits, period)
+            self._call("reset_credits", lambda conn: conn.execute(_SET_CREDITS, values))
 
     def events(
         self,

@@ -440,10 +440,16 @@ class UsageLedger(Protocol):
         """
         ...
 
-    def reset_credits(self, token_id: str) -> None:
-        """Forget a token's balance: it starts again at its ``credits`` (after an edit).
+    def reset_credits(self, token_id: str, credits: int | None = None, period: int = 0) -> None:
+        """Start a token's balance again (after an edit gives it new credits).
+
+        With ``credits``: the balance becomes ``credits`` left, written as of refill
+        period ``period`` (0 without refill), whatever it was; a spend another process
+        sends late is then taken off it (never bringing an old, larger balance back).
+        Without: the balance is forgotten (the token has no credits any more).
 
         Raises:
+            ValueError: ``credits`` or ``period`` negative (nothing written).
             StorageError: the backend failed.
         """
         ...

@@ -384,15 +384,22 @@ class MemoryStore:
                 left[token_id] = balance[0]
             return left
 
-    def reset_credits(self, token_id: str) -> None:
-        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+    def reset_credits(self, token_id: str, credits: int | None = None, period: int = 0) -> None:
+        """Start a token's credit balance again (see :class:`~apitokens.storage.UsageLedger`).
 
         Raises:
+            ValueError: ``credits`` or ``period`` negative.
             StorageError: the store is closed.
         """
+        if credits is not None:
+            check_count(credits, "credits")
+            check_count(period, "period")
         with self._lock:
             self._check_open()
-            self._credits.pop(token_id, None)
+            if credits is None:
+                self._credits.pop(token_id, None)
+            else:
+                self._credits[token_id] = (credits, period)
 
     def close(self) -> None:
         """Drop everything; later calls raise ``StorageError``. Idempotent."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from apitokens._errors import StorageError, TokenNotFound
-from apitokens._limits import settle
+from apitokens._limits import check_count, settle
 from apitokens._model import (
     Action,
     AuditEvent,
@@ -457,14 +457,25 @@ class SQLiteStore:
                 left[token_id] = now_left
         return left
 
-    def reset_credits(self, token_id: str) -> None:
-        """Forget a token's credit balance (see :class:`~apitokens.storage.UsageLedger`).
+    def reset_credits(self, token_id: str, credits: int | None = None, period: int = 0) -> None:
+        """Start a token's credit balance again (see :class:`~apitokens.storage.UsageLedger`).
 
         Raises:
+            ValueError: ``credits`` or ``period`` negative.
             StorageError: the database failed.
         """
+        if credits is not None:
+            check_count(credits, "credits")
+            check_count(period, "period")
         with self._db.write("reset_credits") as conn:
-            conn.execute("DELETE FROM credit_balances WHERE token_id = ?", (token_id,))
+            if credits is None:
+                conn.execute("DELETE FROM credit_balances WHERE token_id = ?", (token_id,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO credit_balances (token_id, credits_left, period)"
+                    " VALUES (?, ?, ?)",
+                    (token_id, credits, period),
+                )
 
     def events(
         self,
