@@ -1056,7 +1056,7 @@ class StoreContract:
             with pytest.raises(ValueError, match="non-negative"):
                 store.spend_credits({once: CreditSpend(1, 4, 0, 0), daily: bad})
             assert spend(once, 0, 4, 0, 0) == 3
-        assert spend(daily, 0, 10, 3, 105) == 1
+        assert spend(daily, 0, 5, 3, 107) == 5
 
     def test_usage_ledger_of_a_closed_store_raises_storage_error(self, store: TokenStore) -> None:
         offered = _offers_usage(store)  # a bool: `store` stays a TokenStore here
