@@ -416,8 +416,8 @@ class ApiTokens:
     def credits_left(self, token_id: str) -> int | None:
         """The token's credits left now (refills included), or ``None`` if it has no credits.
 
-        Counts every use this process admitted; other processes' uses as far as they
-        have sent them (within a fraction of a second).
+        As this process's decisions see them: every use it admitted, and other
+        processes' uses as they were at most about a second ago (DESIGN §11).
 
         Raises:
             TokenNotFound: no such token.

@@ -277,7 +277,10 @@ class Meter:
             self._thread.start()
 
     def credits_left(self, limits: Limits, now: float) -> int | None:
-        """The token's credits left at ``now``, read from the store (``None``: no credits).
+        """The token's credits left at ``now`` (``None``: no credits).
+
+        As a decision sees them: this process's count when it was read from the store
+        less than ``stale_after`` ago, else read now.
 
         Raises:
             StorageError: the store could not be read.
@@ -285,7 +288,7 @@ class Meter:
         _, balance = _keys(limits, now)
         if balance is None:
             return None
-        self._sync(limits, None, balance)
+        self._sync(limits, None, balance, only_if_stale=True)
         with self._lock:
             credit = self._balances.get(balance)
             if credit is None:

@@ -453,7 +453,8 @@ class SQLiteStore:
                 row = conn.execute(_READ_BALANCE, (token_id,)).fetchone()
                 balance = None if row is None else (int(row[0]), int(row[1]))
                 now_left, since = settle(balance, spent, credits, refill, period)
-                conn.execute(_WRITE_BALANCE, (token_id, now_left, since))
+                if (now_left, since) != balance:  # a read (0 spent, no refill) writes nothing
+                    conn.execute(_WRITE_BALANCE, (token_id, now_left, since))
                 left[token_id] = now_left
         return left
 
