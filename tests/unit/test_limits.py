@@ -322,7 +322,12 @@ def test_a_ledger_that_cannot_be_read_is_503_once_the_count_is_stale(
         assert call(tokens, issued.secret).status_code == 200  # a fresh count decides
         ticks.advance(1.0)
         failed = call(tokens, issued.secret)
-        assert (failed.status_code, failed.reason) == (503, "token store unavailable: ledger down")
+        # Its own read failed, or the sending thread's failed while it waited its turn.
+        assert failed.status_code == 503
+        assert failed.reason in (
+            "token store unavailable: ledger down",
+            "token store unavailable: the usage ledger could not be read",
+        )
         store.broken = False
         assert call(tokens, issued.secret).status_code == 200
         tokens.flush()
