@@ -390,7 +390,7 @@ class Meter:
             error = exc
             with self._lock:
                 _give_back(self._windows, counts)
-                self._failed_to_send(bool(counts))
+                self._failed_to_send(any(counts.values()))
         try:
             with self._lock:
                 batches = self._spends(spends)
@@ -405,7 +405,7 @@ class Meter:
             error = error or exc
             with self._lock:
                 _give_back(self._balances, spends)
-                self._failed_to_send(bool(spends))
+                self._failed_to_send(any(spends.values()))
         return error
 
     def _failed_to_send(self, kept: bool) -> None:
